@@ -1,0 +1,2 @@
+//! Examples of embedding the overlay crates: see the `examples/` targets of
+//! this package.

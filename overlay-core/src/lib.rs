@@ -1,0 +1,35 @@
+//! # overlay-core
+//!
+//! The domain model, traits and custom resources of **overlay**, which gives
+//! every Kubernetes worker node an overlay IP address from an IPAM system and
+//! programs static routes to on-premise networks on every node.
+//!
+//! - [`parse`]: validated parsing of CIDRs, addresses, interface names,
+//!   zones and label selectors.
+//! - [`model`]: nodes, owners, reservations, the desired network state of a
+//!   node and what applying it changed.
+//! - [`traits`]: [`IpamBackend`], [`RouteProgrammer`], [`NodeSource`] and the
+//!   record stores, the seams every backend and adapter plugs into.
+//! - [`error`]: the error values of those traits.
+//! - `crd` (feature `kube`, default): the `NodeOverlayIp` and `StaticRoute`
+//!   custom resources.
+
+pub mod error;
+pub mod model;
+pub mod parse;
+pub mod traits;
+
+#[cfg(feature = "kube")]
+pub mod crd;
+
+pub use error::{IpamError, ProgrammerError, StoreError};
+pub use model::{
+    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, OverlayInterface, Owner,
+    Reservation, RouteOutcome, RouteResult, RouteSpec, RouteState,
+};
+pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
+pub use traits::{
+    AgentStatus, FINALIZER, GatewayChoice, IpamBackend, NodeRouteStatus, NodeSource, OverlayIpMeta,
+    OverlayIpRecord, OverlayIpStore, RouteProgrammer, StaticRouteRecord, StaticRouteSpecModel,
+    StaticRouteStore, StoreEvent,
+};

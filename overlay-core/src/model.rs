@@ -1,0 +1,338 @@
+//! Domain types shared by the controller, the agent and the backends. None
+//! of them depends on Kubernetes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{Cidr, InterfaceName, Zone};
+
+/// Topology labels read for a node's zone, most specific first.
+pub const ZONE_LABELS: [&str; 3] = [
+    "topology.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/zone",
+    "ibm-cloud.kubernetes.io/zone",
+];
+
+/// Topology labels read for a node's region, most specific first.
+pub const REGION_LABELS: [&str; 3] = [
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/region",
+    "ibm-cloud.kubernetes.io/region",
+];
+
+/// What the controller and agent need to know about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name (`metadata.name`).
+    pub name: String,
+    /// Kubernetes UID, when known (used for owner references).
+    pub uid: Option<String>,
+    /// Zone from the topology labels.
+    pub zone: Option<Zone>,
+    /// Region from the topology labels.
+    pub region: Option<String>,
+    /// All labels of the node (node selectors match against these).
+    pub labels: BTreeMap<String, String>,
+    /// `InternalIP` addresses of the node.
+    pub internal_ips: Vec<IpAddr>,
+}
+
+impl NodeInfo {
+    /// Builds a node from its name, labels and internal addresses, reading
+    /// zone and region from the well-known topology labels. A zone label
+    /// whose value is not a valid zone is ignored (the node then has no zone).
+    pub fn from_labels(
+        name: impl Into<String>,
+        labels: BTreeMap<String, String>,
+        internal_ips: Vec<IpAddr>,
+    ) -> Self {
+        let zone = ZONE_LABELS
+            .iter()
+            .find_map(|k| labels.get(*k))
+            .and_then(|z| Zone::parse("zone label", z).ok());
+        let region = REGION_LABELS.iter().find_map(|k| labels.get(*k)).cloned();
+        Self {
+            name: name.into(),
+            uid: None,
+            zone,
+            region,
+            labels,
+            internal_ips,
+        }
+    }
+}
+
+/// Who holds a reservation: a node of a cluster. Several clusters can share
+/// one IPAM because the marker carries the cluster id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Owner {
+    /// Cluster id (configured; identifies this cluster in a shared IPAM).
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+}
+
+/// Prefix of every owner marker written into an IPAM.
+pub const OWNER_MARKER_PREFIX: &str = "overlay-owner:";
+
+impl Owner {
+    /// An owner for `node` in `cluster`.
+    pub fn new(cluster: impl Into<String>, node: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            node: node.into(),
+        }
+    }
+
+    /// The marker stored with the reservation (e.g. in phpIPAM's
+    /// description): `overlay-owner:<cluster>/<node>`.
+    pub fn marker(&self) -> String {
+        format!("{OWNER_MARKER_PREFIX}{}/{}", self.cluster, self.node)
+    }
+
+    /// Parses a marker written by [`Owner::marker`]; `None` for anything else.
+    pub fn from_marker(marker: &str) -> Option<Self> {
+        let rest = marker.trim().strip_prefix(OWNER_MARKER_PREFIX)?;
+        let (cluster, node) = rest.split_once('/')?;
+        if cluster.is_empty() || node.is_empty() || node.contains(char::is_whitespace) {
+            return None;
+        }
+        Some(Self::new(cluster, node))
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.node)
+    }
+}
+
+/// An address held in an IPAM for one owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The address with the prefix length of its subnet (`192.0.2.4/24`).
+    pub address: IpNetwork,
+    /// The subnet's gateway, when the IPAM knows one.
+    pub gateway: Option<IpAddr>,
+    /// Zone the address was reserved for.
+    pub zone: Zone,
+    /// The pool or subnet it came from (phpIPAM subnet id, pool CIDR, ...).
+    pub subnet_id: String,
+    /// The backend's own handle for releasing it (phpIPAM address id, ...).
+    pub handle: String,
+    /// Who holds it.
+    pub owner: Owner,
+}
+
+/// The overlay sub-interface of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayInterface {
+    /// Name of the macvlan sub-interface (default `tmp0`).
+    pub name: InterfaceName,
+    /// The parent (private) interface.
+    pub parent: InterfaceName,
+    /// The overlay address with prefix length.
+    pub address: IpNetwork,
+}
+
+/// One route a node should have.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Destination prefix.
+    pub destination: Cidr,
+    /// Next hop; `None` for a device route.
+    pub gateway: Option<IpAddr>,
+    /// Output device; `None` lets the kernel pick the on-link interface.
+    pub device: Option<InterfaceName>,
+    /// Routing table; `None` is the main table (254).
+    pub table: Option<u32>,
+    /// Metric (priority); `None` is the kernel default (0).
+    pub metric: Option<u32>,
+}
+
+impl RouteSpec {
+    /// The key routes are compared by: the kernel identifies a route by
+    /// destination, table and metric.
+    pub fn key(&self) -> (Cidr, u32, u32) {
+        (
+            self.destination,
+            self.table.unwrap_or(MAIN_TABLE),
+            self.metric.unwrap_or(0),
+        )
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.destination)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(dev) = &self.device {
+            write!(f, " dev {dev}")?;
+        }
+        if let Some(t) = self.table {
+            write!(f, " table {t}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Everything one node's network should look like, as far as overlay is
+/// concerned. Routes we installed that are not listed here are removed;
+/// routes we did not install are never touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredNodeState {
+    /// The overlay interface and address; `None` leaves any existing overlay
+    /// interface alone (use [`crate::RouteProgrammer::remove_interface`] to
+    /// delete it).
+    pub overlay: Option<OverlayInterface>,
+    /// The routes to have.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// What happened to one desired route during an apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteResult {
+    /// Already present as desired; nothing written.
+    Unchanged,
+    /// Newly installed.
+    Added,
+    /// Present with other attributes (gateway, device) and replaced.
+    Replaced,
+    /// Could not be installed; the message says why and what to do.
+    Failed(String),
+}
+
+/// The outcome for one desired route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteOutcome {
+    /// The route.
+    pub route: RouteSpec,
+    /// What happened.
+    pub result: RouteResult,
+}
+
+/// What an apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The overlay interface was created (or recreated).
+    pub interface_created: bool,
+    /// The overlay interface was brought up.
+    pub interface_up: bool,
+    /// Overlay address added (`None` when unchanged).
+    pub address_added: Option<IpNetwork>,
+    /// Stale overlay addresses removed.
+    pub addresses_removed: Vec<IpNetwork>,
+    /// Per desired route outcome, in the order given.
+    pub routes: Vec<RouteOutcome>,
+    /// Routes we had installed earlier that are no longer desired, removed.
+    pub routes_removed: Vec<RouteSpec>,
+    /// Number of write requests sent to the kernel.
+    pub kernel_writes: u64,
+}
+
+impl ApplyReport {
+    /// True when the apply wrote nothing.
+    pub fn is_noop(&self) -> bool {
+        self.kernel_writes == 0
+    }
+
+    /// The routes that failed, with their messages.
+    pub fn failures(&self) -> impl Iterator<Item = (&RouteSpec, &str)> {
+        self.routes.iter().filter_map(|o| match &o.result {
+            RouteResult::Failed(m) => Some((&o.route, m.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// The kernel route covering a prefix, as found by gateway discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredRoute {
+    /// The destination of the covering route (e.g. `10.0.0.0/8`, or
+    /// `0.0.0.0/0` when only the default route covers it).
+    pub destination: Cidr,
+    /// Its gateway.
+    pub gateway: IpAddr,
+    /// Its output device.
+    pub device: InterfaceName,
+}
+
+/// Something outside overlay changed the state we programmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriftEvent {
+    /// One of our routes disappeared or changed.
+    Route(RouteSpec),
+    /// The overlay address disappeared or changed.
+    Address(IpNetwork),
+    /// The overlay interface or its parent changed state.
+    Link(InterfaceName),
+    /// Notifications were lost (socket overrun); everything must be resynced.
+    Overrun,
+    /// The programmer repaired the drift itself; `writes` kernel writes.
+    Repaired {
+        /// Kernel writes the repair needed.
+        writes: u64,
+    },
+}
+
+/// State of one node's entry in a StaticRoute's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RouteState {
+    /// Route is in the kernel.
+    Applied,
+    /// Route could not be applied; see the message.
+    Failed,
+    /// Route is waiting for something (e.g. the overlay IP).
+    Pending,
+}
+
+impl fmt::Display for RouteState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteState::Applied => "Applied",
+            RouteState::Failed => "Failed",
+            RouteState::Pending => "Pending",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_marker_round_trips() {
+        let o = Owner::new("prod-eu", "10.176.162.151");
+        assert_eq!(o.marker(), "overlay-owner:prod-eu/10.176.162.151");
+        assert_eq!(Owner::from_marker(&o.marker()), Some(o));
+        assert_eq!(Owner::from_marker("created by hand"), None);
+        assert_eq!(Owner::from_marker("overlay-owner:/x"), None);
+    }
+
+    #[test]
+    fn node_topology_prefers_the_newest_labels() {
+        let labels: BTreeMap<String, String> = [
+            ("failure-domain.beta.kubernetes.io/zone", "old"),
+            ("topology.kubernetes.io/zone", "dal10"),
+            ("ibm-cloud.kubernetes.io/region", "us-south"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let n = NodeInfo::from_labels("n1", labels, vec![]);
+        assert_eq!(n.zone.as_ref().map(Zone::as_str), Some("dal10"));
+        assert_eq!(n.region.as_deref(), Some("us-south"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The seams of the SDK. The reconcilers are written against these traits
+//! only; Kubernetes, phpIPAM and netlink are adapters behind them.
+//!
+//! Every trait is object safe, `Send + Sync`, and used as `Arc<dyn Trait>`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IpamError, ProgrammerError, StoreError};
+use crate::model::{
+    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, Owner, Reservation,
+    RouteState,
+};
+use crate::parse::{Cidr, InterfaceName, LabelSelector, Zone};
+
+/// An IP address management system that hands out one address per owner.
+#[async_trait]
+pub trait IpamBackend: Send + Sync {
+    /// A short name for logs and metrics (`phpipam`, `memory`, ...).
+    fn name(&self) -> &str;
+
+    /// Reserves an address for `owner` in `zone`. Idempotent per owner: when
+    /// the owner already holds an address in the zone, that one is returned
+    /// and nothing new is reserved.
+    async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError>;
+
+    /// Releases a reservation. Idempotent: releasing an address that is
+    /// already gone succeeds.
+    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError>;
+
+    /// The reservation `owner` holds, in `zone` or (with `None`) anywhere.
+    async fn lookup(
+        &self,
+        owner: &Owner,
+        zone: Option<&Zone>,
+    ) -> Result<Option<Reservation>, IpamError>;
+
+    /// Every reservation this backend manages for overlay (those carrying an
+    /// owner marker), across all configured zones.
+    async fn list(&self) -> Result<Vec<Reservation>, IpamError>;
+
+    /// Releases whatever `owner` holds; `Ok(None)` when it held nothing.
+    async fn release_owner(&self, owner: &Owner) -> Result<Option<Reservation>, IpamError> {
+        match self.lookup(owner, None).await? {
+            Some(r) => {
+                self.release(&r).await?;
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Programs one node's overlay interface and routes into the kernel.
+#[async_trait]
+pub trait RouteProgrammer: Send + Sync {
+    /// Makes the node look like `desired`: creates or fixes the overlay
+    /// interface and address, installs the routes, and removes routes we
+    /// installed earlier that are no longer desired. Routes we did not
+    /// install are never touched. A second identical apply writes nothing.
+    /// Per-route failures are reported in the [`ApplyReport`], not as `Err`;
+    /// `Err` means nothing could be applied (e.g. no permission).
+    async fn apply(&self, desired: &DesiredNodeState) -> Result<ApplyReport, ProgrammerError>;
+
+    /// Deletes the overlay interface `name` (and with it its address and the
+    /// routes through it). Returns whether it existed.
+    async fn remove_interface(&self, name: &InterfaceName) -> Result<bool, ProgrammerError>;
+
+    /// The gateway and device of the kernel route that covers `prefix`
+    /// (longest match in the main table).
+    async fn discover_gateway(&self, prefix: &Cidr) -> Result<DiscoveredRoute, ProgrammerError>;
+
+    /// Notifications of drift: something outside overlay changed what we
+    /// programmed. Each call returns a new subscription.
+    fn drift(&self) -> BoxStream<'static, DriftEvent>;
+}
+
+/// Where the nodes of the cluster come from (the Kubernetes API, a static
+/// list, a lab).
+#[async_trait]
+pub trait NodeSource: Send + Sync {
+    /// All nodes now.
+    async fn list(&self) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// One node, `None` when it does not exist.
+    async fn get(&self, name: &str) -> Result<Option<NodeInfo>, StoreError>;
+
+    /// Node changes from now on.
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>>;
+}
+
+/// A change in a watched collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent<T> {
+    /// Created or updated.
+    Applied(T),
+    /// Deleted (by name).
+    Deleted(String),
+    /// The watch restarted: this is the full current set.
+    Restarted(Vec<T>),
+}
+
+/// The finalizer overlay puts on its objects.
+pub const FINALIZER: &str = "finalizer.iks.ibm.com";
+
+/// A NodeOverlayIp as the reconcilers see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayIpRecord {
+    /// Object name = node name.
+    pub name: String,
+    /// Labels (`node`, `region`, `zone`).
+    pub labels: BTreeMap<String, String>,
+    /// Finalizers present.
+    pub finalizers: Vec<String>,
+    /// True when deletion was requested (deletionTimestamp set).
+    pub deleting: bool,
+    /// UID of the owning Node, when set.
+    pub owner_uid: Option<String>,
+    /// Reserved address with prefix (controller-owned status).
+    pub ip_addr: Option<IpNetwork>,
+    /// Gateway of the pool (controller-owned status).
+    pub gateway: Option<IpAddr>,
+    /// Agent-owned status.
+    pub agent: Option<AgentStatus>,
+}
+
+/// What the agent reports on its NodeOverlayIp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Parent interface.
+    pub interface: String,
+    /// Overlay interface (macvlan) name.
+    pub interface_label: String,
+    /// Whether the address is configured.
+    pub configured: bool,
+    /// Why (condition reason, CamelCase).
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// The metadata the controller creates a NodeOverlayIp with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayIpMeta {
+    /// Name (= node name).
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// UID of the Node, for the owner reference.
+    pub owner_uid: Option<String>,
+}
+
+/// Storage of NodeOverlayIp records.
+#[async_trait]
+pub trait OverlayIpStore: Send + Sync {
+    /// One record, `None` when absent.
+    async fn get(&self, name: &str) -> Result<Option<OverlayIpRecord>, StoreError>;
+    /// All records the store can see.
+    async fn list(&self) -> Result<Vec<OverlayIpRecord>, StoreError>;
+    /// Creates the record with our finalizer if absent (labels and owner
+    /// updated if present); returns it.
+    async fn ensure(&self, meta: &OverlayIpMeta) -> Result<OverlayIpRecord, StoreError>;
+    /// Writes the controller-owned status (`ipAddr`, `gateway`).
+    async fn set_address(
+        &self,
+        name: &str,
+        ip_addr: IpNetwork,
+        gateway: Option<IpAddr>,
+    ) -> Result<(), StoreError>;
+    /// Writes the agent-owned status fields only.
+    async fn set_agent_status(&self, name: &str, status: &AgentStatus) -> Result<(), StoreError>;
+    /// Requests deletion; absent is success.
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Removes one finalizer (only that one); absent is success.
+    async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError>;
+    /// Changes from now on.
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<OverlayIpRecord>, StoreError>>;
+}
+
+/// How a StaticRoute picks its next hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GatewayChoice {
+    /// The gateway of the node's overlay subnet (default).
+    #[default]
+    Overlay,
+    /// A fixed address.
+    Fixed(IpAddr),
+    /// The gateway of the kernel route covering this prefix.
+    Discover(Cidr),
+}
+
+/// A StaticRoute's spec, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticRouteSpecModel {
+    /// Destination.
+    pub subnet: Cidr,
+    /// Next hop choice.
+    pub gateway: GatewayChoice,
+    /// Routing table.
+    pub table: Option<u32>,
+    /// Metric.
+    pub metric: Option<u32>,
+    /// Which nodes.
+    pub selector: LabelSelector,
+}
+
+/// One node's entry in a StaticRoute's `status.nodeStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRouteStatus {
+    /// Node name.
+    pub hostname: String,
+    /// Output device.
+    pub device: String,
+    /// Gateway used.
+    pub gateway: String,
+    /// State.
+    pub state: RouteState,
+    /// Detail (why Failed/Pending).
+    pub message: String,
+}
+
+/// A StaticRoute as the reconcilers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticRouteRecord {
+    /// Object name.
+    pub name: String,
+    /// The spec; `Err` holds why it is invalid (reported, never applied).
+    pub spec: Result<StaticRouteSpecModel, String>,
+    /// Finalizers present.
+    pub finalizers: Vec<String>,
+    /// Deletion requested.
+    pub deleting: bool,
+    /// Per-node status entries.
+    pub node_status: Vec<NodeRouteStatus>,
+}
+
+/// Storage of StaticRoute records.
+#[async_trait]
+pub trait StaticRouteStore: Send + Sync {
+    /// All StaticRoutes.
+    async fn list(&self) -> Result<Vec<StaticRouteRecord>, StoreError>;
+    /// Adds a finalizer if absent.
+    async fn add_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError>;
+    /// Removes one finalizer; absent is success.
+    async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError>;
+    /// Writes one node's status entry (and only that entry).
+    async fn set_node_status(&self, name: &str, status: &NodeRouteStatus)
+    -> Result<(), StoreError>;
+    /// Removes the entries of `hostnames`.
+    async fn remove_node_status(&self, name: &str, hostnames: &[String]) -> Result<(), StoreError>;
+    /// Changes from now on.
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>>;
+}
