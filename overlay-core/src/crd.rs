@@ -5,8 +5,6 @@
 //! `deploy/crds/*.yaml` is generated from these types by `overlayctl crds`;
 //! a test fails when the committed YAML drifts.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector as K8sSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -399,17 +397,4 @@ impl From<&NodeRouteStatus> for NodeStatusEntry {
             message: (!s.message.is_empty()).then(|| s.message.clone()),
         }
     }
-}
-
-/// Labels the controller puts on a NodeOverlayIp.
-pub fn overlay_ip_labels(node: &crate::model::NodeInfo) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::new();
-    l.insert("node".to_owned(), node.name.clone());
-    if let Some(r) = &node.region {
-        l.insert("region".to_owned(), r.clone());
-    }
-    if let Some(z) = &node.zone {
-        l.insert("zone".to_owned(), z.to_string());
-    }
-    l
 }

@@ -14,9 +14,14 @@
 //! - `crd` (feature `kube`, default): the `NodeOverlayIp` and `StaticRoute`
 //!   custom resources.
 
+pub mod controller;
 pub mod error;
+pub mod events;
+pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod parse;
+pub mod queue;
 pub mod traits;
 
 #[cfg(feature = "kube")]

@@ -66,6 +66,20 @@ impl NodeInfo {
     }
 }
 
+/// Labels the controller puts on a node's NodeOverlayIp: `node`, and
+/// `region`/`zone` when known.
+pub fn overlay_ip_labels(node: &NodeInfo) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("node".to_owned(), node.name.clone());
+    if let Some(r) = &node.region {
+        l.insert("region".to_owned(), r.clone());
+    }
+    if let Some(z) = &node.zone {
+        l.insert("zone".to_owned(), z.to_string());
+    }
+    l
+}
+
 /// Who holds a reservation: a node of a cluster. Several clusters can share
 /// one IPAM because the marker carries the cluster id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,0 +1,693 @@
+//! The controller reconciler: every node gets one overlay address, recorded
+//! in its NodeOverlayIp, and gives it back when it goes. Written against the
+//! traits only; the Kubernetes binding and the lab plug in their adapters.
+//!
+//! Invariants:
+//! - one reservation per node, ever: the IPAM is asked by owner (node +
+//!   cluster id), so a crash between reserve and status write finds the same
+//!   address again;
+//! - an address is released only while the NodeOverlayIp carries our
+//!   finalizer, and the finalizer comes off only after the release succeeded;
+//! - an IPAM outage never releases anything; one node's failure (unknown
+//!   zone, full pool) never blocks the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::{IpamError, StoreError};
+use crate::events::{Event, EventRecorder, EventType};
+use crate::metrics::ControllerMetrics;
+use crate::model::{NodeInfo, Owner, overlay_ip_labels};
+use crate::queue::{Backoff, Next, WorkQueue};
+use crate::traits::{
+    FINALIZER, IpamBackend, NodeSource, OverlayIpMeta, OverlayIpStore, StaticRouteRecord,
+    StaticRouteStore, StoreEvent,
+};
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Cluster id written into every owner marker.
+    pub cluster_id: String,
+    /// Log what would be done; change nothing.
+    pub dry_run: bool,
+    /// Nodes reconciled at once.
+    pub concurrency: usize,
+    /// Period of the orphan collection and full resync.
+    pub resync: Duration,
+    /// Retry delays after failures.
+    pub backoff: Backoff,
+    /// Retry delay after a permanent error (unknown zone, full pool, bad
+    /// credentials): the configuration or the pool may change.
+    pub permanent_retry: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "default".into(),
+            dry_run: false,
+            concurrency: 64,
+            resync: Duration::from_secs(600),
+            backoff: Backoff::default(),
+            permanent_retry: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A reconcile failure, with the node and the call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControllerError {
+    /// The IPAM failed.
+    #[error("node {node}: {source}")]
+    Ipam {
+        /// Node.
+        node: String,
+        /// Cause.
+        source: IpamError,
+    },
+    /// A record store failed.
+    #[error("node {node}: {source}")]
+    Store {
+        /// Node (or object) name.
+        node: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// The node has no zone label.
+    #[error(
+        "node {node} has no zone label (topology.kubernetes.io/zone, failure-domain.beta.kubernetes.io/zone or ibm-cloud.kubernetes.io/zone); label it to get an overlay IP"
+    )]
+    NoZone {
+        /// Node.
+        node: String,
+    },
+}
+
+impl ControllerError {
+    /// True when retrying soon may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ControllerError::Ipam { source, .. } => source.is_retryable(),
+            ControllerError::Store { source, .. } => source.is_retryable(),
+            ControllerError::NoZone { .. } => false,
+        }
+    }
+
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControllerError::Ipam { source, .. } => source.kind(),
+            ControllerError::Store { .. } => "store",
+            ControllerError::NoZone { .. } => "no_zone",
+        }
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Node has its address recorded.
+    Ready,
+    /// Released the address and removed our finalizer.
+    Released,
+    /// Asked the store to delete the NodeOverlayIp (node gone).
+    Deleting,
+    /// Nothing to do (node and record gone).
+    Gone,
+    /// Dry run: what would have been done.
+    DryRun(String),
+}
+
+/// Result of one orphan collection pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrphanReport {
+    /// Reservations released (owner had no node and no record).
+    pub released: Vec<String>,
+    /// NodeOverlayIps deleted (node gone).
+    pub deleted: Vec<String>,
+}
+
+/// Work keys of the controller's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Node(String),
+    Route(String),
+    Orphans,
+}
+
+/// The controller reconciler.
+pub struct Controller {
+    cfg: ControllerConfig,
+    nodes: Arc<dyn NodeSource>,
+    ipam: Arc<dyn IpamBackend>,
+    overlay_ips: Arc<dyn OverlayIpStore>,
+    routes: Arc<dyn StaticRouteStore>,
+    events: Arc<dyn EventRecorder>,
+    metrics: ControllerMetrics,
+    ready: AtomicBool,
+}
+
+impl Controller {
+    /// Builds a controller over its collaborators.
+    pub fn new(
+        cfg: ControllerConfig,
+        nodes: Arc<dyn NodeSource>,
+        ipam: Arc<dyn IpamBackend>,
+        overlay_ips: Arc<dyn OverlayIpStore>,
+        routes: Arc<dyn StaticRouteStore>,
+        events: Arc<dyn EventRecorder>,
+        metrics: ControllerMetrics,
+    ) -> Self {
+        Self {
+            cfg,
+            nodes,
+            ipam,
+            overlay_ips,
+            routes,
+            events,
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// True once the first full pass has been queued (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The owner marker of `node`.
+    pub fn owner(&self, node: &str) -> Owner {
+        Owner::new(self.cfg.cluster_id.clone(), node)
+    }
+
+    async fn event(&self, kind: &str, name: &str, type_: EventType, reason: &str, message: String) {
+        self.events
+            .record(Event {
+                kind: kind.into(),
+                name: name.into(),
+                type_,
+                reason: reason.into(),
+                message,
+            })
+            .await;
+    }
+
+    /// Reconciles one node by name: reserve and record its address, or
+    /// release it when the node or its NodeOverlayIp goes.
+    pub async fn reconcile_node(&self, name: &str) -> Result<NodeOutcome, ControllerError> {
+        let store_err = |source| ControllerError::Store {
+            node: name.to_owned(),
+            source,
+        };
+        let ipam_err = |source| ControllerError::Ipam {
+            node: name.to_owned(),
+            source,
+        };
+        let node = self.nodes.get(name).await.map_err(store_err)?;
+        let record = self.overlay_ips.get(name).await.map_err(store_err)?;
+        let owner = self.owner(name);
+
+        match (node, record) {
+            (node, Some(rec)) if rec.deleting => {
+                if rec.finalizers.iter().any(|f| f == FINALIZER) {
+                    if self.cfg.dry_run {
+                        info!(
+                            node = name,
+                            "dry run: would release the address and remove the finalizer"
+                        );
+                        return Ok(NodeOutcome::DryRun(format!("release {owner}")));
+                    }
+                    // Release first; the finalizer stays until this succeeds.
+                    let released = self.ipam.release_owner(&owner).await.map_err(ipam_err)?;
+                    if let Some(r) = &released {
+                        info!(node = name, address = %r.address, "released overlay address");
+                        self.event(
+                            "NodeOverlayIp",
+                            name,
+                            EventType::Normal,
+                            "Released",
+                            format!(
+                                "released {} ({} subnet {})",
+                                r.address,
+                                self.ipam.name(),
+                                r.subnet_id
+                            ),
+                        )
+                        .await;
+                    }
+                    self.overlay_ips
+                        .remove_finalizer(name, FINALIZER)
+                        .await
+                        .map_err(store_err)?;
+                } else {
+                    // Our part is done; other finalizers hold the object.
+                    return Ok(NodeOutcome::Gone);
+                }
+                if node.is_some() {
+                    debug!(
+                        node = name,
+                        "NodeOverlayIp deleted while the node exists; it will be recreated"
+                    );
+                }
+                Ok(NodeOutcome::Released)
+            }
+            (None, Some(_)) => {
+                if self.cfg.dry_run {
+                    info!(
+                        node = name,
+                        "dry run: node is gone, would delete its NodeOverlayIp"
+                    );
+                    return Ok(NodeOutcome::DryRun(format!("delete NodeOverlayIp {name}")));
+                }
+                info!(node = name, "node is gone; deleting its NodeOverlayIp");
+                self.overlay_ips.delete(name).await.map_err(store_err)?;
+                Ok(NodeOutcome::Deleting)
+            }
+            (None, None) => {
+                // A reservation made just before the node went (or before a
+                // crash) has no record to hang a finalizer on: release it.
+                if self.cfg.dry_run {
+                    return Ok(NodeOutcome::Gone);
+                }
+                if let Some(r) = self.ipam.release_owner(&owner).await.map_err(ipam_err)? {
+                    info!(node = name, address = %r.address, "released address of a node that is gone");
+                    self.event(
+                        "Node",
+                        name,
+                        EventType::Normal,
+                        "Released",
+                        format!("released {} of deleted node", r.address),
+                    )
+                    .await;
+                }
+                Ok(NodeOutcome::Gone)
+            }
+            (Some(node), rec) => self.ensure_address(&node, rec).await,
+        }
+    }
+
+    async fn ensure_address(
+        &self,
+        node: &NodeInfo,
+        rec: Option<crate::traits::OverlayIpRecord>,
+    ) -> Result<NodeOutcome, ControllerError> {
+        let name = node.name.as_str();
+        let store_err = |source| ControllerError::Store {
+            node: name.to_owned(),
+            source,
+        };
+        let meta = OverlayIpMeta {
+            name: name.to_owned(),
+            labels: overlay_ip_labels(node),
+            owner_uid: node.uid.clone(),
+        };
+        if self.cfg.dry_run {
+            let has = rec.as_ref().and_then(|r| r.ip_addr);
+            return Ok(match (has, &node.zone) {
+                (Some(ip), _) => NodeOutcome::DryRun(format!("{name} keeps {ip}")),
+                (None, Some(z)) => {
+                    info!(node = name, zone = %z, "dry run: would reserve an address and record it");
+                    NodeOutcome::DryRun(format!("reserve for {name} in {z}"))
+                }
+                (None, None) => NodeOutcome::DryRun(format!("{name} has no zone")),
+            });
+        }
+        let up_to_date = rec.as_ref().is_some_and(|r| {
+            r.labels == meta.labels
+                && r.owner_uid == meta.owner_uid
+                && r.finalizers.iter().any(|f| f == FINALIZER)
+        });
+        let rec = match rec {
+            Some(r) if up_to_date => r,
+            _ => self.overlay_ips.ensure(&meta).await.map_err(store_err)?,
+        };
+        if rec.ip_addr.is_some() {
+            return Ok(NodeOutcome::Ready);
+        }
+        let Some(zone) = node.zone.clone() else {
+            let err = ControllerError::NoZone {
+                node: name.to_owned(),
+            };
+            self.event("Node", name, EventType::Warning, "NoZone", err.to_string())
+                .await;
+            return Err(err);
+        };
+        let owner = self.owner(name);
+        let reservation = match self.ipam.reserve(&owner, &zone).await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = ControllerError::Ipam {
+                    node: name.to_owned(),
+                    source: e,
+                };
+                self.event(
+                    "Node",
+                    name,
+                    EventType::Warning,
+                    "ReserveFailed",
+                    err.to_string(),
+                )
+                .await;
+                return Err(err);
+            }
+        };
+        self.overlay_ips
+            .set_address(name, reservation.address, reservation.gateway)
+            .await
+            .map_err(store_err)?;
+        info!(node = name, zone = %zone, address = %reservation.address, subnet = %reservation.subnet_id, "overlay address recorded");
+        let gw = reservation
+            .gateway
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "none".into());
+        self.event(
+            "Node",
+            name,
+            EventType::Normal,
+            "Reserved",
+            format!(
+                "reserved {} (gateway {gw}) in zone {zone} from {} subnet {}",
+                reservation.address,
+                self.ipam.name(),
+                reservation.subnet_id
+            ),
+        )
+        .await;
+        Ok(NodeOutcome::Ready)
+    }
+
+    /// Releases reservations whose owner has neither a node nor a record,
+    /// and deletes NodeOverlayIps of nodes that no longer exist.
+    pub async fn collect_orphans(&self) -> Result<OrphanReport, ControllerError> {
+        let ipam_err = |source| ControllerError::Ipam {
+            node: String::new(),
+            source,
+        };
+        let store_err = |source| ControllerError::Store {
+            node: String::new(),
+            source,
+        };
+        // Reservations first, nodes second: a node created in between has
+        // no reservation in the first list, so it cannot be mistaken for an
+        // orphan.
+        let reservations = self.ipam.list().await.map_err(ipam_err)?;
+        let records = self.overlay_ips.list().await.map_err(store_err)?;
+        let nodes: std::collections::HashSet<String> = self
+            .nodes
+            .list()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let recorded: std::collections::HashSet<&str> =
+            records.iter().map(|r| r.name.as_str()).collect();
+        let mut report = OrphanReport::default();
+        let mut held = 0i64;
+        for r in &reservations {
+            if r.owner.cluster != self.cfg.cluster_id {
+                continue;
+            }
+            held += 1;
+            let node = r.owner.node.as_str();
+            if nodes.contains(node) || recorded.contains(node) {
+                continue;
+            }
+            // Re-check the node right before releasing (it may have been
+            // created after the list).
+            if self.nodes.get(node).await.map_err(store_err)?.is_some() {
+                continue;
+            }
+            if self.cfg.dry_run {
+                info!(node, address = %r.address, "dry run: would release orphaned reservation");
+                continue;
+            }
+            self.ipam.release(r).await.map_err(ipam_err)?;
+            held -= 1;
+            warn!(node, address = %r.address, "released orphaned reservation");
+            self.metrics.orphan("reservation");
+            self.event(
+                "Node",
+                node,
+                EventType::Normal,
+                "OrphanReleased",
+                format!(
+                    "released {} held for a node that no longer exists",
+                    r.address
+                ),
+            )
+            .await;
+            report.released.push(node.to_owned());
+        }
+        for rec in &records {
+            if nodes.contains(&rec.name) || rec.deleting {
+                continue;
+            }
+            if self.cfg.dry_run {
+                info!(node = %rec.name, "dry run: would delete NodeOverlayIp of a missing node");
+                continue;
+            }
+            warn!(node = %rec.name, "deleting NodeOverlayIp of a node that no longer exists");
+            self.overlay_ips
+                .delete(&rec.name)
+                .await
+                .map_err(store_err)?;
+            self.metrics.orphan("record");
+            report.deleted.push(rec.name.clone());
+        }
+        self.metrics.reservations_held.set(held);
+        Ok(report)
+    }
+
+    /// The StaticRoute duties of the controller: put our finalizer on every
+    /// StaticRoute; when one is being deleted, prune status entries of nodes
+    /// that no longer exist and remove the finalizer once no existing node
+    /// reports the route.
+    pub async fn reconcile_route(&self, route: &StaticRouteRecord) -> Result<(), ControllerError> {
+        let name = route.name.as_str();
+        let store_err = |source| ControllerError::Store {
+            node: name.to_owned(),
+            source,
+        };
+        let has_finalizer = route.finalizers.iter().any(|f| f == FINALIZER);
+        if !route.deleting {
+            if !has_finalizer && !self.cfg.dry_run {
+                self.routes
+                    .add_finalizer(name, FINALIZER)
+                    .await
+                    .map_err(store_err)?;
+            }
+            return Ok(());
+        }
+        if !has_finalizer {
+            return Ok(());
+        }
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for e in &route.node_status {
+            if self
+                .nodes
+                .get(&e.hostname)
+                .await
+                .map_err(store_err)?
+                .is_some()
+            {
+                live.push(e.hostname.clone());
+            } else {
+                dead.push(e.hostname.clone());
+            }
+        }
+        if self.cfg.dry_run {
+            info!(
+                route = name,
+                ?dead,
+                ?live,
+                "dry run: would prune entries of missing nodes and remove the finalizer when none is live"
+            );
+            return Ok(());
+        }
+        if !dead.is_empty() {
+            info!(route = name, nodes = ?dead, "pruning status entries of nodes that no longer exist");
+            self.routes
+                .remove_node_status(name, &dead)
+                .await
+                .map_err(store_err)?;
+        }
+        if live.is_empty() {
+            info!(
+                route = name,
+                "no node holds the route any more; removing finalizer"
+            );
+            self.routes
+                .remove_finalizer(name, FINALIZER)
+                .await
+                .map_err(store_err)?;
+        } else {
+            debug!(route = name, nodes = ?live, "waiting for agents to remove the route");
+        }
+        Ok(())
+    }
+
+    async fn reconcile_route_by_name(&self, name: &str) -> Result<(), ControllerError> {
+        let routes = self
+            .routes
+            .list()
+            .await
+            .map_err(|source| ControllerError::Store {
+                node: name.to_owned(),
+                source,
+            })?;
+        match routes.into_iter().find(|r| r.name == name) {
+            Some(r) => self.reconcile_route(&r).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn handle(&self, key: Key) -> Next {
+        match key {
+            Key::Node(name) => {
+                let span = info_span!("reconcile", node = %name);
+                let r = self.reconcile_node(&name).instrument(span).await;
+                self.metrics.reconciled("node", r.is_ok());
+                match r {
+                    Ok(NodeOutcome::Deleting) | Ok(NodeOutcome::Released) => {
+                        // Follow up: the record changes (watch) and so may
+                        // the node; a short requeue makes it independent of
+                        // watch delivery.
+                        Next::After(Duration::from_millis(50))
+                    }
+                    Ok(_) => Next::Done,
+                    Err(e) => self.on_error(&e),
+                }
+            }
+            Key::Route(name) => {
+                let r = self.reconcile_route_by_name(&name).await;
+                self.metrics.reconciled("route", r.is_ok());
+                match r {
+                    Ok(()) => Next::Done,
+                    Err(e) => self.on_error(&e),
+                }
+            }
+            Key::Orphans => match self.collect_orphans().await {
+                Ok(rep) => {
+                    if !rep.released.is_empty() || !rep.deleted.is_empty() {
+                        info!(
+                            released = rep.released.len(),
+                            deleted = rep.deleted.len(),
+                            "orphan collection"
+                        );
+                    }
+                    Next::Done
+                }
+                Err(e) => self.on_error(&e),
+            },
+        }
+    }
+
+    fn on_error(&self, e: &ControllerError) -> Next {
+        self.metrics.error(e.kind());
+        if e.is_retryable() {
+            warn!(error = %e, "reconcile failed; retrying with backoff");
+            Next::Backoff
+        } else {
+            warn!(error = %e, retry_in_s = self.cfg.permanent_retry.as_secs(), "reconcile failed; needs attention");
+            Next::After(self.cfg.permanent_retry)
+        }
+    }
+
+    /// Runs the controller until `shutdown` completes: an initial full pass
+    /// with orphan collection, then node, NodeOverlayIp and StaticRoute
+    /// watches, and a periodic resync.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let queue: WorkQueue<Key> = WorkQueue::new(self.cfg.concurrency, self.cfg.backoff);
+        let worker = {
+            let this = self.clone();
+            let q = queue.clone();
+            tokio::spawn(async move {
+                q.run(move |k| {
+                    let this = this.clone();
+                    async move { this.handle(k).await }
+                })
+                .await
+            })
+        };
+        let mut node_watch = self.nodes.watch();
+        let mut ip_watch = self.overlay_ips.watch();
+        let mut route_watch = self.routes.watch();
+        self.full_pass(&queue).await;
+        self.ready.store(true, Ordering::Relaxed);
+        let mut resync = tokio::time::interval(self.cfg.resync);
+        resync.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = resync.tick() => self.full_pass(&queue).await,
+                ev = node_watch.next() => match ev {
+                    Some(Ok(StoreEvent::Applied(n))) => queue.add(Key::Node(n.name)),
+                    Some(Ok(StoreEvent::Deleted(name))) => {
+                        queue.add(Key::Node(name));
+                        // Deleting StaticRoutes may wait on this node.
+                        self.queue_deleting_routes(&queue).await;
+                    }
+                    Some(Ok(StoreEvent::Restarted(all))) => {
+                        for n in all { queue.add(Key::Node(n.name)); }
+                    }
+                    Some(Err(e)) => { warn!(error = %e, "node watch error; relisting"); self.full_pass(&queue).await; }
+                    None => { node_watch = self.nodes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                },
+                ev = ip_watch.next() => match ev {
+                    Some(Ok(StoreEvent::Applied(r))) => queue.add(Key::Node(r.name)),
+                    Some(Ok(StoreEvent::Deleted(name))) => queue.add(Key::Node(name)),
+                    Some(Ok(StoreEvent::Restarted(all))) => {
+                        for r in all { queue.add(Key::Node(r.name)); }
+                    }
+                    Some(Err(e)) => { warn!(error = %e, "NodeOverlayIp watch error; relisting"); self.full_pass(&queue).await; }
+                    None => { ip_watch = self.overlay_ips.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                },
+                ev = route_watch.next() => match ev {
+                    Some(Ok(StoreEvent::Applied(r))) => queue.add(Key::Route(r.name)),
+                    Some(Ok(StoreEvent::Deleted(_))) => {}
+                    Some(Ok(StoreEvent::Restarted(all))) => {
+                        for r in all { queue.add(Key::Route(r.name)); }
+                    }
+                    Some(Err(e)) => { warn!(error = %e, "StaticRoute watch error; relisting"); self.full_pass(&queue).await; }
+                    None => { route_watch = self.routes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                },
+            }
+        }
+        worker.abort();
+        info!("controller stopped");
+    }
+
+    async fn queue_deleting_routes(&self, queue: &WorkQueue<Key>) {
+        if let Ok(routes) = self.routes.list().await {
+            for r in routes.into_iter().filter(|r| r.deleting) {
+                queue.add(Key::Route(r.name));
+            }
+        }
+    }
+
+    async fn full_pass(&self, queue: &WorkQueue<Key>) {
+        match self.nodes.list().await {
+            Ok(nodes) => nodes.into_iter().for_each(|n| queue.add(Key::Node(n.name))),
+            Err(e) => warn!(error = %e, "listing nodes failed"),
+        }
+        match self.overlay_ips.list().await {
+            Ok(recs) => recs.into_iter().for_each(|r| queue.add(Key::Node(r.name))),
+            Err(e) => warn!(error = %e, "listing NodeOverlayIps failed"),
+        }
+        match self.routes.list().await {
+            Ok(routes) => routes
+                .into_iter()
+                .for_each(|r| queue.add(Key::Route(r.name))),
+            Err(e) => warn!(error = %e, "listing StaticRoutes failed"),
+        }
+        queue.add(Key::Orphans);
+    }
+}

@@ -1,0 +1,389 @@
+//! In-memory implementations of [`NodeSource`], [`OverlayIpStore`],
+//! [`StaticRouteStore`] and [`EventRecorder`], with Kubernetes-like
+//! semantics (finalizers hold deletion; watches deliver changes). The lab,
+//! the benchmarks, the tests and users who drive the reconcilers without
+//! Kubernetes use them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use ipnetwork::IpNetwork;
+use tokio::sync::broadcast;
+
+use crate::error::StoreError;
+use crate::events::{Event, EventRecorder};
+use crate::model::NodeInfo;
+use crate::traits::{
+    AgentStatus, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
+    StaticRouteRecord, StaticRouteStore, StoreEvent,
+};
+
+const WATCH_CAPACITY: usize = 65_536;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn watch_stream<T: Clone + Send + 'static>(
+    rx: broadcast::Receiver<StoreEvent<T>>,
+    kind: &'static str,
+) -> BoxStream<'static, Result<StoreEvent<T>, StoreError>> {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => return Some((Ok(ev), rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Some((
+                        Err(StoreError::Unavailable {
+                            kind: kind.to_owned(),
+                            name: String::new(),
+                            message: format!("watch lagged by {n} events; relist"),
+                        }),
+                        rx,
+                    ));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Nodes held in memory; [`MemoryNodes::upsert`] and
+/// [`MemoryNodes::remove`] drive the watch.
+#[derive(Clone)]
+pub struct MemoryNodes {
+    nodes: Arc<Mutex<BTreeMap<String, NodeInfo>>>,
+    tx: broadcast::Sender<StoreEvent<NodeInfo>>,
+}
+
+impl Default for MemoryNodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryNodes {
+    /// An empty node set.
+    pub fn new() -> Self {
+        Self {
+            nodes: Arc::default(),
+            tx: broadcast::channel(WATCH_CAPACITY).0,
+        }
+    }
+
+    /// Adds or updates a node.
+    pub fn upsert(&self, node: NodeInfo) {
+        lock(&self.nodes).insert(node.name.clone(), node.clone());
+        let _ = self.tx.send(StoreEvent::Applied(node));
+    }
+
+    /// Removes a node; returns whether it existed.
+    pub fn remove(&self, name: &str) -> bool {
+        let existed = lock(&self.nodes).remove(name).is_some();
+        if existed {
+            let _ = self.tx.send(StoreEvent::Deleted(name.to_owned()));
+        }
+        existed
+    }
+}
+
+#[async_trait]
+impl NodeSource for MemoryNodes {
+    async fn list(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        Ok(lock(&self.nodes).values().cloned().collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<NodeInfo>, StoreError> {
+        Ok(lock(&self.nodes).get(name).cloned())
+    }
+
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>> {
+        watch_stream(self.tx.subscribe(), "Node")
+    }
+}
+
+/// NodeOverlayIp records in memory.
+#[derive(Clone)]
+pub struct MemoryOverlayIps {
+    records: Arc<Mutex<BTreeMap<String, OverlayIpRecord>>>,
+    tx: broadcast::Sender<StoreEvent<OverlayIpRecord>>,
+}
+
+impl Default for MemoryOverlayIps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryOverlayIps {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            records: Arc::default(),
+            tx: broadcast::channel(WATCH_CAPACITY).0,
+        }
+    }
+
+    /// Inserts a record as-is (for tests and fixtures).
+    pub fn insert(&self, record: OverlayIpRecord) {
+        lock(&self.records).insert(record.name.clone(), record.clone());
+        let _ = self.tx.send(StoreEvent::Applied(record));
+    }
+
+    /// A snapshot of every record.
+    pub fn snapshot(&self) -> Vec<OverlayIpRecord> {
+        lock(&self.records).values().cloned().collect()
+    }
+
+    fn modify<F: FnOnce(&mut OverlayIpRecord)>(&self, name: &str, f: F) -> Result<(), StoreError> {
+        let event = {
+            let mut map = lock(&self.records);
+            let rec = map.get_mut(name).ok_or_else(|| StoreError::NotFound {
+                kind: "NodeOverlayIp".into(),
+                name: name.into(),
+            })?;
+            f(rec);
+            if rec.deleting && rec.finalizers.is_empty() {
+                map.remove(name);
+                StoreEvent::Deleted(name.to_owned())
+            } else {
+                StoreEvent::Applied(rec.clone())
+            }
+        };
+        let _ = self.tx.send(event);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OverlayIpStore for MemoryOverlayIps {
+    async fn get(&self, name: &str) -> Result<Option<OverlayIpRecord>, StoreError> {
+        Ok(lock(&self.records).get(name).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<OverlayIpRecord>, StoreError> {
+        Ok(self.snapshot())
+    }
+
+    async fn ensure(&self, meta: &OverlayIpMeta) -> Result<OverlayIpRecord, StoreError> {
+        let rec = {
+            let mut map = lock(&self.records);
+            let rec = map
+                .entry(meta.name.clone())
+                .or_insert_with(|| OverlayIpRecord {
+                    name: meta.name.clone(),
+                    finalizers: vec![crate::FINALIZER.to_owned()],
+                    ..Default::default()
+                });
+            if rec.labels == meta.labels && rec.owner_uid == meta.owner_uid {
+                return Ok(rec.clone());
+            }
+            rec.labels = meta.labels.clone();
+            rec.owner_uid = meta.owner_uid.clone();
+            rec.clone()
+        };
+        let _ = self.tx.send(StoreEvent::Applied(rec.clone()));
+        Ok(rec)
+    }
+
+    async fn set_address(
+        &self,
+        name: &str,
+        ip_addr: IpNetwork,
+        gateway: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        self.modify(name, |r| {
+            r.ip_addr = Some(ip_addr);
+            r.gateway = gateway;
+        })
+    }
+
+    async fn set_agent_status(&self, name: &str, status: &AgentStatus) -> Result<(), StoreError> {
+        self.modify(name, |r| r.agent = Some(status.clone()))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self.modify(name, |r| r.deleting = true) {
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
+        match self.modify(name, |r| r.finalizers.retain(|f| f != finalizer)) {
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<OverlayIpRecord>, StoreError>> {
+        watch_stream(self.tx.subscribe(), "NodeOverlayIp")
+    }
+}
+
+/// StaticRoute records in memory.
+#[derive(Clone)]
+pub struct MemoryStaticRoutes {
+    records: Arc<Mutex<BTreeMap<String, StaticRouteRecord>>>,
+    tx: broadcast::Sender<StoreEvent<StaticRouteRecord>>,
+}
+
+impl Default for MemoryStaticRoutes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStaticRoutes {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            records: Arc::default(),
+            tx: broadcast::channel(WATCH_CAPACITY).0,
+        }
+    }
+
+    /// Creates or replaces a StaticRoute's spec (keeps status and
+    /// finalizers of an existing one), like `kubectl apply`.
+    pub fn apply(&self, name: &str, spec: Result<crate::StaticRouteSpecModel, String>) {
+        let rec = {
+            let mut map = lock(&self.records);
+            let rec = map
+                .entry(name.to_owned())
+                .or_insert_with(|| StaticRouteRecord {
+                    name: name.to_owned(),
+                    spec: spec.clone(),
+                    finalizers: vec![],
+                    deleting: false,
+                    node_status: vec![],
+                });
+            rec.spec = spec;
+            rec.clone()
+        };
+        let _ = self.tx.send(StoreEvent::Applied(rec));
+    }
+
+    /// Requests deletion (like `kubectl delete`): held while finalizers remain.
+    pub fn delete(&self, name: &str) {
+        let _ = self.modify(name, |r| r.deleting = true);
+    }
+
+    /// One record.
+    pub fn get(&self, name: &str) -> Option<StaticRouteRecord> {
+        lock(&self.records).get(name).cloned()
+    }
+
+    /// A snapshot of every record.
+    pub fn snapshot(&self) -> Vec<StaticRouteRecord> {
+        lock(&self.records).values().cloned().collect()
+    }
+
+    fn modify<F: FnOnce(&mut StaticRouteRecord)>(
+        &self,
+        name: &str,
+        f: F,
+    ) -> Result<(), StoreError> {
+        let event = {
+            let mut map = lock(&self.records);
+            let rec = map.get_mut(name).ok_or_else(|| StoreError::NotFound {
+                kind: "StaticRoute".into(),
+                name: name.into(),
+            })?;
+            let before = rec.clone();
+            f(rec);
+            if rec.deleting && rec.finalizers.is_empty() {
+                map.remove(name);
+                StoreEvent::Deleted(name.to_owned())
+            } else if *rec == before {
+                return Ok(());
+            } else {
+                StoreEvent::Applied(rec.clone())
+            }
+        };
+        let _ = self.tx.send(event);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StaticRouteStore for MemoryStaticRoutes {
+    async fn list(&self) -> Result<Vec<StaticRouteRecord>, StoreError> {
+        Ok(self.snapshot())
+    }
+
+    async fn add_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
+        self.modify(name, |r| {
+            if !r.finalizers.iter().any(|f| f == finalizer) {
+                r.finalizers.push(finalizer.to_owned());
+            }
+        })
+    }
+
+    async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
+        match self.modify(name, |r| r.finalizers.retain(|f| f != finalizer)) {
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn set_node_status(
+        &self,
+        name: &str,
+        status: &NodeRouteStatus,
+    ) -> Result<(), StoreError> {
+        self.modify(name, |r| {
+            match r
+                .node_status
+                .iter_mut()
+                .find(|e| e.hostname == status.hostname)
+            {
+                Some(e) => *e = status.clone(),
+                None => r.node_status.push(status.clone()),
+            }
+        })
+    }
+
+    async fn remove_node_status(&self, name: &str, hostnames: &[String]) -> Result<(), StoreError> {
+        match self.modify(name, |r| {
+            r.node_status.retain(|e| !hostnames.contains(&e.hostname))
+        }) {
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>> {
+        watch_stream(self.tx.subscribe(), "StaticRoute")
+    }
+}
+
+/// Events kept in memory (newest last).
+#[derive(Clone, Default)]
+pub struct MemoryEvents {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl MemoryEvents {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every event recorded so far.
+    pub fn all(&self) -> Vec<Event> {
+        lock(&self.events).clone()
+    }
+}
+
+#[async_trait]
+impl EventRecorder for MemoryEvents {
+    async fn record(&self, event: Event) {
+        lock(&self.events).push(event);
+    }
+}

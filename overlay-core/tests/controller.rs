@@ -1,0 +1,663 @@
+//! The controller reconciler against in-memory nodes, stores and a scripted
+//! IPAM: every transition, crash points, outages, races.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use ipnetwork::IpNetwork;
+use overlay_core::controller::{Controller, ControllerConfig, ControllerError, NodeOutcome};
+use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+use overlay_core::metrics::ControllerMetrics;
+use overlay_core::{
+    AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, NodeRouteStatus, OverlayIpMeta,
+    OverlayIpRecord, OverlayIpStore, Owner, Reservation, RouteState, StoreError, StoreEvent, Zone,
+};
+use tokio::sync::Notify;
+
+/// An IPAM with fixed per-zone address lists, idempotent per owner, with
+/// switches for outages and a gate that holds reserve() mid-flight.
+#[derive(Default)]
+struct FakeIpam {
+    zones: BTreeMap<String, Vec<&'static str>>,
+    held: Mutex<HashMap<Owner, Reservation>>,
+    down: std::sync::atomic::AtomicBool,
+    fail_release: std::sync::atomic::AtomicBool,
+    gate: Option<Arc<Notify>>,
+    entered: Arc<Notify>,
+    reserves: AtomicUsize,
+}
+
+impl FakeIpam {
+    fn new() -> Self {
+        let mut zones = BTreeMap::new();
+        zones.insert(
+            "dal10".into(),
+            vec!["192.0.2.10/24", "192.0.2.11/24", "192.0.2.12/24"],
+        );
+        zones.insert("dal12".into(), vec!["198.51.100.10/24"]);
+        Self {
+            zones,
+            ..Default::default()
+        }
+    }
+    fn unavailable() -> IpamError {
+        IpamError::Unavailable {
+            backend: "fake".into(),
+            call: "reserve".into(),
+            message: "connection refused".into(),
+        }
+    }
+    fn held(&self) -> Vec<Reservation> {
+        self.held.lock().unwrap().values().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl IpamBackend for FakeIpam {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
+        self.entered.notify_one();
+        if let Some(g) = &self.gate {
+            g.notified().await;
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Self::unavailable());
+        }
+        let pool = self
+            .zones
+            .get(zone.as_str())
+            .ok_or_else(|| IpamError::UnknownZone {
+                zone: zone.to_string(),
+                known: self.zones.keys().cloned().collect(),
+            })?;
+        let mut held = self.held.lock().unwrap();
+        if let Some(r) = held.get(owner) {
+            return Ok(r.clone());
+        }
+        let used: Vec<IpNetwork> = held.values().map(|r| r.address).collect();
+        let addr: IpNetwork = pool
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| IpamError::Exhausted {
+                zone: zone.to_string(),
+                subnets: vec!["1".into()],
+            })?;
+        self.reserves.fetch_add(1, Ordering::SeqCst);
+        let r = Reservation {
+            address: addr,
+            gateway: Some(IpAddr::from([192, 0, 2, 1])),
+            zone: zone.clone(),
+            subnet_id: "1".into(),
+            handle: addr.ip().to_string(),
+            owner: owner.clone(),
+        };
+        held.insert(owner.clone(), r.clone());
+        Ok(r)
+    }
+    async fn release(&self, r: &Reservation) -> Result<(), IpamError> {
+        if self.down.load(Ordering::SeqCst) || self.fail_release.load(Ordering::SeqCst) {
+            return Err(Self::unavailable());
+        }
+        self.held.lock().unwrap().remove(&r.owner);
+        Ok(())
+    }
+    async fn lookup(
+        &self,
+        owner: &Owner,
+        _zone: Option<&Zone>,
+    ) -> Result<Option<Reservation>, IpamError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Self::unavailable());
+        }
+        Ok(self.held.lock().unwrap().get(owner).cloned())
+    }
+    async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Self::unavailable());
+        }
+        Ok(self.held())
+    }
+}
+
+/// A store wrapper whose set_address fails N times: a crash between
+/// reserve and status write.
+struct FlakyStore {
+    inner: MemoryOverlayIps,
+    fail_set_address: AtomicUsize,
+}
+
+#[async_trait]
+impl OverlayIpStore for FlakyStore {
+    async fn get(&self, name: &str) -> Result<Option<OverlayIpRecord>, StoreError> {
+        self.inner.get(name).await
+    }
+    async fn list(&self) -> Result<Vec<OverlayIpRecord>, StoreError> {
+        self.inner.list().await
+    }
+    async fn ensure(&self, meta: &OverlayIpMeta) -> Result<OverlayIpRecord, StoreError> {
+        self.inner.ensure(meta).await
+    }
+    async fn set_address(
+        &self,
+        name: &str,
+        ip: IpNetwork,
+        gw: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        if self.fail_set_address.load(Ordering::SeqCst) > 0 {
+            self.fail_set_address.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable {
+                kind: "NodeOverlayIp".into(),
+                name: name.into(),
+                message: "crash".into(),
+            });
+        }
+        self.inner.set_address(name, ip, gw).await
+    }
+    async fn set_agent_status(&self, name: &str, s: &AgentStatus) -> Result<(), StoreError> {
+        self.inner.set_agent_status(name, s).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(name).await
+    }
+    async fn remove_finalizer(&self, name: &str, f: &str) -> Result<(), StoreError> {
+        self.inner.remove_finalizer(name, f).await
+    }
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<OverlayIpRecord>, StoreError>> {
+        self.inner.watch()
+    }
+}
+
+struct Env {
+    nodes: MemoryNodes,
+    ips: MemoryOverlayIps,
+    routes: MemoryStaticRoutes,
+    events: MemoryEvents,
+    ipam: Arc<FakeIpam>,
+    ctl: Arc<Controller>,
+}
+
+fn node(name: &str, zone: Option<&str>) -> NodeInfo {
+    let mut labels = BTreeMap::new();
+    if let Some(z) = zone {
+        labels.insert("topology.kubernetes.io/zone".to_owned(), z.to_owned());
+    }
+    labels.insert(
+        "topology.kubernetes.io/region".to_owned(),
+        "us-south".to_owned(),
+    );
+    let mut n = NodeInfo::from_labels(name, labels, vec![]);
+    n.uid = Some(format!("uid-{name}"));
+    n
+}
+
+fn env_with(ipam: FakeIpam, store: Option<Arc<dyn OverlayIpStore>>, dry_run: bool) -> Env {
+    let nodes = MemoryNodes::new();
+    let ips = MemoryOverlayIps::new();
+    let routes = MemoryStaticRoutes::new();
+    let events = MemoryEvents::new();
+    let ipam = Arc::new(ipam);
+    let cfg = ControllerConfig {
+        cluster_id: "c1".into(),
+        dry_run,
+        ..Default::default()
+    };
+    let store: Arc<dyn OverlayIpStore> = store.unwrap_or_else(|| Arc::new(ips.clone()));
+    let ctl = Arc::new(Controller::new(
+        cfg,
+        Arc::new(nodes.clone()),
+        ipam.clone(),
+        store,
+        Arc::new(routes.clone()),
+        Arc::new(events.clone()),
+        ControllerMetrics::default(),
+    ));
+    Env {
+        nodes,
+        ips,
+        routes,
+        events,
+        ipam,
+        ctl,
+    }
+}
+
+fn env() -> Env {
+    env_with(FakeIpam::new(), None, false)
+}
+
+/// Runs reconcile_node until it settles (as the queue would on follow-ups).
+async fn settle(ctl: &Controller, name: &str) -> Result<NodeOutcome, ControllerError> {
+    for _ in 0..5 {
+        match ctl.reconcile_node(name).await? {
+            NodeOutcome::Deleting | NodeOutcome::Released => continue,
+            other => return Ok(other),
+        }
+    }
+    panic!("{name} did not settle")
+}
+
+#[tokio::test]
+async fn every_node_gets_one_address_with_labels_finalizer_owner_and_status() {
+    let e = env();
+    for n in ["n1", "n2", "n3"] {
+        e.nodes.upsert(node(n, Some("dal10")));
+        assert_eq!(e.ctl.reconcile_node(n).await.unwrap(), NodeOutcome::Ready);
+    }
+    let recs = e.ips.snapshot();
+    assert_eq!(recs.len(), 3);
+    let mut addrs: Vec<String> = recs
+        .iter()
+        .map(|r| r.ip_addr.unwrap().to_string())
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["192.0.2.10/24", "192.0.2.11/24", "192.0.2.12/24"]);
+    let r = &recs[0];
+    assert_eq!(r.labels["node"], r.name);
+    assert_eq!(r.labels["zone"], "dal10");
+    assert_eq!(r.labels["region"], "us-south");
+    assert_eq!(r.finalizers, [FINALIZER]);
+    assert_eq!(
+        r.owner_uid.as_deref(),
+        Some(format!("uid-{}", r.name).as_str())
+    );
+    assert_eq!(r.gateway.unwrap().to_string(), "192.0.2.1");
+    assert!(
+        e.events
+            .all()
+            .iter()
+            .any(|ev| ev.reason == "Reserved" && ev.name == "n1")
+    );
+    // Reconciling again reserves nothing new.
+    for n in ["n1", "n2", "n3"] {
+        e.ctl.reconcile_node(n).await.unwrap();
+    }
+    assert_eq!(e.ipam.reserves.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_crash_between_reserve_and_status_write_finds_the_same_address() {
+    let ips = MemoryOverlayIps::new();
+    let flaky = Arc::new(FlakyStore {
+        inner: ips.clone(),
+        fail_set_address: AtomicUsize::new(1),
+    });
+    let e = env_with(FakeIpam::new(), Some(flaky), false);
+    e.nodes.upsert(node("n1", Some("dal10")));
+    let err = e.ctl.reconcile_node("n1").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(e.ipam.held().len(), 1, "reserved before the crash");
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    assert_eq!(e.ipam.held().len(), 1, "nothing leaked");
+    assert_eq!(
+        ips.snapshot()[0].ip_addr.unwrap().to_string(),
+        e.ipam.held()[0].address.to_string()
+    );
+}
+
+#[tokio::test]
+async fn an_ipam_outage_never_takes_an_address_away_and_recovers() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    e.ipam.down.store(true, Ordering::SeqCst);
+    e.nodes.upsert(node("n2", Some("dal10")));
+    let err = e.ctl.reconcile_node("n2").await.unwrap_err();
+    assert!(err.is_retryable());
+    // n1 keeps its address through the outage, also across reconciles and orphan passes.
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    assert!(e.ctl.collect_orphans().await.is_err());
+    assert!(
+        e.ips
+            .snapshot()
+            .iter()
+            .any(|r| r.name == "n1" && r.ip_addr.is_some())
+    );
+    e.ipam.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        e.ctl.reconcile_node("n2").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    assert_eq!(e.ipam.held().len(), 2);
+}
+
+#[tokio::test]
+async fn zone_fall_through_unknown_zone_and_full_pool_stay_with_their_node() {
+    let e = env();
+    e.nodes.upsert(node("a", Some("dal12")));
+    e.nodes.upsert(node("b", Some("dal12")));
+    e.nodes.upsert(node("c", Some("wdc04")));
+    e.nodes.upsert(node("d", None));
+    e.nodes.upsert(node("ok", Some("dal10")));
+    assert_eq!(e.ctl.reconcile_node("a").await.unwrap(), NodeOutcome::Ready);
+    let full = e.ctl.reconcile_node("b").await.unwrap_err();
+    assert!(
+        !full.is_retryable() && full.to_string().contains("no free address"),
+        "{full}"
+    );
+    let unknown = e.ctl.reconcile_node("c").await.unwrap_err();
+    assert!(
+        unknown.to_string().contains("wdc04") && unknown.to_string().contains("dal10"),
+        "{unknown}"
+    );
+    let nozone = e.ctl.reconcile_node("d").await.unwrap_err();
+    assert!(matches!(nozone, ControllerError::NoZone { .. }));
+    // The others are not blocked.
+    assert_eq!(
+        e.ctl.reconcile_node("ok").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    let warnings: Vec<_> = e
+        .events
+        .all()
+        .into_iter()
+        .filter(|ev| ev.reason == "ReserveFailed" || ev.reason == "NoZone")
+        .map(|ev| ev.name)
+        .collect();
+    assert_eq!(warnings, ["b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn node_deletion_deletes_the_record_releases_and_removes_only_our_finalizer() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    e.nodes.remove("n1");
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Deleting
+    );
+    assert!(e.ips.snapshot()[0].deleting);
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Released
+    );
+    assert!(e.ips.snapshot().is_empty());
+    assert!(e.ipam.held().is_empty());
+    assert!(e.events.all().iter().any(|ev| ev.reason == "Released"));
+    assert_eq!(e.ctl.reconcile_node("n1").await.unwrap(), NodeOutcome::Gone);
+}
+
+#[tokio::test]
+async fn another_finalizer_is_left_alone() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    let mut rec = e.ips.snapshot().remove(0);
+    rec.finalizers.push("example.com/other".into());
+    e.ips.insert(rec);
+    e.nodes.remove("n1");
+    settle(&e.ctl, "n1").await.unwrap();
+    let left = e.ips.snapshot();
+    assert_eq!(left[0].finalizers, ["example.com/other"]);
+    assert!(e.ipam.held().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_release_keeps_the_finalizer() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    e.nodes.remove("n1");
+    e.ipam.fail_release.store(true, Ordering::SeqCst);
+    e.ctl.reconcile_node("n1").await.unwrap();
+    let err = e.ctl.reconcile_node("n1").await.unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(e.ips.snapshot()[0].finalizers, [FINALIZER]);
+    assert_eq!(e.ipam.held().len(), 1);
+    e.ipam.fail_release.store(false, Ordering::SeqCst);
+    settle(&e.ctl, "n1").await.unwrap();
+    assert!(e.ips.snapshot().is_empty() && e.ipam.held().is_empty());
+}
+
+#[tokio::test]
+async fn a_record_deleted_by_hand_is_recreated_for_a_live_node() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    let before = e.ips.snapshot()[0].ip_addr;
+    OverlayIpStore::delete(&e.ips, "n1").await.unwrap();
+    assert_eq!(settle(&e.ctl, "n1").await.unwrap(), NodeOutcome::Ready);
+    let after = e.ips.snapshot();
+    assert_eq!(after.len(), 1);
+    assert!(!after[0].deleting);
+    assert_eq!(after[0].ip_addr, before, "lowest free address comes back");
+    assert_eq!(e.ipam.held().len(), 1);
+}
+
+#[tokio::test]
+async fn a_node_deleted_while_its_reservation_is_in_flight_leaks_nothing() {
+    let gate = Arc::new(Notify::new());
+    let ipam = FakeIpam {
+        gate: Some(gate.clone()),
+        ..FakeIpam::new()
+    };
+    let e = env_with(ipam, None, false);
+    e.nodes.upsert(node("n1", Some("dal10")));
+    let ctl = e.ctl.clone();
+    let entered = e.ipam.entered.clone();
+    let h = tokio::spawn(async move { ctl.reconcile_node("n1").await });
+    entered.notified().await;
+    e.nodes.remove("n1");
+    gate.notify_one();
+    h.await.unwrap().unwrap();
+    // The queue reruns the key after the delete event.
+    let ctl = e.ctl.clone();
+    let g2 = gate.clone();
+    let pump = tokio::spawn(async move {
+        loop {
+            g2.notify_one();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    assert_eq!(settle(&ctl, "n1").await.unwrap(), NodeOutcome::Gone);
+    pump.abort();
+    assert!(
+        e.ipam.held().is_empty(),
+        "reservation leaked: {:?}",
+        e.ipam.held()
+    );
+    assert!(e.ips.snapshot().is_empty());
+}
+
+#[tokio::test]
+async fn two_controllers_racing_for_one_node_reserve_once() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    let other = Arc::new(Controller::new(
+        ControllerConfig {
+            cluster_id: "c1".into(),
+            ..Default::default()
+        },
+        Arc::new(e.nodes.clone()),
+        e.ipam.clone(),
+        Arc::new(e.ips.clone()),
+        Arc::new(e.routes.clone()),
+        Arc::new(MemoryEvents::new()),
+        ControllerMetrics::default(),
+    ));
+    let mut hs = Vec::new();
+    for i in 0..16 {
+        let c = if i % 2 == 0 {
+            e.ctl.clone()
+        } else {
+            other.clone()
+        };
+        hs.push(tokio::spawn(async move { c.reconcile_node("n1").await }));
+    }
+    for h in hs {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(e.ipam.held().len(), 1);
+    assert_eq!(e.ips.snapshot().len(), 1);
+}
+
+#[tokio::test]
+async fn orphans_are_released_and_records_of_missing_nodes_deleted() {
+    let e = env();
+    e.nodes.upsert(node("live", Some("dal10")));
+    settle(&e.ctl, "live").await.unwrap();
+    // An orphan of ours, and a reservation of another cluster sharing the IPAM.
+    let zone: Zone = "dal10".parse().unwrap();
+    e.ipam
+        .reserve(&Owner::new("c1", "ghost"), &zone)
+        .await
+        .unwrap();
+    e.ipam
+        .reserve(&Owner::new("other-cluster", "x"), &zone)
+        .await
+        .unwrap();
+    // A record of a node that no longer exists.
+    e.ips.insert(OverlayIpRecord {
+        name: "gone".into(),
+        finalizers: vec![FINALIZER.into()],
+        ..Default::default()
+    });
+    let rep = e.ctl.collect_orphans().await.unwrap();
+    assert_eq!(rep.released, ["ghost"]);
+    assert_eq!(rep.deleted, ["gone"]);
+    let owners: Vec<String> = e
+        .ipam
+        .held()
+        .into_iter()
+        .map(|r| r.owner.to_string())
+        .collect();
+    assert!(
+        owners.contains(&"c1/live".to_owned()) && owners.contains(&"other-cluster/x".to_owned())
+    );
+    assert_eq!(owners.len(), 2);
+}
+
+#[tokio::test]
+async fn static_route_finalizer_comes_off_once_no_live_node_reports_it() {
+    let e = env();
+    e.nodes.upsert(node("live", Some("dal10")));
+    e.routes.apply(
+        "onprem",
+        Ok(overlay_core::StaticRouteSpecModel {
+            subnet: "203.0.113.0/24".parse().unwrap(),
+            gateway: Default::default(),
+            table: None,
+            metric: None,
+            selector: Default::default(),
+        }),
+    );
+    let rec = e.routes.get("onprem").unwrap();
+    e.ctl.reconcile_route(&rec).await.unwrap();
+    assert_eq!(e.routes.get("onprem").unwrap().finalizers, [FINALIZER]);
+    for h in ["live", "dead"] {
+        let s = NodeRouteStatus {
+            hostname: h.into(),
+            device: "tmp0".into(),
+            gateway: "192.0.2.1".into(),
+            state: RouteState::Applied,
+            message: String::new(),
+        };
+        overlay_core::StaticRouteStore::set_node_status(&e.routes, "onprem", &s)
+            .await
+            .unwrap();
+    }
+    e.routes.delete("onprem");
+    e.ctl
+        .reconcile_route(&e.routes.get("onprem").unwrap())
+        .await
+        .unwrap();
+    let r = e.routes.get("onprem").unwrap();
+    assert_eq!(
+        r.node_status
+            .iter()
+            .map(|s| s.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["live"]
+    );
+    assert_eq!(
+        r.finalizers,
+        [FINALIZER],
+        "a live node still holds the route"
+    );
+    // The live node's agent removes its route and its entry.
+    overlay_core::StaticRouteStore::remove_node_status(&e.routes, "onprem", &["live".into()])
+        .await
+        .unwrap();
+    e.ctl
+        .reconcile_route(&e.routes.get("onprem").unwrap())
+        .await
+        .unwrap();
+    assert!(e.routes.get("onprem").is_none(), "deletion completed");
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    let e = env_with(FakeIpam::new(), None, true);
+    e.nodes.upsert(node("n1", Some("dal10")));
+    assert!(matches!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::DryRun(_)
+    ));
+    e.ipam
+        .reserve(&Owner::new("c1", "ghost"), &"dal10".parse().unwrap())
+        .await
+        .unwrap();
+    e.ctl.collect_orphans().await.unwrap();
+    assert!(e.ips.snapshot().is_empty());
+    assert_eq!(e.ipam.held().len(), 1, "the orphan is only reported");
+}
+
+#[tokio::test]
+async fn the_running_controller_converges_on_watch_events() {
+    let e = env();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let ctl = e.ctl.clone();
+    let h = tokio::spawn(ctl.run(async move {
+        let _ = rx.await;
+    }));
+    for n in ["n1", "n2"] {
+        e.nodes.upsert(node(n, Some("dal10")));
+    }
+    let wait = |f: &dyn Fn() -> bool| {
+        let ok = (0..500).any(|_| {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        });
+        assert!(ok, "did not converge");
+    };
+    let ips = e.ips.clone();
+    tokio::task::spawn_blocking(move || {
+        wait(&|| {
+            ips.snapshot()
+                .iter()
+                .filter(|r| r.ip_addr.is_some())
+                .count()
+                == 2
+        })
+    })
+    .await
+    .unwrap();
+    assert!(e.ctl.is_ready());
+    e.nodes.remove("n1");
+    let (ips, ipam) = (e.ips.clone(), e.ipam.clone());
+    tokio::task::spawn_blocking(move || {
+        wait(&|| ips.snapshot().len() == 1 && ipam.held().len() == 1)
+    })
+    .await
+    .unwrap();
+    let _ = tx.send(());
+    h.await.unwrap();
+}
