@@ -14,6 +14,7 @@
 //! - `crd` (feature `kube`, default): the `NodeOverlayIp` and `StaticRoute`
 //!   custom resources.
 
+pub mod agent;
 pub mod controller;
 pub mod error;
 pub mod events;
@@ -34,7 +35,7 @@ pub use model::{
 };
 pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
 pub use traits::{
-    AgentStatus, FINALIZER, GatewayChoice, IpamBackend, NodeRouteStatus, NodeSource, OverlayIpMeta,
-    OverlayIpRecord, OverlayIpStore, RouteProgrammer, StaticRouteRecord, StaticRouteSpecModel,
-    StaticRouteStore, StoreEvent,
+    AgentStatus, FINALIZER, GatewayChoice, IpamBackend, LegacyRouteSource, NodeRouteStatus,
+    NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteProgrammer, StaticRouteRecord,
+    StaticRouteSpecModel, StaticRouteStore, StoreEvent,
 };

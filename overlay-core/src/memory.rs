@@ -34,21 +34,17 @@ fn watch_stream<T: Clone + Send + 'static>(
     kind: &'static str,
 ) -> BoxStream<'static, Result<StoreEvent<T>, StoreError>> {
     futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => return Some((Ok(ev), rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some((
-                        Err(StoreError::Unavailable {
-                            kind: kind.to_owned(),
-                            name: String::new(),
-                            message: format!("watch lagged by {n} events; relist"),
-                        }),
-                        rx,
-                    ));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+        match rx.recv().await {
+            Ok(ev) => Some((Ok(ev), rx)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                Err(StoreError::Unavailable {
+                    kind: kind.to_owned(),
+                    name: String::new(),
+                    message: format!("watch lagged by {n} events; relist"),
+                }),
+                rx,
+            )),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     })
     .boxed()
@@ -385,5 +381,159 @@ impl MemoryEvents {
 impl EventRecorder for MemoryEvents {
     async fn record(&self, event: Event) {
         lock(&self.events).push(event);
+    }
+}
+
+/// A [`RouteProgrammer`] over an in-memory "kernel": for tests, examples and
+/// dry runs. It implements the same contract as the netlink programmer:
+/// declarative apply, ownership of the routes it installed, zero writes on a
+/// repeated apply.
+#[derive(Clone, Default)]
+pub struct MemoryProgrammer {
+    state: Arc<Mutex<KernelState>>,
+}
+
+/// The in-memory kernel of a [`MemoryProgrammer`].
+#[derive(Debug, Clone, Default)]
+pub struct KernelState {
+    /// The overlay interface, if present.
+    pub interface: Option<crate::model::OverlayInterface>,
+    /// Routes installed by the programmer, by key.
+    pub routes: BTreeMap<(crate::Cidr, u32, u32), crate::RouteSpec>,
+    /// Routes gateway discovery finds, by covering prefix.
+    pub covering: Vec<crate::DiscoveredRoute>,
+    /// Addresses on interfaces (for `interface_with_address`).
+    pub addresses: BTreeMap<IpAddr, crate::InterfaceName>,
+    /// Destinations whose install fails (simulated kernel refusal).
+    pub failing: Vec<crate::Cidr>,
+    /// Kernel writes so far.
+    pub writes: u64,
+    /// Route deletions so far.
+    pub deletions: u64,
+}
+
+impl MemoryProgrammer {
+    /// An empty kernel.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads or changes the kernel state.
+    pub fn with<T>(&self, f: impl FnOnce(&mut KernelState) -> T) -> T {
+        f(&mut lock(&self.state))
+    }
+}
+
+#[async_trait]
+impl crate::RouteProgrammer for MemoryProgrammer {
+    async fn apply(
+        &self,
+        desired: &crate::DesiredNodeState,
+    ) -> Result<crate::ApplyReport, crate::ProgrammerError> {
+        use crate::model::{RouteOutcome, RouteResult};
+        let mut k = lock(&self.state);
+        let mut report = crate::ApplyReport::default();
+        let start = k.writes;
+        if let Some(o) = &desired.overlay {
+            match &k.interface {
+                Some(cur) if cur == o => {}
+                Some(cur) if cur.name == o.name && cur.parent == o.parent => {
+                    report.addresses_removed.push(cur.address);
+                    report.address_added = Some(o.address);
+                    k.writes += 2;
+                }
+                _ => {
+                    report.interface_created = true;
+                    report.interface_up = true;
+                    report.address_added = Some(o.address);
+                    k.writes += 3;
+                }
+            }
+            k.interface = Some(o.clone());
+        }
+        let wanted: BTreeMap<_, _> = desired.routes.iter().map(|r| (r.key(), r)).collect();
+        let stale: Vec<_> = k
+            .routes
+            .keys()
+            .filter(|key| !wanted.contains_key(key))
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(r) = k.routes.remove(&key) {
+                report.routes_removed.push(r);
+                k.writes += 1;
+                k.deletions += 1;
+            }
+        }
+        for r in &desired.routes {
+            let result = if k.failing.contains(&r.destination) {
+                RouteResult::Failed(format!("kernel refused {r}"))
+            } else {
+                match k.routes.get(&r.key()) {
+                    Some(cur) if cur == r => RouteResult::Unchanged,
+                    Some(_) => {
+                        k.routes.insert(r.key(), r.clone());
+                        k.writes += 1;
+                        RouteResult::Replaced
+                    }
+                    None => {
+                        k.routes.insert(r.key(), r.clone());
+                        k.writes += 1;
+                        RouteResult::Added
+                    }
+                }
+            };
+            report.routes.push(RouteOutcome {
+                route: r.clone(),
+                result,
+            });
+        }
+        report.kernel_writes = k.writes - start;
+        Ok(report)
+    }
+
+    async fn remove_interface(
+        &self,
+        name: &crate::InterfaceName,
+    ) -> Result<bool, crate::ProgrammerError> {
+        let mut k = lock(&self.state);
+        if k.interface.as_ref().is_some_and(|i| &i.name == name) {
+            k.interface = None;
+            // The kernel drops routes through a deleted device.
+            let before = k.routes.len();
+            k.routes.retain(|_, r| r.device.as_ref() != Some(name));
+            k.deletions += (before - k.routes.len()) as u64;
+            k.writes += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn discover_gateway(
+        &self,
+        prefix: &crate::Cidr,
+    ) -> Result<crate::DiscoveredRoute, crate::ProgrammerError> {
+        let k = lock(&self.state);
+        k.covering
+            .iter()
+            .filter(|d| d.destination.contains_net(prefix))
+            .max_by_key(|d| d.destination.prefix())
+            .cloned()
+            .ok_or_else(|| crate::ProgrammerError::NoCoveringRoute {
+                prefix: prefix.to_string(),
+                message: "no route covers it".into(),
+            })
+    }
+
+    fn drift(&self) -> BoxStream<'static, crate::DriftEvent> {
+        futures::stream::pending().boxed()
+    }
+
+    async fn interface_with_address(
+        &self,
+        address: IpAddr,
+    ) -> Result<Option<crate::InterfaceName>, crate::ProgrammerError> {
+        Ok(lock(&self.state).addresses.get(&address).cloned())
     }
 }

@@ -78,6 +78,16 @@ pub trait RouteProgrammer: Send + Sync {
     /// Notifications of drift: something outside overlay changed what we
     /// programmed. Each call returns a new subscription.
     fn drift(&self) -> BoxStream<'static, DriftEvent>;
+
+    /// The interface holding `address` (used to find the node's private
+    /// interface from its InternalIP). The default finds nothing.
+    async fn interface_with_address(
+        &self,
+        address: IpAddr,
+    ) -> Result<Option<InterfaceName>, ProgrammerError> {
+        let _ = address;
+        Ok(None)
+    }
 }
 
 /// Where the nodes of the cluster come from (the Kubernetes API, a static
@@ -92,6 +102,19 @@ pub trait NodeSource: Send + Sync {
 
     /// Node changes from now on.
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>>;
+}
+
+/// The older deployment mode's route list: a ConfigMap `static-routes`
+/// whose key `routes` holds a JSON array of subnets, read through the API or
+/// from a mounted file.
+#[async_trait]
+pub trait LegacyRouteSource: Send + Sync {
+    /// The subnets now. An error means "unknown": the agent keeps the routes
+    /// in place.
+    async fn subnets(&self) -> Result<Vec<Cidr>, StoreError>;
+
+    /// Fires when the list may have changed.
+    fn changes(&self) -> BoxStream<'static, ()>;
 }
 
 /// A change in a watched collection.

@@ -1,0 +1,483 @@
+//! The agent reconciler against an in-memory programmer and stores.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use overlay_core::agent::{Agent, AgentConfig, AgentError, parse_legacy_routes};
+use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, MemoryStaticRoutes};
+use overlay_core::metrics::AgentMetrics;
+use overlay_core::{
+    Cidr, DiscoveredRoute, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo,
+    OverlayIpRecord, OverlayIpStore, RouteState, StaticRouteSpecModel, StoreError,
+};
+
+const ME: &str = "node-a";
+
+struct Env {
+    nodes: MemoryNodes,
+    ips: MemoryOverlayIps,
+    routes: MemoryStaticRoutes,
+    kernel: MemoryProgrammer,
+    legacy: Arc<FakeLegacy>,
+    cfg: AgentConfig,
+}
+
+#[derive(Default)]
+struct FakeLegacy {
+    answer: Mutex<Option<Result<Vec<Cidr>, StoreError>>>,
+}
+
+impl FakeLegacy {
+    fn set(&self, a: Result<Vec<Cidr>, StoreError>) {
+        *self.answer.lock().unwrap() = Some(a);
+    }
+}
+
+#[async_trait]
+impl LegacyRouteSource for FakeLegacy {
+    async fn subnets(&self) -> Result<Vec<Cidr>, StoreError> {
+        self.answer.lock().unwrap().clone().unwrap_or(Ok(vec![]))
+    }
+    fn changes(&self) -> BoxStream<'static, ()> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+fn unreachable() -> StoreError {
+    StoreError::Unavailable {
+        kind: "ConfigMap".into(),
+        name: "static-routes".into(),
+        message: "connection refused".into(),
+    }
+}
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+fn env() -> Env {
+    let nodes = MemoryNodes::new();
+    let mut labels = BTreeMap::new();
+    labels.insert("topology.kubernetes.io/zone".to_owned(), "dal10".to_owned());
+    labels.insert("tier".to_owned(), "edge".to_owned());
+    nodes.upsert(NodeInfo::from_labels(
+        ME,
+        labels,
+        vec!["203.0.113.10".parse().unwrap()],
+    ));
+    let kernel = MemoryProgrammer::new();
+    kernel.with(|k| {
+        k.addresses
+            .insert("203.0.113.10".parse().unwrap(), "eth0".parse().unwrap());
+        k.covering.push(DiscoveredRoute {
+            destination: cidr("198.18.0.0/15"),
+            gateway: "203.0.113.1".parse().unwrap(),
+            device: "eth0".parse().unwrap(),
+        });
+    });
+    let mut cfg = AgentConfig::new(ME).unwrap();
+    cfg.protected = vec![cidr("198.51.100.128/25")];
+    cfg.legacy_gateway_from = cidr("198.18.0.0/15");
+    Env {
+        nodes,
+        ips: MemoryOverlayIps::new(),
+        routes: MemoryStaticRoutes::new(),
+        kernel,
+        legacy: Arc::new(FakeLegacy::default()),
+        cfg,
+    }
+}
+
+impl Env {
+    fn agent(&self, legacy: bool) -> Agent {
+        Agent::new(
+            self.cfg.clone(),
+            Arc::new(self.kernel.clone()),
+            Arc::new(self.nodes.clone()),
+            Arc::new(self.ips.clone()),
+            Some(Arc::new(self.routes.clone())),
+            legacy.then(|| self.legacy.clone() as Arc<dyn LegacyRouteSource>),
+            AgentMetrics::default(),
+        )
+    }
+    fn give_overlay_ip(&self) {
+        self.ips.insert(OverlayIpRecord {
+            name: ME.into(),
+            finalizers: vec![FINALIZER.into()],
+            ip_addr: Some("192.0.2.20/24".parse().unwrap()),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        });
+    }
+    fn route(&self, name: &str, subnet: &str, gateway: GatewayChoice, selector: &str) {
+        self.routes.apply(
+            name,
+            Ok(StaticRouteSpecModel {
+                subnet: cidr(subnet),
+                gateway,
+                table: None,
+                metric: None,
+                selector: LabelSelector::parse("sel", selector).unwrap(),
+            }),
+        );
+    }
+    fn kernel_routes(&self) -> Vec<String> {
+        self.kernel
+            .with(|k| k.routes.values().map(|r| r.to_string()).collect())
+    }
+    fn entry(&self, route: &str) -> Option<overlay_core::NodeRouteStatus> {
+        self.routes
+            .get(route)?
+            .node_status
+            .into_iter()
+            .find(|e| e.hostname == ME)
+    }
+}
+
+#[tokio::test]
+async fn overlay_address_and_a_route_through_the_overlay_gateway() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let rep = e.agent(false).reconcile().await.unwrap();
+    let iface = e.kernel.with(|k| k.interface.clone()).unwrap();
+    assert_eq!(iface.name.as_str(), "tmp0");
+    assert_eq!(
+        iface.parent.as_str(),
+        "eth0",
+        "parent found from the InternalIP"
+    );
+    assert_eq!(iface.address.to_string(), "192.0.2.20/24");
+    assert_eq!(
+        e.kernel_routes(),
+        ["198.51.100.0/25 via 192.0.2.1 dev tmp0"]
+    );
+    let st = e.entry("onprem").unwrap();
+    assert_eq!(
+        (st.state, st.device.as_str(), st.gateway.as_str()),
+        (RouteState::Applied, "tmp0", "192.0.2.1")
+    );
+    assert!(rep.apply.kernel_writes > 0);
+    let rec = e.ips.snapshot().remove(0);
+    let agent = rec.agent.unwrap();
+    assert!(agent.configured);
+    assert_eq!(
+        (agent.interface.as_str(), agent.interface_label.as_str()),
+        ("eth0", "tmp0")
+    );
+    assert_eq!(
+        rec.ip_addr.unwrap().to_string(),
+        "192.0.2.20/24",
+        "controller fields untouched"
+    );
+    // Nothing changed: nothing written.
+    let again = e.agent(false).reconcile().await.unwrap();
+    assert_eq!(again.apply.kernel_writes, 0);
+}
+
+#[tokio::test]
+async fn routes_wait_for_the_overlay_ip_then_apply() {
+    let e = env();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    let st = e.entry("onprem").unwrap();
+    assert_eq!(st.state, RouteState::Pending);
+    assert!(st.message.contains("overlay IP"), "{}", st.message);
+    assert!(e.kernel_routes().is_empty());
+    e.give_overlay_ip();
+    a.reconcile().await.unwrap();
+    assert_eq!(e.entry("onprem").unwrap().state, RouteState::Applied);
+    assert_eq!(e.kernel_routes().len(), 1);
+}
+
+#[tokio::test]
+async fn selector_changes_add_and_remove_the_route_and_the_entry() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route(
+        "edge-only",
+        "198.51.100.0/25",
+        GatewayChoice::Overlay,
+        "tier=edge",
+    );
+    e.route(
+        "core-only",
+        "203.0.113.128/25",
+        GatewayChoice::Overlay,
+        "tier=core",
+    );
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        ["198.51.100.0/25 via 192.0.2.1 dev tmp0"]
+    );
+    assert!(e.entry("core-only").is_none());
+    // The node's label changes: it stops matching edge-only, starts matching core-only.
+    let mut labels = BTreeMap::new();
+    labels.insert("tier".to_owned(), "core".to_owned());
+    e.nodes.upsert(NodeInfo::from_labels(
+        ME,
+        labels,
+        vec!["203.0.113.10".parse().unwrap()],
+    ));
+    a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        ["203.0.113.128/25 via 192.0.2.1 dev tmp0"]
+    );
+    assert!(
+        e.entry("edge-only").is_none(),
+        "entry removed with the route"
+    );
+    assert_eq!(e.entry("core-only").unwrap().state, RouteState::Applied);
+}
+
+#[tokio::test]
+async fn fixed_and_discovered_gateways() {
+    let e = env();
+    e.route(
+        "fixed",
+        "198.51.100.0/26",
+        GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
+        "",
+    );
+    e.route(
+        "found",
+        "198.51.100.64/26",
+        GatewayChoice::Discover(cidr("198.18.0.0/16")),
+        "",
+    );
+    e.route(
+        "nothing",
+        "192.0.2.128/25",
+        GatewayChoice::Discover(cidr("192.0.2.0/24")),
+        "",
+    );
+    e.agent(false).reconcile().await.unwrap();
+    let routes = e.kernel_routes();
+    assert!(
+        routes.contains(&"198.51.100.0/26 via 203.0.113.254".to_owned()),
+        "{routes:?}"
+    );
+    assert!(
+        routes.contains(&"198.51.100.64/26 via 203.0.113.1 dev eth0".to_owned()),
+        "{routes:?}"
+    );
+    let found = e.entry("found").unwrap();
+    assert_eq!(
+        (found.device.as_str(), found.gateway.as_str()),
+        ("eth0", "203.0.113.1")
+    );
+    let nothing = e.entry("nothing").unwrap();
+    assert_eq!(nothing.state, RouteState::Failed);
+    assert!(
+        nothing.message.contains("192.0.2.0/24"),
+        "{}",
+        nothing.message
+    );
+    // No overlay IP is needed for these.
+    assert!(e.kernel.with(|k| k.interface.is_none()));
+}
+
+#[tokio::test]
+async fn a_transient_discovery_failure_keeps_the_route() {
+    let e = env();
+    e.route(
+        "found",
+        "198.51.100.64/26",
+        GatewayChoice::Discover(cidr("198.18.0.0/16")),
+        "",
+    );
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    e.kernel.with(|k| k.covering.clear());
+    a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        ["198.51.100.64/26 via 203.0.113.1 dev eth0"]
+    );
+}
+
+#[tokio::test]
+async fn routes_that_would_shadow_the_node_are_refused_with_a_reason() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("default", "0.0.0.0/0", GatewayChoice::Overlay, "");
+    e.route("own-net", "203.0.113.0/24", GatewayChoice::Overlay, "");
+    e.route("overlay-net", "192.0.2.0/25", GatewayChoice::Overlay, "");
+    e.route("pods", "198.51.100.128/26", GatewayChoice::Overlay, "");
+    e.agent(false).reconcile().await.unwrap();
+    assert!(e.kernel_routes().is_empty(), "{:?}", e.kernel_routes());
+    for (name, why) in [
+        ("default", "default route"),
+        ("own-net", "InternalIP 203.0.113.10"),
+        ("overlay-net", "overlay subnet"),
+        ("pods", "PROTECTED_SUBNETS"),
+    ] {
+        let st = e.entry(name).unwrap();
+        assert_eq!(st.state, RouteState::Failed, "{name}");
+        assert!(st.message.contains(why), "{name}: {}", st.message);
+    }
+}
+
+#[tokio::test]
+async fn two_static_routes_for_one_destination_report_the_conflict() {
+    let e = env();
+    e.route(
+        "a-first",
+        "198.51.100.0/26",
+        GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
+        "",
+    );
+    e.route(
+        "b-second",
+        "198.51.100.0/26",
+        GatewayChoice::Fixed("203.0.113.253".parse().unwrap()),
+        "",
+    );
+    e.agent(false).reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes(), ["198.51.100.0/26 via 203.0.113.254"]);
+    let st = e.entry("b-second").unwrap();
+    assert_eq!(st.state, RouteState::Failed);
+    assert!(st.message.contains("a-first"), "{}", st.message);
+}
+
+#[tokio::test]
+async fn deleting_a_static_route_removes_route_then_entry() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    overlay_core::StaticRouteStore::add_finalizer(&e.routes, "onprem", FINALIZER)
+        .await
+        .unwrap();
+    e.routes.delete("onprem");
+    a.reconcile().await.unwrap();
+    assert!(e.kernel_routes().is_empty());
+    assert!(e.entry("onprem").is_none());
+    assert!(
+        e.routes.get("onprem").unwrap().deleting,
+        "the controller removes the finalizer"
+    );
+}
+
+#[tokio::test]
+async fn losing_the_overlay_ip_removes_the_interface_and_dependent_routes_only() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("via-overlay", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    e.route(
+        "via-private",
+        "198.51.100.128/25",
+        GatewayChoice::Discover(cidr("198.18.0.0/16")),
+        "",
+    );
+    let mut cfg = e.cfg.clone();
+    cfg.protected.clear();
+    let a = Agent::new(
+        cfg,
+        Arc::new(e.kernel.clone()),
+        Arc::new(e.nodes.clone()),
+        Arc::new(e.ips.clone()),
+        Some(Arc::new(e.routes.clone())),
+        None,
+        AgentMetrics::default(),
+    );
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 2);
+    OverlayIpStore::delete(&e.ips, ME).await.unwrap();
+    OverlayIpStore::remove_finalizer(&e.ips, ME, FINALIZER)
+        .await
+        .unwrap();
+    let rep = a.reconcile().await.unwrap();
+    assert!(rep.interface_removed);
+    assert!(e.kernel.with(|k| k.interface.is_none()));
+    assert_eq!(
+        e.kernel_routes(),
+        ["198.51.100.128/25 via 203.0.113.1 dev eth0"]
+    );
+    assert_eq!(e.entry("via-overlay").unwrap().state, RouteState::Pending);
+}
+
+#[tokio::test]
+async fn legacy_configmap_routes_use_the_discovered_private_gateway_and_survive_outages() {
+    let e = env();
+    e.legacy.set(Ok(vec![cidr("192.0.2.0/24")]));
+    let a = e.agent(true);
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes(), ["192.0.2.0/24 via 203.0.113.1 dev eth0"]);
+    // API unreachable: nothing is removed.
+    e.legacy.set(Err(unreachable()));
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 1);
+    // Malformed JSON is an error the source reports the same way.
+    assert!(
+        parse_legacy_routes("[\"198.51.100.0/24\", \"not-a-cidr\"]")
+            .unwrap_err()
+            .field
+            .contains("routes[1]")
+    );
+    assert!(parse_legacy_routes("{\"a\":1}").is_err());
+    assert_eq!(
+        parse_legacy_routes("[\"192.168.1.0/24\"]").unwrap(),
+        [cidr("192.168.1.0/24")]
+    );
+    // An emptied list does remove them.
+    e.legacy.set(Ok(vec![]));
+    a.reconcile().await.unwrap();
+    assert!(e.kernel_routes().is_empty());
+}
+
+#[tokio::test]
+async fn an_agent_starting_while_the_api_is_unreachable_removes_nothing() {
+    let e = env();
+    e.legacy.set(Ok(vec![cidr("192.0.2.0/24")]));
+    e.agent(true).reconcile().await.unwrap();
+    // Restart: the new agent never read the list.
+    e.legacy.set(Err(unreachable()));
+    let err = e.agent(true).reconcile().await.unwrap_err();
+    assert!(matches!(err, AgentError::Read { .. }), "{err}");
+    assert_eq!(e.kernel_routes().len(), 1);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+}
+
+#[tokio::test]
+async fn a_restarted_agent_converges_without_deleting_anything() {
+    let e = env();
+    e.give_overlay_ip();
+    for i in 0..250u32 {
+        let subnet = format!("198.18.{}.{}/30", i / 64, (i % 64) * 4);
+        e.route(&format!("r{i}"), &subnet, GatewayChoice::Overlay, "");
+    }
+    e.agent(false).reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 250);
+    let (writes, deletions) = e.kernel.with(|k| (k.writes, k.deletions));
+    let rep = e.agent(false).reconcile().await.unwrap();
+    assert_eq!(rep.apply.kernel_writes, 0);
+    assert_eq!(
+        e.kernel.with(|k| (k.writes, k.deletions)),
+        (writes, deletions)
+    );
+}
+
+#[tokio::test]
+async fn a_missing_node_changes_nothing() {
+    let e = env();
+    e.route(
+        "fixed",
+        "198.51.100.0/26",
+        GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
+        "",
+    );
+    e.agent(false).reconcile().await.unwrap();
+    e.nodes.remove(ME);
+    let err = e.agent(false).reconcile().await.unwrap_err();
+    assert!(err.to_string().contains("NODE_NAME"), "{err}");
+    assert_eq!(e.kernel_routes().len(), 1);
+}
