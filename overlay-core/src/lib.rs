@@ -27,6 +27,8 @@ pub mod traits;
 
 #[cfg(feature = "kube")]
 pub mod crd;
+#[cfg(feature = "kube")]
+pub mod k8s;
 
 pub use error::{IpamError, ProgrammerError, StoreError};
 pub use model::{
