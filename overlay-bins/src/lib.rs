@@ -1,0 +1,204 @@
+//! Shared plumbing of the overlay binaries: logging, signals, the
+//! health/metrics HTTP server and the Kubernetes client. No reconcile logic
+//! lives here (that is in `overlay-core`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Initialises `tracing` from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What `/readyz` asks.
+pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The health and metrics router: `/healthz` (process is up), `/readyz`
+/// (`ready()` is true), `/metrics` (OpenMetrics text of `registry`).
+pub fn health_router(ready: ReadyFn, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        overlay_core::metrics::encode(&registry),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+/// Binds `addr` and serves the health router in the background. Binding
+/// errors are returned right away (a taken port is reported at start).
+pub async fn serve_health(
+    addr: SocketAddr,
+    ready: ReadyFn,
+    registry: Arc<Registry>,
+) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr} for /healthz, /readyz and /metrics: {e}; pick another address with --metrics-addr (or `off`)")
+    })?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = health_router(ready, registry);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// Parses `--metrics-addr`: an address, or `off`.
+pub fn parse_metrics_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        format!("invalid --metrics-addr {s:?}: expected HOST:PORT such as 0.0.0.0:9877, or `off`")
+    })
+}
+
+/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`,
+/// else the in-cluster service account.
+pub async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_endpoints_answer() {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = ready.clone();
+        let mut registry = Registry::default();
+        let m = overlay_core::metrics::ControllerMetrics::default();
+        m.register(&mut registry);
+        m.reconciled("node", true);
+        let addr = serve_health(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(move || r.load(std::sync::atomic::Ordering::SeqCst)),
+            Arc::new(registry),
+        )
+        .await
+        .unwrap();
+        let get = |path: &str| {
+            let path = path.to_owned();
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            }
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get("/metrics").await;
+        assert!(
+            metrics
+                .contains("overlay_controller_reconciles_total{object=\"node\",result=\"ok\"} 1"),
+            "{metrics}"
+        );
+    }
+
+    #[test]
+    fn metrics_addr_can_be_turned_off() {
+        assert_eq!(parse_metrics_addr("off").unwrap(), None);
+        assert!(parse_metrics_addr("0.0.0.0:9877").unwrap().is_some());
+        assert!(
+            parse_metrics_addr("9877")
+                .unwrap_err()
+                .contains("HOST:PORT")
+        );
+    }
+}
