@@ -1,0 +1,2 @@
+//! phpIPAM benchmark (lands with the phpIPAM backend).
+fn main() {}

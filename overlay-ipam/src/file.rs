@@ -1,0 +1,204 @@
+//! File-backed pools: the in-memory allocator of [`crate::pools`] whose
+//! state is written to a JSON file after every change.
+//!
+//! Writes are atomic (temporary file in the same directory, `fsync`,
+//! `rename`, `fsync` of the directory), so a crash leaves either the old or
+//! the new state, never a torn file. A file that is not an overlay pool
+//! state file (corrupt, or something else entirely) is reported and never
+//! overwritten.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::pools::{Engine, Held, PoolsConfig};
+
+const FORMAT: &str = "overlay-ipam-pools";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    format: String,
+    version: u32,
+    reservations: Vec<Held>,
+}
+
+/// An [`IpamBackend`] over pools whose state persists in a file.
+#[derive(Debug)]
+pub struct FileBackend {
+    path: PathBuf,
+    engine: Mutex<Engine>,
+}
+
+impl FileBackend {
+    /// Opens (or prepares to create) the state file at `path`. A missing
+    /// file means "nothing reserved yet"; it is created on the first
+    /// reservation. A file that exists but is not an overlay pool state
+    /// file is an [`IpamError::Storage`] error, and the file is left alone.
+    /// Reservations in the file whose pool is no longer configured are kept
+    /// (and listed, so they can be garbage-collected); their gateway is
+    /// unknown.
+    pub fn open(path: impl Into<PathBuf>, config: &PoolsConfig) -> Result<Self, IpamError> {
+        let path = path.into();
+        let mut engine = Engine::new("file", config)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => engine.set_held(parse_state(&path, &bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = parent_dir(&path);
+                if !dir.is_dir() {
+                    return Err(storage(
+                        &path,
+                        format!(
+                            "directory {} does not exist; create it or pick another stateFile",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
+        }
+        Ok(Self {
+            path,
+            engine: Mutex::new(engine),
+        })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn persist(&self, held: Vec<Held>) -> Result<(), IpamError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, held))
+            .await
+            .map_err(|e| storage(&self.path, format!("writer task failed: {e}")))?
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn storage(path: &Path, message: impl Into<String>) -> IpamError {
+    IpamError::Storage {
+        backend: "file".into(),
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Held>, IpamError> {
+    let refuse = |why: String| {
+        storage(
+            path,
+            format!(
+                "{why}; not an overlay pool state file, refusing to use or overwrite it (move it away or point stateFile elsewhere)"
+            ),
+        )
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| refuse(format!("not valid JSON ({e})")))?;
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => {}
+        Some(other) => return Err(refuse(format!("format is {other:?}, expected {FORMAT:?}"))),
+        None => return Err(refuse("no \"format\" field".into())),
+    }
+    let state: StateFile =
+        serde_json::from_value(value).map_err(|e| refuse(format!("malformed ({e})")))?;
+    if state.version != VERSION {
+        return Err(refuse(format!(
+            "version {} is not supported (expected {VERSION})",
+            state.version
+        )));
+    }
+    Ok(state.reservations)
+}
+
+fn write_atomic(path: &Path, held: Vec<Held>) -> Result<(), IpamError> {
+    let state = StateFile {
+        format: FORMAT.into(),
+        version: VERSION,
+        reservations: held,
+    };
+    let bytes = serde_json::to_vec_pretty(&state)
+        .map_err(|e| storage(path, format!("cannot encode state: {e}")))?;
+    let dir = parent_dir(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".overlay-ipam-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| {
+            storage(
+                path,
+                format!("cannot create a temporary file in {}: {e}", dir.display()),
+            )
+        })?;
+    tmp.write_all(&bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| storage(path, format!("cannot write temporary file: {e}")))?;
+    tmp.persist(path).map_err(|e| {
+        storage(
+            path,
+            format!("cannot rename temporary file into place: {}", e.error),
+        )
+    })?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl IpamBackend for FileBackend {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
+        let mut e = self.engine.lock().await;
+        let before = e.held().to_vec();
+        let (r, changed) = e.reserve(owner, zone)?;
+        if changed && let Err(err) = self.persist(e.held().to_vec()).await {
+            // Not durable: undo, so memory and file agree.
+            e.set_held(before);
+            return Err(err);
+        }
+        tracing::debug!(backend = "file", owner = %owner, zone = %zone, address = %r.address, "reserved");
+        Ok(r)
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+        let mut e = self.engine.lock().await;
+        let before = e.held().to_vec();
+        if e.release(reservation) {
+            if let Err(err) = self.persist(e.held().to_vec()).await {
+                e.set_held(before);
+                return Err(err);
+            }
+            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, "released");
+        }
+        Ok(())
+    }
+
+    async fn lookup(
+        &self,
+        owner: &Owner,
+        zone: Option<&Zone>,
+    ) -> Result<Option<Reservation>, IpamError> {
+        Ok(self.engine.lock().await.lookup(owner, zone))
+    }
+
+    async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
+        Ok(self.engine.lock().await.list())
+    }
+}
