@@ -47,7 +47,7 @@ pub(crate) async fn watch(inner: Arc<Inner>, sock: TokioSocket) {
             first = false;
             match r {
                 None => break,
-                Some(Ok(_)) => decode(&buf, inner.port, &mut msgs),
+                Some(Ok(_)) => decode(&buf, [inner.port, inner.bulk.port], &mut msgs),
                 Some(Err(e)) if e.raw_os_error() == Some(ENOBUFS) => overrun = true,
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "netlink notification socket failed; drift repair stops");
@@ -65,7 +65,7 @@ pub(crate) async fn watch(inner: Arc<Inner>, sock: TokioSocket) {
 
 /// Decodes the messages of one datagram, skipping those our own requests
 /// caused.
-fn decode(buf: &[u8], own_port: u32, out: &mut Vec<RouteNetlinkMessage>) {
+fn decode(buf: &[u8], own_ports: [u32; 2], out: &mut Vec<RouteNetlinkMessage>) {
     let mut off = 0;
     while off < buf.len() {
         let Ok(hdr) = NetlinkBuffer::new_checked(&buf[off..]) else {
@@ -76,7 +76,7 @@ fn decode(buf: &[u8], own_port: u32, out: &mut Vec<RouteNetlinkMessage>) {
             return;
         }
         let end = (off + len).min(buf.len());
-        if hdr.port_number() != own_port
+        if !own_ports.contains(&hdr.port_number())
             && let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..end])
             && let NetlinkPayload::InnerMessage(inner) = m.payload
         {

@@ -10,7 +10,7 @@ use std::path::Path;
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NLMSG_ERROR, NetlinkBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{
@@ -451,5 +451,125 @@ pub(crate) fn kernel_route_spec(
             .and_then(|n| overlay_core::InterfaceName::parse("device", n).ok()),
         table: (table != MAIN_TABLE).then_some(table),
         metric: (metric != 0).then_some(metric),
+    }
+}
+
+/// A blocking netlink socket for bulk writes: it packs many requests into
+/// each `sendmsg` (the kernel handles them in order and acknowledges each),
+/// so thousands of routes cost tens of system calls, not thousands.
+pub(crate) struct Bulk {
+    sock: std::sync::Mutex<netlink_sys::Socket>,
+    /// Netlink port id (notifications caused by these writes carry it).
+    pub port: u32,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+/// Bytes of requests per `sendmsg` (well below the default send buffer).
+const BULK_CHUNK: usize = 32 * 1024;
+
+impl Bulk {
+    /// Opens the socket in the calling thread's namespace.
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        let addr = sock.bind_auto()?;
+        let _ = sock.set_cap_ack(true);
+        let _ = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(10, 0),
+        );
+        if nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &(8usize << 20),
+        )
+        .is_err()
+        {
+            let _ = sock.set_rx_buf_sz(8usize << 20);
+        }
+        Ok(Self {
+            sock: std::sync::Mutex::new(sock),
+            port: addr.port_number(),
+            seq: std::sync::atomic::AtomicU32::new(1),
+        })
+    }
+
+    /// Sends every request (each with its flags, which must include
+    /// `NLM_F_ACK`) and returns each one's result, in order. Blocking.
+    pub(crate) fn send_all(
+        &self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        per_send: usize,
+    ) -> Vec<Result<(), Errno>> {
+        let n = msgs.len();
+        let mut results: Vec<Result<(), Errno>> = vec![Err(CONNECTION_CLOSED); n];
+        if n == 0 {
+            return results;
+        }
+        let Ok(sock) = self.sock.lock() else {
+            return results;
+        };
+        let base = self
+            .seq
+            .fetch_add(u32::try_from(n).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+        let mut buf: Vec<u8> = Vec::with_capacity(BULK_CHUNK + 4096);
+        let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 18);
+        let mut msgs = msgs.into_iter().enumerate().peekable();
+        while msgs.peek().is_some() {
+            buf.clear();
+            let start = msgs.peek().map(|(i, _)| *i).unwrap_or(0);
+            let mut end = start;
+            while buf.len() < BULK_CHUNK && end - start < per_send {
+                let Some((i, (msg, flags))) = msgs.next() else {
+                    break;
+                };
+                let mut m = NetlinkMessage::from(msg);
+                m.header.flags = flags;
+                m.header.sequence_number = base.wrapping_add(i as u32);
+                m.finalize();
+                let off = buf.len();
+                buf.resize(off + m.buffer_len(), 0);
+                m.serialize(&mut buf[off..]);
+                end = i + 1;
+            }
+            if let Err(e) = sock.send(&buf, 0) {
+                let errno = e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+                for r in &mut results[start..end] {
+                    *r = Err(errno);
+                }
+                continue;
+            }
+            let mut pending = end - start;
+            let mut seen = vec![false; end - start];
+            while pending > 0 {
+                rbuf.clear();
+                rbuf.reserve(1 << 18);
+                if sock.recv(&mut rbuf, 0).is_err() {
+                    break; // results left as errors
+                }
+                let mut off = 0;
+                while off + 16 <= rbuf.len() {
+                    let Ok(h) = NetlinkBuffer::new_checked(&rbuf[off..]) else {
+                        break;
+                    };
+                    let len = h.length() as usize;
+                    if len < 16 {
+                        break;
+                    }
+                    if h.message_type() == NLMSG_ERROR {
+                        let idx = h.sequence_number().wrapping_sub(base) as usize;
+                        let p = h.payload();
+                        if (start..end).contains(&idx) && p.len() >= 4 && !seen[idx - start] {
+                            let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                            results[idx] = if code == 0 { Ok(()) } else { Err(code.abs()) };
+                            seen[idx - start] = true;
+                            pending -= 1;
+                        }
+                    }
+                    off += (len + 3) & !3;
+                }
+            }
+        }
+        results
     }
 }

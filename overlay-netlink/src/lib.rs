@@ -26,8 +26,8 @@
 //! ## Writes only differences
 //!
 //! Each apply dumps links, addresses and routes, compares them with the
-//! desired state, and sends only the differences, many requests in flight at
-//! once. A second identical apply sends nothing
+//! desired state, and sends only the differences, many route requests per
+//! system call. A second identical apply sends nothing
 //! ([`ApplyReport::kernel_writes`] is 0).
 //!
 //! ## Drift repair
@@ -76,8 +76,8 @@ pub use programmer::{DriftCounters, NetlinkProgrammer};
 /// `ip`, and routing daemons use some of 5–199).
 pub const DEFAULT_ROUTE_PROTOCOL: u8 = 250;
 
-/// Default number of write requests kept in flight during an apply.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+/// Default number of route requests packed into one `sendmsg`.
+pub const DEFAULT_REQUESTS_PER_SEND: usize = 256;
 
 /// How a [`NetlinkProgrammer`] is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,9 +91,11 @@ pub struct ProgrammerConfig {
     pub route_protocol: u8,
     /// Subscribe to kernel notifications and repair drift (default true).
     pub drift_repair: bool,
-    /// Write requests kept in flight at once during an apply (default
-    /// [`DEFAULT_MAX_IN_FLIGHT`]); 1 sends one request per round trip.
-    pub max_in_flight: usize,
+    /// Route requests packed into one `sendmsg` during an apply (default
+    /// [`DEFAULT_REQUESTS_PER_SEND`], at most 32 KiB each time); the kernel
+    /// handles them in order and acknowledges each one, so a failure affects
+    /// only its own route. 1 sends one request per round trip.
+    pub requests_per_send: usize,
 }
 
 impl Default for ProgrammerConfig {
@@ -102,7 +104,7 @@ impl Default for ProgrammerConfig {
             netns: None,
             route_protocol: DEFAULT_ROUTE_PROTOCOL,
             drift_repair: true,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            requests_per_send: DEFAULT_REQUESTS_PER_SEND,
         }
     }
 }

@@ -98,8 +98,10 @@ pub(crate) struct Inner {
     /// Netlink port id of our request socket: notifications carrying it were
     /// caused by our own writes.
     pub port: u32,
+    /// Blocking socket for bulk route writes (its port id is ours too).
+    pub bulk: Arc<kernel::Bulk>,
     pub protocol: u8,
-    pub max_in_flight: usize,
+    pub requests_per_send: usize,
     pub state: Mutex<State>,
     pub counters: Counters,
     pub events: broadcast::Sender<DriftEvent>,
@@ -166,7 +168,7 @@ impl NetlinkProgrammer {
             message: "NetlinkProgrammer::new must be called inside a tokio runtime".into(),
         })?;
         let drift = config.drift_repair;
-        let (conn, handle, port, mcast) = kernel::in_netns(config.netns.as_deref(), &rt, || {
+        let (conn, handle, port, mcast, bulk) = kernel::in_netns(config.netns.as_deref(), &rt, || {
             let (mut conn, handle, _) = rtnetlink::new_connection()?;
             let sock = conn.socket_mut().socket_mut();
             let addr = sock.bind_auto()?;
@@ -181,15 +183,17 @@ impl NetlinkProgrammer {
             } else {
                 None
             };
-            Ok((conn, handle, addr.port_number(), mcast))
+            let bulk = kernel::Bulk::open()?;
+            Ok((conn, handle, addr.port_number(), mcast, bulk))
         })?;
         let mut tasks = vec![rt.spawn(conn)];
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             handle,
             port,
+            bulk: Arc::new(bulk),
             protocol: config.route_protocol,
-            max_in_flight: config.max_in_flight.max(1),
+            requests_per_send: config.requests_per_send.max(1),
             state: Mutex::new(State::default()),
             counters: Counters::default(),
             events,
@@ -236,19 +240,20 @@ struct Op {
     result: RouteResult,
 }
 
-/// Sends `ops`, `max` in flight at once; results in the order given.
+/// Sends `ops` over the bulk socket; results in the order given.
 async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
-    let handle = &inner.handle;
-    let mut out: Vec<(usize, Op, Result<(), Errno>)> = stream::iter(ops.into_iter().enumerate())
-        .map(|(i, op)| async move {
-            let r = kernel::write(handle, op.msg.clone(), op.flags).await;
-            (i, op, r)
-        })
-        .buffer_unordered(inner.max_in_flight)
-        .collect()
-        .await;
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, op, r)| (op, r)).collect()
+    if ops.is_empty() {
+        return Vec::new();
+    }
+    let msgs: Vec<(RouteNetlinkMessage, u16)> =
+        ops.iter().map(|op| (op.msg.clone(), op.flags)).collect();
+    let bulk = inner.bulk.clone();
+    let per_send = inner.requests_per_send;
+    let results = match tokio::task::spawn_blocking(move || bulk.send_all(msgs, per_send)).await {
+        Ok(r) => r,
+        Err(_) => vec![Err(kernel::CONNECTION_CLOSED); ops.len()],
+    };
+    ops.into_iter().zip(results).collect()
 }
 
 impl Inner {
