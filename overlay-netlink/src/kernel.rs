@@ -1,0 +1,575 @@
+//! Low-level kernel access: opening sockets in a namespace, dumps, writes,
+//! and the conversions between netlink messages and overlay's model.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use futures::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NLMSG_ERROR, NetlinkBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use overlay_core::model::MAIN_TABLE;
+use overlay_core::{Cidr, ProgrammerError, RouteSpec};
+
+/// Flags of a write that must not overwrite anything.
+pub(crate) const CREATE_EXCL: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+/// Flags of a write that replaces the entry with the same key.
+pub(crate) const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+/// Flags of a delete.
+pub(crate) const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+/// `RT_TABLE_COMPAT`: the header value for tables above 255 (the real id
+/// travels in `RTA_TABLE`).
+const RT_TABLE_COMPAT: u8 = 252;
+/// The kernel stores IPv6 routes added with metric 0 as metric 1024.
+pub(crate) const IP6_DEFAULT_METRIC: u32 = 1024;
+
+/// An errno from the kernel (positive), or [`CONNECTION_CLOSED`].
+pub(crate) type Errno = i32;
+/// Pseudo-errno: the netlink connection task is gone.
+pub(crate) const CONNECTION_CLOSED: Errno = -1;
+
+/// Runs `f` on a fresh thread that entered the namespace at `path` (or the
+/// current one) with the tokio runtime `rt` entered, so that the sockets it
+/// opens belong to that namespace and are registered with `rt`.
+pub(crate) fn in_netns<T: Send>(
+    path: Option<&Path>,
+    rt: &tokio::runtime::Handle,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> Result<T, ProgrammerError> {
+    let ns_name = || {
+        path.map(|p| p.display().to_string())
+            .unwrap_or_else(|| "current".into())
+    };
+    let joined = std::thread::scope(|s| {
+        s.spawn(|| -> Result<T, ProgrammerError> {
+            if let Some(p) = path {
+                let file = File::open(p).map_err(|e| ProgrammerError::Namespace {
+                    namespace: p.display().to_string(),
+                    message: format!("cannot open: {e}; pass the path of a namespace file such as /run/netns/NAME"),
+                })?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    ProgrammerError::Namespace {
+                        namespace: p.display().to_string(),
+                        message: format!("setns failed: {e}; entering a namespace needs CAP_SYS_ADMIN"),
+                    }
+                })?;
+            }
+            let _guard = rt.enter();
+            f().map_err(|e| ProgrammerError::Namespace {
+                namespace: ns_name(),
+                message: format!("cannot open a netlink socket: {e}"),
+            })
+        })
+        .join()
+    });
+    joined.unwrap_or_else(|_| {
+        Err(ProgrammerError::Namespace {
+            namespace: ns_name(),
+            message: "the thread opening the netlink socket panicked".into(),
+        })
+    })
+}
+
+/// Maps a kernel errno of `call` to a typed error.
+pub(crate) fn errno_error(call: &str, errno: Errno) -> ProgrammerError {
+    if errno == libc_eperm() || errno == EACCES {
+        return ProgrammerError::PermissionDenied { call: call.into() };
+    }
+    ProgrammerError::Kernel {
+        call: call.into(),
+        message: errno_message(errno),
+    }
+}
+
+/// A readable message for an errno.
+pub(crate) fn errno_message(errno: Errno) -> String {
+    if errno == CONNECTION_CLOSED {
+        "the netlink connection is closed (was the tokio runtime shut down?)".into()
+    } else {
+        io::Error::from_raw_os_error(errno).to_string()
+    }
+}
+
+const fn libc_eperm() -> Errno {
+    1
+}
+pub(crate) const EPERM: Errno = 1;
+pub(crate) const ENOENT: Errno = 2;
+pub(crate) const ESRCH: Errno = 3;
+pub(crate) const ENODEV: Errno = 19;
+pub(crate) const EACCES: Errno = 13;
+pub(crate) const EEXIST: Errno = 17;
+pub(crate) const ENETUNREACH: Errno = 101;
+pub(crate) const EHOSTUNREACH: Errno = 113;
+pub(crate) const ENOBUFS: Errno = 105;
+
+fn rtnl_errno(e: rtnetlink::Error) -> Errno {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()).unwrap_or(0),
+        _ => CONNECTION_CLOSED,
+    }
+}
+
+/// Sends one write request and waits for its acknowledgement.
+pub(crate) async fn write(
+    handle: &rtnetlink::Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), Errno> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = flags;
+    let mut h = handle.clone();
+    let mut resp = h.request(req).map_err(|_| CONNECTION_CLOSED)?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+        {
+            return Err(code.get().abs());
+        }
+    }
+    Ok(())
+}
+
+/// A link as overlay cares about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub kind: Option<InfoKind>,
+    pub parent: Option<u32>,
+    pub macvlan_mode: Option<MacVlanMode>,
+}
+
+pub(crate) fn parse_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        up: m.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        parent: None,
+        macvlan_mode: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Link(p) => l.parent = Some(*p),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.clone()),
+                        LinkInfo::Data(InfoData::MacVlan(d)) => {
+                            for x in d {
+                                if let InfoMacVlan::Mode(mode) = x {
+                                    l.macvlan_mode = Some(*mode);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// All links by name.
+pub(crate) async fn dump_links(
+    handle: &rtnetlink::Handle,
+) -> Result<HashMap<String, Link>, ProgrammerError> {
+    let msgs: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| errno_error("dump links", rtnl_errno(e)))?;
+    Ok(msgs
+        .iter()
+        .map(parse_link)
+        .map(|l| (l.name.clone(), l))
+        .collect())
+}
+
+/// An interface address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Addr {
+    pub index: u32,
+    pub net: IpNetwork,
+    pub protocol: Option<u8>,
+}
+
+pub(crate) fn parse_addr(m: &AddressMessage) -> Option<Addr> {
+    let mut local = None;
+    let mut address = None;
+    let mut protocol = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    let net = IpNetwork::new(ip, m.header.prefix_len).ok()?;
+    Some(Addr {
+        index: m.header.index,
+        net,
+        protocol,
+    })
+}
+
+/// All interface addresses.
+pub(crate) async fn dump_addrs(handle: &rtnetlink::Handle) -> Result<Vec<Addr>, ProgrammerError> {
+    let msgs: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| errno_error("dump addresses", rtnl_errno(e)))?;
+    Ok(msgs.iter().filter_map(parse_addr).collect())
+}
+
+/// The message adding (or deleting) `net` on link `index`, marked with our
+/// protocol.
+pub(crate) fn addr_message(index: u32, net: IpNetwork, protocol: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.index = index;
+    m.header.prefix_len = net.prefix();
+    m.header.scope = AddressScope::Universe;
+    match net.ip() {
+        IpAddr::V4(_) => {
+            m.header.family = AddressFamily::Inet;
+            m.attributes.push(AddressAttribute::Local(net.ip()));
+            m.attributes.push(AddressAttribute::Address(net.ip()));
+        }
+        IpAddr::V6(_) => {
+            m.header.family = AddressFamily::Inet6;
+            m.header.flags = AddressHeaderFlags::Nodad;
+            m.attributes.push(AddressAttribute::Address(net.ip()));
+        }
+    }
+    m.attributes
+        .push(AddressAttribute::Protocol(AddressProtocol::from(protocol)));
+    m
+}
+
+/// The identity of a route in the kernel: destination, table, metric.
+pub(crate) type RouteKey = (Cidr, u32, u32);
+
+/// The key of a desired route, with the kernel's normalisation applied
+/// (IPv6 metric 0 is stored as 1024).
+pub(crate) fn spec_key(spec: &RouteSpec) -> RouteKey {
+    let (dest, table, metric) = spec.key();
+    (dest, table, normalize_metric(&dest, metric))
+}
+
+fn normalize_metric(dest: &Cidr, metric: u32) -> u32 {
+    if !dest.is_ipv4() && metric == 0 {
+        IP6_DEFAULT_METRIC
+    } else {
+        metric
+    }
+}
+
+/// A route as dumped from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KernelRoute {
+    pub key: RouteKey,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+    pub kind: RouteType,
+    pub multipath: bool,
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
+    let v4 = match m.header.address_family {
+        AddressFamily::Inet => true,
+        AddressFamily::Inet6 => false,
+        _ => return None,
+    };
+    let mut dest = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut table = u32::from(m.header.table);
+    let mut metric = 0;
+    let mut multipath = false;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dest = route_ip(d),
+            RouteAttribute::Gateway(g) => gateway = route_ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) => {
+                multipath = true;
+                if gateway.is_none() {
+                    gateway = hops.iter().find_map(|h| {
+                        h.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Gateway(g) => route_ip(g),
+                            _ => None,
+                        })
+                    });
+                }
+                if oif.is_none() {
+                    oif = hops.first().map(|h| h.interface_index);
+                }
+            }
+            _ => {}
+        }
+    }
+    let dest = dest.unwrap_or(if v4 {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    });
+    let net = IpNetwork::new(dest, m.header.destination_prefix_length).ok()?;
+    let cidr = Cidr::from_network(net);
+    let metric = normalize_metric(&cidr, metric);
+    Some(KernelRoute {
+        key: (cidr, table, metric),
+        gateway,
+        oif,
+        protocol: u8::from(m.header.protocol),
+        kind: m.header.kind,
+        multipath,
+    })
+}
+
+/// All IPv4 and IPv6 routes of all tables, in one dump (a netlink socket
+/// runs one dump at a time).
+pub(crate) async fn dump_routes(
+    handle: &rtnetlink::Handle,
+) -> Result<Vec<KernelRoute>, ProgrammerError> {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Unspec;
+    m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    handle
+        .route()
+        .get(m)
+        .execute()
+        .try_fold(Vec::new(), |mut acc, m| {
+            if let Some(r) = parse_route(&m) {
+                acc.push(r);
+            }
+            futures::future::ready(Ok(acc))
+        })
+        .await
+        .map_err(|e| errno_error("dump routes", rtnl_errno(e)))
+}
+
+/// The message deleting our route with `key`: any scope and type, only
+/// with our protocol (the kernel matches it), so a foreign route with the
+/// same key is never deleted.
+pub(crate) fn route_delete_message(key: &RouteKey, protocol: u8) -> RouteMessage {
+    let mut m = route_message(key, None, None, protocol);
+    m.header.scope = RouteScope::NoWhere;
+    m.header.kind = RouteType::Unspec;
+    m
+}
+
+/// The message installing `spec` (with its device resolved to `oif`), or,
+/// for a delete, identifying it. `protocol` marks it as ours.
+pub(crate) fn route_message(
+    key: &RouteKey,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    protocol: u8,
+) -> RouteMessage {
+    let (dest, table, metric) = key;
+    let net = dest.network();
+    let mut m = RouteMessage::default();
+    m.header.address_family = if net.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    m.header.destination_prefix_length = net.prefix();
+    m.header.table = u8::try_from(*table).unwrap_or(RT_TABLE_COMPAT);
+    m.header.protocol = RouteProtocol::from(protocol);
+    m.header.scope = if gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    m.header.kind = RouteType::Unicast;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(net.network())));
+    m.attributes.push(RouteAttribute::Table(*table));
+    if let Some(gw) = gateway {
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    if let Some(i) = oif {
+        m.attributes.push(RouteAttribute::Oif(i));
+    }
+    m.attributes.push(RouteAttribute::Priority(*metric));
+    m
+}
+
+/// A kernel route turned back into a [`RouteSpec`] (for reports).
+pub(crate) fn kernel_route_spec(
+    r: &KernelRoute,
+    names: &HashMap<u32, String>,
+) -> RouteSpec {
+    let (dest, table, metric) = r.key;
+    RouteSpec {
+        destination: dest,
+        gateway: r.gateway,
+        device: r
+            .oif
+            .and_then(|i| names.get(&i))
+            .and_then(|n| overlay_core::InterfaceName::parse("device", n).ok()),
+        table: (table != MAIN_TABLE).then_some(table),
+        metric: (metric != 0).then_some(metric),
+    }
+}
+
+/// A blocking netlink socket for bulk writes: it packs many requests into
+/// each `sendmsg` (the kernel handles them in order and acknowledges each),
+/// so thousands of routes cost tens of system calls, not thousands.
+pub(crate) struct Bulk {
+    sock: std::sync::Mutex<netlink_sys::Socket>,
+    /// Netlink port id (notifications caused by these writes carry it).
+    pub port: u32,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+/// Bytes of requests per `sendmsg` (well below the default send buffer).
+const BULK_CHUNK: usize = 32 * 1024;
+
+impl Bulk {
+    /// Opens the socket in the calling thread's namespace.
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        let addr = sock.bind_auto()?;
+        let _ = sock.set_cap_ack(true);
+        let _ = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(10, 0),
+        );
+        if nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &(8usize << 20),
+        )
+        .is_err()
+        {
+            let _ = sock.set_rx_buf_sz(8usize << 20);
+        }
+        Ok(Self {
+            sock: std::sync::Mutex::new(sock),
+            port: addr.port_number(),
+            seq: std::sync::atomic::AtomicU32::new(1),
+        })
+    }
+
+    /// Sends every request (each with its flags, which must include
+    /// `NLM_F_ACK`) and returns each one's result, in order. Blocking.
+    pub(crate) fn send_all(
+        &self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        per_send: usize,
+    ) -> Vec<Result<(), Errno>> {
+        let n = msgs.len();
+        let mut results: Vec<Result<(), Errno>> = vec![Err(CONNECTION_CLOSED); n];
+        if n == 0 {
+            return results;
+        }
+        let Ok(sock) = self.sock.lock() else {
+            return results;
+        };
+        let base = self
+            .seq
+            .fetch_add(u32::try_from(n).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+        let mut buf: Vec<u8> = Vec::with_capacity(BULK_CHUNK + 4096);
+        let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 18);
+        let mut msgs = msgs.into_iter().enumerate().peekable();
+        while msgs.peek().is_some() {
+            buf.clear();
+            let start = msgs.peek().map(|(i, _)| *i).unwrap_or(0);
+            let mut end = start;
+            while buf.len() < BULK_CHUNK && end - start < per_send {
+                let Some((i, (msg, flags))) = msgs.next() else {
+                    break;
+                };
+                let mut m = NetlinkMessage::from(msg);
+                m.header.flags = flags;
+                m.header.sequence_number = base.wrapping_add(i as u32);
+                m.finalize();
+                let off = buf.len();
+                buf.resize(off + m.buffer_len(), 0);
+                m.serialize(&mut buf[off..]);
+                end = i + 1;
+            }
+            if let Err(e) = sock.send(&buf, 0) {
+                let errno = e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+                for r in &mut results[start..end] {
+                    *r = Err(errno);
+                }
+                continue;
+            }
+            let mut pending = end - start;
+            let mut seen = vec![false; end - start];
+            while pending > 0 {
+                rbuf.clear();
+                rbuf.reserve(1 << 18);
+                if sock.recv(&mut rbuf, 0).is_err() {
+                    break; // results left as errors
+                }
+                let mut off = 0;
+                while off + 16 <= rbuf.len() {
+                    let Ok(h) = NetlinkBuffer::new_checked(&rbuf[off..]) else {
+                        break;
+                    };
+                    let len = h.length() as usize;
+                    if len < 16 {
+                        break;
+                    }
+                    if h.message_type() == NLMSG_ERROR {
+                        let idx = h.sequence_number().wrapping_sub(base) as usize;
+                        let p = h.payload();
+                        if (start..end).contains(&idx) && p.len() >= 4 && !seen[idx - start] {
+                            let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                            results[idx] = if code == 0 { Ok(()) } else { Err(code.abs()) };
+                            seen[idx - start] = true;
+                            pending -= 1;
+                        }
+                    }
+                    off += (len + 3) & !3;
+                }
+            }
+        }
+        results
+    }
+}

@@ -1,0 +1,827 @@
+//! The programmer: apply, interface removal, gateway discovery.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{InfoKind, LinkMessage, MacVlanMode};
+use netlink_packet_route::route::RouteType;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{AsyncSocket, TokioSocket};
+use overlay_core::{
+    ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName,
+    ParseError, ProgrammerError, RouteOutcome, RouteProgrammer, RouteResult, RouteSpec,
+};
+use rtnetlink::{LinkMacVlan, LinkUnspec};
+use tokio::sync::{Mutex, broadcast};
+use tokio::task::JoinHandle;
+use overlay_core::model::MAIN_TABLE;
+
+use crate::ProgrammerConfig;
+use crate::kernel::{
+    self, Addr, CREATE_EXCL, CREATE_REPLACE, DELETE, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV,
+    ENOENT, EPERM, ESRCH, Errno, KernelRoute, Link, RouteKey, errno_error, errno_message,
+};
+
+/// Counters of a programmer, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriftCounters {
+    /// Write requests sent to the kernel, by applies and repairs together.
+    pub writes: u64,
+    /// Applies requested through [`RouteProgrammer::apply`].
+    pub applies: u64,
+    /// Drift detections: notifications about our state changed by someone
+    /// else (each may cause a repair).
+    pub drift_events: u64,
+    /// Repairs that wrote to the kernel.
+    pub repairs: u64,
+    /// Write requests sent by repairs.
+    pub repair_writes: u64,
+    /// Full re-applies of the last desired state triggered by drift (link or
+    /// address changes, overruns).
+    pub resyncs: u64,
+    /// Notification overruns (`ENOBUFS`), each followed by a resync.
+    pub overruns: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub writes: AtomicU64,
+    pub applies: AtomicU64,
+    pub drift_events: AtomicU64,
+    pub repairs: AtomicU64,
+    pub repair_writes: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub overruns: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> DriftCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DriftCounters {
+            writes: g(&self.writes),
+            applies: g(&self.applies),
+            drift_events: g(&self.drift_events),
+            repairs: g(&self.repairs),
+            repair_writes: g(&self.repair_writes),
+            resyncs: g(&self.resyncs),
+            overruns: g(&self.overruns),
+        }
+    }
+}
+
+/// A desired route as planned by the last apply.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub spec: RouteSpec,
+    pub oif: Option<u32>,
+}
+
+/// What the last apply wanted and found; drift repair works from it.
+#[derive(Default)]
+pub(crate) struct State {
+    pub desired: Option<DesiredNodeState>,
+    pub plan: HashMap<RouteKey, Planned>,
+    /// Links that matter (overlay, parent, route devices): name → (index, up).
+    pub links: HashMap<String, (u32, bool)>,
+    pub overlay_index: Option<u32>,
+    pub last_report: Option<ApplyReport>,
+}
+
+pub(crate) struct Inner {
+    pub handle: rtnetlink::Handle,
+    /// Netlink port id of our request socket: notifications carrying it were
+    /// caused by our own writes.
+    pub port: u32,
+    /// Blocking socket for bulk route writes (its port id is ours too).
+    pub bulk: Arc<kernel::Bulk>,
+    pub protocol: u8,
+    pub requests_per_send: usize,
+    pub state: Mutex<State>,
+    pub counters: Counters,
+    pub events: broadcast::Sender<DriftEvent>,
+}
+
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// [`RouteProgrammer`] over rtnetlink, bound to one network namespace.
+///
+/// Create it inside a tokio runtime; its background tasks (the netlink
+/// connection and the drift watcher) run on that runtime and stop when the
+/// programmer is dropped.
+pub struct NetlinkProgrammer {
+    inner: Arc<Inner>,
+    _tasks: Tasks,
+}
+
+impl std::fmt::Debug for NetlinkProgrammer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetlinkProgrammer")
+            .field("port", &self.inner.port)
+            .field("protocol", &self.inner.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Notification groups of the drift watcher: link, IPv4/IPv6 addresses and
+/// routes (RTNLGRP_LINK, _IPV4_IFADDR, _IPV4_ROUTE, _IPV6_IFADDR,
+/// _IPV6_ROUTE).
+const DRIFT_GROUPS: u32 = (1 << (1 - 1)) | (1 << (5 - 1)) | (1 << (7 - 1)) | (1 << (9 - 1)) | (1 << (11 - 1));
+
+/// Receive buffer asked for (root may exceed `rmem_max`): room for the
+/// notifications of a large apply while the watcher is busy.
+const RCVBUF: usize = 16 << 20;
+
+fn grow_rcvbuf(sock: &netlink_sys::Socket) {
+    if nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF).is_err()
+    {
+        let _ = sock.set_rx_buf_sz(RCVBUF);
+    }
+}
+
+impl NetlinkProgrammer {
+    /// Opens the netlink sockets in the configured namespace and starts the
+    /// drift watcher. Must be called inside a tokio runtime.
+    pub async fn new(config: ProgrammerConfig) -> Result<Self, ProgrammerError> {
+        if config.route_protocol < 5 {
+            return Err(ProgrammerError::InvalidName(ParseError::new(
+                "route_protocol",
+                &config.route_protocol.to_string(),
+                "protocols 0-4 belong to the kernel and iproute2; use 5-255 (default 250)",
+            )));
+        }
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| ProgrammerError::Namespace {
+            namespace: namespace_label(&config),
+            message: "NetlinkProgrammer::new must be called inside a tokio runtime".into(),
+        })?;
+        let drift = config.drift_repair;
+        let (conn, handle, port, mcast, bulk) = kernel::in_netns(config.netns.as_deref(), &rt, || {
+            let (mut conn, handle, _) = rtnetlink::new_connection()?;
+            let sock = conn.socket_mut().socket_mut();
+            let addr = sock.bind_auto()?;
+            let _ = sock.set_cap_ack(true);
+            grow_rcvbuf(sock);
+            let mcast = if drift {
+                let mut m = TokioSocket::new(NETLINK_ROUTE)?;
+                m.socket_mut()
+                    .bind(&netlink_sys::SocketAddr::new(0, DRIFT_GROUPS))?;
+                grow_rcvbuf(m.socket_ref());
+                Some(m)
+            } else {
+                None
+            };
+            let bulk = kernel::Bulk::open()?;
+            Ok((conn, handle, addr.port_number(), mcast, bulk))
+        })?;
+        let mut tasks = vec![rt.spawn(conn)];
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            handle,
+            port,
+            bulk: Arc::new(bulk),
+            protocol: config.route_protocol,
+            requests_per_send: config.requests_per_send.max(1),
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            events,
+        });
+        if let Some(m) = mcast {
+            tasks.push(rt.spawn(crate::drift::watch(inner.clone(), m)));
+        }
+        Ok(Self {
+            inner,
+            _tasks: Tasks(tasks),
+        })
+    }
+
+    /// The counters (writes, repairs, resyncs, overruns) so far.
+    pub fn counters(&self) -> DriftCounters {
+        self.inner.counters.snapshot()
+    }
+
+    /// The report of the last apply, including re-applies by drift repair.
+    pub async fn last_report(&self) -> Option<ApplyReport> {
+        self.inner.state.lock().await.last_report.clone()
+    }
+
+    /// The route protocol number marking our routes.
+    pub fn route_protocol(&self) -> u8 {
+        self.inner.protocol
+    }
+}
+
+fn namespace_label(config: &ProgrammerConfig) -> String {
+    config
+        .netns
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "current".into())
+}
+
+/// One write of an apply.
+struct Op {
+    /// Index of the desired route, or `None` for a removal.
+    route: Option<usize>,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    result: RouteResult,
+}
+
+/// Sends `ops` over the bulk socket; results in the order given.
+async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
+    if ops.is_empty() {
+        return Vec::new();
+    }
+    let msgs: Vec<(RouteNetlinkMessage, u16)> =
+        ops.iter().map(|op| (op.msg.clone(), op.flags)).collect();
+    let bulk = inner.bulk.clone();
+    let per_send = inner.requests_per_send;
+    let results = match tokio::task::spawn_blocking(move || bulk.send_all(msgs, per_send)).await {
+        Ok(r) => r,
+        Err(_) => vec![Err(kernel::CONNECTION_CLOSED); ops.len()],
+    };
+    ops.into_iter().zip(results).collect()
+}
+
+impl Inner {
+    fn count_writes(&self, n: u64) {
+        self.counters.writes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One write whose failure aborts the apply.
+    async fn must_write(
+        &self,
+        call: String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        writes: &mut u64,
+    ) -> Result<(), ProgrammerError> {
+        *writes += 1;
+        self.count_writes(1);
+        kernel::write(&self.handle, msg, flags)
+            .await
+            .map_err(|e| errno_error(&call, e))
+    }
+
+    /// Makes the kernel match `desired`; the caller holds the state lock.
+    pub(crate) async fn apply_locked(
+        &self,
+        state: &mut State,
+        desired: &DesiredNodeState,
+    ) -> Result<ApplyReport, ProgrammerError> {
+        state.desired = Some(desired.clone());
+        let mut report = ApplyReport::default();
+        let mut writes = 0u64;
+        let result = self
+            .apply_inner(state, desired, &mut report, &mut writes)
+            .await;
+        report.kernel_writes = writes;
+        match result {
+            Ok(()) => {
+                state.last_report = Some(report.clone());
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn apply_inner(
+        &self,
+        state: &mut State,
+        desired: &DesiredNodeState,
+        report: &mut ApplyReport,
+        writes: &mut u64,
+    ) -> Result<(), ProgrammerError> {
+        let mut links = kernel::dump_links(&self.handle).await?;
+        let mut overlay_index = None;
+        if let Some(ov) = &desired.overlay {
+            overlay_index = Some(self.apply_overlay(ov, &mut links, report, writes).await?);
+        }
+
+        // Routes.
+        let routes = kernel::dump_routes(&self.handle).await?;
+        let names: HashMap<u32, String> =
+            links.values().map(|l| (l.index, l.name.clone())).collect();
+        let mut ours: HashMap<RouteKey, KernelRoute> = HashMap::new();
+        let mut foreign: HashMap<RouteKey, u8> = HashMap::new();
+        let mut direct: Vec<(IpNetwork, Option<u32>, u32)> = Vec::new();
+        for r in routes {
+            if r.gateway.is_none() && !r.multipath && r.kind == RouteType::Unicast {
+                direct.push((r.key.0.network(), r.oif, r.key.1));
+            }
+            if r.protocol == self.protocol {
+                ours.insert(r.key, r);
+            } else {
+                foreign.insert(r.key, r.protocol);
+            }
+        }
+
+        let n = desired.routes.len();
+        let mut results: Vec<Option<RouteResult>> = vec![None; n];
+        let mut seen: HashMap<RouteKey, usize> = HashMap::with_capacity(n);
+        let mut plan: HashMap<RouteKey, Planned> = HashMap::with_capacity(n);
+        let mut adds: Vec<Op> = Vec::new();
+        for (i, spec) in desired.routes.iter().enumerate() {
+            let key = kernel::spec_key(spec);
+            if let Some(&j) = seen.get(&key) {
+                results[i] = Some(RouteResult::Failed(format!(
+                    "route {spec} has the same destination, table and metric as {}; the kernel keeps one route per key: drop one or give it another metric",
+                    desired.routes[j]
+                )));
+                continue;
+            }
+            seen.insert(key, i);
+            if let Some(gw) = spec.gateway
+                && gw.is_ipv4() != spec.destination.is_ipv4()
+            {
+                results[i] = Some(RouteResult::Failed(format!(
+                    "gateway {gw} is not of the address family of {}; use an IPv{} gateway",
+                    spec.destination,
+                    if spec.destination.is_ipv4() { 4 } else { 6 }
+                )));
+                continue;
+            }
+            let oif = match &spec.device {
+                Some(d) => match links.get(d.as_str()) {
+                    Some(l) => Some(l.index),
+                    None => {
+                        results[i] = Some(RouteResult::Failed(format!(
+                            "device {d} of route {spec} does not exist; create it, or leave the device unset so the kernel picks the on-link interface"
+                        )));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            plan.insert(
+                key,
+                Planned {
+                    spec: spec.clone(),
+                    oif,
+                },
+            );
+            let existing = ours.get(&key);
+            if let Some(k) = existing
+                && matches_spec(k, spec, oif)
+            {
+                results[i] = Some(RouteResult::Unchanged);
+                continue;
+            }
+            if existing.is_none()
+                && let Some(p) = foreign.get(&key)
+            {
+                results[i] = Some(RouteResult::Failed(format!(
+                    "{} (table {}, metric {}) is already routed by a route overlay did not install (protocol {p}); overlay never touches it: delete that route or give this one another metric",
+                    key.0, key.1, key.2
+                )));
+                continue;
+            }
+            if let Some(gw) = spec.gateway
+                && !on_link(gw, oif, key.1, &direct)
+            {
+                results[i] = Some(RouteResult::Failed(
+                    ProgrammerError::GatewayUnreachable {
+                        destination: spec.destination.to_string(),
+                        gateway: gw.to_string(),
+                    }
+                    .to_string(),
+                ));
+                continue;
+            }
+            let (flags, result) = if existing.is_some() {
+                (CREATE_REPLACE, RouteResult::Replaced)
+            } else {
+                (CREATE_EXCL, RouteResult::Added)
+            };
+            adds.push(Op {
+                route: Some(i),
+                msg: RouteNetlinkMessage::NewRoute(kernel::route_message(
+                    &key,
+                    spec.gateway,
+                    oif,
+                    self.protocol,
+                )),
+                flags,
+                result,
+            });
+        }
+
+        // Removals of our routes no longer desired.
+        let mut dels = Vec::new();
+        let mut removed_specs = Vec::new();
+        for (key, r) in &ours {
+            if !seen.contains_key(key) {
+                dels.push(Op {
+                    route: None,
+                    msg: RouteNetlinkMessage::DelRoute(kernel::route_delete_message(
+                        key,
+                        self.protocol,
+                    )),
+                    flags: DELETE,
+                    result: RouteResult::Unchanged,
+                });
+                removed_specs.push(kernel::kernel_route_spec(r, &names));
+            }
+        }
+        *writes += (dels.len() + adds.len()) as u64;
+        self.count_writes((dels.len() + adds.len()) as u64);
+        let del_results = send_all(self, dels).await;
+        for ((_, r), spec) in del_results.into_iter().zip(removed_specs) {
+            match r {
+                Ok(()) => report.routes_removed.push(spec),
+                Err(ESRCH) | Err(ENOENT) => report.routes_removed.push(spec),
+                Err(e) if e == EPERM || e == kernel::EACCES => {
+                    return Err(errno_error(&format!("delete route {spec}"), e));
+                }
+                Err(e) => tracing::warn!(
+                    route = %spec,
+                    error = %errno_message(e),
+                    "could not remove a route overlay installed earlier"
+                ),
+            }
+        }
+        let add_results = send_all(self, adds).await;
+        for (op, r) in add_results {
+            let Some(i) = op.route else { continue };
+            let spec = &desired.routes[i];
+            results[i] = Some(match r {
+                Ok(()) => op.result,
+                Err(e) if e == EPERM || e == kernel::EACCES => {
+                    return Err(errno_error(&format!("add route {spec}"), e));
+                }
+                Err(e) => RouteResult::Failed(route_failure(spec, e)),
+            });
+        }
+        report.routes = desired
+            .routes
+            .iter()
+            .zip(results)
+            .map(|(route, result)| RouteOutcome {
+                route: route.clone(),
+                result: result.unwrap_or(RouteResult::Unchanged),
+            })
+            .collect();
+
+        // Remember what drift repair needs.
+        let mut relevant: HashSet<&str> = HashSet::new();
+        if let Some(ov) = &desired.overlay {
+            relevant.insert(ov.name.as_str());
+            relevant.insert(ov.parent.as_str());
+        }
+        for r in &desired.routes {
+            if let Some(d) = &r.device {
+                relevant.insert(d.as_str());
+            }
+        }
+        state.links = relevant
+            .into_iter()
+            .filter_map(|n| links.get(n).map(|l| (n.to_owned(), (l.index, l.up))))
+            .collect();
+        state.plan = plan;
+        state.overlay_index = overlay_index;
+        let _ = &mut links;
+        Ok(())
+    }
+
+    /// Creates or fixes the overlay interface and its address; returns its
+    /// index. Updates `links` with the result.
+    async fn apply_overlay(
+        &self,
+        ov: &overlay_core::OverlayInterface,
+        links: &mut HashMap<String, Link>,
+        report: &mut ApplyReport,
+        writes: &mut u64,
+    ) -> Result<u32, ProgrammerError> {
+        let name = ov.name.as_str();
+        let parent = links
+            .get(ov.parent.as_str())
+            .cloned()
+            .ok_or_else(|| ProgrammerError::MissingParent {
+                parent: ov.parent.to_string(),
+            })?;
+        let addrs = kernel::dump_addrs(&self.handle).await?;
+        let mut current = links.get(name).cloned();
+        let current_index = current.as_ref().map(|l| l.index);
+        if let Some(a) = addrs
+            .iter()
+            .find(|a| a.net.ip() == ov.address.ip() && Some(a.index) != current_index)
+        {
+            let interface = links
+                .values()
+                .find(|l| l.index == a.index)
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| format!("index {}", a.index));
+            return Err(ProgrammerError::AddressInUse {
+                address: ov.address.to_string(),
+                interface,
+            });
+        }
+        if let Some(l) = &current {
+            if l.kind != Some(InfoKind::MacVlan) {
+                return Err(ProgrammerError::Kernel {
+                    call: format!("create macvlan {name}"),
+                    message: format!(
+                        "an interface named {name} exists and is not a macvlan ({}); overlay does not delete it: rename or delete it, or choose another INTERFACE_LABEL",
+                        l.kind
+                            .as_ref()
+                            .map(|k| format!("kind {k:?}"))
+                            .unwrap_or_else(|| "no kind".into())
+                    ),
+                });
+            }
+            if l.parent != Some(parent.index) || l.macvlan_mode != Some(MacVlanMode::Bridge) {
+                tracing::info!(interface = name, parent = %ov.parent, "recreating macvlan: wrong parent or mode");
+                let mut m = LinkMessage::default();
+                m.header.index = l.index;
+                self.must_write(
+                    format!("delete link {name}"),
+                    RouteNetlinkMessage::DelLink(m),
+                    DELETE,
+                    writes,
+                )
+                .await?;
+                links.remove(name);
+                current = None;
+            }
+        }
+        let index = match current {
+            Some(l) => {
+                if !l.up {
+                    self.must_write(
+                        format!("set link {name} up"),
+                        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(l.index).up().build()),
+                        DELETE,
+                        writes,
+                    )
+                    .await?;
+                    report.interface_up = true;
+                    if let Some(x) = links.get_mut(name) {
+                        x.up = true;
+                    }
+                }
+                l.index
+            }
+            None => {
+                let msg = LinkMacVlan::new(name, parent.index, MacVlanMode::Bridge)
+                    .up()
+                    .build();
+                self.must_write(
+                    format!("create macvlan {name} on {}", ov.parent),
+                    RouteNetlinkMessage::NewLink(msg),
+                    CREATE_EXCL,
+                    writes,
+                )
+                .await
+                .map_err(|e| match e {
+                    ProgrammerError::Kernel { call, message }
+                        if message.contains("No such device") =>
+                    {
+                        let _ = (call, message);
+                        ProgrammerError::MissingParent {
+                            parent: ov.parent.to_string(),
+                        }
+                    }
+                    e => e,
+                })?;
+                report.interface_created = true;
+                report.interface_up = true;
+                let fresh = kernel::dump_links(&self.handle).await?;
+                let l = fresh.get(name).cloned().ok_or_else(|| ProgrammerError::Kernel {
+                    call: format!("create macvlan {name}"),
+                    message: "the interface vanished right after it was created".into(),
+                })?;
+                let idx = l.index;
+                links.insert(name.to_owned(), l);
+                idx
+            }
+        };
+
+        // Exactly the desired address (of those we manage) on it.
+        let on_iface: Vec<&Addr> = if report.interface_created {
+            Vec::new()
+        } else {
+            addrs.iter().filter(|a| a.index == index).collect()
+        };
+        let have = on_iface.iter().any(|a| a.net == ov.address);
+        for a in on_iface {
+            if a.protocol == Some(self.protocol) && a.net != ov.address {
+                self.must_write(
+                    format!("delete address {} from {name}", a.net),
+                    RouteNetlinkMessage::DelAddress(kernel::addr_message(
+                        index,
+                        a.net,
+                        self.protocol,
+                    )),
+                    DELETE,
+                    writes,
+                )
+                .await?;
+                report.addresses_removed.push(a.net);
+            }
+        }
+        if !have {
+            self.must_write(
+                format!("add address {} to {name}", ov.address),
+                RouteNetlinkMessage::NewAddress(kernel::addr_message(
+                    index,
+                    ov.address,
+                    self.protocol,
+                )),
+                CREATE_EXCL,
+                writes,
+            )
+            .await?;
+            report.address_added = Some(ov.address);
+        }
+        Ok(index)
+    }
+
+    /// Deletes link `name`; whether it existed.
+    pub(crate) async fn remove_interface(
+        &self,
+        name: &InterfaceName,
+    ) -> Result<bool, ProgrammerError> {
+        let mut state = self.state.lock().await;
+        if let Some(d) = &mut state.desired {
+            if d.overlay.as_ref().is_some_and(|o| &o.name == name) {
+                d.overlay = None;
+            }
+            d.routes.retain(|r| r.device.as_ref() != Some(name));
+        }
+        state.plan.retain(|_, p| p.spec.device.as_ref() != Some(name));
+        state.links.remove(name.as_str());
+        state.overlay_index = None;
+        let links = kernel::dump_links(&self.handle).await?;
+        let Some(l) = links.get(name.as_str()) else {
+            return Ok(false);
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = l.index;
+        let mut writes = 0;
+        match self
+            .must_write(
+                format!("delete link {name}"),
+                RouteNetlinkMessage::DelLink(m),
+                DELETE,
+                &mut writes,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(ProgrammerError::Kernel { message, .. })
+                if message == errno_message(ENODEV) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn discover_gateway(
+        &self,
+        prefix: &Cidr,
+    ) -> Result<DiscoveredRoute, ProgrammerError> {
+        // One dump at a time per socket: wait for a running apply.
+        let _state = self.state.lock().await;
+        let routes = kernel::dump_routes(&self.handle).await?;
+        let best = routes
+            .iter()
+            .filter(|r| {
+                r.key.1 == MAIN_TABLE
+                    && r.kind == RouteType::Unicast
+                    && r.key.0.is_ipv4() == prefix.is_ipv4()
+                    && r.key.0.contains_net(prefix)
+            })
+            .min_by_key(|r| (std::cmp::Reverse(r.key.0.prefix()), r.key.2));
+        let Some(best) = best else {
+            return Err(ProgrammerError::NoCoveringRoute {
+                prefix: prefix.to_string(),
+                message: "no route in the main table covers it (not even a default route); add one or configure the gateway explicitly".into(),
+            });
+        };
+        let links = kernel::dump_links(&self.handle).await?;
+        let device_name = best
+            .oif
+            .and_then(|i| links.values().find(|l| l.index == i))
+            .map(|l| l.name.clone());
+        let Some(gateway) = best.gateway else {
+            return Err(ProgrammerError::NoCoveringRoute {
+                prefix: prefix.to_string(),
+                message: format!(
+                    "the covering route {} dev {} is a direct (on-link) route without a gateway; configure the gateway explicitly",
+                    best.key.0,
+                    device_name.as_deref().unwrap_or("?")
+                ),
+            });
+        };
+        let device = device_name
+            .as_deref()
+            .map(|n| InterfaceName::parse("device", n))
+            .transpose()?
+            .ok_or_else(|| ProgrammerError::NoCoveringRoute {
+                prefix: prefix.to_string(),
+                message: format!(
+                    "the covering route {} via {gateway} has no output device",
+                    best.key.0
+                ),
+            })?;
+        Ok(DiscoveredRoute {
+            destination: best.key.0,
+            gateway,
+            device,
+        })
+    }
+}
+
+/// True when the kernel route already is what `spec` asks for.
+pub(crate) fn matches_spec(k: &KernelRoute, spec: &RouteSpec, oif: Option<u32>) -> bool {
+    !k.multipath
+        && k.kind == RouteType::Unicast
+        && k.gateway == spec.gateway
+        && (oif.is_none() || k.oif == oif)
+}
+
+/// True when `gw` is reachable on a connected network (a direct route in the
+/// main table or the route's own table, on `oif` when given). IPv6
+/// link-local gateways are on-link on the given device.
+fn on_link(gw: IpAddr, oif: Option<u32>, table: u32, direct: &[(IpNetwork, Option<u32>, u32)]) -> bool {
+    if let IpAddr::V6(v6) = gw
+        && (v6.segments()[0] & 0xffc0) == 0xfe80
+    {
+        return oif.is_some();
+    }
+    direct.iter().any(|(net, o, t)| {
+        (*t == MAIN_TABLE || *t == table)
+            && net.is_ipv4() == gw.is_ipv4()
+            && net.contains(gw)
+            && (oif.is_none() || *o == oif)
+    })
+}
+
+/// The message of a route the kernel refused, saying what to do.
+pub(crate) fn route_failure(spec: &RouteSpec, errno: Errno) -> String {
+    match (errno, spec.gateway) {
+        (ENETUNREACH | EHOSTUNREACH, Some(gw)) => ProgrammerError::GatewayUnreachable {
+            destination: spec.destination.to_string(),
+            gateway: gw.to_string(),
+        }
+        .to_string(),
+        (EEXIST, _) => format!(
+            "the kernel already has a route to {} with this table and metric that overlay did not install; overlay never touches it: delete that route or give this one another metric",
+            spec.destination
+        ),
+        (ENODEV, _) => format!(
+            "the device of route {spec} does not exist (any more); create it or leave the device unset"
+        ),
+        (e, _) => format!(
+            "the kernel refused route {spec}: {}; check the gateway and device",
+            errno_message(e)
+        ),
+    }
+}
+
+#[async_trait]
+impl RouteProgrammer for NetlinkProgrammer {
+    async fn apply(&self, desired: &DesiredNodeState) -> Result<ApplyReport, ProgrammerError> {
+        self.inner.counters.applies.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.inner.state.lock().await;
+        self.inner.apply_locked(&mut state, desired).await
+    }
+
+    async fn remove_interface(&self, name: &InterfaceName) -> Result<bool, ProgrammerError> {
+        self.inner.remove_interface(name).await
+    }
+
+    async fn discover_gateway(&self, prefix: &Cidr) -> Result<DiscoveredRoute, ProgrammerError> {
+        self.inner.discover_gateway(prefix).await
+    }
+
+    fn drift(&self) -> BoxStream<'static, DriftEvent> {
+        let rx = self.inner.events.subscribe();
+        stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((ev, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((DriftEvent::Overrun, rx));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}
