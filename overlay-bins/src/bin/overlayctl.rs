@@ -16,6 +16,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the whole system on this machine: nodes, a gateway and an on-prem
+    /// host in network namespaces, the real controller and agents, then ping
+    /// on-prem from every node. Needs root (or --dry-run).
+    Lab(LabArgs),
     /// Print the NodeOverlayIp and StaticRoute CRDs as YAML (generated from
     /// the Rust types), or write one file per CRD into --out.
     Crds {
@@ -28,6 +32,75 @@ enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct LabArgs {
+    /// Number of nodes (1-50).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Number of zones (1-4); nodes are spread over them round-robin.
+    #[arg(long, default_value_t = 2)]
+    zones: usize,
+    /// Number of StaticRoutes: the on-prem subnet plus extra /24s (1-200).
+    #[arg(long, default_value_t = 1)]
+    routes: usize,
+    /// Leave the namespaces in place for inspection and print how to remove them.
+    #[arg(long)]
+    keep: bool,
+    /// The older mode: a ConfigMap-style route list routed via the gateway
+    /// discovered from the private network's route; no overlay IPs.
+    #[arg(long)]
+    legacy: bool,
+    /// Run a scenario after convergence.
+    #[arg(long, value_enum)]
+    scenario: Option<overlay_bins::lab::Scenario>,
+    /// IPAM for the controller.
+    #[arg(long, value_enum, default_value = "embedded")]
+    ipam: overlay_bins::lab::IpamChoice,
+    /// Controller config (overlay-ip-config.yaml) for --ipam phpipam.
+    #[arg(long, value_name = "FILE")]
+    ipam_config: Option<PathBuf>,
+    /// Seconds to wait for convergence.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Print the plan and change nothing (no root needed).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn lab(args: LabArgs) -> Result<(), String> {
+    let opts = overlay_bins::lab::LabOptions {
+        nodes: args.nodes,
+        zones: args.zones,
+        routes: args.routes,
+        keep: args.keep,
+        legacy: args.legacy,
+        scenario: args.scenario,
+        ipam: args.ipam,
+        ipam_config: args.ipam_config,
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    if args.dry_run {
+        print!("{}", overlay_bins::lab::describe(&opts)?);
+        return Ok(());
+    }
+    overlay_bins::lab::check_privileges()?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+    let report = rt.block_on(overlay_bins::lab::run(&opts))?;
+    print!("{}", report.table());
+    if !report.cleanup.is_empty() {
+        println!("namespaces kept; remove them with:");
+        for c in &report.cleanup {
+            println!("  {c}");
+        }
+    }
+    if report.ok() {
+        println!("lab: every node reached the on-prem host");
+        Ok(())
+    } else {
+        Err("lab: some checks failed (see the table above)".into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -43,6 +116,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Cmd::Lab(args) => lab(args)?,
         Cmd::Crds { out } => {
             let crds =
                 overlay_core::crd::crds_yaml().map_err(|e| format!("generating CRDs: {e}"))?;

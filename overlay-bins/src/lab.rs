@@ -1,0 +1,662 @@
+//! `overlayctl lab`: the whole system on one machine.
+//!
+//! Topology, all inside network namespaces the lab creates and removes:
+//!
+//! ```text
+//!   node-1 ─┐                         ┌─ gw ── onprem (203.0.113.10)
+//!   node-2 ─┼── vlan (bridge br0) ────┤  198.51.100.1 (private network)
+//!   node-N ─┘  198.51.100.0/24        │  overlay gateways 192.0.2.1, .65, ...
+//! ```
+//!
+//! Each node has `eth0` on the VLAN with its InternalIP and a route to the
+//! "private network" 198.18.0.0/16 via 198.51.100.1 (the stand-in for
+//! 10.0.0.0/8). The real controller and agent reconcilers run in-process:
+//! the controller over an in-memory node source and the chosen IPAM, one
+//! agent per node with the netlink programmer bound to the node's
+//! namespace. The lab then pings the on-prem host from every node's
+//! overlay address.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use overlay_core::agent::{Agent, AgentConfig};
+use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+use overlay_core::metrics::{AgentMetrics, ControllerMetrics};
+use overlay_core::{
+    Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo, Owner,
+    RouteState, StaticRouteSpecModel, StoreError,
+};
+use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
+use overlay_testbed::{AddressPolicy, Netns};
+use tokio::task::JoinHandle;
+
+/// The on-prem host every node must reach.
+pub const ONPREM_HOST: &str = "203.0.113.10";
+/// The on-prem subnet (the first StaticRoute).
+pub const ONPREM_SUBNET: &str = "203.0.113.0/24";
+/// The private network's stand-in (10.0.0.0/8 in a real cluster).
+pub const PRIVATE_NETWORK: &str = "198.18.0.0/16";
+const VLAN_GW: &str = "198.51.100.1";
+
+/// Which IPAM the lab's controller uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpamChoice {
+    /// In-memory pools (no external system).
+    Embedded,
+    /// The phpIPAM emulator, in-process on 127.0.0.1.
+    Emulator,
+    /// A real phpIPAM server, from `--ipam-config`.
+    Phpipam,
+}
+
+/// A scripted scenario run after the first convergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Delete a node and a route mid-run, check everything is released and
+    /// removed, then add them back.
+    Churn,
+}
+
+/// Lab settings.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Number of nodes (1–50).
+    pub nodes: usize,
+    /// Number of zones (1–4); nodes are spread round-robin.
+    pub zones: usize,
+    /// Number of StaticRoutes (the first is the on-prem subnet; the others
+    /// are extra /24s in 198.19.0.0/16, checked in the kernel only).
+    pub routes: usize,
+    /// Leave the namespaces in place.
+    pub keep: bool,
+    /// The older mode: ConfigMap-style route list, discovered gateway, no
+    /// overlay IPs.
+    pub legacy: bool,
+    /// Scenario to run after convergence.
+    pub scenario: Option<Scenario>,
+    /// IPAM for the controller.
+    pub ipam: IpamChoice,
+    /// Controller config for `--ipam phpipam`.
+    pub ipam_config: Option<PathBuf>,
+    /// How long to wait for convergence.
+    pub timeout: Duration,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            zones: 2,
+            routes: 1,
+            keep: false,
+            legacy: false,
+            scenario: None,
+            ipam: IpamChoice::Embedded,
+            ipam_config: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One zone of the lab: its overlay subnet and gateway.
+#[derive(Debug, Clone)]
+pub struct ZonePlan {
+    /// Zone name.
+    pub zone: String,
+    /// Overlay subnet.
+    pub subnet: Cidr,
+    /// Overlay gateway (held by the gw namespace).
+    pub gateway: IpAddr,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    /// Node name.
+    pub node: String,
+    /// Zone.
+    pub zone: String,
+    /// Overlay address (or the InternalIP in legacy mode).
+    pub address: String,
+    /// Gateway of the on-prem route.
+    pub gateway: String,
+    /// Routes applied / desired.
+    pub routes: String,
+    /// Ping of the on-prem host answered.
+    pub ping_ok: bool,
+    /// Time from start of the reconcilers to converged.
+    pub converge_ms: u128,
+}
+
+/// What the lab found.
+#[derive(Debug, Clone, Default)]
+pub struct LabReport {
+    /// One row per node.
+    pub rows: Vec<NodeRow>,
+    /// Scenario checks, each with its outcome.
+    pub checks: Vec<(String, bool)>,
+    /// Commands that remove the namespaces (with `--keep`).
+    pub cleanup: Vec<String>,
+}
+
+impl LabReport {
+    /// True when every ping and every check passed.
+    pub fn ok(&self) -> bool {
+        !self.rows.is_empty()
+            && self.rows.iter().all(|r| r.ping_ok)
+            && self.checks.iter().all(|(_, ok)| *ok)
+    }
+
+    /// The result table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>10}",
+            "NODE", "ZONE", "ADDRESS", "GATEWAY", "ROUTES", "PING", "CONVERGED"
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                t,
+                "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>8}ms",
+                r.node,
+                r.zone,
+                r.address,
+                r.gateway,
+                r.routes,
+                if r.ping_ok { "OK" } else { "FAIL" },
+                r.converge_ms
+            );
+        }
+        for (c, ok) in &self.checks {
+            let _ = writeln!(t, "check: {c}: {}", if *ok { "OK" } else { "FAIL" });
+        }
+        t
+    }
+}
+
+/// The zones and nodes the lab will build, for `--dry-run` and for the run.
+pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<(String, String, String)>), String> {
+    if !(1..=50).contains(&opts.nodes) {
+        return Err(format!("--nodes {} is out of range: use 1 to 50", opts.nodes));
+    }
+    if !(1..=4).contains(&opts.zones) {
+        return Err(format!("--zones {} is out of range: use 1 to 4", opts.zones));
+    }
+    if !(1..=200).contains(&opts.routes) {
+        return Err(format!("--routes {} is out of range: use 1 to 200", opts.routes));
+    }
+    let zones = (0..opts.zones)
+        .map(|z| {
+            let base = 64 * z as u8;
+            Ok(ZonePlan {
+                zone: format!("zone-{}", z + 1),
+                subnet: Cidr::parse("lab subnet", &format!("192.0.2.{base}/26")).map_err(|e| e.to_string())?,
+                gateway: IpAddr::from([192, 0, 2, base + 1]),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let nodes = (0..opts.nodes)
+        .map(|i| {
+            (
+                format!("node-{}", i + 1),
+                zones[i % zones.len()].zone.clone(),
+                format!("198.51.100.{}", 10 + i),
+            )
+        })
+        .collect();
+    Ok((zones, nodes))
+}
+
+/// The plan as text (for `--dry-run`).
+pub fn describe(opts: &LabOptions) -> Result<String, String> {
+    let (zones, nodes) = plan(opts)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "overlayctl lab would create, in network namespaces of its own (removed afterwards):");
+    let _ = writeln!(s, "  vlan     bridge br0 for the private network 198.51.100.0/24");
+    let _ = writeln!(
+        s,
+        "  gw       {VLAN_GW}/24 on the VLAN, overlay gateways {}, 203.0.113.1/24 towards on-prem, forwarding on",
+        zones.iter().map(|z| z.gateway.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(s, "  onprem   {ONPREM_HOST}/24, default route via 203.0.113.1");
+    for (n, z, ip) in &nodes {
+        let _ = writeln!(s, "  {n:<8} eth0 {ip}/24 on the VLAN, zone {z}, route {PRIVATE_NETWORK} via {VLAN_GW}");
+    }
+    if opts.legacy {
+        let _ = writeln!(s, "mode: legacy (route list {ONPREM_SUBNET} via the gateway of the route covering {PRIVATE_NETWORK}; no overlay IPs)");
+    } else {
+        let _ = writeln!(s, "IPAM: {:?}; zones: {}", opts.ipam,
+            zones.iter().map(|z| format!("{} {} (gateway {})", z.zone, z.subnet, z.gateway)).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(s, "StaticRoutes: {} ({ONPREM_SUBNET} via the overlay gateway{})", opts.routes,
+            if opts.routes > 1 { ", plus extra /24s in 198.19.0.0/16" } else { "" });
+    }
+    let _ = writeln!(s, "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}",
+        if opts.scenario.is_some() { ", run the churn scenario" } else { "" });
+    Ok(s)
+}
+
+/// Checks the privileges the lab needs; the error says what to do.
+pub fn check_privileges() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces; run it with sudo, or add --dry-run to print the plan without touching anything".into());
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Err("the lab needs iproute2's `ip` (apt-get install iproute2) and `ping` (apt-get install iputils-ping)".into());
+    }
+    Ok(())
+}
+
+fn tb<T>(r: Result<T, overlay_testbed::TestbedError>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+/// The lab's namespaces.
+struct Topology {
+    vlan: Netns,
+    gw: Netns,
+    onprem: Netns,
+    nodes: Vec<(String, String, String, Netns)>,
+}
+
+impl Topology {
+    fn build(zones: &[ZonePlan], nodes: &[(String, String, String)], policy: AddressPolicy) -> Result<Self, String> {
+        let vlan = tb(Netns::with_policy("vlan", policy))?;
+        tb(vlan.add_bridge("br0"))?;
+        let gw = tb(Netns::with_policy("gw", policy))?;
+        tb(gw.add_veth("vlan0", &vlan, "p-gw"))?;
+        tb(vlan.set_master("p-gw", "br0"))?;
+        tb(gw.add_addr("vlan0", &format!("{VLAN_GW}/24")))?;
+        for z in zones {
+            tb(gw.add_addr("vlan0", &format!("{}/{}", z.gateway, z.subnet.prefix())))?;
+        }
+        tb(gw.enable_forwarding())?;
+        let onprem = tb(Netns::with_policy("onprem", policy))?;
+        tb(gw.add_veth("onprem0", &onprem, "eth0"))?;
+        tb(gw.add_addr("onprem0", "203.0.113.1/24"))?;
+        tb(onprem.add_addr("eth0", &format!("{ONPREM_HOST}/24")))?;
+        tb(onprem.add_route("default", Some("203.0.113.1"), None))?;
+        let mut built = Vec::new();
+        for (i, (name, zone, ip)) in nodes.iter().enumerate() {
+            let ns = tb(Netns::with_policy(name, policy))?;
+            let port = format!("p-n{}", i + 1);
+            tb(ns.add_veth("eth0", &vlan, &port))?;
+            tb(vlan.set_master(&port, "br0"))?;
+            tb(ns.add_addr("eth0", &format!("{ip}/24")))?;
+            tb(ns.add_route(PRIVATE_NETWORK, Some(VLAN_GW), Some("eth0")))?;
+            built.push((name.clone(), zone.clone(), ip.clone(), ns));
+        }
+        Ok(Self { vlan, gw, onprem, nodes: built })
+    }
+
+    fn keep(&mut self) -> Vec<String> {
+        let mut cmds = vec![self.vlan.keep(), self.gw.keep(), self.onprem.keep()];
+        for n in &mut self.nodes {
+            cmds.push(n.3.keep());
+        }
+        cmds
+    }
+
+    fn node(&self, name: &str) -> Option<&Netns> {
+        self.nodes.iter().find(|n| n.0 == name).map(|n| &n.3)
+    }
+}
+
+/// The legacy route list as a fixed in-memory source.
+struct FixedRoutes(Vec<Cidr>);
+
+#[async_trait]
+impl LegacyRouteSource for FixedRoutes {
+    async fn subnets(&self) -> Result<Vec<Cidr>, StoreError> {
+        Ok(self.0.clone())
+    }
+    fn changes(&self) -> BoxStream<'static, ()> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("lab: {msg}");
+}
+
+fn node_info(name: &str, zone: &str, ip: &str) -> Result<NodeInfo, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert("topology.kubernetes.io/zone".to_owned(), zone.to_owned());
+    labels.insert("topology.kubernetes.io/region".to_owned(), "lab".to_owned());
+    labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+    let ip: IpAddr = ip.parse().map_err(|e| format!("lab address {ip}: {e}"))?;
+    Ok(NodeInfo::from_labels(name, labels, vec![ip]))
+}
+
+fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteSpecModel), String> {
+    let (name, subnet) = if i == 0 {
+        ("onprem".to_owned(), ONPREM_SUBNET.to_owned())
+    } else {
+        (format!("extra-{i}"), format!("198.19.{}.0/24", i - 1))
+    };
+    Ok((
+        name,
+        StaticRouteSpecModel {
+            subnet: Cidr::parse("route", &subnet).map_err(|e| e.to_string())?,
+            gateway,
+            table: None,
+            metric: None,
+            selector: LabelSelector::default(),
+        },
+    ))
+}
+
+/// Builds the IPAM the options ask for.
+pub async fn ipam_for(opts: &LabOptions, zones: &[ZonePlan]) -> Result<(Arc<dyn IpamBackend>, Option<Box<dyn std::any::Any + Send>>), String> {
+    match opts.ipam {
+        IpamChoice::Embedded => {
+            let mut cfg = overlay_ipam::pools::PoolsConfig::new();
+            for z in zones {
+                cfg = cfg.with_pool(
+                    z.zone.clone(),
+                    overlay_ipam::pools::PoolConfig::new(z.subnet).with_gateway(z.gateway),
+                );
+            }
+            let b = overlay_ipam::memory::MemoryBackend::new(&cfg).map_err(|e| e.to_string())?;
+            Ok((Arc::new(b), None))
+        }
+        other => Err(format!("--ipam {other:?} is not available in this build")),
+    }
+}
+
+/// Runs the lab and returns its report. Namespaces are removed when this
+/// returns (unless `keep`), also on error or panic.
+pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
+    check_privileges()?;
+    let (zones, node_plan) = plan(opts)?;
+    progress(&format!("building {} nodes in {} zones, a gateway and an on-prem host", node_plan.len(), zones.len()));
+    let mut topo = Topology::build(&zones, &node_plan, AddressPolicy::Documentation)?;
+    let result = tokio::select! {
+        r = run_in(opts, &zones, &topo) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted; removing the lab".into()),
+    };
+    let mut report = result?;
+    if opts.keep {
+        report.cleanup = topo.keep();
+    }
+    Ok(report)
+}
+
+struct Running {
+    nodes: MemoryNodes,
+    ips: MemoryOverlayIps,
+    routes: MemoryStaticRoutes,
+    ipam: Arc<dyn IpamBackend>,
+    agents: BTreeMap<String, JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in self.tasks.iter().chain(self.agents.values()) {
+            t.abort();
+        }
+    }
+}
+
+async fn start_agent(
+    name: &str,
+    ns: &Netns,
+    legacy: bool,
+    r: &Running,
+) -> Result<JoinHandle<()>, String> {
+    let programmer = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut cfg = AgentConfig::new(name).map_err(|e| e.to_string())?;
+    cfg.interface = Some("eth0".parse().map_err(|e: overlay_core::ParseError| e.to_string())?);
+    cfg.legacy_gateway_from = Cidr::parse("private network", PRIVATE_NETWORK).map_err(|e| e.to_string())?;
+    cfg.resync = Duration::from_secs(30);
+    let (routes, legacy_src): (Option<Arc<dyn overlay_core::StaticRouteStore>>, Option<Arc<dyn LegacyRouteSource>>) = if legacy {
+        let subnet = Cidr::parse("route", ONPREM_SUBNET).map_err(|e| e.to_string())?;
+        (None, Some(Arc::new(FixedRoutes(vec![subnet]))))
+    } else {
+        (Some(Arc::new(r.routes.clone())), None)
+    };
+    let agent = Arc::new(Agent::new(
+        cfg,
+        Arc::new(programmer),
+        Arc::new(r.nodes.clone()),
+        Arc::new(r.ips.clone()),
+        routes,
+        legacy_src,
+        AgentMetrics::default(),
+    ));
+    Ok(tokio::spawn(agent.run(futures::future::pending())))
+}
+
+async fn run_in(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Result<LabReport, String> {
+    let (ipam, _keepalive) = if opts.legacy {
+        ipam_for(&LabOptions { ipam: IpamChoice::Embedded, ..opts.clone() }, zones).await?
+    } else {
+        ipam_for(opts, zones).await?
+    };
+    let mut r = Running {
+        nodes: MemoryNodes::new(),
+        ips: MemoryOverlayIps::new(),
+        routes: MemoryStaticRoutes::new(),
+        ipam,
+        agents: BTreeMap::new(),
+        tasks: Vec::new(),
+        started: Instant::now(),
+    };
+    for (name, zone, ip, _) in &topo.nodes {
+        r.nodes.upsert(node_info(name, zone, ip)?);
+    }
+    if !opts.legacy {
+        for i in 0..opts.routes {
+            let (name, spec) = route_spec(i, GatewayChoice::Overlay)?;
+            r.routes.apply(&name, Ok(spec));
+        }
+        let controller = Arc::new(Controller::new(
+            ControllerConfig {
+                cluster_id: "lab".into(),
+                resync: Duration::from_secs(30),
+                ..Default::default()
+            },
+            Arc::new(r.nodes.clone()),
+            r.ipam.clone(),
+            Arc::new(r.ips.clone()),
+            Arc::new(r.routes.clone()),
+            Arc::new(MemoryEvents::new()),
+            ControllerMetrics::default(),
+        ));
+        r.tasks.push(tokio::spawn(controller.run(futures::future::pending())));
+        progress("controller started (in-memory nodes, IPAM pools per zone)");
+    }
+    r.started = Instant::now();
+    for (name, _, _, ns) in &topo.nodes {
+        let h = start_agent(name, ns, opts.legacy, &r).await?;
+        r.agents.insert(name.clone(), h);
+    }
+    progress(&format!("{} agents started, one per node namespace", topo.nodes.len()));
+
+    let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
+    let converged = wait_converged(opts, &r, &names, topo).await?;
+    let mut report = LabReport::default();
+    report.rows = ping_all(opts, &r, topo, &converged).await?;
+    if opts.scenario == Some(Scenario::Churn) && !opts.legacy {
+        churn(opts, &mut r, topo, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Per node: converged time in ms, or wait until the timeout.
+async fn wait_converged(opts: &LabOptions, r: &Running, names: &[String], topo: &Topology) -> Result<BTreeMap<String, u128>, String> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut done: BTreeMap<String, u128> = BTreeMap::new();
+    let mut last_msg = String::new();
+    loop {
+        for n in names {
+            if done.contains_key(n) {
+                continue;
+            }
+            if node_converged(opts, r, n, topo).await {
+                done.insert(n.clone(), r.started.elapsed().as_millis());
+            }
+        }
+        let msg = if opts.legacy {
+            format!("waiting for the route list on every node: {}/{} converged", done.len(), names.len())
+        } else {
+            let with_ip = r.ips.snapshot().iter().filter(|x| x.ip_addr.is_some()).count();
+            format!(
+                "waiting for overlay IPs ({with_ip}/{n}) and {routes} route(s) applied on every node ({d}/{n} converged)",
+                n = names.len(),
+                routes = opts.routes,
+                d = done.len()
+            )
+        };
+        if msg != last_msg {
+            progress(&msg);
+            last_msg = msg;
+        }
+        if done.len() == names.len() {
+            return Ok(done);
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = names.iter().filter(|n| !done.contains_key(*n)).collect();
+            progress(&format!("timed out after {:?}; not converged: {missing:?}", opts.timeout));
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topology) -> bool {
+    if opts.legacy {
+        let Some(ns) = topo.node(name) else { return false };
+        return ns
+            .routes(&[])
+            .map(|rs| rs.iter().any(|l| l.starts_with(&format!("{ONPREM_SUBNET} via {VLAN_GW}"))))
+            .unwrap_or(false);
+    }
+    let rec_ok = r
+        .ips
+        .snapshot()
+        .iter()
+        .any(|x| x.name == name && x.ip_addr.is_some() && x.agent.as_ref().is_some_and(|a| a.configured));
+    let routes = r.routes.snapshot();
+    rec_ok
+        && routes.len() >= opts.routes
+        && routes.iter().all(|sr| {
+            sr.node_status
+                .iter()
+                .any(|e| e.hostname == name && e.state == RouteState::Applied)
+        })
+}
+
+async fn ping_all(opts: &LabOptions, r: &Running, topo: &Topology, converged: &BTreeMap<String, u128>) -> Result<Vec<NodeRow>, String> {
+    let mut rows = Vec::new();
+    for (name, zone, ip, ns) in &topo.nodes {
+        let (address, gateway, src) = if opts.legacy {
+            (format!("{ip}/24"), VLAN_GW.to_owned(), ip.clone())
+        } else {
+            let rec = r.ips.snapshot().into_iter().find(|x| &x.name == name);
+            let addr = rec.as_ref().and_then(|x| x.ip_addr);
+            let gw = rec.as_ref().and_then(|x| x.gateway).map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+            (
+                addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                gw,
+                addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            )
+        };
+        let applied = if opts.legacy {
+            usize::from(converged.contains_key(name))
+        } else {
+            r.routes
+                .snapshot()
+                .iter()
+                .filter(|sr| sr.node_status.iter().any(|e| &e.hostname == name && e.state == RouteState::Applied))
+                .count()
+        };
+        let total = if opts.legacy { 1 } else { opts.routes };
+        let ping_ok = !src.is_empty() && tb(ns.ping(ONPREM_HOST, Some(&src)))?;
+        rows.push(NodeRow {
+            node: name.clone(),
+            zone: zone.clone(),
+            address,
+            gateway,
+            routes: format!("{applied}/{total}"),
+            ping_ok,
+            converge_ms: converged.get(name).copied().unwrap_or(0),
+        });
+    }
+    Ok(rows)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    progress(&format!("waiting for {what}"));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress(&format!("timed out waiting for {what}"));
+    false
+}
+
+async fn churn(opts: &LabOptions, r: &mut Running, topo: &Topology, report: &mut LabReport) -> Result<(), String> {
+    let first = topo.nodes.first().ok_or("the lab has no nodes")?;
+    let (victim, zone, ip) = (first.0.clone(), first.1.clone(), first.2.clone());
+    let owner = Owner::new("lab", victim.clone());
+    // 1. Delete a node: its NodeOverlayIp goes and the address is released.
+    progress(&format!("churn: deleting node {victim}"));
+    r.nodes.remove(&victim);
+    if let Some(h) = r.agents.remove(&victim) {
+        h.abort();
+    }
+    let ipam = r.ipam.clone();
+    let ips = r.ips.clone();
+    let released = wait_for(&format!("{victim}'s address to be released"), opts.timeout, async || {
+        !ips.snapshot().iter().any(|x| x.name == victim)
+            && matches!(ipam.lookup(&owner, None).await, Ok(None))
+    })
+    .await;
+    report.checks.push((format!("{victim} deleted: NodeOverlayIp removed and address released"), released));
+
+    // 2. Delete the on-prem route: removed from every remaining node.
+    progress("churn: deleting StaticRoute onprem");
+    r.routes.delete("onprem");
+    let routes = r.routes.clone();
+    let others: Vec<&Netns> = topo.nodes.iter().filter(|n| n.0 != victim).map(|n| &n.3).collect();
+    let removed = wait_for("the onprem route to leave every node and the StaticRoute to be deleted", opts.timeout, async || {
+        routes.get("onprem").is_none()
+            && others.iter().all(|ns| {
+                ns.routes(&[]).map(|rs| !rs.iter().any(|l| l.starts_with(ONPREM_SUBNET))).unwrap_or(false)
+            })
+    })
+    .await;
+    report.checks.push(("StaticRoute onprem deleted: route removed everywhere, finalizer released".into(), removed));
+
+    // 3. Add both back and converge again.
+    progress(&format!("churn: adding node {victim} and StaticRoute onprem back"));
+    r.nodes.upsert(node_info(&victim, &zone, &ip)?);
+    let (name, spec) = route_spec(0, GatewayChoice::Overlay)?;
+    r.routes.apply(&name, Ok(spec));
+    let ns = topo.node(&victim).ok_or("victim namespace")?;
+    let h = start_agent(&victim, ns, false, r).await?;
+    r.agents.insert(victim.clone(), h);
+    r.started = Instant::now();
+    let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
+    let converged = wait_converged(opts, r, &names, topo).await?;
+    let rows = ping_all(opts, r, topo, &converged).await?;
+    let all = rows.iter().all(|x| x.ping_ok) && converged.len() == names.len();
+    report.checks.push(("after re-adding: every node converged and pings on-prem".into(), all));
+    report.rows = rows;
+    Ok(())
+}
