@@ -10,8 +10,8 @@ use std::path::Path;
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NLMSG_ERROR, NetlinkBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
@@ -30,8 +30,8 @@ use overlay_core::{Cidr, ProgrammerError, RouteSpec};
 pub(crate) const CREATE_EXCL: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 /// Flags of a write that replaces the entry with the same key.
 pub(crate) const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-/// Flags of a delete.
-pub(crate) const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+/// Flags of a delete or a change of an existing object.
+pub(crate) const REQUEST_ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
 /// `RT_TABLE_COMPAT`: the header value for tables above 255 (the real id
 /// travels in `RTA_TABLE`).
@@ -423,7 +423,9 @@ pub(crate) fn route_message(
     };
     m.header.kind = RouteType::Unicast;
     m.attributes
-        .push(RouteAttribute::Destination(RouteAddress::from(net.network())));
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            net.network(),
+        )));
     m.attributes.push(RouteAttribute::Table(*table));
     if let Some(gw) = gateway {
         m.attributes
@@ -437,10 +439,7 @@ pub(crate) fn route_message(
 }
 
 /// A kernel route turned back into a [`RouteSpec`] (for reports).
-pub(crate) fn kernel_route_spec(
-    r: &KernelRoute,
-    names: &HashMap<u32, String>,
-) -> RouteSpec {
+pub(crate) fn kernel_route_spec(r: &KernelRoute, names: &HashMap<u32, String>) -> RouteSpec {
     let (dest, table, metric) = r.key;
     RouteSpec {
         destination: dest,
@@ -509,9 +508,10 @@ impl Bulk {
         let Ok(sock) = self.sock.lock() else {
             return results;
         };
-        let base = self
-            .seq
-            .fetch_add(u32::try_from(n).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+        let base = self.seq.fetch_add(
+            u32::try_from(n).unwrap_or(u32::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut buf: Vec<u8> = Vec::with_capacity(BULK_CHUNK + 4096);
         let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 18);
         let mut msgs = msgs.into_iter().enumerate().peekable();
