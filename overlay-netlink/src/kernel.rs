@@ -573,3 +573,64 @@ impl Bulk {
         results
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec(dest: &str, gw: Option<&str>, metric: Option<u32>, table: Option<u32>) -> RouteSpec {
+        RouteSpec {
+            destination: dest.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            device: None,
+            table,
+            metric,
+        }
+    }
+
+    #[test]
+    fn ipv6_metric_zero_is_the_kernels_1024() {
+        let k = spec_key(&spec("2001:db8::/32", None, None, None));
+        assert_eq!(k.2, IP6_DEFAULT_METRIC);
+        let k = spec_key(&spec("192.0.2.0/24", None, None, None));
+        assert_eq!((k.1, k.2), (MAIN_TABLE, 0));
+    }
+
+    #[test]
+    fn route_messages_parse_back_to_their_key() {
+        for s in [
+            spec("203.0.113.0/24", Some("192.0.2.1"), Some(7), Some(1000)),
+            spec("2001:db8:1::/48", Some("2001:db8::1"), None, None),
+            spec("0.0.0.0/0", Some("192.0.2.1"), None, Some(100)),
+        ] {
+            let key = spec_key(&s);
+            let m = route_message(&key, s.gateway, Some(3), 250);
+            let r = parse_route(&m).unwrap();
+            assert_eq!(r.key, key);
+            assert_eq!(r.gateway, s.gateway);
+            assert_eq!(r.oif, Some(3));
+            assert_eq!(r.protocol, 250);
+        }
+    }
+
+    #[test]
+    fn deletes_carry_our_protocol_and_wildcard_scope() {
+        let key = spec_key(&spec("203.0.113.0/24", None, None, None));
+        let m = route_delete_message(&key, 250);
+        assert_eq!(u8::from(m.header.protocol), 250);
+        assert_eq!(m.header.scope, RouteScope::NoWhere);
+    }
+
+    #[test]
+    fn errno_mapping() {
+        assert!(matches!(
+            errno_error("x", EPERM),
+            ProgrammerError::PermissionDenied { .. }
+        ));
+        assert!(matches!(
+            errno_error("x", EEXIST),
+            ProgrammerError::Kernel { .. }
+        ));
+    }
+}

@@ -829,3 +829,42 @@ impl RouteProgrammer for NetlinkProgrammer {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn on_link_needs_a_direct_route_covering_the_gateway() {
+        let direct = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("198.51.100.0/24".parse().unwrap(), Some(3), 100),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(on_link(ip("192.0.2.1"), None, MAIN_TABLE, &direct));
+        assert!(on_link(ip("192.0.2.1"), Some(2), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("192.0.2.1"), Some(3), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("203.0.113.1"), None, MAIN_TABLE, &direct));
+        // A connected route in the route's own table counts.
+        assert!(on_link(ip("198.51.100.1"), None, 100, &direct));
+        assert!(!on_link(ip("198.51.100.1"), None, MAIN_TABLE, &direct));
+        // IPv6 link-local: on-link when the device is given.
+        assert!(on_link(ip("fe80::1"), Some(2), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("fe80::1"), None, MAIN_TABLE, &direct));
+    }
+
+    #[test]
+    fn failures_say_what_to_do() {
+        let spec = RouteSpec {
+            destination: "203.0.113.0/24".parse().unwrap(),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            device: None,
+            table: None,
+            metric: None,
+        };
+        assert!(route_failure(&spec, ENETUNREACH).contains("not on-link"));
+        assert!(route_failure(&spec, EEXIST).contains("another metric"));
+        assert!(route_failure(&spec, ENODEV).contains("does not exist"));
+    }
+}
