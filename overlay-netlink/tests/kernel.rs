@@ -625,3 +625,25 @@ async fn overrun_triggers_a_full_resync() {
     let c = p.counters();
     assert!(c.overruns >= 1 && c.resyncs >= 1, "{c:?}");
 }
+
+#[tokio::test]
+async fn missing_parent_is_retried_when_it_appears() {
+    if !privileged("missing_parent_is_retried_when_it_appears") {
+        return;
+    }
+    let b = bed("late");
+    let p = programmer(&b.node).await;
+    let d = DesiredNodeState {
+        overlay: Some(overlay_interface("tmp1", "eth1", "198.51.100.9/24").unwrap()),
+        routes: vec![],
+    };
+    let e = p.apply(&d).await.unwrap_err();
+    assert!(matches!(e, ProgrammerError::MissingParent { .. }), "{e}");
+    // The parent shows up later (e.g. a NIC that is renamed late at boot).
+    let other = Netns::new("late-peer").unwrap();
+    b.node.add_veth("eth1", &other, "p1").unwrap();
+    wait_for("tmp1 with its address", || {
+        addrs(&b.node, "tmp1").contains("198.51.100.9/24")
+    })
+    .await;
+}
