@@ -10,8 +10,8 @@ use std::path::Path;
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR, NetlinkBuffer, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
@@ -20,7 +20,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use overlay_core::model::MAIN_TABLE;
@@ -41,6 +41,9 @@ pub(crate) const IP6_DEFAULT_METRIC: u32 = 1024;
 
 /// An errno from the kernel (positive), or [`CONNECTION_CLOSED`].
 pub(crate) type Errno = i32;
+/// `RTM_NEWROUTE`.
+const RTM_NEWROUTE: u16 = 24;
+
 /// Pseudo-errno: the netlink connection task is gone.
 pub(crate) const CONNECTION_CLOSED: Errno = -1;
 
@@ -365,28 +368,6 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
     })
 }
 
-/// All IPv4 and IPv6 routes of all tables, in one dump (a netlink socket
-/// runs one dump at a time).
-pub(crate) async fn dump_routes(
-    handle: &rtnetlink::Handle,
-) -> Result<Vec<KernelRoute>, ProgrammerError> {
-    let mut m = RouteMessage::default();
-    m.header.address_family = AddressFamily::Unspec;
-    m.header.table = RouteHeader::RT_TABLE_UNSPEC;
-    handle
-        .route()
-        .get(m)
-        .execute()
-        .try_fold(Vec::new(), |mut acc, m| {
-            if let Some(r) = parse_route(&m) {
-                acc.push(r);
-            }
-            futures::future::ready(Ok(acc))
-        })
-        .await
-        .map_err(|e| errno_error("dump routes", rtnl_errno(e)))
-}
-
 /// The message deleting our route with `key`: any scope and type, only
 /// with our protocol (the kernel matches it), so a foreign route with the
 /// same key is never deleted.
@@ -491,6 +472,65 @@ impl Bulk {
             port: addr.port_number(),
             seq: std::sync::atomic::AtomicU32::new(1),
         })
+    }
+
+    /// Dumps all IPv4 and IPv6 routes of all tables (one dump, parsed as it
+    /// is read). Blocking.
+    pub(crate) fn dump_routes(&self) -> Result<Vec<KernelRoute>, Errno> {
+        let sock = self.sock.lock().map_err(|_| CONNECTION_CLOSED)?;
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Unspec;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(m));
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.header.sequence_number = seq;
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        let os = |e: io::Error| e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+        sock.send(&buf, 0).map_err(os)?;
+        let mut out = Vec::new();
+        let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 16);
+        loop {
+            rbuf.clear();
+            rbuf.reserve(1 << 16);
+            sock.recv(&mut rbuf, 0).map_err(os)?;
+            let mut off = 0;
+            while off + 16 <= rbuf.len() {
+                let Ok(h) = NetlinkBuffer::new_checked(&rbuf[off..]) else {
+                    break;
+                };
+                let len = h.length() as usize;
+                if len < 16 {
+                    break;
+                }
+                if h.sequence_number() == seq {
+                    match h.message_type() {
+                        NLMSG_DONE => return Ok(out),
+                        NLMSG_ERROR => {
+                            let p = h.payload();
+                            let code = if p.len() >= 4 {
+                                i32::from_ne_bytes([p[0], p[1], p[2], p[3]])
+                            } else {
+                                0
+                            };
+                            if code != 0 {
+                                return Err(code.abs());
+                            }
+                        }
+                        RTM_NEWROUTE => {
+                            if let Ok(m) = RouteMessage::parse(h.payload())
+                                && let Some(r) = parse_route(&m)
+                            {
+                                out.push(r);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
     }
 
     /// Sends every request (each with its flags, which must include

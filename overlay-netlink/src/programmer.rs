@@ -262,6 +262,15 @@ async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
 }
 
 impl Inner {
+    /// All routes, from the bulk socket (off the async threads).
+    async fn dump_routes(&self) -> Result<Vec<KernelRoute>, ProgrammerError> {
+        let bulk = self.bulk.clone();
+        match tokio::task::spawn_blocking(move || bulk.dump_routes()).await {
+            Ok(r) => r.map_err(|e| errno_error("dump routes", e)),
+            Err(_) => Err(errno_error("dump routes", kernel::CONNECTION_CLOSED)),
+        }
+    }
+
     fn count_writes(&self, n: u64) {
         self.counters.writes.fetch_add(n, Ordering::Relaxed);
     }
@@ -317,7 +326,7 @@ impl Inner {
         }
 
         // Routes.
-        let routes = kernel::dump_routes(&self.handle).await?;
+        let routes = self.dump_routes().await?;
         let names: HashMap<u32, String> =
             links.values().map(|l| (l.index, l.name.clone())).collect();
         let mut ours: HashMap<RouteKey, KernelRoute> = HashMap::new();
@@ -698,7 +707,7 @@ impl Inner {
     ) -> Result<DiscoveredRoute, ProgrammerError> {
         // One dump at a time per socket: wait for a running apply.
         let _state = self.state.lock().await;
-        let routes = kernel::dump_routes(&self.handle).await?;
+        let routes = self.dump_routes().await?;
         let best = routes
             .iter()
             .filter(|r| {
