@@ -121,6 +121,7 @@ pub(crate) const EEXIST: Errno = 17;
 pub(crate) const ENETUNREACH: Errno = 101;
 pub(crate) const EHOSTUNREACH: Errno = 113;
 pub(crate) const ENOBUFS: Errno = 105;
+pub(crate) const EAGAIN: Errno = 11;
 
 fn rtnl_errno(e: rtnetlink::Error) -> Errno {
     match e {
@@ -584,8 +585,16 @@ impl Bulk {
             while pending > 0 {
                 rbuf.clear();
                 rbuf.reserve(1 << 18);
-                if sock.recv(&mut rbuf, 0).is_err() {
-                    break; // results left as errors
+                if let Err(e) = sock.recv(&mut rbuf, 0) {
+                    // Acknowledgements lost (ENOBUFS) or none coming (timeout):
+                    // the unacknowledged requests are reported with that errno.
+                    let errno = e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+                    for (k, done) in seen.iter().enumerate() {
+                        if !done {
+                            results[start + k] = Err(errno);
+                        }
+                    }
+                    break;
                 }
                 let mut off = 0;
                 while off + 16 <= rbuf.len() {

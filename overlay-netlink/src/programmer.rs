@@ -799,6 +799,10 @@ pub(crate) fn route_failure(spec: &RouteSpec, errno: Errno) -> String {
             "the kernel already has a route to {} with this table and metric that overlay did not install; overlay never touches it: delete that route or give this one another metric",
             spec.destination
         ),
+        (kernel::ENOBUFS | kernel::EAGAIN, _) => format!(
+            "no acknowledgement for route {spec} ({}); it may or may not be installed: the next apply checks and repairs it",
+            errno_message(errno)
+        ),
         (ENODEV, _) => format!(
             "the device of route {spec} does not exist (any more); create it or leave the device unset"
         ),
