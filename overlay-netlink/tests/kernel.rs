@@ -647,3 +647,43 @@ async fn missing_parent_is_retried_when_it_appears() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn two_installations_with_different_protocols_coexist() {
+    if !privileged("two_installations_with_different_protocols_coexist") {
+        return;
+    }
+    let b = bed("coexist");
+    let a = programmer(&b.node).await;
+    let other = NetlinkProgrammer::new(
+        ProgrammerConfig::default()
+            .in_namespace(b.node.path())
+            .with_route_protocol(251),
+    )
+    .await
+    .unwrap();
+    a.apply(&DesiredNodeState {
+        overlay: None,
+        routes: vec![route("203.0.113.0/24", Some("192.0.2.1"))],
+    })
+    .await
+    .unwrap();
+    let r = other
+        .apply(&DesiredNodeState {
+            overlay: None,
+            routes: vec![route("198.18.0.0/15", Some("192.0.2.1"))],
+        })
+        .await
+        .unwrap();
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251"
+    ));
+}
