@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
-use netlink_packet_route::AddressFamily;
 use overlay_core::{Cidr, DesiredNodeState, DriftEvent, RouteProgrammer, RouteSpec};
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{Netns, privileged};
@@ -31,7 +31,12 @@ const GW: &str = "192.0.2.1";
 
 /// The i-th /32 in 198.18.0.0/15.
 fn dest(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18 + (i >> 16) as u8, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8)
+    Ipv4Addr::new(
+        198,
+        18 + (i >> 16) as u8,
+        ((i >> 8) & 0xff) as u8,
+        (i & 0xff) as u8,
+    )
 }
 
 fn desired(n: usize) -> DesiredNodeState {
@@ -143,7 +148,9 @@ async fn run() {
     let exec_1000 = exec_install(1_000);
     let exec_10000 = exec_1000 * 10.0;
     println!("ip per route install  1000 routes: {exec_1000:9.1} ms");
-    println!("ip per route install 10000 routes: {exec_10000:9.1} ms (extrapolated: 10 x the 1,000 sample)");
+    println!(
+        "ip per route install 10000 routes: {exec_10000:9.1} ms (extrapolated: 10 x the 1,000 sample)"
+    );
     println!(
         "1000 routes: programmer is {:.1}x faster than ip per route, {:.2}x the speed of ip -batch",
         exec_1000 / prog[0],
@@ -167,7 +174,9 @@ async fn run() {
     }
     noops.sort_by(f64::total_cmp);
     let noop_ms = percentile(&noops, 0.5);
-    println!("no-op re-apply 10000 routes: median {noop_ms:.1} ms over 7 runs, {noop_writes} writes in total");
+    println!(
+        "no-op re-apply 10000 routes: median {noop_ms:.1} ms over 7 runs, {noop_writes} writes in total"
+    );
 
     // An external actor: its own netlink socket in the namespace.
     let rt = tokio::runtime::Handle::current();
@@ -217,7 +226,11 @@ async fn run() {
         "drift repair over 100 external deletions: median {p50:.3} ms, p99 {p99:.3} ms ({} repairs, {} repair writes)",
         c.repairs, c.repair_writes
     );
-    assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0, "all routes back");
+    assert_eq!(
+        p.apply(&d).await.unwrap().kernel_writes,
+        0,
+        "all routes back"
+    );
 
     let programmer_ms = prog[1];
     let batch_ms = batch[1];

@@ -155,11 +155,7 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
                     full = true;
                 }
             }
-            RouteNetlinkMessage::NewAddress(_) => {
-                if has_failures {
-                    full = true;
-                }
-            }
+            RouteNetlinkMessage::NewAddress(_) if has_failures => full = true,
             RouteNetlinkMessage::NewLink(m) => {
                 let l = kernel::parse_link(&m);
                 let changed = match state.links.get(&l.name) {
@@ -196,7 +192,7 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
         let _ = inner.events.send(e);
     }
     let mut writes = 0u64;
-    if !full && !(readd.is_empty() && replace.is_empty()) {
+    if !full && (!readd.is_empty() || !replace.is_empty()) {
         // Targeted repair: put back exactly the routes that changed.
         let ops: Vec<(RouteKey, u16)> = readd
             .into_iter()
@@ -215,7 +211,10 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
         });
         let results = futures::future::join_all(futs).await;
         writes += results.len() as u64;
-        inner.counters.writes.fetch_add(results.len() as u64, Ordering::Relaxed);
+        inner
+            .counters
+            .writes
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
         // Anything but "already there" (a device gone, a network down):
         // fall back to a full re-apply, which reports it.
         if results.iter().any(|r| matches!(r, Err(e) if *e != EEXIST)) {

@@ -10,8 +10,8 @@ use std::path::Path;
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NLMSG_ERROR, NetlinkBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR, NetlinkBuffer, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
@@ -20,7 +20,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use overlay_core::model::MAIN_TABLE;
@@ -30,8 +30,8 @@ use overlay_core::{Cidr, ProgrammerError, RouteSpec};
 pub(crate) const CREATE_EXCL: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 /// Flags of a write that replaces the entry with the same key.
 pub(crate) const CREATE_REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-/// Flags of a delete.
-pub(crate) const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+/// Flags of a delete or a change of an existing object.
+pub(crate) const REQUEST_ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
 
 /// `RT_TABLE_COMPAT`: the header value for tables above 255 (the real id
 /// travels in `RTA_TABLE`).
@@ -41,6 +41,9 @@ pub(crate) const IP6_DEFAULT_METRIC: u32 = 1024;
 
 /// An errno from the kernel (positive), or [`CONNECTION_CLOSED`].
 pub(crate) type Errno = i32;
+/// `RTM_NEWROUTE`.
+const RTM_NEWROUTE: u16 = 24;
+
 /// Pseudo-errno: the netlink connection task is gone.
 pub(crate) const CONNECTION_CLOSED: Errno = -1;
 
@@ -118,6 +121,7 @@ pub(crate) const EEXIST: Errno = 17;
 pub(crate) const ENETUNREACH: Errno = 101;
 pub(crate) const EHOSTUNREACH: Errno = 113;
 pub(crate) const ENOBUFS: Errno = 105;
+pub(crate) const EAGAIN: Errno = 11;
 
 fn rtnl_errno(e: rtnetlink::Error) -> Errno {
     match e {
@@ -365,28 +369,6 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
     })
 }
 
-/// All IPv4 and IPv6 routes of all tables, in one dump (a netlink socket
-/// runs one dump at a time).
-pub(crate) async fn dump_routes(
-    handle: &rtnetlink::Handle,
-) -> Result<Vec<KernelRoute>, ProgrammerError> {
-    let mut m = RouteMessage::default();
-    m.header.address_family = AddressFamily::Unspec;
-    m.header.table = RouteHeader::RT_TABLE_UNSPEC;
-    handle
-        .route()
-        .get(m)
-        .execute()
-        .try_fold(Vec::new(), |mut acc, m| {
-            if let Some(r) = parse_route(&m) {
-                acc.push(r);
-            }
-            futures::future::ready(Ok(acc))
-        })
-        .await
-        .map_err(|e| errno_error("dump routes", rtnl_errno(e)))
-}
-
 /// The message deleting our route with `key`: any scope and type, only
 /// with our protocol (the kernel matches it), so a foreign route with the
 /// same key is never deleted.
@@ -423,7 +405,9 @@ pub(crate) fn route_message(
     };
     m.header.kind = RouteType::Unicast;
     m.attributes
-        .push(RouteAttribute::Destination(RouteAddress::from(net.network())));
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            net.network(),
+        )));
     m.attributes.push(RouteAttribute::Table(*table));
     if let Some(gw) = gateway {
         m.attributes
@@ -437,10 +421,7 @@ pub(crate) fn route_message(
 }
 
 /// A kernel route turned back into a [`RouteSpec`] (for reports).
-pub(crate) fn kernel_route_spec(
-    r: &KernelRoute,
-    names: &HashMap<u32, String>,
-) -> RouteSpec {
+pub(crate) fn kernel_route_spec(r: &KernelRoute, names: &HashMap<u32, String>) -> RouteSpec {
     let (dest, table, metric) = r.key;
     RouteSpec {
         destination: dest,
@@ -494,6 +475,65 @@ impl Bulk {
         })
     }
 
+    /// Dumps all IPv4 and IPv6 routes of all tables (one dump, parsed as it
+    /// is read). Blocking.
+    pub(crate) fn dump_routes(&self) -> Result<Vec<KernelRoute>, Errno> {
+        let sock = self.sock.lock().map_err(|_| CONNECTION_CLOSED)?;
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Unspec;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(m));
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.header.sequence_number = seq;
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        let os = |e: io::Error| e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+        sock.send(&buf, 0).map_err(os)?;
+        let mut out = Vec::new();
+        let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 16);
+        loop {
+            rbuf.clear();
+            rbuf.reserve(1 << 16);
+            sock.recv(&mut rbuf, 0).map_err(os)?;
+            let mut off = 0;
+            while off + 16 <= rbuf.len() {
+                let Ok(h) = NetlinkBuffer::new_checked(&rbuf[off..]) else {
+                    break;
+                };
+                let len = h.length() as usize;
+                if len < 16 {
+                    break;
+                }
+                if h.sequence_number() == seq {
+                    match h.message_type() {
+                        NLMSG_DONE => return Ok(out),
+                        NLMSG_ERROR => {
+                            let p = h.payload();
+                            let code = if p.len() >= 4 {
+                                i32::from_ne_bytes([p[0], p[1], p[2], p[3]])
+                            } else {
+                                0
+                            };
+                            if code != 0 {
+                                return Err(code.abs());
+                            }
+                        }
+                        RTM_NEWROUTE => {
+                            if let Ok(m) = RouteMessage::parse(h.payload())
+                                && let Some(r) = parse_route(&m)
+                            {
+                                out.push(r);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
     /// Sends every request (each with its flags, which must include
     /// `NLM_F_ACK`) and returns each one's result, in order. Blocking.
     pub(crate) fn send_all(
@@ -509,9 +549,10 @@ impl Bulk {
         let Ok(sock) = self.sock.lock() else {
             return results;
         };
-        let base = self
-            .seq
-            .fetch_add(u32::try_from(n).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+        let base = self.seq.fetch_add(
+            u32::try_from(n).unwrap_or(u32::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut buf: Vec<u8> = Vec::with_capacity(BULK_CHUNK + 4096);
         let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 18);
         let mut msgs = msgs.into_iter().enumerate().peekable();
@@ -544,8 +585,16 @@ impl Bulk {
             while pending > 0 {
                 rbuf.clear();
                 rbuf.reserve(1 << 18);
-                if sock.recv(&mut rbuf, 0).is_err() {
-                    break; // results left as errors
+                if let Err(e) = sock.recv(&mut rbuf, 0) {
+                    // Acknowledgements lost (ENOBUFS) or none coming (timeout):
+                    // the unacknowledged requests are reported with that errno.
+                    let errno = e.raw_os_error().unwrap_or(CONNECTION_CLOSED);
+                    for (k, done) in seen.iter().enumerate() {
+                        if !done {
+                            results[start + k] = Err(errno);
+                        }
+                    }
+                    break;
                 }
                 let mut off = 0;
                 while off + 16 <= rbuf.len() {
@@ -571,5 +620,66 @@ impl Bulk {
             }
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec(dest: &str, gw: Option<&str>, metric: Option<u32>, table: Option<u32>) -> RouteSpec {
+        RouteSpec {
+            destination: dest.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            device: None,
+            table,
+            metric,
+        }
+    }
+
+    #[test]
+    fn ipv6_metric_zero_is_the_kernels_1024() {
+        let k = spec_key(&spec("2001:db8::/32", None, None, None));
+        assert_eq!(k.2, IP6_DEFAULT_METRIC);
+        let k = spec_key(&spec("192.0.2.0/24", None, None, None));
+        assert_eq!((k.1, k.2), (MAIN_TABLE, 0));
+    }
+
+    #[test]
+    fn route_messages_parse_back_to_their_key() {
+        for s in [
+            spec("203.0.113.0/24", Some("192.0.2.1"), Some(7), Some(1000)),
+            spec("2001:db8:1::/48", Some("2001:db8::1"), None, None),
+            spec("0.0.0.0/0", Some("192.0.2.1"), None, Some(100)),
+        ] {
+            let key = spec_key(&s);
+            let m = route_message(&key, s.gateway, Some(3), 250);
+            let r = parse_route(&m).unwrap();
+            assert_eq!(r.key, key);
+            assert_eq!(r.gateway, s.gateway);
+            assert_eq!(r.oif, Some(3));
+            assert_eq!(r.protocol, 250);
+        }
+    }
+
+    #[test]
+    fn deletes_carry_our_protocol_and_wildcard_scope() {
+        let key = spec_key(&spec("203.0.113.0/24", None, None, None));
+        let m = route_delete_message(&key, 250);
+        assert_eq!(u8::from(m.header.protocol), 250);
+        assert_eq!(m.header.scope, RouteScope::NoWhere);
+    }
+
+    #[test]
+    fn errno_mapping() {
+        assert!(matches!(
+            errno_error("x", EPERM),
+            ProgrammerError::PermissionDenied { .. }
+        ));
+        assert!(matches!(
+            errno_error("x", EEXIST),
+            ProgrammerError::Kernel { .. }
+        ));
     }
 }

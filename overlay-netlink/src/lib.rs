@@ -66,8 +66,8 @@ mod programmer;
 use std::path::PathBuf;
 
 pub use overlay_core::{
-    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, OverlayInterface,
-    ProgrammerError, RouteProgrammer, RouteResult, RouteSpec,
+    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, OverlayInterface, ProgrammerError,
+    RouteProgrammer, RouteResult, RouteSpec,
 };
 pub use programmer::{DriftCounters, NetlinkProgrammer};
 
@@ -96,7 +96,15 @@ pub struct ProgrammerConfig {
     /// handles them in order and acknowledges each one, so a failure affects
     /// only its own route. 1 sends one request per round trip.
     pub requests_per_send: usize,
+    /// Receive buffer of the notification socket in bytes (default
+    /// [`DEFAULT_NOTIFICATION_BUFFER`]; root may exceed `rmem_max`). When
+    /// notifications arrive faster than they are read and it fills up, the
+    /// kernel drops them and the programmer resyncs in full.
+    pub notification_buffer: usize,
 }
+
+/// Default receive buffer of the notification socket: 16 MiB.
+pub const DEFAULT_NOTIFICATION_BUFFER: usize = 16 << 20;
 
 impl Default for ProgrammerConfig {
     fn default() -> Self {
@@ -105,6 +113,7 @@ impl Default for ProgrammerConfig {
             route_protocol: DEFAULT_ROUTE_PROTOCOL,
             drift_repair: true,
             requests_per_send: DEFAULT_REQUESTS_PER_SEND,
+            notification_buffer: DEFAULT_NOTIFICATION_BUFFER,
         }
     }
 }

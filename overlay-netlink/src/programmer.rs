@@ -13,19 +13,19 @@ use netlink_packet_route::link::{InfoKind, LinkMessage, MacVlanMode};
 use netlink_packet_route::route::RouteType;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, TokioSocket};
+use overlay_core::model::MAIN_TABLE;
 use overlay_core::{
-    ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName,
-    ParseError, ProgrammerError, RouteOutcome, RouteProgrammer, RouteResult, RouteSpec,
+    ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName, ParseError,
+    ProgrammerError, RouteOutcome, RouteProgrammer, RouteResult, RouteSpec,
 };
 use rtnetlink::{LinkMacVlan, LinkUnspec};
 use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinHandle;
-use overlay_core::model::MAIN_TABLE;
 
 use crate::ProgrammerConfig;
 use crate::kernel::{
-    self, Addr, CREATE_EXCL, CREATE_REPLACE, DELETE, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV,
-    ENOENT, EPERM, ESRCH, Errno, KernelRoute, Link, RouteKey, errno_error, errno_message,
+    self, Addr, CREATE_EXCL, CREATE_REPLACE, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV, ENOENT,
+    EPERM, ESRCH, Errno, KernelRoute, Link, REQUEST_ACK, RouteKey, errno_error, errno_message,
 };
 
 /// Counters of a programmer, for metrics and tests.
@@ -139,16 +139,19 @@ impl std::fmt::Debug for NetlinkProgrammer {
 /// Notification groups of the drift watcher: link, IPv4/IPv6 addresses and
 /// routes (RTNLGRP_LINK, _IPV4_IFADDR, _IPV4_ROUTE, _IPV6_IFADDR,
 /// _IPV6_ROUTE).
-const DRIFT_GROUPS: u32 = (1 << (1 - 1)) | (1 << (5 - 1)) | (1 << (7 - 1)) | (1 << (9 - 1)) | (1 << (11 - 1));
+const DRIFT_GROUPS: u32 = group(1) | group(5) | group(7) | group(9) | group(11);
 
-/// Receive buffer asked for (root may exceed `rmem_max`): room for the
-/// notifications of a large apply while the watcher is busy.
-const RCVBUF: usize = 16 << 20;
+/// The bind mask bit of multicast group `n` (RTNLGRP_*).
+const fn group(n: u32) -> u32 {
+    1 << (n - 1)
+}
 
-fn grow_rcvbuf(sock: &netlink_sys::Socket) {
-    if nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF).is_err()
-    {
-        let _ = sock.set_rx_buf_sz(RCVBUF);
+/// Receive buffer of the request socket (root may exceed `rmem_max`).
+const RCVBUF: usize = 4 << 20;
+
+fn set_rcvbuf(sock: &netlink_sys::Socket, bytes: usize) {
+    if nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = sock.set_rx_buf_sz(bytes);
     }
 }
 
@@ -168,24 +171,26 @@ impl NetlinkProgrammer {
             message: "NetlinkProgrammer::new must be called inside a tokio runtime".into(),
         })?;
         let drift = config.drift_repair;
-        let (conn, handle, port, mcast, bulk) = kernel::in_netns(config.netns.as_deref(), &rt, || {
-            let (mut conn, handle, _) = rtnetlink::new_connection()?;
-            let sock = conn.socket_mut().socket_mut();
-            let addr = sock.bind_auto()?;
-            let _ = sock.set_cap_ack(true);
-            grow_rcvbuf(sock);
-            let mcast = if drift {
-                let mut m = TokioSocket::new(NETLINK_ROUTE)?;
-                m.socket_mut()
-                    .bind(&netlink_sys::SocketAddr::new(0, DRIFT_GROUPS))?;
-                grow_rcvbuf(m.socket_ref());
-                Some(m)
-            } else {
-                None
-            };
-            let bulk = kernel::Bulk::open()?;
-            Ok((conn, handle, addr.port_number(), mcast, bulk))
-        })?;
+        let notification_buffer = config.notification_buffer;
+        let (conn, handle, port, mcast, bulk) =
+            kernel::in_netns(config.netns.as_deref(), &rt, || {
+                let (mut conn, handle, _) = rtnetlink::new_connection()?;
+                let sock = conn.socket_mut().socket_mut();
+                let addr = sock.bind_auto()?;
+                let _ = sock.set_cap_ack(true);
+                set_rcvbuf(sock, RCVBUF);
+                let mcast = if drift {
+                    let mut m = TokioSocket::new(NETLINK_ROUTE)?;
+                    m.socket_mut()
+                        .bind(&netlink_sys::SocketAddr::new(0, DRIFT_GROUPS))?;
+                    set_rcvbuf(m.socket_ref(), notification_buffer);
+                    Some(m)
+                } else {
+                    None
+                };
+                let bulk = kernel::Bulk::open()?;
+                Ok((conn, handle, addr.port_number(), mcast, bulk))
+            })?;
         let mut tasks = vec![rt.spawn(conn)];
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
@@ -257,6 +262,15 @@ async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
 }
 
 impl Inner {
+    /// All routes, from the bulk socket (off the async threads).
+    async fn dump_routes(&self) -> Result<Vec<KernelRoute>, ProgrammerError> {
+        let bulk = self.bulk.clone();
+        match tokio::task::spawn_blocking(move || bulk.dump_routes()).await {
+            Ok(r) => r.map_err(|e| errno_error("dump routes", e)),
+            Err(_) => Err(errno_error("dump routes", kernel::CONNECTION_CLOSED)),
+        }
+    }
+
     fn count_writes(&self, n: u64) {
         self.counters.writes.fetch_add(n, Ordering::Relaxed);
     }
@@ -312,7 +326,7 @@ impl Inner {
         }
 
         // Routes.
-        let routes = kernel::dump_routes(&self.handle).await?;
+        let routes = self.dump_routes().await?;
         let names: HashMap<u32, String> =
             links.values().map(|l| (l.index, l.name.clone())).collect();
         let mut ours: HashMap<RouteKey, KernelRoute> = HashMap::new();
@@ -430,7 +444,7 @@ impl Inner {
                         key,
                         self.protocol,
                     )),
-                    flags: DELETE,
+                    flags: REQUEST_ACK,
                     result: RouteResult::Unchanged,
                 });
                 removed_specs.push(kernel::kernel_route_spec(r, &names));
@@ -492,7 +506,6 @@ impl Inner {
             .collect();
         state.plan = plan;
         state.overlay_index = overlay_index;
-        let _ = &mut links;
         Ok(())
     }
 
@@ -506,12 +519,11 @@ impl Inner {
         writes: &mut u64,
     ) -> Result<u32, ProgrammerError> {
         let name = ov.name.as_str();
-        let parent = links
-            .get(ov.parent.as_str())
-            .cloned()
-            .ok_or_else(|| ProgrammerError::MissingParent {
+        let parent = links.get(ov.parent.as_str()).cloned().ok_or_else(|| {
+            ProgrammerError::MissingParent {
                 parent: ov.parent.to_string(),
-            })?;
+            }
+        })?;
         let addrs = kernel::dump_addrs(&self.handle).await?;
         let mut current = links.get(name).cloned();
         let current_index = current.as_ref().map(|l| l.index);
@@ -549,7 +561,7 @@ impl Inner {
                 self.must_write(
                     format!("delete link {name}"),
                     RouteNetlinkMessage::DelLink(m),
-                    DELETE,
+                    REQUEST_ACK,
                     writes,
                 )
                 .await?;
@@ -562,8 +574,10 @@ impl Inner {
                 if !l.up {
                     self.must_write(
                         format!("set link {name} up"),
-                        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(l.index).up().build()),
-                        DELETE,
+                        RouteNetlinkMessage::SetLink(
+                            LinkUnspec::new_with_index(l.index).up().build(),
+                        ),
+                        REQUEST_ACK,
                         writes,
                     )
                     .await?;
@@ -578,31 +592,27 @@ impl Inner {
                 let msg = LinkMacVlan::new(name, parent.index, MacVlanMode::Bridge)
                     .up()
                     .build();
-                self.must_write(
-                    format!("create macvlan {name} on {}", ov.parent),
-                    RouteNetlinkMessage::NewLink(msg),
-                    CREATE_EXCL,
-                    writes,
-                )
-                .await
-                .map_err(|e| match e {
-                    ProgrammerError::Kernel { call, message }
-                        if message.contains("No such device") =>
-                    {
-                        let _ = (call, message);
-                        ProgrammerError::MissingParent {
+                *writes += 1;
+                self.count_writes(1);
+                kernel::write(&self.handle, RouteNetlinkMessage::NewLink(msg), CREATE_EXCL)
+                    .await
+                    .map_err(|e| match e {
+                        // The parent vanished since the dump.
+                        ENODEV => ProgrammerError::MissingParent {
                             parent: ov.parent.to_string(),
-                        }
-                    }
-                    e => e,
-                })?;
+                        },
+                        e => errno_error(&format!("create macvlan {name} on {}", ov.parent), e),
+                    })?;
                 report.interface_created = true;
                 report.interface_up = true;
                 let fresh = kernel::dump_links(&self.handle).await?;
-                let l = fresh.get(name).cloned().ok_or_else(|| ProgrammerError::Kernel {
-                    call: format!("create macvlan {name}"),
-                    message: "the interface vanished right after it was created".into(),
-                })?;
+                let l = fresh
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| ProgrammerError::Kernel {
+                        call: format!("create macvlan {name}"),
+                        message: "the interface vanished right after it was created".into(),
+                    })?;
                 let idx = l.index;
                 links.insert(name.to_owned(), l);
                 idx
@@ -625,7 +635,7 @@ impl Inner {
                         a.net,
                         self.protocol,
                     )),
-                    DELETE,
+                    REQUEST_ACK,
                     writes,
                 )
                 .await?;
@@ -661,9 +671,12 @@ impl Inner {
             }
             d.routes.retain(|r| r.device.as_ref() != Some(name));
         }
-        state.plan.retain(|_, p| p.spec.device.as_ref() != Some(name));
-        state.links.remove(name.as_str());
-        state.overlay_index = None;
+        state
+            .plan
+            .retain(|_, p| p.spec.device.as_ref() != Some(name));
+        if state.links.remove(name.as_str()).is_some() {
+            state.overlay_index = None;
+        }
         let links = kernel::dump_links(&self.handle).await?;
         let Some(l) = links.get(name.as_str()) else {
             return Ok(false);
@@ -675,15 +688,13 @@ impl Inner {
             .must_write(
                 format!("delete link {name}"),
                 RouteNetlinkMessage::DelLink(m),
-                DELETE,
+                REQUEST_ACK,
                 &mut writes,
             )
             .await
         {
             Ok(()) => Ok(true),
-            Err(ProgrammerError::Kernel { message, .. })
-                if message == errno_message(ENODEV) =>
-            {
+            Err(ProgrammerError::Kernel { message, .. }) if message == errno_message(ENODEV) => {
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -696,7 +707,7 @@ impl Inner {
     ) -> Result<DiscoveredRoute, ProgrammerError> {
         // One dump at a time per socket: wait for a running apply.
         let _state = self.state.lock().await;
-        let routes = kernel::dump_routes(&self.handle).await?;
+        let routes = self.dump_routes().await?;
         let best = routes
             .iter()
             .filter(|r| {
@@ -757,7 +768,12 @@ pub(crate) fn matches_spec(k: &KernelRoute, spec: &RouteSpec, oif: Option<u32>) 
 /// True when `gw` is reachable on a connected network (a direct route in the
 /// main table or the route's own table, on `oif` when given). IPv6
 /// link-local gateways are on-link on the given device.
-fn on_link(gw: IpAddr, oif: Option<u32>, table: u32, direct: &[(IpNetwork, Option<u32>, u32)]) -> bool {
+fn on_link(
+    gw: IpAddr,
+    oif: Option<u32>,
+    table: u32,
+    direct: &[(IpNetwork, Option<u32>, u32)],
+) -> bool {
     if let IpAddr::V6(v6) = gw
         && (v6.segments()[0] & 0xffc0) == 0xfe80
     {
@@ -782,6 +798,10 @@ pub(crate) fn route_failure(spec: &RouteSpec, errno: Errno) -> String {
         (EEXIST, _) => format!(
             "the kernel already has a route to {} with this table and metric that overlay did not install; overlay never touches it: delete that route or give this one another metric",
             spec.destination
+        ),
+        (kernel::ENOBUFS | kernel::EAGAIN, _) => format!(
+            "no acknowledgement for route {spec} ({}); it may or may not be installed: the next apply checks and repairs it",
+            errno_message(errno)
         ),
         (ENODEV, _) => format!(
             "the device of route {spec} does not exist (any more); create it or leave the device unset"
@@ -812,16 +832,52 @@ impl RouteProgrammer for NetlinkProgrammer {
     fn drift(&self) -> BoxStream<'static, DriftEvent> {
         let rx = self.inner.events.subscribe();
         stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => return Some((ev, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((DriftEvent::Overrun, rx));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                Ok(ev) => Some((ev, rx)),
+                // This subscriber fell behind and missed events.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((DriftEvent::Overrun, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn on_link_needs_a_direct_route_covering_the_gateway() {
+        let direct = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("198.51.100.0/24".parse().unwrap(), Some(3), 100),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(on_link(ip("192.0.2.1"), None, MAIN_TABLE, &direct));
+        assert!(on_link(ip("192.0.2.1"), Some(2), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("192.0.2.1"), Some(3), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("203.0.113.1"), None, MAIN_TABLE, &direct));
+        // A connected route in the route's own table counts.
+        assert!(on_link(ip("198.51.100.1"), None, 100, &direct));
+        assert!(!on_link(ip("198.51.100.1"), None, MAIN_TABLE, &direct));
+        // IPv6 link-local: on-link when the device is given.
+        assert!(on_link(ip("fe80::1"), Some(2), MAIN_TABLE, &direct));
+        assert!(!on_link(ip("fe80::1"), None, MAIN_TABLE, &direct));
+    }
+
+    #[test]
+    fn failures_say_what_to_do() {
+        let spec = RouteSpec {
+            destination: "203.0.113.0/24".parse().unwrap(),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            device: None,
+            table: None,
+            metric: None,
+        };
+        assert!(route_failure(&spec, ENETUNREACH).contains("not on-link"));
+        assert!(route_failure(&spec, EEXIST).contains("another metric"));
+        assert!(route_failure(&spec, ENODEV).contains("does not exist"));
     }
 }

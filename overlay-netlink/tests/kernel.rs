@@ -79,7 +79,9 @@ fn has_route(ns: &Netns, args: &[&str], needle: &str) -> bool {
         let mut a = vec!["-6", "route", "show"];
         a.extend_from_slice(&args[1..]);
         let out = ns.ip(&a).unwrap();
-        return String::from_utf8_lossy(&out.stdout).lines().any(|l| l.contains(needle));
+        return String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(needle));
     }
     ns.routes(args).unwrap().iter().any(|l| l.contains(needle))
 }
@@ -110,12 +112,28 @@ async fn apply_creates_everything_then_reapply_writes_nothing() {
     let r = p.apply(&desired()).await.unwrap();
     assert!(r.interface_created, "{r:?}");
     assert_eq!(r.address_added, Some("198.51.100.5/24".parse().unwrap()));
-    assert!(r.routes.iter().all(|o| o.result == RouteResult::Added), "{r:?}");
+    assert!(
+        r.routes.iter().all(|o| o.result == RouteResult::Added),
+        "{r:?}"
+    );
     assert!(r.kernel_writes > 0);
-    assert!(has_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"));
-    assert!(has_route(&b.node, &["table", "1000"], "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50"));
-    assert!(has_route(&b.node, &["-6"], "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250"));
-    let link = String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &["table", "1000"],
+        "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50"
+    ));
+    assert!(has_route(
+        &b.node,
+        &["-6"],
+        "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250"
+    ));
+    let link =
+        String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
     assert!(link.contains("macvlan mode bridge"), "{link}");
     assert!(link.contains("tmp0@eth0"), "{link}");
     assert!(addrs(&b.node, "tmp0").contains("198.51.100.5/24"));
@@ -124,7 +142,12 @@ async fn apply_creates_everything_then_reapply_writes_nothing() {
     assert_eq!(again.kernel_writes, 0, "{again:?}");
     assert!(again.is_noop());
     assert!(!again.interface_created && again.address_added.is_none());
-    assert!(again.routes.iter().all(|o| o.result == RouteResult::Unchanged));
+    assert!(
+        again
+            .routes
+            .iter()
+            .all(|o| o.result == RouteResult::Unchanged)
+    );
 }
 
 #[tokio::test]
@@ -134,7 +157,9 @@ async fn stale_routes_go_foreign_routes_stay() {
     }
     let b = bed("stale");
     // A route somebody else installed, before overlay runs.
-    b.node.add_route("198.51.100.0/24", Some("192.0.2.1"), None).unwrap();
+    b.node
+        .add_route("198.51.100.0/24", Some("192.0.2.1"), None)
+        .unwrap();
     let p = programmer(&b.node).await;
     let mut d = desired();
     d.overlay = None;
@@ -154,15 +179,21 @@ async fn stale_routes_go_foreign_routes_stay() {
     let r = p.apply(&DesiredNodeState::default()).await.unwrap();
     assert_eq!(r.routes_removed.len(), 3, "{r:?}");
     assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
-    assert!(b.node.routes(&["proto", "250", "table", "all"]).unwrap().is_empty());
+    assert!(
+        b.node
+            .routes(&["proto", "250", "table", "all"])
+            .unwrap()
+            .is_empty()
+    );
 
     // A desired route whose key a foreign route holds is reported, not taken.
-    let r = p.apply(&DesiredNodeState {
-        overlay: None,
-        routes: vec![route("198.51.100.0/24", Some("192.0.2.2"))],
-    })
-    .await
-    .unwrap();
+    let r = p
+        .apply(&DesiredNodeState {
+            overlay: None,
+            routes: vec![route("198.51.100.0/24", Some("192.0.2.2"))],
+        })
+        .await
+        .unwrap();
     match &r.routes[0].result {
         RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
         other => panic!("{other:?}"),
@@ -179,7 +210,10 @@ async fn changed_gateway_is_replaced() {
     let p = programmer(&b.node).await;
     let mut d = DesiredNodeState {
         overlay: None,
-        routes: vec![route("203.0.113.0/24", Some("192.0.2.1")), route("2001:db8:2::/48", Some("2001:db8::1"))],
+        routes: vec![
+            route("203.0.113.0/24", Some("192.0.2.1")),
+            route("2001:db8:2::/48", Some("2001:db8::1")),
+        ],
     };
     p.apply(&d).await.unwrap();
     d.routes[0].gateway = Some(ip("192.0.2.2"));
@@ -193,8 +227,16 @@ async fn changed_gateway_is_replaced() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert!(v6.iter().any(|l| l.contains("2001:db8:2::/48 via 2001:db8::2")), "{v6:?}");
-    assert!(!v6.iter().any(|l| l.contains("2001:db8::1 ") && l.contains("2001:db8:2::")), "{v6:?}");
+    assert!(
+        v6.iter()
+            .any(|l| l.contains("2001:db8:2::/48 via 2001:db8::2")),
+        "{v6:?}"
+    );
+    assert!(
+        !v6.iter()
+            .any(|l| l.contains("2001:db8::1 ") && l.contains("2001:db8:2::")),
+        "{v6:?}"
+    );
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
 }
 
@@ -211,11 +253,17 @@ async fn overlay_address_is_replaced_foreign_addresses_stay() {
     b.node.add_addr("tmp0", "203.0.113.77/32").unwrap();
     d.overlay = Some(overlay_interface("tmp0", "eth0", "198.51.100.6/24").unwrap());
     let r = p.apply(&d).await.unwrap();
-    assert_eq!(r.addresses_removed, vec!["198.51.100.5/24".parse().unwrap()]);
+    assert_eq!(
+        r.addresses_removed,
+        vec!["198.51.100.5/24".parse().unwrap()]
+    );
     assert_eq!(r.address_added, Some("198.51.100.6/24".parse().unwrap()));
     assert!(!r.interface_created);
     let a = addrs(&b.node, "tmp0");
-    assert!(a.contains("198.51.100.6/24") && !a.contains("198.51.100.5/"), "{a}");
+    assert!(
+        a.contains("198.51.100.6/24") && !a.contains("198.51.100.5/"),
+        "{a}"
+    );
     assert!(a.contains("203.0.113.77/32"), "{a}");
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
 }
@@ -228,13 +276,19 @@ async fn macvlan_on_the_wrong_parent_is_recreated_and_interface_removal_works() 
     let b = bed("parent");
     b.node.add_bridge("br1").unwrap();
     b.node
-        .ip(&["link", "add", "tmp0", "link", "br1", "type", "macvlan", "mode", "private"])
+        .ip(&[
+            "link", "add", "tmp0", "link", "br1", "type", "macvlan", "mode", "private",
+        ])
         .unwrap();
     let p = programmer(&b.node).await;
     let r = p.apply(&desired()).await.unwrap();
     assert!(r.interface_created, "{r:?}");
-    let link = String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
-    assert!(link.contains("tmp0@eth0") && link.contains("mode bridge"), "{link}");
+    let link =
+        String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
+    assert!(
+        link.contains("tmp0@eth0") && link.contains("mode bridge"),
+        "{link}"
+    );
 
     assert!(p.remove_interface(&name("tmp0")).await.unwrap());
     assert!(!b.node.links().unwrap().contains(&"tmp0".to_string()));
@@ -267,10 +321,17 @@ async fn gateway_discovery() {
     }
     let b = bed("disc");
     let p = programmer(&b.node).await;
-    let e = p.discover_gateway(&cidr("198.18.0.0/15")).await.unwrap_err();
+    let e = p
+        .discover_gateway(&cidr("198.18.0.0/15"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, ProgrammerError::NoCoveringRoute { .. }), "{e}");
-    b.node.add_route("198.18.0.0/15", Some("192.0.2.1"), None).unwrap();
-    b.node.add_route("198.18.0.0/16", Some("192.0.2.2"), None).unwrap();
+    b.node
+        .add_route("198.18.0.0/15", Some("192.0.2.1"), None)
+        .unwrap();
+    b.node
+        .add_route("198.18.0.0/16", Some("192.0.2.2"), None)
+        .unwrap();
     let d = p.discover_gateway(&cidr("198.18.4.0/24")).await.unwrap();
     assert_eq!(d.destination, cidr("198.18.0.0/16"));
     assert_eq!(d.gateway, ip("192.0.2.2"));
@@ -278,13 +339,23 @@ async fn gateway_discovery() {
     let d = p.discover_gateway(&cidr("198.19.0.0/16")).await.unwrap();
     assert_eq!(d.gateway, ip("192.0.2.1"));
     // Covered only by the connected route: no gateway.
-    let e = p.discover_gateway(&cidr("192.0.2.128/25")).await.unwrap_err();
+    let e = p
+        .discover_gateway(&cidr("192.0.2.128/25"))
+        .await
+        .unwrap_err();
     match e {
-        ProgrammerError::NoCoveringRoute { message, .. } => assert!(message.contains("without a gateway"), "{message}"),
+        ProgrammerError::NoCoveringRoute { message, .. } => {
+            assert!(message.contains("without a gateway"), "{message}")
+        }
         e => panic!("{e}"),
     }
-    b.node.add_route("2001:db8:9::/48", Some("2001:db8::1"), None).unwrap();
-    let d = p.discover_gateway(&cidr("2001:db8:9:1::/64")).await.unwrap();
+    b.node
+        .add_route("2001:db8:9::/48", Some("2001:db8::1"), None)
+        .unwrap();
+    let d = p
+        .discover_gateway(&cidr("2001:db8:9:1::/64"))
+        .await
+        .unwrap();
     assert_eq!(d.gateway, ip("2001:db8::1"));
 }
 
@@ -326,7 +397,10 @@ async fn typed_errors() {
     let mut d = desired();
     d.overlay = Some(overlay_interface("tmp0", "eth9", "198.51.100.5/24").unwrap());
     let e = p.apply(&d).await.unwrap_err();
-    assert!(matches!(&e, ProgrammerError::MissingParent { parent } if parent == "eth9"), "{e}");
+    assert!(
+        matches!(&e, ProgrammerError::MissingParent { parent } if parent == "eth9"),
+        "{e}"
+    );
     assert!(e.to_string().contains("INTERFACE"));
     // Name too long.
     let e = overlay_interface("overlay-interface0", "eth0", "198.51.100.5/24").unwrap_err();
@@ -343,9 +417,11 @@ async fn typed_errors() {
         "{e}"
     );
     // A bad namespace path.
-    let e = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace("/run/netns/does-not-exist"))
-        .await
-        .unwrap_err();
+    let e = NetlinkProgrammer::new(
+        ProgrammerConfig::default().in_namespace("/run/netns/does-not-exist"),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, ProgrammerError::Namespace { .. }), "{e}");
     // A reserved protocol number.
     let e = NetlinkProgrammer::new(ProgrammerConfig::default().with_route_protocol(3))
@@ -365,7 +441,9 @@ async fn drift_repair_after_external_delete() {
     p.apply(&desired()).await.unwrap();
     let before = p.counters();
     b.node.ip(&["route", "del", "203.0.113.0/24"]).unwrap();
-    b.node.ip(&["-6", "route", "del", "2001:db8:1::/48"]).unwrap();
+    b.node
+        .ip(&["-6", "route", "del", "2001:db8:1::/48"])
+        .unwrap();
     wait_for("routes to come back", || {
         has_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.1")
             && has_route(&b.node, &["-6"], "2001:db8:1::/48 via 2001:db8::1")
@@ -375,8 +453,15 @@ async fn drift_repair_after_external_delete() {
     let mut saw_route = false;
     let mut saw_repaired = false;
     while !(saw_route && saw_repaired) {
-        match tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap() {
-            DriftEvent::Route(r) => saw_route |= r.destination == cidr("203.0.113.0/24") || r.destination == cidr("2001:db8:1::/48"),
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            DriftEvent::Route(r) => {
+                saw_route |= r.destination == cidr("203.0.113.0/24")
+                    || r.destination == cidr("2001:db8:1::/48")
+            }
             DriftEvent::Repaired { writes } => saw_repaired |= writes >= 1,
             _ => {}
         }
@@ -386,11 +471,19 @@ async fn drift_repair_after_external_delete() {
     assert!(after.repair_writes >= 2, "{after:?}");
 
     // The overlay address removed by hand comes back too.
-    b.node.ip(&["addr", "del", "198.51.100.5/24", "dev", "tmp0"]).unwrap();
-    wait_for("address to come back", || addrs(&b.node, "tmp0").contains("198.51.100.5/24")).await;
+    b.node
+        .ip(&["addr", "del", "198.51.100.5/24", "dev", "tmp0"])
+        .unwrap();
+    wait_for("address to come back", || {
+        addrs(&b.node, "tmp0").contains("198.51.100.5/24")
+    })
+    .await;
     // And the interface itself.
     b.node.ip(&["link", "del", "tmp0"]).unwrap();
-    wait_for("interface to come back", || addrs(&b.node, "tmp0").contains("198.51.100.5/24")).await;
+    wait_for("interface to come back", || {
+        addrs(&b.node, "tmp0").contains("198.51.100.5/24")
+    })
+    .await;
     // Our own repairs did not loop: things settle and a re-apply is a no-op.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(p.apply(&desired()).await.unwrap().kernel_writes, 0);
@@ -404,7 +497,10 @@ async fn drift_repair_after_link_flap() {
     let b = bed("flap");
     let p = programmer(&b.node).await;
     let mut d = desired();
-    d.routes.push(RouteSpec { device: Some(name("tmp0")), ..route("203.0.113.64/26", None) });
+    d.routes.push(RouteSpec {
+        device: Some(name("tmp0")),
+        ..route("203.0.113.64/26", None)
+    });
     p.apply(&d).await.unwrap();
     // The parent flaps: the kernel flushes IPv4 routes through it silently
     // (and, with keep_addr_on_down=0, its IPv6 addresses with their routes).
@@ -435,12 +531,18 @@ async fn eperm_child() {
         .await
         .unwrap();
     let e = p.apply(&desired()).await.unwrap_err();
-    assert!(matches!(&e, ProgrammerError::PermissionDenied { .. }), "{e}");
+    assert!(
+        matches!(&e, ProgrammerError::PermissionDenied { .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
     let mut d = desired();
     d.overlay = None;
     let e = p.apply(&d).await.unwrap_err();
-    assert!(matches!(&e, ProgrammerError::PermissionDenied { .. }), "{e}");
+    assert!(
+        matches!(&e, ProgrammerError::PermissionDenied { .. }),
+        "{e}"
+    );
     println!("EPERM-CHILD-OK");
 }
 
@@ -456,7 +558,13 @@ fn permission_denied_without_cap_net_admin() {
     let out = std::process::Command::new("setpriv")
         .args(["--bounding-set", "-net_admin", "--inh-caps", "-all", "--"])
         .arg(&exe)
-        .args(["--ignored", "--exact", "eperm_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "eperm_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("OVERLAY_EPERM_NS", b.node.path())
         .output()
         .expect("setpriv (util-linux) must be installed");
@@ -468,4 +576,114 @@ fn permission_denied_without_cap_net_admin() {
     );
     // Nothing was created.
     assert!(!b.node.links().unwrap().contains(&"tmp0".to_string()));
+}
+
+#[tokio::test]
+async fn overrun_triggers_a_full_resync() {
+    if !privileged("overrun_triggers_a_full_resync") {
+        return;
+    }
+    let b = bed("overrun");
+    let p = NetlinkProgrammer::new(ProgrammerConfig {
+        notification_buffer: 1,
+        ..ProgrammerConfig::default().in_namespace(b.node.path())
+    })
+    .await
+    .unwrap();
+    let mut events = p.drift();
+    p.apply(&desired()).await.unwrap();
+    // While this (single-threaded) test blocks in `ip`, nobody reads
+    // notifications: the tiny buffer overflows, and the deletion of our
+    // route is among the notifications lost.
+    let path = std::env::temp_dir().join(format!("overlay-overrun-{}.batch", std::process::id()));
+    let mut batch = String::from("route del 203.0.113.0/24\n");
+    for i in 0..400 {
+        batch.push_str(&format!(
+            "route add 198.19.{}.{}/32 via 192.0.2.1\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    std::fs::write(&path, batch).unwrap();
+    b.node.ip(&["-batch", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&path);
+    use futures::StreamExt;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            DriftEvent::Overrun => break,
+            _ => continue,
+        }
+    }
+    wait_for("the route to come back after the resync", || {
+        has_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.1")
+    })
+    .await;
+    let c = p.counters();
+    assert!(c.overruns >= 1 && c.resyncs >= 1, "{c:?}");
+}
+
+#[tokio::test]
+async fn missing_parent_is_retried_when_it_appears() {
+    if !privileged("missing_parent_is_retried_when_it_appears") {
+        return;
+    }
+    let b = bed("late");
+    let p = programmer(&b.node).await;
+    let d = DesiredNodeState {
+        overlay: Some(overlay_interface("tmp1", "eth1", "198.51.100.9/24").unwrap()),
+        routes: vec![],
+    };
+    let e = p.apply(&d).await.unwrap_err();
+    assert!(matches!(e, ProgrammerError::MissingParent { .. }), "{e}");
+    // The parent shows up later (e.g. a NIC that is renamed late at boot).
+    let other = Netns::new("late-peer").unwrap();
+    b.node.add_veth("eth1", &other, "p1").unwrap();
+    wait_for("tmp1 with its address", || {
+        addrs(&b.node, "tmp1").contains("198.51.100.9/24")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_installations_with_different_protocols_coexist() {
+    if !privileged("two_installations_with_different_protocols_coexist") {
+        return;
+    }
+    let b = bed("coexist");
+    let a = programmer(&b.node).await;
+    let other = NetlinkProgrammer::new(
+        ProgrammerConfig::default()
+            .in_namespace(b.node.path())
+            .with_route_protocol(251),
+    )
+    .await
+    .unwrap();
+    a.apply(&DesiredNodeState {
+        overlay: None,
+        routes: vec![route("203.0.113.0/24", Some("192.0.2.1"))],
+    })
+    .await
+    .unwrap();
+    let r = other
+        .apply(&DesiredNodeState {
+            overlay: None,
+            routes: vec![route("198.18.0.0/15", Some("192.0.2.1"))],
+        })
+        .await
+        .unwrap();
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251"
+    ));
 }
