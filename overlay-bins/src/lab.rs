@@ -116,6 +116,17 @@ pub struct ZonePlan {
     pub gateway: IpAddr,
 }
 
+/// One node of the lab: name, zone and InternalIP.
+#[derive(Debug, Clone)]
+pub struct NodePlan {
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// InternalIP on the VLAN.
+    pub ip: String,
+}
+
 /// One row of the result table.
 #[derive(Debug, Clone)]
 pub struct NodeRow {
@@ -183,33 +194,41 @@ impl LabReport {
 }
 
 /// The zones and nodes the lab will build, for `--dry-run` and for the run.
-pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<(String, String, String)>), String> {
+pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String> {
     if !(1..=50).contains(&opts.nodes) {
-        return Err(format!("--nodes {} is out of range: use 1 to 50", opts.nodes));
+        return Err(format!(
+            "--nodes {} is out of range: use 1 to 50",
+            opts.nodes
+        ));
     }
     if !(1..=4).contains(&opts.zones) {
-        return Err(format!("--zones {} is out of range: use 1 to 4", opts.zones));
+        return Err(format!(
+            "--zones {} is out of range: use 1 to 4",
+            opts.zones
+        ));
     }
     if !(1..=200).contains(&opts.routes) {
-        return Err(format!("--routes {} is out of range: use 1 to 200", opts.routes));
+        return Err(format!(
+            "--routes {} is out of range: use 1 to 200",
+            opts.routes
+        ));
     }
     let zones = (0..opts.zones)
         .map(|z| {
             let base = 64 * z as u8;
             Ok(ZonePlan {
                 zone: format!("zone-{}", z + 1),
-                subnet: Cidr::parse("lab subnet", &format!("192.0.2.{base}/26")).map_err(|e| e.to_string())?,
+                subnet: Cidr::parse("lab subnet", &format!("192.0.2.{base}/26"))
+                    .map_err(|e| e.to_string())?,
                 gateway: IpAddr::from([192, 0, 2, base + 1]),
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
     let nodes = (0..opts.nodes)
-        .map(|i| {
-            (
-                format!("node-{}", i + 1),
-                zones[i % zones.len()].zone.clone(),
-                format!("198.51.100.{}", 10 + i),
-            )
+        .map(|i| NodePlan {
+            name: format!("node-{}", i + 1),
+            zone: zones[i % zones.len()].zone.clone(),
+            ip: format!("198.51.100.{}", 10 + i),
         })
         .collect();
     Ok((zones, nodes))
@@ -219,27 +238,74 @@ pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<(String, String, St
 pub fn describe(opts: &LabOptions) -> Result<String, String> {
     let (zones, nodes) = plan(opts)?;
     let mut s = String::new();
-    let _ = writeln!(s, "overlayctl lab would create, in network namespaces of its own (removed afterwards):");
-    let _ = writeln!(s, "  vlan     bridge br0 for the private network 198.51.100.0/24");
+    let _ = writeln!(
+        s,
+        "overlayctl lab would create, in network namespaces of its own (removed afterwards):"
+    );
+    let _ = writeln!(
+        s,
+        "  vlan     bridge br0 for the private network 198.51.100.0/24"
+    );
     let _ = writeln!(
         s,
         "  gw       {VLAN_GW}/24 on the VLAN, overlay gateways {}, 203.0.113.1/24 towards on-prem, forwarding on",
-        zones.iter().map(|z| z.gateway.to_string()).collect::<Vec<_>>().join(", ")
+        zones
+            .iter()
+            .map(|z| z.gateway.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let _ = writeln!(s, "  onprem   {ONPREM_HOST}/24, default route via 203.0.113.1");
-    for (n, z, ip) in &nodes {
-        let _ = writeln!(s, "  {n:<8} eth0 {ip}/24 on the VLAN, zone {z}, route {PRIVATE_NETWORK} via {VLAN_GW}");
+    let _ = writeln!(
+        s,
+        "  onprem   {ONPREM_HOST}/24, default route via 203.0.113.1"
+    );
+    for NodePlan {
+        name: n,
+        zone: z,
+        ip,
+    } in &nodes
+    {
+        let _ = writeln!(
+            s,
+            "  {n:<8} eth0 {ip}/24 on the VLAN, zone {z}, route {PRIVATE_NETWORK} via {VLAN_GW}"
+        );
     }
     if opts.legacy {
-        let _ = writeln!(s, "mode: legacy (route list {ONPREM_SUBNET} via the gateway of the route covering {PRIVATE_NETWORK}; no overlay IPs)");
+        let _ = writeln!(
+            s,
+            "mode: legacy (route list {ONPREM_SUBNET} via the gateway of the route covering {PRIVATE_NETWORK}; no overlay IPs)"
+        );
     } else {
-        let _ = writeln!(s, "IPAM: {:?}; zones: {}", opts.ipam,
-            zones.iter().map(|z| format!("{} {} (gateway {})", z.zone, z.subnet, z.gateway)).collect::<Vec<_>>().join(", "));
-        let _ = writeln!(s, "StaticRoutes: {} ({ONPREM_SUBNET} via the overlay gateway{})", opts.routes,
-            if opts.routes > 1 { ", plus extra /24s in 198.19.0.0/16" } else { "" });
+        let _ = writeln!(
+            s,
+            "IPAM: {:?}; zones: {}",
+            opts.ipam,
+            zones
+                .iter()
+                .map(|z| format!("{} {} (gateway {})", z.zone, z.subnet, z.gateway))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "StaticRoutes: {} ({ONPREM_SUBNET} via the overlay gateway{})",
+            opts.routes,
+            if opts.routes > 1 {
+                ", plus extra /24s in 198.19.0.0/16"
+            } else {
+                ""
+            }
+        );
     }
-    let _ = writeln!(s, "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}",
-        if opts.scenario.is_some() { ", run the churn scenario" } else { "" });
+    let _ = writeln!(
+        s,
+        "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}",
+        if opts.scenario.is_some() {
+            ", run the churn scenario"
+        } else {
+            ""
+        }
+    );
     Ok(s)
 }
 
@@ -267,7 +333,11 @@ struct Topology {
 }
 
 impl Topology {
-    fn build(zones: &[ZonePlan], nodes: &[(String, String, String)], policy: AddressPolicy) -> Result<Self, String> {
+    fn build(
+        zones: &[ZonePlan],
+        nodes: &[NodePlan],
+        policy: AddressPolicy,
+    ) -> Result<Self, String> {
         let vlan = tb(Netns::with_policy("vlan", policy))?;
         tb(vlan.add_bridge("br0"))?;
         let gw = tb(Netns::with_policy("gw", policy))?;
@@ -284,7 +354,7 @@ impl Topology {
         tb(onprem.add_addr("eth0", &format!("{ONPREM_HOST}/24")))?;
         tb(onprem.add_route("default", Some("203.0.113.1"), None))?;
         let mut built = Vec::new();
-        for (i, (name, zone, ip)) in nodes.iter().enumerate() {
+        for (i, NodePlan { name, zone, ip }) in nodes.iter().enumerate() {
             let ns = tb(Netns::with_policy(name, policy))?;
             let port = format!("p-n{}", i + 1);
             tb(ns.add_veth("eth0", &vlan, &port))?;
@@ -293,7 +363,12 @@ impl Topology {
             tb(ns.add_route(PRIVATE_NETWORK, Some(VLAN_GW), Some("eth0")))?;
             built.push((name.clone(), zone.clone(), ip.clone(), ns));
         }
-        Ok(Self { vlan, gw, onprem, nodes: built })
+        Ok(Self {
+            vlan,
+            gw,
+            onprem,
+            nodes: built,
+        })
     }
 
     fn keep(&mut self) -> Vec<String> {
@@ -354,7 +429,10 @@ fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteSp
 }
 
 /// Builds the IPAM the options ask for.
-pub async fn ipam_for(opts: &LabOptions, zones: &[ZonePlan]) -> Result<(Arc<dyn IpamBackend>, Option<Box<dyn std::any::Any + Send>>), String> {
+pub async fn ipam_for(
+    opts: &LabOptions,
+    zones: &[ZonePlan],
+) -> Result<(Arc<dyn IpamBackend>, Option<Box<dyn std::any::Any + Send>>), String> {
     match opts.ipam {
         IpamChoice::Embedded => {
             let mut cfg = overlay_ipam::pools::PoolsConfig::new();
@@ -376,7 +454,11 @@ pub async fn ipam_for(opts: &LabOptions, zones: &[ZonePlan]) -> Result<(Arc<dyn 
 pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
     check_privileges()?;
     let (zones, node_plan) = plan(opts)?;
-    progress(&format!("building {} nodes in {} zones, a gateway and an on-prem host", node_plan.len(), zones.len()));
+    progress(&format!(
+        "building {} nodes in {} zones, a gateway and an on-prem host",
+        node_plan.len(),
+        zones.len()
+    ));
     let mut topo = Topology::build(&zones, &node_plan, AddressPolicy::Documentation)?;
     let result = tokio::select! {
         r = run_in(opts, &zones, &topo) => r,
@@ -417,10 +499,19 @@ async fn start_agent(
         .await
         .map_err(|e| format!("{name}: {e}"))?;
     let mut cfg = AgentConfig::new(name).map_err(|e| e.to_string())?;
-    cfg.interface = Some("eth0".parse().map_err(|e: overlay_core::ParseError| e.to_string())?);
-    cfg.legacy_gateway_from = Cidr::parse("private network", PRIVATE_NETWORK).map_err(|e| e.to_string())?;
+    cfg.interface = Some(
+        "eth0"
+            .parse()
+            .map_err(|e: overlay_core::ParseError| e.to_string())?,
+    );
+    cfg.legacy_gateway_from =
+        Cidr::parse("private network", PRIVATE_NETWORK).map_err(|e| e.to_string())?;
     cfg.resync = Duration::from_secs(30);
-    let (routes, legacy_src): (Option<Arc<dyn overlay_core::StaticRouteStore>>, Option<Arc<dyn LegacyRouteSource>>) = if legacy {
+    type Sources = (
+        Option<Arc<dyn overlay_core::StaticRouteStore>>,
+        Option<Arc<dyn LegacyRouteSource>>,
+    );
+    let (routes, legacy_src): Sources = if legacy {
         let subnet = Cidr::parse("route", ONPREM_SUBNET).map_err(|e| e.to_string())?;
         (None, Some(Arc::new(FixedRoutes(vec![subnet]))))
     } else {
@@ -438,9 +529,20 @@ async fn start_agent(
     Ok(tokio::spawn(agent.run(futures::future::pending())))
 }
 
-async fn run_in(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Result<LabReport, String> {
+async fn run_in(
+    opts: &LabOptions,
+    zones: &[ZonePlan],
+    topo: &Topology,
+) -> Result<LabReport, String> {
     let (ipam, _keepalive) = if opts.legacy {
-        ipam_for(&LabOptions { ipam: IpamChoice::Embedded, ..opts.clone() }, zones).await?
+        ipam_for(
+            &LabOptions {
+                ipam: IpamChoice::Embedded,
+                ..opts.clone()
+            },
+            zones,
+        )
+        .await?
     } else {
         ipam_for(opts, zones).await?
     };
@@ -474,7 +576,8 @@ async fn run_in(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Resul
             Arc::new(MemoryEvents::new()),
             ControllerMetrics::default(),
         ));
-        r.tasks.push(tokio::spawn(controller.run(futures::future::pending())));
+        r.tasks
+            .push(tokio::spawn(controller.run(futures::future::pending())));
         progress("controller started (in-memory nodes, IPAM pools per zone)");
     }
     r.started = Instant::now();
@@ -482,12 +585,17 @@ async fn run_in(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Resul
         let h = start_agent(name, ns, opts.legacy, &r).await?;
         r.agents.insert(name.clone(), h);
     }
-    progress(&format!("{} agents started, one per node namespace", topo.nodes.len()));
+    progress(&format!(
+        "{} agents started, one per node namespace",
+        topo.nodes.len()
+    ));
 
     let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
     let converged = wait_converged(opts, &r, &names, topo).await?;
-    let mut report = LabReport::default();
-    report.rows = ping_all(opts, &r, topo, &converged).await?;
+    let mut report = LabReport {
+        rows: ping_all(opts, &r, topo, &converged).await?,
+        ..Default::default()
+    };
     if opts.scenario == Some(Scenario::Churn) && !opts.legacy {
         churn(opts, &mut r, topo, &mut report).await?;
     }
@@ -495,7 +603,12 @@ async fn run_in(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Resul
 }
 
 /// Per node: converged time in ms, or wait until the timeout.
-async fn wait_converged(opts: &LabOptions, r: &Running, names: &[String], topo: &Topology) -> Result<BTreeMap<String, u128>, String> {
+async fn wait_converged(
+    opts: &LabOptions,
+    r: &Running,
+    names: &[String],
+    topo: &Topology,
+) -> Result<BTreeMap<String, u128>, String> {
     let deadline = Instant::now() + opts.timeout;
     let mut done: BTreeMap<String, u128> = BTreeMap::new();
     let mut last_msg = String::new();
@@ -509,9 +622,18 @@ async fn wait_converged(opts: &LabOptions, r: &Running, names: &[String], topo: 
             }
         }
         let msg = if opts.legacy {
-            format!("waiting for the route list on every node: {}/{} converged", done.len(), names.len())
+            format!(
+                "waiting for the route list on every node: {}/{} converged",
+                done.len(),
+                names.len()
+            )
         } else {
-            let with_ip = r.ips.snapshot().iter().filter(|x| x.ip_addr.is_some()).count();
+            let with_ip = r
+                .ips
+                .snapshot()
+                .iter()
+                .filter(|x| x.ip_addr.is_some())
+                .count();
             format!(
                 "waiting for overlay IPs ({with_ip}/{n}) and {routes} route(s) applied on every node ({d}/{n} converged)",
                 n = names.len(),
@@ -528,7 +650,10 @@ async fn wait_converged(opts: &LabOptions, r: &Running, names: &[String], topo: 
         }
         if Instant::now() > deadline {
             let missing: Vec<&String> = names.iter().filter(|n| !done.contains_key(*n)).collect();
-            progress(&format!("timed out after {:?}; not converged: {missing:?}", opts.timeout));
+            progress(&format!(
+                "timed out after {:?}; not converged: {missing:?}",
+                opts.timeout
+            ));
             return Ok(done);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -537,17 +662,20 @@ async fn wait_converged(opts: &LabOptions, r: &Running, names: &[String], topo: 
 
 async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topology) -> bool {
     if opts.legacy {
-        let Some(ns) = topo.node(name) else { return false };
+        let Some(ns) = topo.node(name) else {
+            return false;
+        };
         return ns
             .routes(&[])
-            .map(|rs| rs.iter().any(|l| l.starts_with(&format!("{ONPREM_SUBNET} via {VLAN_GW}"))))
+            .map(|rs| {
+                rs.iter()
+                    .any(|l| l.starts_with(&format!("{ONPREM_SUBNET} via {VLAN_GW}")))
+            })
             .unwrap_or(false);
     }
-    let rec_ok = r
-        .ips
-        .snapshot()
-        .iter()
-        .any(|x| x.name == name && x.ip_addr.is_some() && x.agent.as_ref().is_some_and(|a| a.configured));
+    let rec_ok = r.ips.snapshot().iter().any(|x| {
+        x.name == name && x.ip_addr.is_some() && x.agent.as_ref().is_some_and(|a| a.configured)
+    });
     let routes = r.routes.snapshot();
     rec_ok
         && routes.len() >= opts.routes
@@ -558,7 +686,12 @@ async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topol
         })
 }
 
-async fn ping_all(opts: &LabOptions, r: &Running, topo: &Topology, converged: &BTreeMap<String, u128>) -> Result<Vec<NodeRow>, String> {
+async fn ping_all(
+    opts: &LabOptions,
+    r: &Running,
+    topo: &Topology,
+    converged: &BTreeMap<String, u128>,
+) -> Result<Vec<NodeRow>, String> {
     let mut rows = Vec::new();
     for (name, zone, ip, ns) in &topo.nodes {
         let (address, gateway, src) = if opts.legacy {
@@ -566,7 +699,11 @@ async fn ping_all(opts: &LabOptions, r: &Running, topo: &Topology, converged: &B
         } else {
             let rec = r.ips.snapshot().into_iter().find(|x| &x.name == name);
             let addr = rec.as_ref().and_then(|x| x.ip_addr);
-            let gw = rec.as_ref().and_then(|x| x.gateway).map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+            let gw = rec
+                .as_ref()
+                .and_then(|x| x.gateway)
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into());
             (
                 addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
                 gw,
@@ -579,7 +716,11 @@ async fn ping_all(opts: &LabOptions, r: &Running, topo: &Topology, converged: &B
             r.routes
                 .snapshot()
                 .iter()
-                .filter(|sr| sr.node_status.iter().any(|e| &e.hostname == name && e.state == RouteState::Applied))
+                .filter(|sr| {
+                    sr.node_status
+                        .iter()
+                        .any(|e| &e.hostname == name && e.state == RouteState::Applied)
+                })
                 .count()
         };
         let total = if opts.legacy { 1 } else { opts.routes };
@@ -610,7 +751,12 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> boo
     false
 }
 
-async fn churn(opts: &LabOptions, r: &mut Running, topo: &Topology, report: &mut LabReport) -> Result<(), String> {
+async fn churn(
+    opts: &LabOptions,
+    r: &mut Running,
+    topo: &Topology,
+    report: &mut LabReport,
+) -> Result<(), String> {
     let first = topo.nodes.first().ok_or("the lab has no nodes")?;
     let (victim, zone, ip) = (first.0.clone(), first.1.clone(), first.2.clone());
     let owner = Owner::new("lab", victim.clone());
@@ -622,29 +768,52 @@ async fn churn(opts: &LabOptions, r: &mut Running, topo: &Topology, report: &mut
     }
     let ipam = r.ipam.clone();
     let ips = r.ips.clone();
-    let released = wait_for(&format!("{victim}'s address to be released"), opts.timeout, async || {
-        !ips.snapshot().iter().any(|x| x.name == victim)
-            && matches!(ipam.lookup(&owner, None).await, Ok(None))
-    })
+    let released = wait_for(
+        &format!("{victim}'s address to be released"),
+        opts.timeout,
+        async || {
+            !ips.snapshot().iter().any(|x| x.name == victim)
+                && matches!(ipam.lookup(&owner, None).await, Ok(None))
+        },
+    )
     .await;
-    report.checks.push((format!("{victim} deleted: NodeOverlayIp removed and address released"), released));
+    report.checks.push((
+        format!("{victim} deleted: NodeOverlayIp removed and address released"),
+        released,
+    ));
 
     // 2. Delete the on-prem route: removed from every remaining node.
     progress("churn: deleting StaticRoute onprem");
     r.routes.delete("onprem");
     let routes = r.routes.clone();
-    let others: Vec<&Netns> = topo.nodes.iter().filter(|n| n.0 != victim).map(|n| &n.3).collect();
-    let removed = wait_for("the onprem route to leave every node and the StaticRoute to be deleted", opts.timeout, async || {
-        routes.get("onprem").is_none()
-            && others.iter().all(|ns| {
-                ns.routes(&[]).map(|rs| !rs.iter().any(|l| l.starts_with(ONPREM_SUBNET))).unwrap_or(false)
-            })
-    })
+    let others: Vec<&Netns> = topo
+        .nodes
+        .iter()
+        .filter(|n| n.0 != victim)
+        .map(|n| &n.3)
+        .collect();
+    let removed = wait_for(
+        "the onprem route to leave every node and the StaticRoute to be deleted",
+        opts.timeout,
+        async || {
+            routes.get("onprem").is_none()
+                && others.iter().all(|ns| {
+                    ns.routes(&[])
+                        .map(|rs| !rs.iter().any(|l| l.starts_with(ONPREM_SUBNET)))
+                        .unwrap_or(false)
+                })
+        },
+    )
     .await;
-    report.checks.push(("StaticRoute onprem deleted: route removed everywhere, finalizer released".into(), removed));
+    report.checks.push((
+        "StaticRoute onprem deleted: route removed everywhere, finalizer released".into(),
+        removed,
+    ));
 
     // 3. Add both back and converge again.
-    progress(&format!("churn: adding node {victim} and StaticRoute onprem back"));
+    progress(&format!(
+        "churn: adding node {victim} and StaticRoute onprem back"
+    ));
     r.nodes.upsert(node_info(&victim, &zone, &ip)?);
     let (name, spec) = route_spec(0, GatewayChoice::Overlay)?;
     r.routes.apply(&name, Ok(spec));
@@ -656,7 +825,10 @@ async fn churn(opts: &LabOptions, r: &mut Running, topo: &Topology, report: &mut
     let converged = wait_converged(opts, r, &names, topo).await?;
     let rows = ping_all(opts, r, topo, &converged).await?;
     let all = rows.iter().all(|x| x.ping_ok) && converged.len() == names.len();
-    report.checks.push(("after re-adding: every node converged and pings on-prem".into(), all));
+    report.checks.push((
+        "after re-adding: every node converged and pings on-prem".into(),
+        all,
+    ));
     report.rows = rows;
     Ok(())
 }

@@ -829,6 +829,28 @@ impl RouteProgrammer for NetlinkProgrammer {
         self.inner.discover_gateway(prefix).await
     }
 
+    async fn interface_with_address(
+        &self,
+        address: IpAddr,
+    ) -> Result<Option<InterfaceName>, ProgrammerError> {
+        let _state = self.inner.state.lock().await;
+        let addrs = kernel::dump_addrs(&self.inner.handle).await?;
+        let Some(index) = addrs
+            .iter()
+            .find(|a| a.net.ip() == address)
+            .map(|a| a.index)
+        else {
+            return Ok(None);
+        };
+        let links = kernel::dump_links(&self.inner.handle).await?;
+        links
+            .values()
+            .find(|l| l.index == index)
+            .map(|l| InterfaceName::parse("interface", &l.name))
+            .transpose()
+            .map_err(ProgrammerError::from)
+    }
+
     fn drift(&self) -> BoxStream<'static, DriftEvent> {
         let rx = self.inner.events.subscribe();
         stream::unfold(rx, |mut rx| async move {

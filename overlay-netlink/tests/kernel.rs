@@ -687,3 +687,24 @@ async fn two_installations_with_different_protocols_coexist() {
         "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251"
     ));
 }
+
+#[tokio::test]
+async fn the_interface_holding_an_address_is_found() {
+    if !privileged("the_interface_holding_an_address_is_found") {
+        return;
+    }
+    let b = bed("ifaddr");
+    let p = programmer(&b.node).await;
+    assert_eq!(
+        p.interface_with_address(ip("192.0.2.10")).await.unwrap(),
+        Some(name("eth0"))
+    );
+    assert_eq!(
+        p.interface_with_address(ip("2001:db8::10")).await.unwrap(),
+        Some(name("eth0"))
+    );
+    assert_eq!(
+        p.interface_with_address(ip("192.0.2.99")).await.unwrap(),
+        None
+    );
+}

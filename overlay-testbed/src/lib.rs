@@ -385,10 +385,16 @@ impl Netns {
             .collect())
     }
 
-    /// `ip route show` output lines for `args` (e.g. `["table", "all"]`).
+    /// `ip route show` output lines for `args` (e.g. `["table", "all"]`;
+    /// a leading `-6` or `-4` selects the family).
     pub fn routes(&self, args: &[&str]) -> Result<Vec<String>> {
-        let mut a = vec!["route", "show"];
-        a.extend_from_slice(args);
+        let (family, rest) = match args.first() {
+            Some(f) if *f == "-6" || *f == "-4" => (vec![*f], &args[1..]),
+            _ => (vec![], args),
+        };
+        let mut a = family;
+        a.extend(["route", "show"]);
+        a.extend_from_slice(rest);
         let out = self.ip(&a)?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -1,0 +1,86 @@
+//! The lab end to end, as CI runs it (root): every ping succeeds, the churn
+//! scenario releases and removes what it should, the legacy mode works, and
+//! nothing of the lab is left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use overlay_bins::lab::{LabOptions, Scenario, run};
+use overlay_testbed::{own_namespaces, privileged};
+
+async fn lab_passes(opts: LabOptions) -> overlay_bins::lab::LabReport {
+    let report = run(&opts).await.unwrap();
+    println!("{}", report.table());
+    assert!(report.ok(), "lab failed:\n{}", report.table());
+    assert_eq!(report.rows.len(), opts.nodes);
+    report
+}
+
+fn assert_nothing_left() {
+    let left = own_namespaces();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+// One test runs the scenarios in sequence so that "nothing left behind" is
+// checked after each run without other labs running at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
+    if !privileged("the_lab_passes_in_every_mode_and_leaves_nothing_behind") {
+        return;
+    }
+    let host = || {
+        let links = overlay_testbed::ip(&["-o", "link", "show"]).unwrap().stdout;
+        let routes = overlay_testbed::ip(&["route", "show", "table", "all"])
+            .unwrap()
+            .stdout;
+        (
+            String::from_utf8_lossy(&links).lines().count(),
+            String::from_utf8_lossy(&routes).lines().count(),
+        )
+    };
+    let before = host();
+
+    let r = lab_passes(LabOptions::default()).await;
+    let zones: std::collections::BTreeSet<_> = r.rows.iter().map(|x| x.zone.clone()).collect();
+    assert_eq!(zones.len(), 2, "3 nodes over 2 zones");
+    assert!(
+        r.rows.iter().all(|x| x.address.starts_with("192.0.2.")),
+        "overlay addresses from the pools"
+    );
+    assert_nothing_left();
+
+    let r = lab_passes(LabOptions {
+        scenario: Some(Scenario::Churn),
+        routes: 3,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(r.checks.len(), 3);
+    assert_nothing_left();
+
+    let r = lab_passes(LabOptions {
+        legacy: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        r.rows.iter().all(|x| x.gateway == "198.51.100.1"),
+        "legacy routes use the discovered private gateway"
+    );
+    assert_nothing_left();
+
+    assert_eq!(before, host(), "the lab changed the host's links or routes");
+}
+
+#[test]
+fn dry_run_describes_the_plan_without_root() {
+    let text = overlay_bins::lab::describe(&LabOptions::default()).unwrap();
+    assert!(
+        text.contains("node-3") && text.contains("zone-2") && text.contains("203.0.113.10"),
+        "{text}"
+    );
+    let bad = overlay_bins::lab::describe(&LabOptions {
+        nodes: 0,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(bad.contains("--nodes"), "{bad}");
+}
