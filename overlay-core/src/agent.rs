@@ -126,6 +126,7 @@ pub struct Agent {
     last_legacy: Mutex<Option<Vec<Cidr>>>,
     discovered: Mutex<HashMap<Cidr, DiscoveredRoute>>,
     lock: Mutex<()>,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -152,7 +153,13 @@ impl Agent {
             last_legacy: Mutex::new(None),
             discovered: Mutex::new(HashMap::new()),
             lock: Mutex::new(()),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// True once a reconcile has completed (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn read_err(&self, what: &'static str) -> impl Fn(StoreError) -> AgentError + '_ {
@@ -660,6 +667,7 @@ impl Agent {
             }
             match self.reconcile().await {
                 Ok(_) => {
+                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     failures = 0;
                     retry_at = None;
                     self.metrics.reconciled(true);

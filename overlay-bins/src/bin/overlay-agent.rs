@@ -1,0 +1,225 @@
+//! `overlay-agent`: runs on every node (DaemonSet, host network, NET_ADMIN
+//! only). Puts the node's overlay address on a macvlan sub-interface and
+//! programs the StaticRoutes that select the node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use overlay_bins::{
+    LogFormat, init_logging, kube_client, parse_metrics_addr, serve_health, shutdown_signal,
+};
+use overlay_core::agent::{Agent, AgentConfig};
+use overlay_core::k8s::{
+    FileRoutes, KubeConfigMapRoutes, KubeNodes, KubeOverlayIps, KubeStaticRoutes,
+    node_field_manager,
+};
+use overlay_core::metrics::AgentMetrics;
+use overlay_core::{Cidr, InterfaceName, LegacyRouteSource, StaticRouteStore};
+use overlay_netlink::{DEFAULT_ROUTE_PROTOCOL, NetlinkProgrammer, ProgrammerConfig};
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+/// The overlay node agent: overlay address on a macvlan interface, and the
+/// StaticRoutes that select this node, kept in place against drift.
+#[derive(Debug, Parser)]
+#[command(name = "overlay-agent", version, about, long_about = None)]
+struct Args {
+    /// This node's name (downward API `spec.nodeName`). The original
+    /// deployment's NODE_HOSTNAME is accepted too.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Parent interface of the overlay interface. Default: the interface
+    /// holding the node's InternalIP.
+    #[arg(long, env = "INTERFACE")]
+    interface: Option<String>,
+    /// Name of the overlay (macvlan) interface, at most 15 bytes.
+    #[arg(long, env = "INTERFACE_LABEL", default_value = "tmp0")]
+    interface_label: String,
+    /// Comma-separated CIDRs no StaticRoute may shadow (pod and service
+    /// ranges, ...). The default route and the node's InternalIP are always
+    /// protected.
+    #[arg(long, env = "PROTECTED_SUBNETS", value_delimiter = ',')]
+    protected_subnets: Vec<String>,
+    /// Older deployment mode: read the route list from this ConfigMap
+    /// (`NAMESPACE/NAME`, key `routes`, a JSON array of subnets).
+    #[arg(long, env = "STATIC_ROUTES_CONFIGMAP", value_name = "NAMESPACE/NAME")]
+    legacy_configmap: Option<String>,
+    /// Older deployment mode: read the route list from this file (the
+    /// ConfigMap mounted as a volume), re-read when it changes.
+    #[arg(
+        long,
+        env = "STATIC_ROUTES_FILE",
+        value_name = "PATH",
+        conflicts_with = "legacy_configmap"
+    )]
+    legacy_file: Option<PathBuf>,
+    /// Legacy routes go via the gateway of the kernel route covering this prefix.
+    #[arg(long, env = "LEGACY_GATEWAY_FROM", default_value = "10.0.0.0/8")]
+    legacy_gateway_from: String,
+    /// Do not watch StaticRoute objects (legacy-only clusters without the CRD).
+    #[arg(long, env = "NO_STATIC_ROUTES")]
+    no_static_routes: bool,
+    /// Route protocol number marking the routes and addresses the agent owns
+    /// (5-255). Routes with another protocol are never touched.
+    #[arg(long, env = "ROUTE_PROTOCOL", default_value_t = DEFAULT_ROUTE_PROTOCOL)]
+    route_protocol: u8,
+    /// Address for /healthz, /readyz and /metrics, or `off`. The agent runs
+    /// with host networking, so the default port is an uncommon one.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9877")]
+    metrics_addr: String,
+    /// Seconds between full resyncs (a safety net; drift is repaired from
+    /// kernel notifications right away).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+    /// Kubeconfig file (default: in-cluster, then KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn config(args: &Args) -> Result<AgentConfig, String> {
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_HOSTNAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(
+            "the node name is not set: set NODE_NAME (downward API spec.nodeName) or --node-name",
+        )?;
+    let mut cfg = AgentConfig::new(node).map_err(|e| e.to_string())?;
+    cfg.interface = args
+        .interface
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| InterfaceName::parse("INTERFACE", s))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    cfg.interface_label = InterfaceName::parse("INTERFACE_LABEL", &args.interface_label)
+        .map_err(|e| e.to_string())?;
+    cfg.protected = args
+        .protected_subnets
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Cidr::parse("PROTECTED_SUBNETS", s.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    cfg.legacy_gateway_from =
+        Cidr::parse("LEGACY_GATEWAY_FROM", &args.legacy_gateway_from).map_err(|e| e.to_string())?;
+    cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
+    if args.route_protocol < 5 {
+        return Err(format!(
+            "invalid ROUTE_PROTOCOL {}: 0-4 belong to the kernel and iproute2; use 5-255",
+            args.route_protocol
+        ));
+    }
+    Ok(cfg)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cfg = config(&args)?;
+    let metrics_addr = parse_metrics_addr(&args.metrics_addr)?;
+    let client = kube_client(args.kubeconfig.clone()).await?;
+    let node = cfg.node_name.clone();
+    let programmer = NetlinkProgrammer::new(
+        ProgrammerConfig::default().with_route_protocol(args.route_protocol),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let routes: Option<Arc<dyn StaticRouteStore>> = (!args.no_static_routes).then(|| {
+        Arc::new(KubeStaticRoutes::new(
+            client.clone(),
+            node_field_manager(&node),
+        )) as Arc<dyn StaticRouteStore>
+    });
+    let legacy: Option<Arc<dyn LegacyRouteSource>> = match (
+        &args.legacy_configmap,
+        &args.legacy_file,
+    ) {
+        (Some(cm), _) => {
+            let (ns, name) = cm
+                .split_once('/')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| format!("invalid STATIC_ROUTES_CONFIGMAP {cm:?}: expected NAMESPACE/NAME such as kube-system/static-routes"))?;
+            Some(Arc::new(KubeConfigMapRoutes::new(client.clone(), ns, name)))
+        }
+        (None, Some(path)) => Some(Arc::new(FileRoutes::new(
+            path.clone(),
+            Duration::from_secs(5),
+        ))),
+        (None, None) => None,
+    };
+    let metrics = AgentMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let agent = Arc::new(Agent::new(
+        cfg,
+        Arc::new(programmer),
+        Arc::new(KubeNodes::new(client.clone(), Some(&node))),
+        Arc::new(KubeOverlayIps::new(client.clone(), Some(&node))),
+        routes,
+        legacy,
+        metrics,
+    ));
+    if let Some(addr) = metrics_addr {
+        let a = agent.clone();
+        let bound = serve_health(addr, Arc::new(move || a.is_ready()), Arc::new(registry)).await?;
+        info!(%bound, "serving /healthz, /readyz, /metrics");
+    }
+    info!(node = %node, "overlay-agent started");
+    agent.run(shutdown_signal()).await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlay-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlay-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["overlay-agent", "--node-name", "n1"];
+            argv.extend_from_slice(extra);
+            config(&Args::parse_from(argv))
+        };
+        assert!(parse(&[]).is_ok());
+        let e = parse(&["--interface-label", "a-very-long-interface"]).unwrap_err();
+        assert!(e.contains("INTERFACE_LABEL"), "{e}");
+        let e = parse(&["--protected-subnets", "172.20.0.0/16,10.0.0.1/8"]).unwrap_err();
+        assert!(
+            e.contains("PROTECTED_SUBNETS") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
+        let e = parse(&["--route-protocol", "2"]).unwrap_err();
+        assert!(e.contains("ROUTE_PROTOCOL"), "{e}");
+    }
+}
