@@ -22,7 +22,7 @@ use crate::traits::{
     StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
-const WATCH_CAPACITY: usize = 65_536;
+const WATCH_CAPACITY: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going.
