@@ -6,10 +6,15 @@
 //!   configured with [`pools::PoolsConfig`]), the defaults for labs and
 //!   embedding.
 //! - [`conformance`]: a suite of checks any backend can run in its tests.
+//! - `emulator` (feature `testing`): an in-process phpIPAM server that
+//!   reproduces the recorded behaviour of phpIPAM 1.8.
 
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod emulator;
 pub mod file;
 pub mod memory;
+pub mod phpipam;
 pub mod pools;
 
 pub use overlay_core::{IpamBackend, IpamError, Reservation};
