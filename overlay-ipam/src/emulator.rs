@@ -442,6 +442,16 @@ impl Emulator {
         lock(&self.inner.db).addresses.remove(&id).is_some()
     }
 
+    /// Deletes every address of a subnet except its gateway, directly (no
+    /// request is counted); returns how many were removed.
+    pub fn clear_subnet(&self, subnet_id: u64) -> usize {
+        let mut db = lock(&self.inner.db);
+        let before = db.addresses.len();
+        db.addresses
+            .retain(|_, a| a.subnet_id != subnet_id || a.is_gateway);
+        before - db.addresses.len()
+    }
+
     /// The addresses of a subnet, lowest first.
     pub fn addresses(&self, subnet_id: u64) -> Vec<EmulatedAddress> {
         lock(&self.inner.db).subnet_addresses(subnet_id)

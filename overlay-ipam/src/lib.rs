@@ -9,6 +9,7 @@
 //! - `emulator` (feature `testing`): an in-process phpIPAM server that
 //!   reproduces the recorded behaviour of phpIPAM 1.8.
 
+pub mod config;
 pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod emulator;

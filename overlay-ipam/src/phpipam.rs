@@ -14,8 +14,9 @@
 //!   owner already hold an address"; otherwise `POST
 //!   addresses/first_free/{subnet}` with `hostname` = node, `description` =
 //!   owner marker, falling through to the next subnet on `No free addresses
-//!   found`. Subnet prefix and gateway are cached, so a new reservation
-//!   costs one request once the caches are warm.
+//!   found`. Subnet prefix and gateway are cached, and a subnet seen full
+//!   is tried last (until we release in it or the hint ages out), so a new
+//!   reservation costs one request once the caches are warm.
 //! - **release**: `DELETE addresses/{id}`; already gone is success.
 //! - **lookup**: `GET addresses/search_hostname/{node}` filtered by marker
 //!   (authoritative, not cached).
@@ -366,6 +367,9 @@ pub struct PhpIpamBackend {
     subnets: Mutex<HashMap<u64, Arc<OnceCell<SubnetInfo>>>>,
     zone_state: HashMap<Zone, ZoneState>,
     owner_locks: Mutex<HashMap<Owner, Arc<tokio::sync::Mutex<()>>>>,
+    /// Subnets seen full, and when: tried last until the hint is older than
+    /// the owner index age or we release an address in them.
+    full: Mutex<HashMap<u64, Instant>>,
 }
 
 impl fmt::Debug for PhpIpamBackend {
@@ -561,6 +565,7 @@ impl PhpIpamBackend {
             subnets: Mutex::new(HashMap::new()),
             zone_state,
             owner_locks: Mutex::new(HashMap::new()),
+            full: Mutex::new(HashMap::new()),
         })
     }
 
@@ -941,7 +946,18 @@ impl PhpIpamBackend {
             "description": owner.marker(),
             "owner": "overlay",
         });
-        for &sid in &subnets {
+        // Subnets recently seen full go last, so that a zone whose first
+        // subnet filled up does not cost an extra request per reservation.
+        let order: Vec<u64> = {
+            let full = lock(&self.full);
+            let hinted = |sid: &u64| {
+                full.get(sid)
+                    .is_some_and(|at| at.elapsed() <= self.index_max_age)
+            };
+            let (later, now): (Vec<u64>, Vec<u64>) = subnets.iter().partition(|s| hinted(s));
+            now.into_iter().chain(later).collect()
+        };
+        for &sid in &order {
             // Prefix and gateway first: a bad subnet id fails before we
             // allocate anything.
             self.subnet_info(sid).await?;
@@ -985,7 +1001,10 @@ impl PhpIpamBackend {
                         tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
                         return self.reservation(owner, zone, &f).await;
                     }
-                    404 if r.message.starts_with("No free addresses found") => break,
+                    404 if r.message.starts_with("No free addresses found") => {
+                        lock(&self.full).insert(sid, Instant::now());
+                        break;
+                    }
                     // Servers with the API lock disabled lose allocation
                     // races with 409 or a 500 duplicate-key error: retry.
                     409 | 500
@@ -1068,6 +1087,9 @@ impl IpamBackend for PhpIpamBackend {
     }
 
     async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+        if let Ok(sid) = reservation.subnet_id.parse::<u64>() {
+            lock(&self.full).remove(&sid);
+        }
         if let Ok(id) = reservation.handle.trim().parse::<u64>() {
             self.delete_id(id).await?;
         } else if let Some(r) = self

@@ -206,6 +206,34 @@ async fn falls_through_full_subnets_and_names_them_when_all_are_full() {
     );
 }
 
+#[tokio::test]
+async fn a_full_subnet_is_tried_last_until_we_release_in_it() {
+    let emu = emulator().await;
+    let ipam = backend(&emu);
+    let mut first = Vec::new();
+    for i in 0..7 {
+        first.push(
+            ipam.reserve(&owner(&format!("n{i}")), &zone("tiny"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(first[6].subnet_id, "4", "the seventh falls through");
+    emu.reset_counts();
+    let r = ipam.reserve(&owner("n7"), &zone("tiny")).await.unwrap();
+    assert_eq!(r.subnet_id, "4");
+    assert_eq!(
+        emu.requests(),
+        1,
+        "the full subnet is not asked again: {:?}",
+        emu.request_counts()
+    );
+    // Releasing in subnet 2 makes it first choice again.
+    ipam.release(&first[0]).await.unwrap();
+    let r = ipam.reserve(&owner("n8"), &zone("tiny")).await.unwrap();
+    assert_eq!(r.address, first[0].address);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_cost_one_shared_login() {
     let emu = emulator().await;
