@@ -5,10 +5,14 @@
 //! - [`memory`] and [`file`]: embedded pools (lowest free address per zone,
 //!   configured with [`pools::PoolsConfig`]), the defaults for labs and
 //!   embedding.
+//! - [`phpipam`]: the phpIPAM REST backend.
+//! - [`config`]: `overlay-ip-config.yaml`, selecting and building a backend.
 //! - [`conformance`]: a suite of checks any backend can run in its tests.
+//! - [`check`]: the logic of `overlayctl ipam check` / `ipam conformance`.
 //! - `emulator` (feature `testing`): an in-process phpIPAM server that
 //!   reproduces the recorded behaviour of phpIPAM 1.8.
 
+pub mod check;
 pub mod config;
 pub mod conformance;
 #[cfg(feature = "testing")]

@@ -761,6 +761,44 @@ impl PhpIpamBackend {
         })
     }
 
+    /// Logs in (or reuses the token): checks URL, app id and credentials.
+    pub async fn check_login(&self) -> Result<(), IpamError> {
+        let (_, token) = self.token().await?;
+        if matches!(self.credentials, Credentials::AppCode(_)) {
+            // No login call for app codes: prove the code with a read.
+            let r = self
+                .send(
+                    Method::GET,
+                    "addresses/tags/",
+                    None,
+                    Some(&token),
+                    None,
+                    "GET addresses/tags",
+                )
+                .await?;
+            if r.status != 200 {
+                return Err(classify("GET addresses/tags", r.status, &r.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Free addresses of a subnet (`GET subnets/{id}/usage`, `freehosts`).
+    pub async fn subnet_free(&self, id: u64) -> Result<u64, IpamError> {
+        let call = format!("GET subnets/{id}/usage");
+        let r = self
+            .call(Method::GET, &format!("subnets/{id}/usage/"), None, &call)
+            .await?;
+        if r.status != 200 {
+            return Err(classify(&call, r.status, &r.message));
+        }
+        r.data
+            .as_ref()
+            .and_then(|d| d.get("freehosts"))
+            .and_then(as_id)
+            .ok_or_else(|| rejected(&call, "reply lacks freehosts"))
+    }
+
     /// The prefix and gateway of a subnet (cached after the first call).
     pub async fn subnet_info(&self, id: u64) -> Result<SubnetInfo, IpamError> {
         let cell = lock(&self.subnets).entry(id).or_default().clone();
