@@ -91,7 +91,7 @@ async fn conformance_on_a_scratch_zone_cleans_up() {
     .await
     .unwrap();
     assert!(report.passed(), "{report}");
-    let notices = notices.lock().unwrap();
+    let notices = notices.lock().unwrap().clone();
     assert_eq!(notices.len(), 1);
     assert!(
         notices[0].contains("will reserve and release"),
