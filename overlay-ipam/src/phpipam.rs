@@ -335,13 +335,22 @@ struct OwnerIndex {
 struct ZoneState {
     load: tokio::sync::Mutex<()>,
     index: Mutex<Option<OwnerIndex>>,
+    /// Index loads attempted, and how the last one failed (shared with the
+    /// callers that waited for it).
+    loads: Mutex<(u64, Option<IpamError>)>,
 }
 
 #[derive(Debug, Default)]
 struct TokenState {
     token: Option<Secret>,
     generation: u64,
+    /// A refused login, remembered for [`AUTH_FAILURE_HOLD`].
     failed: Option<(Instant, IpamError)>,
+    /// Login attempts so far, and how the last one failed: callers that
+    /// waited for a login in flight share its failure instead of each
+    /// trying again.
+    attempts: u64,
+    last_error: Option<IpamError>,
 }
 
 /// One decoded response.
@@ -666,11 +675,46 @@ impl PhpIpamBackend {
         if let Some(t) = self.current_token()? {
             return Ok(t);
         }
+        let attempts_seen = lock(&self.token).attempts;
         let _login = self.login_lock.lock().await;
         if let Some(t) = self.current_token()? {
             return Ok(t);
         }
+        {
+            let s = lock(&self.token);
+            if s.attempts != attempts_seen
+                && let Some(e) = &s.last_error
+            {
+                // The login we waited for failed just now: share its error.
+                return Err(e.clone());
+            }
+        }
         tracing::info!(backend = BACKEND, user = %username, "logging in to phpIPAM");
+        let result = self.login_once(username, password).await;
+        let mut s = lock(&self.token);
+        s.attempts += 1;
+        match result {
+            Ok(t) => {
+                s.token = Some(t.clone());
+                s.generation += 1;
+                s.failed = None;
+                s.last_error = None;
+                Ok((s.generation, t))
+            }
+            Err(err) => {
+                if matches!(err, IpamError::Auth { .. } | IpamError::Rejected { .. }) {
+                    tracing::error!(backend = BACKEND, user = %username, error = %err, "phpIPAM login refused; not retrying for {} s", AUTH_FAILURE_HOLD.as_secs());
+                    s.failed = Some((Instant::now(), err.clone()));
+                } else {
+                    tracing::warn!(backend = BACKEND, user = %username, error = %err, "phpIPAM login failed");
+                }
+                s.last_error = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    async fn login_once(&self, username: &str, password: &Secret) -> Result<Secret, IpamError> {
         let reply = self
             .send(
                 Method::POST,
@@ -691,25 +735,9 @@ impl PhpIpamBackend {
             })
             .flatten();
         match token {
-            Some(t) => {
-                let mut s = lock(&self.token);
-                s.token = Some(Secret(t.to_string()));
-                s.generation += 1;
-                s.failed = None;
-                Ok((s.generation, Secret(t.to_string())))
-            }
-            None => {
-                let err = if reply.status == 200 {
-                    rejected("login", "HTTP 200 without data.token")
-                } else {
-                    classify("login", reply.status, &reply.message)
-                };
-                if matches!(err, IpamError::Auth { .. } | IpamError::Rejected { .. }) {
-                    tracing::error!(backend = BACKEND, user = %username, error = %err, "phpIPAM login refused; not retrying for {} s", AUTH_FAILURE_HOLD.as_secs());
-                    lock(&self.token).failed = Some((Instant::now(), err.clone()));
-                }
-                Err(err)
-            }
+            Some(t) => Ok(Secret(t.to_string())),
+            None if reply.status == 200 => Err(rejected("login", "HTTP 200 without data.token")),
+            None => Err(classify("login", reply.status, &reply.message)),
         }
     }
 
@@ -910,13 +938,33 @@ impl PhpIpamBackend {
         if self.index_fresh(st) {
             return Ok(());
         }
+        let seen = lock(&st.loads).0;
         let _g = st.load.lock().await;
         if self.index_fresh(st) {
             return Ok(());
         }
-        let idx = self.load_index(zone, subnets).await?;
-        *lock(&st.index) = Some(idx);
-        Ok(())
+        {
+            let loads = lock(&st.loads);
+            if loads.0 != seen
+                && let Some(e) = &loads.1
+            {
+                return Err(e.clone());
+            }
+        }
+        let result = self.load_index(zone, subnets).await;
+        let mut loads = lock(&st.loads);
+        loads.0 += 1;
+        match result {
+            Ok(idx) => {
+                loads.1 = None;
+                *lock(&st.index) = Some(idx);
+                Ok(())
+            }
+            Err(e) => {
+                loads.1 = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     fn mark_stale(&self, zone: &Zone) {

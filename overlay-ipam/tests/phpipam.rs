@@ -272,6 +272,33 @@ async fn a_wrong_password_is_reported_once_and_not_retried() {
     ok.reserve(&owner("n"), &zone("big")).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_failed_login() {
+    let emu = emulator().await;
+    // Latency keeps the first login in flight while the others queue up.
+    emu.set_latency(std::time::Duration::from_millis(50));
+    emu.inject(Fault::ServerError, 1);
+    let ipam = Arc::new(backend(&emu));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let ipam = ipam.clone();
+        set.spawn(async move { ipam.reserve(&owner(&format!("n{i}")), &zone("big")).await });
+    }
+    let mut failures = 0;
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r.unwrap() {
+            assert!(e.is_retryable(), "{e:?}");
+            failures += 1;
+        }
+    }
+    // Callers that waited for the failed login share its error instead of
+    // each logging in again (without sharing, only the first would fail).
+    assert!(failures >= 10, "{failures} of 20 failed");
+    assert!(emu.count("POST /user/") <= 2, "{:?}", emu.request_counts());
+    // A later call logs in and works.
+    ipam.reserve(&owner("later"), &zone("big")).await.unwrap();
+}
+
 #[tokio::test]
 async fn blocked_ip_is_retryable() {
     let emu = emulator().await;
