@@ -1,8 +1,8 @@
 //! An in-process phpIPAM 1.8 emulator (feature `testing`).
 //!
 //! It serves the REST API on `127.0.0.1` the way the real server answered in
-//! the recorded transcript (`docs/phpipam/api-transcript.md` of the
-//! project): the `{code, success, message, id, data, time}` envelope, the
+//! the recorded transcript (`phpipam/api-transcript.md`, beside the design
+//! notes): the `{code, success, message, id, data, time}` envelope, the
 //! same status codes and messages, ids as strings in 201 replies and numbers
 //! elsewhere, `mask` as a string, decimal `ip` values after the first hit of
 //! a hostname search, 404 instead of empty lists, a 500 with an empty HTML
