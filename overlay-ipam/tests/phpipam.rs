@@ -533,3 +533,50 @@ async fn logs_never_contain_tokens_or_passwords() {
         );
     }
 }
+
+#[tokio::test]
+async fn release_without_a_handle_finds_the_address_by_owner() {
+    // A reservation rebuilt from a NodeOverlayIp status has no handle.
+    let emu = emulator().await;
+    let ipam = backend(&emu);
+    let mut r = ipam.reserve(&owner("node-a"), &zone("big")).await.unwrap();
+    ipam.reserve(&owner("node-b"), &zone("big")).await.unwrap();
+    r.handle.clear();
+    ipam.release(&r).await.unwrap();
+    let left: Vec<_> = emu
+        .addresses(3)
+        .into_iter()
+        .map(|a| a.hostname.unwrap())
+        .collect();
+    assert_eq!(left, ["node-b"]);
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out_as_retryable() {
+    let emu = emulator().await;
+    let mut cfg = config(&emu, "overlay");
+    cfg.timeout_seconds = 1;
+    let ipam = PhpIpamBackend::new(&cfg, CLUSTER, user("ApiUser-Test-1")).unwrap();
+    emu.inject(Fault::Slow(std::time::Duration::from_secs(5)), 1);
+    let err = ipam.reserve(&owner("n"), &zone("big")).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+#[test]
+fn tls_options_are_checked_when_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let mut cfg =
+        PhpIpamConfig::new("https://phpipam.example.invalid", "iks").with_zone("dal10", [7]);
+    cfg.ca_file = Some(not_pem);
+    let err = PhpIpamBackend::new(&cfg, CLUSTER, user("x")).unwrap_err();
+    assert!(err.to_string().contains("phpIPAM.caFile"), "{err}");
+    cfg.ca_file = Some(dir.path().join("missing.pem"));
+    let err = PhpIpamBackend::new(&cfg, CLUSTER, user("x")).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    cfg.ca_file = None;
+    cfg.insecure_skip_tls_verify = true;
+    PhpIpamBackend::new(&cfg, CLUSTER, user("x")).unwrap();
+}
