@@ -2,7 +2,7 @@
 //!
 //! [`overlay_core::IpamBackend`] implementations and the tools to test them:
 //!
-//! - [`memory`] and [`file`]: embedded pools (lowest free address per zone,
+//! - [`memory`] and [`file`](mod@file): embedded pools (lowest free address per zone,
 //!   configured with [`pools::PoolsConfig`]), the defaults for labs and
 //!   embedding.
 //! - [`phpipam`]: the phpIPAM REST backend.
