@@ -27,7 +27,9 @@
 //! # }
 //! ```
 //!
-//! Every check releases what it reserved, also when it fails, so the suite
+//! The checks spawn tasks, so run them inside a multi-threaded tokio
+//! runtime (`#[tokio::test(flavor = "multi_thread")]`) to exercise real
+//! parallelism. Every check releases what it reserved, also when it fails, so the suite
 //! can run against a shared server on a scratch subnet. Checks that need a
 //! zone shape the fixture does not have (a small zone to exhaust, a zone with
 //! two subnets) are reported as skipped, not passed.

@@ -5,7 +5,8 @@
 //! `rename`, `fsync` of the directory), so a crash leaves either the old or
 //! the new state, never a torn file. A file that is not an overlay pool
 //! state file (corrupt, or something else entirely) is reported and never
-//! overwritten.
+//! overwritten. One process owns a state file: the state is read at open
+//! and kept in memory (the controller runs one active replica).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,14 +2,24 @@
 //!
 //! [`overlay_core::IpamBackend`] implementations and the tools to test them:
 //!
-//! - [`memory`] and [`file`]: embedded pools (lowest free address per zone,
+//! - [`memory`] and [`file`](mod@file): embedded pools (lowest free address per zone,
 //!   configured with [`pools::PoolsConfig`]), the defaults for labs and
 //!   embedding.
+//! - [`phpipam`]: the phpIPAM REST backend.
+//! - [`config`]: `overlay-ip-config.yaml`, selecting and building a backend.
 //! - [`conformance`]: a suite of checks any backend can run in its tests.
+//! - [`check`]: the logic of `overlayctl ipam check` / `ipam conformance`.
+//! - `emulator` (feature `testing`): an in-process phpIPAM server that
+//!   reproduces the recorded behaviour of phpIPAM 1.8.
 
+pub mod check;
+pub mod config;
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod emulator;
 pub mod file;
 pub mod memory;
+pub mod phpipam;
 pub mod pools;
 
 pub use overlay_core::{IpamBackend, IpamError, Reservation};

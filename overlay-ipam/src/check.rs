@@ -1,0 +1,346 @@
+//! The logic behind `overlayctl ipam check` and `overlayctl ipam
+//! conformance`: a read-only health check of a controller configuration
+//! against its IPAM, and the conformance suite run against a real server on
+//! a scratch zone.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use overlay_core::{IpamBackend, Zone};
+
+use crate::config::{ConfigError, ControllerConfig};
+use crate::conformance::{Fixture, Outcome, Report, ZoneCapacity, run_all};
+use crate::phpipam::{Credentials, PhpIpamBackend};
+
+/// How one zone (or the whole check) fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Usable.
+    Ok,
+    /// Usable, but something deserves attention (e.g. no gateway).
+    Warning(String),
+    /// Not usable; the text says why.
+    Failed(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Ok => f.write_str("OK"),
+            Verdict::Warning(w) => write!(f, "WARNING: {w}"),
+            Verdict::Failed(e) => write!(f, "FAILED: {e}"),
+        }
+    }
+}
+
+/// One subnet or pool of a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetCheck {
+    /// phpIPAM subnet id or pool CIDR.
+    pub subnet: String,
+    /// The prefix, when known.
+    pub network: Option<String>,
+    /// The gateway, when known.
+    pub gateway: Option<IpAddr>,
+    /// Free addresses, when known.
+    pub free: Option<u64>,
+    /// What went wrong reading it.
+    pub error: Option<String>,
+}
+
+/// One zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneCheck {
+    /// The zone.
+    pub zone: String,
+    /// Its subnets, in order.
+    pub subnets: Vec<SubnetCheck>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// The result of [`check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Backend name (`phpipam`, `memory`, `file`).
+    pub backend: String,
+    /// Whether the backend could be reached and logged into.
+    pub connection: Verdict,
+    /// Per zone.
+    pub zones: Vec<ZoneCheck>,
+}
+
+impl CheckReport {
+    /// True when nothing failed (warnings allowed).
+    pub fn passed(&self) -> bool {
+        !matches!(self.connection, Verdict::Failed(_))
+            && !self
+                .zones
+                .iter()
+                .any(|z| matches!(z.verdict, Verdict::Failed(_)))
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "backend {}: {}", self.backend, self.connection)?;
+        for z in &self.zones {
+            writeln!(f, "zone {}: {}", z.zone, z.verdict)?;
+            for s in &z.subnets {
+                match &s.error {
+                    Some(e) => writeln!(f, "  subnet {}: {e}", s.subnet)?,
+                    None => writeln!(
+                        f,
+                        "  subnet {}: {} gateway {} free {}",
+                        s.subnet,
+                        s.network.as_deref().unwrap_or("?"),
+                        s.gateway.map_or("none".to_string(), |g| g.to_string()),
+                        s.free.map_or("?".to_string(), |n| n.to_string()),
+                    )?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn zone_verdict(subnets: &[SubnetCheck]) -> Verdict {
+    if let Some(s) = subnets.iter().find(|s| s.error.is_some()) {
+        return Verdict::Failed(format!(
+            "subnet {}: {}",
+            s.subnet,
+            s.error.as_deref().unwrap_or_default()
+        ));
+    }
+    let free: u64 = subnets.iter().filter_map(|s| s.free).sum();
+    if free == 0 {
+        return Verdict::Failed("no free address in any subnet".into());
+    }
+    let no_gw: Vec<&str> = subnets
+        .iter()
+        .filter(|s| s.gateway.is_none())
+        .map(|s| s.subnet.as_str())
+        .collect();
+    if !no_gw.is_empty() {
+        return Verdict::Warning(format!(
+            "subnet(s) {} have no gateway; nodes get no overlay gateway and StaticRoutes that use it fail",
+            no_gw.join(", ")
+        ));
+    }
+    Verdict::Ok
+}
+
+/// Read-only check of `config` against its IPAM: login works, every subnet
+/// exists, has a gateway, and how many addresses are free, with a verdict
+/// per zone. Nothing is reserved. `credentials` overrides the environment
+/// for phpIPAM.
+pub async fn check(
+    config: &ControllerConfig,
+    credentials: Option<Credentials>,
+) -> Result<CheckReport, ConfigError> {
+    config.validate()?;
+    if let Some(p) = &config.php_ipam {
+        // Build through the config for its error mapping, then again as
+        // the concrete type (cheap: no network yet).
+        config.build_with(credentials.clone())?;
+        let creds = match credentials {
+            Some(c) => c,
+            None => Credentials::resolve(p).map_err(|(field, problem)| ConfigError {
+                file: config.source.clone(),
+                field: format!("phpIPAM.{field}"),
+                problem,
+            })?,
+        };
+        let backend =
+            PhpIpamBackend::new(p, &config.cluster_id, creds).map_err(|e| ConfigError {
+                file: config.source.clone(),
+                field: "phpIPAM".into(),
+                problem: e.to_string(),
+            })?;
+        return Ok(check_phpipam(&backend).await);
+    }
+    let backend = config.build()?;
+    let mut zones = Vec::new();
+    let held = backend.list().await;
+    if let (Some(e), Ok(held)) = (&config.embedded, &held) {
+        for (zone, pools) in &e.zones {
+            let subnets: Vec<SubnetCheck> = pools
+                .iter()
+                .map(|p| {
+                    let name = p.cidr.to_string();
+                    let used = held.iter().filter(|r| r.subnet_id == name).count() as u128;
+                    SubnetCheck {
+                        subnet: name.clone(),
+                        network: Some(name),
+                        gateway: Some(p.effective_gateway()),
+                        free: Some(
+                            u64::try_from(p.capacity().saturating_sub(used)).unwrap_or(u64::MAX),
+                        ),
+                        error: None,
+                    }
+                })
+                .collect();
+            zones.push(ZoneCheck {
+                zone: zone.clone(),
+                verdict: zone_verdict(&subnets),
+                subnets,
+            });
+        }
+    }
+    Ok(CheckReport {
+        backend: backend.name().to_string(),
+        connection: match held {
+            Ok(_) => Verdict::Ok,
+            Err(e) => Verdict::Failed(e.to_string()),
+        },
+        zones,
+    })
+}
+
+/// [`check`] for an already built phpIPAM backend.
+pub async fn check_phpipam(backend: &PhpIpamBackend) -> CheckReport {
+    let connection = match backend.check_login().await {
+        Ok(()) => Verdict::Ok,
+        Err(e) => Verdict::Failed(e.to_string()),
+    };
+    let mut zones = Vec::new();
+    if connection == Verdict::Ok {
+        for (zone, ids) in backend.zones() {
+            let mut subnets = Vec::new();
+            for &id in ids {
+                let mut s = SubnetCheck {
+                    subnet: id.to_string(),
+                    network: None,
+                    gateway: None,
+                    free: None,
+                    error: None,
+                };
+                match backend.subnet_info(id).await {
+                    Ok(info) => {
+                        s.network = Some(info.network.to_string());
+                        s.gateway = info.gateway;
+                        match backend.subnet_free(id).await {
+                            Ok(n) => s.free = Some(n),
+                            Err(e) => s.error = Some(e.to_string()),
+                        }
+                    }
+                    Err(e) => s.error = Some(e.to_string()),
+                }
+                subnets.push(s);
+            }
+            zones.push(ZoneCheck {
+                zone: zone.to_string(),
+                verdict: zone_verdict(&subnets),
+                subnets,
+            });
+        }
+    }
+    CheckReport {
+        backend: "phpipam".into(),
+        connection,
+        zones,
+    }
+}
+
+/// Runs the conformance suite against the IPAM of `config`, in `zone` only
+/// (which should hold scratch subnets: the suite fills them to test
+/// exhaustion). Owners use a fresh cluster id (`overlay-conformance-<unix
+/// time>`), so nothing of a real cluster is touched. `notice` is called
+/// with what is about to happen before anything is reserved. Every check
+/// releases what it reserved, also on failure, and a final sweep releases
+/// anything left with the suite's cluster id.
+pub async fn conformance(
+    config: &ControllerConfig,
+    zone: &str,
+    credentials: Option<Credentials>,
+    mut notice: impl FnMut(&str),
+) -> Result<Report, ConfigError> {
+    let zone_err = |problem: String| ConfigError {
+        file: config.source.clone(),
+        field: "--zone".into(),
+        problem,
+    };
+    let z = Zone::parse("zone", zone).map_err(|e| zone_err(e.to_string()))?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut scratch = config.clone();
+    scratch.cluster_id = format!("overlay-conformance-{stamp}");
+    let health = check(&scratch, credentials.clone()).await?;
+    if let Verdict::Failed(e) = &health.connection {
+        return Err(zone_err(format!("cannot reach the IPAM: {e}")));
+    }
+    let Some(zc) = health.zones.iter().find(|c| c.zone == zone) else {
+        return Err(zone_err(format!(
+            "zone {zone:?} is not configured; configured zones: {}",
+            health
+                .zones
+                .iter()
+                .map(|c| c.zone.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    if let Verdict::Failed(e) = &zc.verdict {
+        return Err(zone_err(format!("zone {zone} is not usable: {e}")));
+    }
+    let free: Vec<usize> = zc
+        .subnets
+        .iter()
+        .map(|s| usize::try_from(s.free.unwrap_or(0)).unwrap_or(usize::MAX))
+        .collect();
+    notice(&format!(
+        "conformance: will reserve and release addresses in zone {zone} (subnets {}, {} free) as cluster id {}; everything created is removed afterwards",
+        zc.subnets
+            .iter()
+            .map(|s| s.subnet.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        free.iter().sum::<usize>(),
+        scratch.cluster_id
+    ));
+    let backend: Arc<dyn IpamBackend> = scratch.build_with(credentials)?;
+    let fixture =
+        Fixture::new(backend.clone(), scratch.cluster_id.clone()).with_zone(ZoneCapacity {
+            zone: z,
+            subnets: free,
+        });
+    let mut report = run_all(&fixture).await;
+    // Safety net: anything still held by the suite's owners goes.
+    let leftover = match backend.list().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|r| r.owner.cluster == scratch.cluster_id)
+            .collect(),
+        Err(e) => {
+            report.checks.push((
+                "cleanup".into(),
+                Outcome::Failed(format!("list for cleanup: {e}")),
+            ));
+            Vec::new()
+        }
+    };
+    let mut failed = Vec::new();
+    for r in &leftover {
+        if let Err(e) = backend.release(r).await {
+            failed.push(format!("{}: {e}", r.address));
+        }
+    }
+    if !leftover.is_empty() {
+        report.checks.push((
+            "cleanup".into(),
+            if failed.is_empty() {
+                Outcome::Failed(format!(
+                    "{} reservation(s) were left behind by the checks (now released)",
+                    leftover.len()
+                ))
+            } else {
+                Outcome::Failed(format!("could not release: {}", failed.join("; ")))
+            },
+        ));
+    }
+    Ok(report)
+}

@@ -1,0 +1,346 @@
+//! The controller's IPAM configuration file, `overlay-ip-config.yaml`, and
+//! building the backend it selects.
+//!
+//! The original file keeps working unchanged:
+//!
+//! ```yaml
+//! phpIPAM:
+//!   url: http://phpipam
+//!   appID: iks
+//!   subnetMap:
+//!     dal10: [7]
+//! ```
+//!
+//! Embedded pools instead of phpIPAM (in memory, or persisted with
+//! `stateFile`):
+//!
+//! ```yaml
+//! clusterId: lab
+//! embedded:
+//!   stateFile: /var/lib/overlay/ipam.json   # optional
+//!   zones:
+//!     dal10:
+//!       - cidr: 192.0.2.0/24
+//!         gateway: 192.0.2.1                 # optional, default first host
+//!         reserved: [192.0.2.10]             # optional
+//! ```
+//!
+//! `clusterId` (default `default`) goes into the owner marker of every
+//! reservation; give each cluster sharing one phpIPAM its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use overlay_core::{IpamBackend, IpamError};
+use serde::{Deserialize, Serialize};
+
+use crate::file::FileBackend;
+use crate::memory::MemoryBackend;
+use crate::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig};
+use crate::pools::{PoolConfig, PoolsConfig};
+
+/// The default cluster id when the file sets none.
+pub const DEFAULT_CLUSTER_ID: &str = "default";
+
+/// The default name of the configuration file.
+pub const DEFAULT_FILE: &str = "overlay-ip-config.yaml";
+
+fn default_cluster() -> String {
+    DEFAULT_CLUSTER_ID.to_string()
+}
+
+/// A problem with the configuration: which file, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {field}: {problem}")]
+pub struct ConfigError {
+    /// The file (or `<inline>`).
+    pub file: String,
+    /// Dotted path of the field (`phpIPAM.subnetMap.dal10[0]`), or `(file)`
+    /// when the file as a whole is unreadable.
+    pub field: String,
+    /// What is wrong and, where possible, what to do.
+    pub problem: String,
+}
+
+/// The `embedded:` section: in-memory pools, or file-backed ones with
+/// `stateFile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Where to persist reservations; absent = in memory only.
+    #[serde(rename = "stateFile", default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+    /// Zone → pools, tried in order.
+    pub zones: BTreeMap<String, Vec<PoolConfig>>,
+}
+
+impl EmbeddedConfig {
+    /// The pools as a [`PoolsConfig`].
+    pub fn pools(&self) -> PoolsConfig {
+        PoolsConfig {
+            zones: self.zones.clone(),
+        }
+    }
+}
+
+/// `overlay-ip-config.yaml`: exactly one of `phpIPAM` and `embedded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// This cluster's id, written into owner markers.
+    #[serde(rename = "clusterId", default = "default_cluster")]
+    pub cluster_id: String,
+    /// phpIPAM backend.
+    #[serde(rename = "phpIPAM", default, skip_serializing_if = "Option::is_none")]
+    pub php_ipam: Option<PhpIpamConfig>,
+    /// Embedded pools backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedConfig>,
+    /// Where the configuration came from (for error messages).
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// Splits serde_yaml's "path: message" into field and problem.
+fn split_yaml_error(msg: &str) -> (String, String) {
+    if let Some((path, rest)) = msg.split_once(": ")
+        && !path.is_empty()
+        && !path.contains(' ')
+    {
+        return (path.to_string(), rest.to_string());
+    }
+    ("(file)".to_string(), msg.to_string())
+}
+
+impl ControllerConfig {
+    /// A configuration for the phpIPAM backend.
+    pub fn php_ipam(cluster_id: impl Into<String>, config: PhpIpamConfig) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            php_ipam: Some(config),
+            embedded: None,
+            source: "<inline>".into(),
+        }
+    }
+
+    /// A configuration for embedded pools (file-backed with `state_file`).
+    pub fn embedded(
+        cluster_id: impl Into<String>,
+        pools: PoolsConfig,
+        state_file: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            php_ipam: None,
+            embedded: Some(EmbeddedConfig {
+                state_file,
+                zones: pools.zones,
+            }),
+            source: "<inline>".into(),
+        }
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn from_yaml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut cfg: ControllerConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (field, problem) = split_yaml_error(&e.to_string());
+            ConfigError {
+                file: file.to_string(),
+                field,
+                problem,
+            }
+        })?;
+        cfg.source = file.to_string();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::from_yaml(&file, &text)
+    }
+
+    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Checks the configuration without touching the network or files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster_id;
+        if c.is_empty() || c.contains('/') || c.contains(char::is_whitespace) {
+            return Err(self.err(
+                "clusterId",
+                format!("{c:?} must be non-empty, without '/' or whitespace"),
+            ));
+        }
+        match (&self.php_ipam, &self.embedded) {
+            (Some(p), None) => p
+                .validate()
+                .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem)),
+            (None, Some(e)) => e
+                .pools()
+                .validate()
+                .map_err(|pe| self.err(format!("embedded.{}", pe.field), pe.problem)),
+            (Some(_), Some(_)) => Err(self.err(
+                "phpIPAM/embedded",
+                "both are set; configure exactly one IPAM backend",
+            )),
+            (None, None) => Err(self.err(
+                "phpIPAM/embedded",
+                "no IPAM backend configured; add a phpIPAM: or an embedded: section",
+            )),
+        }
+    }
+
+    /// Builds the configured backend. phpIPAM credentials come from the
+    /// environment or the files the section names (see
+    /// [`Credentials::resolve`]).
+    pub fn build(&self) -> Result<Arc<dyn IpamBackend>, ConfigError> {
+        self.build_with(None)
+    }
+
+    /// Builds the configured backend; `credentials` (when given) are used
+    /// for phpIPAM instead of the environment.
+    pub fn build_with(
+        &self,
+        credentials: Option<Credentials>,
+    ) -> Result<Arc<dyn IpamBackend>, ConfigError> {
+        self.validate()?;
+        let from_ipam = |section: &str, e: IpamError| -> ConfigError {
+            match e {
+                IpamError::Invalid(p) => {
+                    let field = if p.field.starts_with(section) || p.field == "clusterId" {
+                        p.field
+                    } else {
+                        format!("{section}.{}", p.field)
+                    };
+                    self.err(field, p.reason)
+                }
+                other => self.err(section, other.to_string()),
+            }
+        };
+        if let Some(p) = &self.php_ipam {
+            let creds = match credentials {
+                Some(c) => c,
+                None => Credentials::resolve(p)
+                    .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?,
+            };
+            let backend = PhpIpamBackend::new(p, &self.cluster_id, creds)
+                .map_err(|e| from_ipam("phpIPAM", e))?;
+            return Ok(Arc::new(backend));
+        }
+        if let Some(e) = &self.embedded {
+            let pools = e.pools();
+            return match &e.state_file {
+                Some(path) => Ok(Arc::new(
+                    FileBackend::open(path, &pools)
+                        .map_err(|err| self.err("embedded.stateFile", err.to_string()))?,
+                )),
+                None => Ok(Arc::new(
+                    MemoryBackend::new(&pools).map_err(|err| from_ipam("embedded", err))?,
+                )),
+            };
+        }
+        Err(self.err("phpIPAM/embedded", "no IPAM backend configured"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_file_parses_unchanged() {
+        let text = "phpIPAM:\n  url: http://phpipam\n  appID: iks\n  subnetMap:\n    dal10: [7]\n";
+        let cfg = ControllerConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
+        let p = cfg.php_ipam.as_ref().unwrap();
+        assert_eq!(p.url, "http://phpipam");
+        assert_eq!(p.app_id, "iks");
+        assert_eq!(p.subnet_map["dal10"], vec![7]);
+        assert!(!p.insecure_skip_tls_verify);
+        assert_eq!(cfg.cluster_id, "default");
+        let flow = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, insecureSkipTLSVerify: true}";
+        let cfg = ControllerConfig::from_yaml("f", flow).unwrap();
+        assert!(cfg.php_ipam.unwrap().insecure_skip_tls_verify);
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let typo = "phpIPAM:\n  url: http://phpipam\n  appId: iks\n  subnetMap: {dal10: [7]}\n";
+        let e = ControllerConfig::from_yaml("cfg.yaml", typo).unwrap_err();
+        assert_eq!(e.file, "cfg.yaml");
+        assert_eq!(e.field, "phpIPAM");
+        assert!(e.problem.contains("unknown field `appId`"), "{e}");
+
+        let bad_url = "phpIPAM: {url: phpipam, appID: iks, subnetMap: {dal10: [7]}}";
+        let e = ControllerConfig::from_yaml("cfg.yaml", bad_url).unwrap_err();
+        assert_eq!(e.field, "phpIPAM.url");
+        assert!(e.to_string().starts_with("cfg.yaml: phpIPAM.url: "), "{e}");
+
+        let empty_zone = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: []}}";
+        let e = ControllerConfig::from_yaml("cfg.yaml", empty_zone).unwrap_err();
+        assert_eq!(e.field, "phpIPAM.subnetMap.dal10");
+
+        let bad_id = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [seven]}}";
+        let e = ControllerConfig::from_yaml("cfg.yaml", bad_id).unwrap_err();
+        assert!(e.field.starts_with("phpIPAM.subnetMap.dal10"), "{e}");
+
+        let both = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}}\nembedded: {zones: {dal10: [{cidr: 192.0.2.0/24}]}}";
+        let e = ControllerConfig::from_yaml("cfg.yaml", both).unwrap_err();
+        assert!(e.problem.contains("exactly one"), "{e}");
+
+        let none = "clusterId: x\n";
+        assert!(ControllerConfig::from_yaml("cfg.yaml", none).is_err());
+
+        let gw = "embedded: {zones: {dal10: [{cidr: 192.0.2.0/24, gateway: 198.51.100.1}]}}";
+        let e = ControllerConfig::from_yaml("cfg.yaml", gw).unwrap_err();
+        assert_eq!(e.field, "embedded.zones.dal10[0].gateway");
+
+        let e =
+            ControllerConfig::load(Path::new("/nonexistent/overlay-ip-config.yaml")).unwrap_err();
+        assert_eq!(e.field, "(file)");
+    }
+
+    #[test]
+    fn missing_credentials_are_named() {
+        let cfg = ControllerConfig::from_yaml(
+            "cfg.yaml",
+            "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, usernameFile: /nonexistent/u, passwordFile: /nonexistent/p}",
+        )
+        .unwrap();
+        // With the env vars unset this reads the files, which are missing.
+        if std::env::var("PHPIPAM_USERNAME").is_err() && std::env::var("PHPIPAM_APP_CODE").is_err()
+        {
+            let e = cfg.build().err().unwrap();
+            assert_eq!(e.field, "phpIPAM.usernameFile");
+        }
+    }
+
+    #[test]
+    fn builds_embedded_backends() {
+        let mem = ControllerConfig::from_yaml(
+            "cfg.yaml",
+            "clusterId: lab\nembedded:\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
+        )
+        .unwrap();
+        assert_eq!(mem.build().unwrap().name(), "memory");
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "embedded:\n  stateFile: {}\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
+            dir.path().join("state.json").display()
+        );
+        let file = ControllerConfig::from_yaml("cfg.yaml", &text).unwrap();
+        assert_eq!(file.build().unwrap().name(), "file");
+    }
+}
