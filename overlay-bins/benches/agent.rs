@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use overlay_core::agent::{Agent, AgentConfig};
 use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::metrics::AgentMetrics;
-use overlay_core::{FINALIZER, GatewayChoice, LabelSelector, NodeInfo, OverlayIpRecord, RouteState, StaticRouteSpecModel};
+use overlay_core::{
+    FINALIZER, GatewayChoice, LabelSelector, NodeInfo, OverlayIpRecord, RouteState,
+    StaticRouteSpecModel,
+};
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::Netns;
 
@@ -25,7 +28,11 @@ const ROUTES: usize = 1000;
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -43,7 +50,11 @@ fn main() {
     if !overlay_testbed::privileged("bench agent") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(bench());
 }
 
@@ -53,8 +64,13 @@ async fn bench() {
     node.add_veth("eth0", &gw, "gw0").unwrap();
     node.add_addr("eth0", "198.51.100.10/24").unwrap();
     let nodes = MemoryNodes::new();
-    let labels: BTreeMap<String, String> = [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();
-    nodes.upsert(NodeInfo::from_labels("n1", labels, vec!["198.51.100.10".parse().unwrap()]));
+    let labels: BTreeMap<String, String> =
+        [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();
+    nodes.upsert(NodeInfo::from_labels(
+        "n1",
+        labels,
+        vec!["198.51.100.10".parse().unwrap()],
+    ));
     let ips = MemoryOverlayIps::new();
     ips.insert(OverlayIpRecord {
         name: "n1".into(),
@@ -65,7 +81,9 @@ async fn bench() {
     });
     let routes = MemoryStaticRoutes::new();
     let make_agent = || async {
-        let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(node.path())).await.unwrap();
+        let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(node.path()))
+            .await
+            .unwrap();
         Arc::new(Agent::new(
             AgentConfig::new("n1").unwrap(),
             Arc::new(p),
@@ -82,13 +100,23 @@ async fn bench() {
     let mut exec_ms = Vec::new();
     for i in 0..n_exec {
         let t = Instant::now();
-        node.ip(&["route", "replace", &format!("198.19.{}.0/24", i), "via", "198.51.100.1"]).unwrap();
+        node.ip(&[
+            "route",
+            "replace",
+            &format!("198.19.{}.0/24", i),
+            "via",
+            "198.51.100.1",
+        ])
+        .unwrap();
         exec_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let exec_p50 = percentile(&mut exec_ms, 0.5);
-    println!("baseline: one `ip route replace` process per route: p50 {exec_p50:.2} ms over {n_exec}");
+    println!(
+        "baseline: one `ip route replace` process per route: p50 {exec_p50:.2} ms over {n_exec}"
+    );
     for i in 0..n_exec {
-        node.ip(&["route", "del", &format!("198.19.{}.0/24", i)]).unwrap();
+        node.ip(&["route", "del", &format!("198.19.{}.0/24", i)])
+            .unwrap();
     }
 
     let agent = make_agent().await;
@@ -97,15 +125,20 @@ async fn bench() {
     for i in 0..ROUTES {
         let name = format!("r{i}");
         let t = Instant::now();
-        routes.apply(&name, Ok(StaticRouteSpecModel {
-            subnet: subnet(i).parse().unwrap(),
-            gateway: GatewayChoice::Overlay,
-            table: None,
-            metric: None,
-            selector: LabelSelector::default(),
-        }));
+        routes.apply(
+            &name,
+            Ok(StaticRouteSpecModel {
+                subnet: subnet(i).parse().unwrap(),
+                gateway: GatewayChoice::Overlay,
+                table: None,
+                metric: None,
+                selector: LabelSelector::default(),
+            }),
+        );
         loop {
-            let applied = routes.get(&name).is_some_and(|r| r.node_status.iter().any(|e| e.state == RouteState::Applied));
+            let applied = routes
+                .get(&name)
+                .is_some_and(|r| r.node_status.iter().any(|e| e.state == RouteState::Applied));
             if applied {
                 break;
             }
@@ -119,11 +152,18 @@ async fn bench() {
             println!("{} routes applied; last latency {:.2} ms", i + 1, lat[i]);
         }
     }
-    let kernel_routes = node.routes(&[]).unwrap().iter().filter(|l| l.starts_with("198.18.")).count();
+    let kernel_routes = node
+        .routes(&[])
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("198.18."))
+        .count();
     assert_eq!(kernel_routes, ROUTES, "every route in the kernel");
     let p50 = percentile(&mut lat.clone(), 0.5);
     let p99 = percentile(&mut lat, 0.99);
-    println!("StaticRoute -> kernel route: p50 {p50:.2} ms, p99 {p99:.2} ms ({ROUTES} routes, one at a time)");
+    println!(
+        "StaticRoute -> kernel route: p50 {p50:.2} ms, p99 {p99:.2} ms ({ROUTES} routes, one at a time)"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss = rss_mib();
     println!("steady-state RSS of the process running the agent: {rss:.1} MiB");
@@ -137,8 +177,16 @@ async fn bench() {
     let report = agent2.reconcile().await.unwrap();
     let restart_ms = t.elapsed().as_secs_f64() * 1e3;
     let deletions = report.apply.routes_removed.len();
-    let after = node.routes(&[]).unwrap().iter().filter(|l| l.starts_with("198.18.")).count();
-    println!("restart to converged: {restart_ms:.1} ms, kernel writes {}, route deletions {deletions}, routes in kernel {after}", report.apply.kernel_writes);
+    let after = node
+        .routes(&[])
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("198.18."))
+        .count();
+    println!(
+        "restart to converged: {restart_ms:.1} ms, kernel writes {}, route deletions {deletions}, routes in kernel {after}",
+        report.apply.kernel_writes
+    );
     println!(
         "BENCH agent routes={ROUTES} route_latency_p50_ms={p50:.2} route_latency_p99_ms={p99:.2} exec_p50_ms={exec_p50:.2} ratio_vs_exec={:.1} restart_converge_ms={restart_ms:.1} restart_route_deletions={deletions} rss_mib={rss:.1}",
         exec_p50 / p50

@@ -1,0 +1,99 @@
+//! The binaries as a user meets them: `--help` names every flag and
+//! environment variable, and a bad config stops the controller at start with
+//! one message naming the file, the field and the problem.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+
+fn help(bin: &str) -> String {
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn controller_help_documents_every_flag_and_variable() {
+    let h = help(env!("CARGO_BIN_EXE_overlay-controller"));
+    for needle in [
+        "--config",
+        "OVERLAY_CONFIG",
+        "--cluster-id",
+        "CLUSTER_ID",
+        "--dry-run",
+        "DRY_RUN",
+        "--metrics-addr",
+        "METRICS_ADDR",
+        "--concurrency",
+        "--resync-seconds",
+        "--no-leader-elect",
+        "--lease-name",
+        "POD_NAMESPACE",
+        "POD_NAME",
+        "--kubeconfig",
+        "KUBECONFIG",
+        "PHPIPAM_USERNAME",
+        "PHPIPAM_PASSWORD",
+        "--log-format",
+    ] {
+        assert!(h.contains(needle), "--help lacks {needle}:\n{h}");
+    }
+}
+
+#[test]
+fn agent_help_documents_every_flag_and_variable() {
+    let h = help(env!("CARGO_BIN_EXE_overlay-agent"));
+    for needle in [
+        "NODE_NAME",
+        "NODE_HOSTNAME",
+        "INTERFACE",
+        "INTERFACE_LABEL",
+        "PROTECTED_SUBNETS",
+        "STATIC_ROUTES_CONFIGMAP",
+        "STATIC_ROUTES_FILE",
+        "LEGACY_GATEWAY_FROM",
+        "NO_STATIC_ROUTES",
+        "ROUTE_PROTOCOL",
+        "METRICS_ADDR",
+        "RESYNC_SECONDS",
+        "KUBECONFIG",
+        "LOG_FORMAT",
+    ] {
+        assert!(h.contains(needle), "--help lacks {needle}:\n{h}");
+    }
+}
+
+#[test]
+fn a_bad_config_exits_at_start_naming_file_field_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlay-ip-config.yaml");
+    std::fs::write(
+        &path,
+        "phpIPAM:\n  url: http://phpipam\n  appID: iks\n  subnetMap:\n    dal10: [seven]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_overlay-controller"))
+        .args(["--config", path.to_str().unwrap(), "--metrics-addr", "off"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    assert!(err.contains("subnetMap"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("invalid configuration"))
+            .count(),
+        1,
+        "{err}"
+    );
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_overlay-controller"))
+        .args(["--config", "/nonexistent/overlay-ip-config.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/overlay-ip-config.yaml")
+    );
+}
