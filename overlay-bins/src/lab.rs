@@ -224,14 +224,22 @@ pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String>
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let nodes = (0..opts.nodes)
+    let nodes = plan_nodes(opts.nodes, &zones);
+    Ok((zones, nodes))
+}
+
+/// `n` nodes spread round-robin over `zones`, InternalIPs on the VLAN.
+fn plan_nodes(n: usize, zones: &[ZonePlan]) -> Vec<NodePlan> {
+    (0..n)
         .map(|i| NodePlan {
             name: format!("node-{}", i + 1),
-            zone: zones[i % zones.len()].zone.clone(),
+            zone: zones
+                .get(i % zones.len().max(1))
+                .map(|z| z.zone.clone())
+                .unwrap_or_default(),
             ip: format!("198.51.100.{}", 10 + i),
         })
-        .collect();
-    Ok((zones, nodes))
+        .collect()
 }
 
 /// The plan as text (for `--dry-run`).
@@ -428,11 +436,15 @@ fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteSp
     ))
 }
 
-/// Builds the IPAM the options ask for.
+/// What keeps an IPAM's helpers (the emulator's server) alive.
+pub type KeepAlive = Option<Box<dyn std::any::Any + Send>>;
+
+/// Builds the IPAM the options ask for, for `zones`.
 pub async fn ipam_for(
     opts: &LabOptions,
     zones: &[ZonePlan],
-) -> Result<(Arc<dyn IpamBackend>, Option<Box<dyn std::any::Any + Send>>), String> {
+) -> Result<(Arc<dyn IpamBackend>, KeepAlive), String> {
+    use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
     match opts.ipam {
         IpamChoice::Embedded => {
             let mut cfg = overlay_ipam::pools::PoolsConfig::new();
@@ -445,21 +457,128 @@ pub async fn ipam_for(
             let b = overlay_ipam::memory::MemoryBackend::new(&cfg).map_err(|e| e.to_string())?;
             Ok((Arc::new(b), None))
         }
-        other => Err(format!("--ipam {other:?} is not available in this build")),
+        IpamChoice::Emulator => {
+            use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
+            let mut ecfg = EmulatorConfig::default();
+            ecfg.subnets.clear();
+            let mut pcfg = PhpIpamConfig::new(String::new(), "overlay");
+            for (i, z) in zones.iter().enumerate() {
+                let (IpAddr::V4(network), IpAddr::V4(gateway)) =
+                    (z.subnet.network().network(), z.gateway)
+                else {
+                    return Err("the emulator serves IPv4 subnets only".into());
+                };
+                let id = i as u64 + 1;
+                ecfg.subnets.push(SubnetSpec {
+                    id,
+                    network,
+                    mask: z.subnet.prefix(),
+                    description: format!("lab {}", z.zone),
+                    gateway: Some(gateway),
+                });
+                pcfg = pcfg.with_zone(z.zone.clone(), [id]);
+            }
+            let (user, password) = ecfg.users.first().cloned().ok_or("emulator has no user")?;
+            let emu = Emulator::start(ecfg)
+                .await
+                .map_err(|e| format!("starting the phpIPAM emulator: {e}"))?;
+            pcfg.url = emu.url();
+            progress(&format!("phpIPAM emulator listening on {}", emu.url()));
+            let creds = Credentials::User {
+                username: user,
+                password: Secret::new(&password),
+            };
+            let b = PhpIpamBackend::new(&pcfg, "lab", creds).map_err(|e| e.to_string())?;
+            Ok((Arc::new(b), Some(Box::new(emu))))
+        }
+        IpamChoice::Phpipam => {
+            let cfg = phpipam_config(opts)?;
+            cfg.build().map(|b| (b, None)).map_err(|e| e.to_string())
+        }
     }
+}
+
+fn phpipam_config(opts: &LabOptions) -> Result<overlay_ipam::config::ControllerConfig, String> {
+    let path = opts
+        .ipam_config
+        .as_ref()
+        .ok_or("--ipam phpipam needs --ipam-config FILE (an overlay-ip-config.yaml with a phpIPAM: section)")?;
+    let cfg = overlay_ipam::config::ControllerConfig::load(path).map_err(|e| e.to_string())?;
+    if cfg.php_ipam.is_none() {
+        return Err(format!(
+            "{}: phpIPAM: the lab's --ipam phpipam needs a phpIPAM: section",
+            path.display()
+        ));
+    }
+    Ok(cfg)
+}
+
+/// The zones of a real phpIPAM: each zone's first subnet, with the prefix
+/// and gateway phpIPAM reports (read-only check, nothing reserved).
+async fn phpipam_zones(opts: &LabOptions) -> Result<Vec<ZonePlan>, String> {
+    let cfg = phpipam_config(opts)?;
+    let report = overlay_ipam::check::check(&cfg, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut zones = Vec::new();
+    for z in &report.zones {
+        let Some(s) = z
+            .subnets
+            .iter()
+            .find(|s| s.network.is_some() && s.gateway.is_some())
+        else {
+            return Err(format!(
+                "zone {}: no subnet with a prefix and a gateway in phpIPAM; `overlayctl ipam check --config FILE` says why",
+                z.zone
+            ));
+        };
+        let network = s.network.as_deref().unwrap_or_default();
+        zones.push(ZonePlan {
+            zone: z.zone.clone(),
+            subnet: Cidr::parse("phpIPAM subnet", network).map_err(|e| e.to_string())?,
+            gateway: s.gateway.ok_or("gateway")?,
+        });
+    }
+    if zones.is_empty() {
+        return Err("the phpIPAM config has no zones".into());
+    }
+    Ok(zones)
 }
 
 /// Runs the lab and returns its report. Namespaces are removed when this
 /// returns (unless `keep`), also on error or panic.
 pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
     check_privileges()?;
-    let (zones, node_plan) = plan(opts)?;
+    let (mut zones, mut node_plan) = plan(opts)?;
+    let mut policy = AddressPolicy::Documentation;
+    if opts.ipam == IpamChoice::Phpipam && !opts.legacy {
+        // The zones and their gateways follow the subnets phpIPAM reports;
+        // those may be any range, always inside the lab's own namespaces.
+        zones = phpipam_zones(opts).await?;
+        node_plan = plan_nodes(opts.nodes, &zones);
+        policy = AddressPolicy::Any;
+        for z in &zones {
+            for (what, net) in [
+                ("on-prem subnet", ONPREM_SUBNET),
+                ("lab VLAN", "198.51.100.0/24"),
+                ("private network", PRIVATE_NETWORK),
+            ] {
+                let net = Cidr::parse("lab", net).map_err(|e| e.to_string())?;
+                if z.subnet.overlaps(&net) {
+                    return Err(format!(
+                        "zone {}: phpIPAM subnet {} overlaps the lab's {what} {net}; use a subnet outside it",
+                        z.zone, z.subnet
+                    ));
+                }
+            }
+        }
+    }
     progress(&format!(
         "building {} nodes in {} zones, a gateway and an on-prem host",
         node_plan.len(),
         zones.len()
     ));
-    let mut topo = Topology::build(&zones, &node_plan, AddressPolicy::Documentation)?;
+    let mut topo = Topology::build(&zones, &node_plan, policy)?;
     let result = tokio::select! {
         r = run_in(opts, &zones, &topo) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted; removing the lab".into()),

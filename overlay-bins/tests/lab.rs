@@ -3,7 +3,8 @@
 //! nothing of the lab is left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use overlay_bins::lab::{LabOptions, Scenario, run};
+use overlay_bins::lab::{IpamChoice, LabOptions, Scenario, run};
+use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
 use overlay_testbed::{own_namespaces, privileged};
 
 async fn lab_passes(opts: LabOptions) -> overlay_bins::lab::LabReport {
@@ -64,6 +65,49 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
     assert!(
         r.rows.iter().all(|x| x.gateway == "198.51.100.1"),
         "legacy routes use the discovered private gateway"
+    );
+    assert_nothing_left();
+
+    let r = lab_passes(LabOptions {
+        ipam: IpamChoice::Emulator,
+        ..Default::default()
+    })
+    .await;
+    assert!(r.rows.iter().all(|x| x.address.starts_with("192.0.2.")));
+    assert_nothing_left();
+
+    // --ipam phpipam against a phpIPAM server (the emulator standing in):
+    // zones, subnets and gateways come from what phpIPAM reports.
+    let mut ecfg = EmulatorConfig::default();
+    ecfg.subnets = vec![SubnetSpec {
+        id: 42,
+        network: "198.19.250.0".parse().unwrap(),
+        mask: 26,
+        description: "lab scratch".into(),
+        gateway: Some("198.19.250.1".parse().unwrap()),
+    }];
+    let (user, password) = ecfg.users[0].clone();
+    let emu = Emulator::start(ecfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("user"), user).unwrap();
+    std::fs::write(dir.path().join("pass"), password).unwrap();
+    let cfg = dir.path().join("overlay-ip-config.yaml");
+    std::fs::write(&cfg, format!(
+        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {{wdc04: [42]}}\n  usernameFile: {}\n  passwordFile: {}\n",
+        emu.url(), dir.path().join("user").display(), dir.path().join("pass").display())).unwrap();
+    let r = lab_passes(LabOptions {
+        ipam: IpamChoice::Phpipam,
+        ipam_config: Some(cfg),
+        nodes: 2,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        r.rows.iter().all(|x| x.zone == "wdc04"
+            && x.gateway == "198.19.250.1"
+            && x.address.ends_with("/26")),
+        "{}",
+        r.table()
     );
     assert_nothing_left();
 
