@@ -459,8 +459,10 @@ pub async fn ipam_for(
         }
         IpamChoice::Emulator => {
             use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
-            let mut ecfg = EmulatorConfig::default();
-            ecfg.subnets.clear();
+            let mut ecfg = EmulatorConfig {
+                subnets: Vec::new(),
+                ..Default::default()
+            };
             let mut pcfg = PhpIpamConfig::new(String::new(), "overlay");
             for (i, z) in zones.iter().enumerate() {
                 let (IpAddr::V4(network), IpAddr::V4(gateway)) =

@@ -78,14 +78,16 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
 
     // --ipam phpipam against a phpIPAM server (the emulator standing in):
     // zones, subnets and gateways come from what phpIPAM reports.
-    let mut ecfg = EmulatorConfig::default();
-    ecfg.subnets = vec![SubnetSpec {
-        id: 42,
-        network: "198.19.250.0".parse().unwrap(),
-        mask: 26,
-        description: "lab scratch".into(),
-        gateway: Some("198.19.250.1".parse().unwrap()),
-    }];
+    let ecfg = EmulatorConfig {
+        subnets: vec![SubnetSpec {
+            id: 42,
+            network: "198.19.250.0".parse().unwrap(),
+            mask: 26,
+            description: "lab scratch".into(),
+            gateway: Some("198.19.250.1".parse().unwrap()),
+        }],
+        ..Default::default()
+    };
     let (user, password) = ecfg.users[0].clone();
     let emu = Emulator::start(ecfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
