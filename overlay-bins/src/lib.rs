@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod lab;
+pub mod status;
 
 use axum::Router;
 use axum::http::{StatusCode, header};

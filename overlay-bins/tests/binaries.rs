@@ -97,3 +97,76 @@ fn a_bad_config_exits_at_start_naming_file_field_and_problem() {
         String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/overlay-ip-config.yaml")
     );
 }
+
+#[test]
+fn check_config_prints_the_parsed_original_config_or_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("overlay-ip-config.yaml");
+    std::fs::write(
+        &good,
+        "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("valid")
+            && text.contains("zone dal10: subnets 7")
+            && text.contains("http://phpipam"),
+        "{text}"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "embedded:\n  zones:\n    dal10:\n      - {cidr: 192.0.2.1/24}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("embedded.zones.dal10"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
+    use overlay_ipam::emulator::{Emulator, EmulatorConfig};
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let (user, pass) = EmulatorConfig::default().users[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("u"), user).unwrap();
+    std::fs::write(dir.path().join("p"), pass).unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, format!(
+        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {{dal10: [1], dal12: [999]}}\n  usernameFile: {}\n  passwordFile: {}\n",
+        emu.url(), dir.path().join("u").display(), dir.path().join("p").display())).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["ipam", "check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dal10") && text.contains("dal12"), "{text}");
+    assert!(
+        text.contains("192.0.2.1"),
+        "gateway of subnet 1 shown: {text}"
+    );
+    assert!(
+        !out.status.success(),
+        "subnet 999 does not exist, so the check fails: {text}"
+    );
+}

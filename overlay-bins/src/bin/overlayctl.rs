@@ -27,10 +27,53 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Show every node's overlay IP, gateway, zone and Configured condition,
+    /// and every StaticRoute's per-node state (KUBECONFIG or in-cluster).
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: overlay_bins::status::Output,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Validate a controller config (overlay-ip-config.yaml) offline: print
+    /// what it configures, or exactly what is wrong (file, field, problem).
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Work with the IPAM a controller config points at.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IpamCmd {
+    /// Read-only check against the real IPAM: login works, every subnet
+    /// exists, has a gateway, and how many addresses are free; a verdict per
+    /// zone. Credentials: PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or the files).
+    Check {
+        /// The controller config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the IPAM conformance suite against the real server, in one zone
+    /// whose subnets are scratch space: it reserves and releases addresses
+    /// there (and fills them to test exhaustion), then removes everything it
+    /// created, also on failure.
+    Conformance {
+        /// The controller config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The scratch zone.
+        #[arg(long)]
+        zone: String,
     },
 }
 
@@ -103,6 +146,50 @@ fn lab(args: LabArgs) -> Result<(), String> {
     }
 }
 
+/// What a valid controller config configures, for `check-config`.
+fn describe_config(cfg: &overlay_ipam::config::ControllerConfig) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: valid", cfg.source);
+    let _ = writeln!(s, "cluster id: {}", cfg.cluster_id);
+    if let Some(p) = &cfg.php_ipam {
+        let _ = writeln!(
+            s,
+            "IPAM: phpIPAM at {} (app {}){}",
+            p.url,
+            p.app_id,
+            if p.insecure_skip_tls_verify {
+                ", TLS verification OFF"
+            } else {
+                ""
+            }
+        );
+        for (zone, subnets) in &p.subnet_map {
+            let ids: Vec<String> = subnets.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                s,
+                "  zone {zone}: subnets {} (tried in order)",
+                ids.join(", ")
+            );
+        }
+    }
+    if let Some(e) = &cfg.embedded {
+        let _ = writeln!(
+            s,
+            "IPAM: embedded pools{}",
+            match &e.state_file {
+                Some(f) => format!(", state in {}", f.display()),
+                None => " (in memory)".into(),
+            }
+        );
+        for (zone, pools) in &e.zones {
+            let list: Vec<String> = pools.iter().map(|p| p.cidr.to_string()).collect();
+            let _ = writeln!(s, "  zone {zone}: {}", list.join(", "));
+        }
+    }
+    s
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -117,6 +204,48 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Lab(args) => lab(args)?,
+        Cmd::Status { output, kubeconfig } => {
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+            let status = rt.block_on(async {
+                let client = overlay_bins::kube_client(kubeconfig).await?;
+                overlay_bins::status::fetch(client).await
+            })?;
+            print!("{}", overlay_bins::status::render(&status, output)?);
+        }
+        Cmd::CheckConfig { file } => {
+            let cfg = overlay_ipam::config::ControllerConfig::load(&file)
+                .map_err(|e| format!("invalid configuration: {e}"))?;
+            print!("{}", describe_config(&cfg));
+        }
+        Cmd::Ipam(IpamCmd::Check { config }) => {
+            let cfg = overlay_ipam::config::ControllerConfig::load(&config)
+                .map_err(|e| format!("invalid configuration: {e}"))?;
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+            let report = rt
+                .block_on(overlay_ipam::check::check(&cfg, None))
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
+            if !report.passed() {
+                return Err("the IPAM check failed (see above)".into());
+            }
+        }
+        Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
+            let cfg = overlay_ipam::config::ControllerConfig::load(&config)
+                .map_err(|e| format!("invalid configuration: {e}"))?;
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+            let report = rt
+                .block_on(overlay_ipam::check::conformance(&cfg, &zone, None, |n| {
+                    eprintln!("overlayctl: {n}")
+                }))
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
+            if !report.passed() {
+                return Err("the IPAM failed the conformance suite (see above)".into());
+            }
+        }
         Cmd::Crds { out } => {
             let crds =
                 overlay_core::crd::crds_yaml().map_err(|e| format!("generating CRDs: {e}"))?;

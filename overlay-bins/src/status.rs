@@ -1,0 +1,320 @@
+//! `overlayctl status`: nodes with their overlay IP, gateway, zone and
+//! Configured condition; StaticRoutes with per-node state and messages.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use overlay_core::crd::{NodeOverlayIp, StaticRoute};
+use serde::Serialize;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Tables.
+    Table,
+    /// Tables with more columns (parent interface, table, metric, messages).
+    Wide,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// One node's overlay state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// Zone label.
+    pub zone: String,
+    /// Overlay address.
+    pub ip_addr: String,
+    /// Overlay gateway.
+    pub gateway: String,
+    /// `True`/`False`/`Unknown` from the agent's Configured condition.
+    pub configured: String,
+    /// Parent interface and overlay interface (`eth0/tmp0`).
+    pub interface: String,
+    /// Why it is not configured, when it is not.
+    pub message: String,
+}
+
+/// One node's state of one StaticRoute.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNodeStatus {
+    /// Node.
+    pub hostname: String,
+    /// Applied / Failed / Pending.
+    pub state: String,
+    /// Device.
+    pub device: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// One StaticRoute.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// Name.
+    pub name: String,
+    /// Subnet.
+    pub subnet: String,
+    /// Gateway choice as written.
+    pub gateway: String,
+    /// Table, if set.
+    pub table: Option<u32>,
+    /// Metric, if set.
+    pub metric: Option<u32>,
+    /// Being deleted.
+    pub deleting: bool,
+    /// Per node.
+    pub nodes: Vec<RouteNodeStatus>,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Nodes (every Node, with or without a NodeOverlayIp).
+    pub nodes: Vec<NodeStatus>,
+    /// StaticRoutes.
+    pub static_routes: Vec<RouteStatus>,
+}
+
+/// Builds the status from the objects.
+pub fn collect(nodes: &[Node], ips: &[NodeOverlayIp], routes: &[StaticRoute]) -> ClusterStatus {
+    let mut out = ClusterStatus::default();
+    let mut names: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    for ip in ips {
+        if let Some(n) = &ip.metadata.name
+            && !names.contains(n)
+        {
+            names.push(n.clone());
+        }
+    }
+    names.sort();
+    for name in names {
+        let ip = ips
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some(&name));
+        let node = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&name));
+        let zone = node
+            .map(|n| overlay_core::k8s::node_info(n))
+            .and_then(|i| i.zone.map(|z| z.to_string()))
+            .or_else(|| ip.and_then(|i| i.metadata.labels.as_ref()?.get("zone").cloned()))
+            .unwrap_or_default();
+        let status = ip.and_then(|i| i.status.clone()).unwrap_or_default();
+        let cond = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Configured");
+        let mut message = cond.map(|c| c.message.clone()).unwrap_or_default();
+        if node.is_none() {
+            message = "node no longer exists".into();
+        } else if ip.is_none() {
+            message = "no NodeOverlayIp yet".into();
+        }
+        out.nodes.push(NodeStatus {
+            node: name,
+            zone,
+            ip_addr: status.ip_addr.clone().unwrap_or_default(),
+            gateway: status.gateway.clone().unwrap_or_default(),
+            configured: cond
+                .map(|c| c.status.clone())
+                .unwrap_or_else(|| "Unknown".into()),
+            interface: match (&status.interface, &status.interface_label) {
+                (Some(p), Some(l)) => format!("{p}/{l}"),
+                (None, Some(l)) => l.clone(),
+                _ => String::new(),
+            },
+            message,
+        });
+    }
+    for r in routes {
+        let gateway = match (&r.spec.gateway, &r.spec.gateway_from) {
+            (Some(g), _) => g.clone(),
+            (None, Some(p)) => format!("from {p}"),
+            (None, None) => "overlay".into(),
+        };
+        out.static_routes.push(RouteStatus {
+            name: r.metadata.name.clone().unwrap_or_default(),
+            subnet: r.spec.subnet.clone(),
+            gateway,
+            table: r.spec.table,
+            metric: r.spec.metric,
+            deleting: r.metadata.deletion_timestamp.is_some(),
+            nodes: r
+                .status
+                .iter()
+                .flat_map(|s| s.node_status.iter())
+                .map(|e| RouteNodeStatus {
+                    hostname: e.hostname.clone(),
+                    state: e.state.clone().unwrap_or_else(|| "Applied".into()),
+                    device: e.device.clone(),
+                    gateway: e.gateway.clone(),
+                    message: e.message.clone().unwrap_or_default(),
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
+/// Renders the status.
+pub fn render(s: &ClusterStatus, output: Output) -> Result<String, String> {
+    match output {
+        Output::Json => serde_json::to_string_pretty(s)
+            .map(|j| j + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml => serde_yaml::to_string(s).map_err(|e| e.to_string()),
+        Output::Table | Output::Wide => {
+            let wide = output == Output::Wide;
+            let mut t = String::new();
+            let _ = write!(
+                t,
+                "{:<24} {:<10} {:<20} {:<16} {:<10}",
+                "NODE", "ZONE", "OVERLAY IP", "GATEWAY", "CONFIGURED"
+            );
+            if wide {
+                let _ = write!(t, " {:<14} MESSAGE", "INTERFACE");
+            }
+            t.push('\n');
+            for n in &s.nodes {
+                let _ = write!(
+                    t,
+                    "{:<24} {:<10} {:<20} {:<16} {:<10}",
+                    n.node, n.zone, n.ip_addr, n.gateway, n.configured
+                );
+                if wide {
+                    let _ = write!(t, " {:<14} {}", n.interface, n.message);
+                }
+                t.push('\n');
+            }
+            t.push('\n');
+            let _ = write!(
+                t,
+                "{:<28} {:<18} {:<18} {:<8}",
+                "STATICROUTE", "SUBNET", "GATEWAY", "NODES"
+            );
+            if wide {
+                let _ = write!(t, " {:<6} {:<6}", "TABLE", "METRIC");
+            }
+            t.push('\n');
+            for r in &s.static_routes {
+                let applied = r.nodes.iter().filter(|n| n.state == "Applied").count();
+                let name = if r.deleting {
+                    format!("{} (deleting)", r.name)
+                } else {
+                    r.name.clone()
+                };
+                let _ = write!(
+                    t,
+                    "{:<28} {:<18} {:<18} {:<8}",
+                    name,
+                    r.subnet,
+                    r.gateway,
+                    format!("{applied}/{}", r.nodes.len())
+                );
+                if wide {
+                    let opt =
+                        |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+                    let _ = write!(t, " {:<6} {:<6}", opt(r.table), opt(r.metric));
+                }
+                t.push('\n');
+                for n in r.nodes.iter().filter(|n| wide || n.state != "Applied") {
+                    let _ = writeln!(
+                        t,
+                        "  {:<24} {:<8} {:<8} {:<16} {}",
+                        n.hostname, n.state, n.device, n.gateway, n.message
+                    );
+                }
+            }
+            Ok(t)
+        }
+    }
+}
+
+/// Reads nodes, NodeOverlayIps and StaticRoutes from the cluster.
+pub async fn fetch(client: kube::Client) -> Result<ClusterStatus, String> {
+    let lp = ListParams::default();
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| format!("listing Nodes: {e}"))?;
+    let ips = Api::<NodeOverlayIp>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| {
+            format!(
+                "listing NodeOverlayIps (are the CRDs installed? kubectl apply -f deploy/crds): {e}"
+            )
+        })?;
+    let routes = Api::<StaticRoute>::all(client)
+        .list(&lp)
+        .await
+        .map_err(|e| format!("listing StaticRoutes: {e}"))?;
+    Ok(collect(&nodes.items, &ips.items, &routes.items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixtures() -> (Vec<Node>, Vec<NodeOverlayIp>, Vec<StaticRoute>) {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "10.176.162.151",
+            "labels": {"topology.kubernetes.io/zone": "dal10"}}}))
+        .unwrap();
+        let ip: NodeOverlayIp = serde_json::from_value(json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "NodeOverlayIp",
+            "metadata": {"name": "10.176.162.151", "labels": {"zone": "dal10"}},
+            "status": {"ipAddr": "192.168.100.4/24", "gateway": "192.168.100.1", "interface": "eth0", "interfaceLabel": "tmp0",
+                "conditions": [{"type": "Configured", "status": "True", "reason": "AddressConfigured",
+                    "message": "ok", "lastTransitionTime": "2026-11-26T00:00:00Z"}]}})).unwrap();
+        let route: StaticRoute = serde_json::from_value(json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
+            "metadata": {"name": "onprem"}, "spec": {"subnet": "192.168.0.0/24", "table": 100},
+            "status": {"nodeStatus": [
+                {"hostname": "10.176.162.151", "device": "tmp0", "gateway": "192.168.100.1", "state": "Applied"},
+                {"hostname": "10.176.162.152", "device": "", "gateway": "", "state": "Failed", "message": "refused: overlaps"}]}})).unwrap();
+        (vec![node], vec![ip], vec![route])
+    }
+
+    #[test]
+    fn tables_show_nodes_routes_and_failures() {
+        let (n, i, r) = fixtures();
+        let s = collect(&n, &i, &r);
+        let t = render(&s, Output::Table).unwrap();
+        assert!(
+            t.contains("10.176.162.151") && t.contains("192.168.100.4/24") && t.contains("True"),
+            "{t}"
+        );
+        assert!(t.contains("1/2"), "{t}");
+        assert!(t.contains("refused: overlaps"), "failures are listed: {t}");
+        let w = render(&s, Output::Wide).unwrap();
+        assert!(w.contains("eth0/tmp0") && w.contains("100"), "{w}");
+    }
+
+    #[test]
+    fn json_and_yaml_carry_the_same_data() {
+        let (n, i, r) = fixtures();
+        let s = collect(&n, &i, &r);
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&s, Output::Json).unwrap()).unwrap();
+        let y: serde_json::Value =
+            serde_yaml::from_str(&render(&s, Output::Yaml).unwrap()).unwrap();
+        assert_eq!(j, y);
+        assert_eq!(j["staticRoutes"][0]["nodes"][1]["state"], "Failed");
+        assert_eq!(j["nodes"][0]["zone"], "dal10");
+    }
+}
