@@ -110,7 +110,7 @@ pub fn collect(nodes: &[Node], ips: &[NodeOverlayIp], routes: &[StaticRoute]) ->
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(&name));
         let zone = node
-            .map(|n| overlay_core::k8s::node_info(n))
+            .map(overlay_core::k8s::node_info)
             .and_then(|i| i.zone.map(|z| z.to_string()))
             .or_else(|| ip.and_then(|i| i.metadata.labels.as_ref()?.get("zone").cloned()))
             .unwrap_or_default();
