@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_core::{IpamBackend, Owner, Zone};
-use overlay_ipam::emulator::{Emulator, EmulatorConfig};
+use overlay_ipam::emulator::{Emulator, EmulatorConfig, original_reserve};
 use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
-use serde_json::Value;
 use tokio::sync::Semaphore;
 
 const RESERVATIONS: usize = 5_000;
@@ -106,43 +105,14 @@ async fn baseline(emu: &Emulator, count: usize) -> Result<(f64, f64), Box<dyn Er
     for round in rounds(count) {
         let start = Instant::now();
         for i in round {
-            let login: Value = http
-                .post(format!("{base}/user/"))
-                .basic_auth("apiuser", Some("ApiUser-Test-1"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let token = login["data"]["token"]
-                .as_str()
-                .ok_or("no token")?
-                .to_string();
-            let mut got = None;
-            for sid in SUBNETS {
-                let r: Value = http
-                    .post(format!("{base}/addresses/first_free/{sid}/"))
-                    .header("token", &token)
-                    .json(&serde_json::json!({"hostname": format!("node-{i:05}"), "description": "baseline"}))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                if r["code"] == 201 {
-                    got = Some(sid);
-                    break;
-                }
-            }
-            let sid = got.ok_or("baseline: all subnets full")?;
-            let subnet: Value = http
-                .get(format!("{base}/subnets/{sid}/"))
-                .header("token", &token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            if subnet["data"]["mask"].as_str().is_none() {
-                return Err("baseline: no mask".into());
-            }
+            original_reserve(
+                &http,
+                &base,
+                ("apiuser", "ApiUser-Test-1"),
+                &SUBNETS,
+                &format!("node-{i:05}"),
+            )
+            .await?;
         }
         wall += start.elapsed();
         clear(emu);

@@ -28,7 +28,7 @@
 //! `user`, `subnets` and `addresses` controllers.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1516,6 +1516,59 @@ fn tags(db: &Db, rest: &[&str]) -> Reply {
             }
         }
     }
+}
+
+/// The original controller's way of reserving an address, as a baseline
+/// for benchmarks: a fresh login, `POST addresses/first_free/{subnet}/`
+/// (next subnet on failure), then `GET subnets/{id}/` for prefix and
+/// gateway, one request after the other.
+pub async fn original_reserve(
+    http: &reqwest::Client,
+    base: &str,
+    (user, password): (&str, &str),
+    subnets: &[u64],
+    hostname: &str,
+) -> Result<IpAddr, String> {
+    let json =
+        |r: reqwest::Response| async move { r.json::<Value>().await.map_err(|e| e.to_string()) };
+    let login = http
+        .post(format!("{base}/user/"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let login = json(login).await?;
+    let token = login["data"]["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned();
+    for sid in subnets {
+        let r = http
+            .post(format!("{base}/addresses/first_free/{sid}/"))
+            .header("token", &token)
+            .json(&json!({"hostname": hostname, "description": "baseline"}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = json(r).await?;
+        if r["code"] != 201 {
+            continue;
+        }
+        let ip: IpAddr = r["data"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or("no address")?;
+        let subnet = http
+            .get(format!("{base}/subnets/{sid}/"))
+            .header("token", &token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let subnet = json(subnet).await?;
+        subnet["data"]["mask"].as_str().ok_or("no mask")?;
+        return Ok(ip);
+    }
+    Err("all subnets full".into())
 }
 
 #[cfg(test)]
