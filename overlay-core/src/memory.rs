@@ -177,11 +177,16 @@ impl OverlayIpStore for MemoryOverlayIps {
                     finalizers: vec![crate::FINALIZER.to_owned()],
                     ..Default::default()
                 });
-            if rec.labels == meta.labels && rec.owner_uid == meta.owner_uid {
+            let has_finalizer = rec.finalizers.iter().any(|f| f == crate::FINALIZER);
+            if rec.labels == meta.labels && rec.owner_uid == meta.owner_uid && has_finalizer {
                 return Ok(rec.clone());
             }
             rec.labels = meta.labels.clone();
             rec.owner_uid = meta.owner_uid.clone();
+            // Like the API server: no new finalizers on an object being deleted.
+            if !has_finalizer && !rec.deleting {
+                rec.finalizers.push(crate::FINALIZER.to_owned());
+            }
             rec.clone()
         };
         let _ = self.tx.send(StoreEvent::Applied(rec.clone()));
