@@ -37,6 +37,40 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// A failed run of a binary: what to print and the exit status.
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit status.
+    pub code: u8,
+    /// Message (printed after the program name).
+    pub message: String,
+}
+
+impl From<String> for Exit {
+    fn from(message: String) -> Self {
+        Self { code: 1, message }
+    }
+}
+
+/// Runs `fut` on a multi-threaded runtime and turns its result into the
+/// process's exit status, printing `program: message` on failure.
+pub fn block_on_main(
+    program: &str,
+    fut: impl std::future::Future<Output = Result<(), Exit>>,
+) -> std::process::ExitCode {
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => Err(Exit::from(format!("starting the runtime: {e}"))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {}", e.message);
+            std::process::ExitCode::from(e.code)
+        }
+    }
+}
+
 /// Completes on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

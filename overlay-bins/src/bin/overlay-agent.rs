@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use overlay_bins::{
-    LogFormat, init_logging, kube_client, parse_metrics_addr, serve_health, shutdown_signal,
+    Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
+    shutdown_signal,
 };
 use overlay_core::agent::{Agent, AgentConfig};
 use overlay_core::k8s::{
@@ -178,20 +179,9 @@ async fn run(args: Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("overlay-agent: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("overlay-agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on_main("overlay-agent", async {
+        run(args).await.map_err(Exit::from)
+    })
 }
 
 #[cfg(test)]

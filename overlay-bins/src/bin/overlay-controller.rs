@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use overlay_bins::{
-    LogFormat, init_logging, kube_client, parse_metrics_addr, serve_health, shutdown_signal,
+    Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
+    shutdown_signal,
 };
 use overlay_core::controller::{Controller, ControllerConfig};
 use overlay_core::k8s::{
@@ -222,24 +223,15 @@ async fn run(args: Args) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("overlay-controller: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(e)) => {
-            eprintln!("overlay-controller: invalid configuration: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(Failure::Runtime(e)) => {
-            eprintln!("overlay-controller: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    block_on_main("overlay-controller", async {
+        run(args).await.map_err(|f| match f {
+            Failure::Config(e) => Exit {
+                code: EXIT_CONFIG,
+                message: format!("invalid configuration: {e}"),
+            },
+            Failure::Runtime(e) => Exit::from(e),
+        })
+    })
 }
 
 #[cfg(test)]
