@@ -318,3 +318,57 @@ async fn events_for_cluster_scoped_objects_land_in_default() {
     assert_eq!(p.body["reason"], "Reserved");
     assert_eq!(p.body["reportingController"], "overlay-controller");
 }
+
+#[tokio::test]
+async fn the_controller_adds_its_finalizer_to_static_routes_by_apply() {
+    let route = json!({"apiVersion":"iks.ibm.com/v1alpha1","kind":"StaticRoute",
+        "metadata":{"name":"onprem","resourceVersion":"3"},"spec":{"subnet":"198.51.100.0/24"}});
+    let (client, seen) = api_server(vec![(
+        "/apis/iks.ibm.com/v1alpha1/staticroutes/onprem",
+        route,
+    )]);
+    let store = KubeStaticRoutes::new(client, "overlay-controller".into());
+    store.add_finalizer("onprem", FINALIZER).await.unwrap();
+    let p = find(&seen, "PATCH", "/staticroutes/onprem?");
+    assert_eq!(p.content_type, "application/apply-patch+yaml");
+    assert!(
+        p.uri.contains("fieldManager=overlay-controller"),
+        "{}",
+        p.uri
+    );
+    assert_eq!(p.body["metadata"]["finalizers"], json!([FINALIZER]));
+    assert!(
+        p.body.get("spec").is_none(),
+        "the controller never owns the spec"
+    );
+}
+
+#[tokio::test]
+async fn the_legacy_configmap_is_read_by_name_and_malformed_lists_are_errors() {
+    use overlay_core::LegacyRouteSource;
+    use overlay_core::k8s::KubeConfigMapRoutes;
+    let cm = |routes: &str| {
+        json!({"apiVersion":"v1","kind":"ConfigMap",
+        "metadata":{"name":"static-routes","namespace":"kube-system","resourceVersion":"1"},
+        "data":{"routes": routes}})
+    };
+    let (client, seen) = api_server(vec![(
+        "/api/v1/namespaces/kube-system/configmaps/static-routes",
+        cm("[\"192.168.1.0/24\"]"),
+    )]);
+    let src = KubeConfigMapRoutes::new(client, "kube-system", "static-routes");
+    assert_eq!(
+        src.subnets().await.unwrap(),
+        ["192.168.1.0/24".parse::<overlay_core::Cidr>().unwrap()]
+    );
+    let get = find(&seen, "GET", "/configmaps/static-routes");
+    assert_eq!(get.method, "GET");
+
+    let (client, _) = api_server(vec![(
+        "/api/v1/namespaces/kube-system/configmaps/static-routes",
+        cm("[\"192.168.1.0/24\", \"oops\"]"),
+    )]);
+    let src = KubeConfigMapRoutes::new(client, "kube-system", "static-routes");
+    let err = src.subnets().await.unwrap_err();
+    assert!(err.to_string().contains("routes[1]"), "{err}");
+}
