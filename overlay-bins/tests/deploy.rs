@@ -674,3 +674,62 @@ fn config_map_holds_a_valid_controller_config() {
     assert_eq!(p.app_id, "iks");
     assert_eq!(p.subnet_map["dal10"], [7]);
 }
+
+#[test]
+fn containerfiles_build_the_binaries_the_workloads_run() {
+    let docs = all_docs();
+    let k = docs
+        .iter()
+        .find(|d| d.file == "kustomization.yaml")
+        .unwrap();
+    let images: Vec<String> = k.value["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    for (kind, workload, bin, base) in [
+        (
+            "Deployment",
+            "overlay-controller",
+            "overlay-controller",
+            "gcr.io/distroless/cc-debian12:nonroot",
+        ),
+        (
+            "DaemonSet",
+            "overlay-agent",
+            "overlay-agent",
+            "gcr.io/distroless/cc-debian12\n",
+        ),
+    ] {
+        let file = format!(
+            "images/Containerfile.{}",
+            bin.trim_start_matches("overlay-")
+        );
+        let text = std::fs::read_to_string(deploy_dir().join(&file)).unwrap();
+        assert!(
+            text.contains(&format!(
+                "cargo build --release --locked -p overlay-bins --bin {bin}"
+            )),
+            "{file} does not build {bin}"
+        );
+        assert!(text.contains("FROM docker.io/library/rust:1-bookworm AS build"));
+        assert!(
+            text.contains(&format!("FROM {base}")),
+            "{file}: base {base}"
+        );
+        assert!(
+            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
+            "{file}"
+        );
+        let image = only_container(find(&docs, kind, workload))["image"]
+            .as_str()
+            .unwrap();
+        let repo = image.rsplit_once(':').unwrap().0;
+        assert!(repo.ends_with(&format!("/{bin}")), "{image}");
+        assert!(
+            images.iter().any(|i| i == repo),
+            "kustomization images: lacks {repo}"
+        );
+    }
+}
