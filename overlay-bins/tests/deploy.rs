@@ -1,0 +1,735 @@
+//! The manifests under `deploy/` as a user would meet them: they parse,
+//! they agree with what the binaries read and with what the controller and
+//! agent call on the API, the agent is not privileged, RBAC grants no more
+//! than the code uses, and the samples are valid objects.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use overlay_core::crd::{NodeOverlayIp, StaticRoute, static_route_model};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// One YAML document and the file it came from (relative to `deploy/`).
+#[derive(Debug, Clone)]
+struct Doc {
+    file: String,
+    value: Value,
+}
+
+impl Doc {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.value["metadata"]["namespace"].as_str()
+    }
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every document of every YAML file under `deploy/` (multi-document
+/// files split on `---`; empty documents skipped).
+fn all_docs() -> Vec<Doc> {
+    let root = deploy_dir();
+    let mut files = Vec::new();
+    yaml_files(&root, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "no YAML under {}", root.display());
+    let mut docs = Vec::new();
+    for path in files {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for de in serde_yaml::Deserializer::from_str(&text) {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(de)
+                .unwrap_or_else(|e| panic!("{rel}: not valid YAML: {e}"));
+            if v.is_null() {
+                continue;
+            }
+            let value = serde_json::to_value(&v)
+                .unwrap_or_else(|e| panic!("{rel}: not representable as JSON: {e}"));
+            docs.push(Doc {
+                file: rel.clone(),
+                value,
+            });
+        }
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
+    docs.iter()
+        .find(|d| d.kind() == kind && d.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} under deploy/"))
+}
+
+fn kinds<'a>(docs: &'a [Doc], kind: &'a str) -> impl Iterator<Item = &'a Doc> + 'a {
+    docs.iter().filter(move |d| d.kind() == kind)
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn only_container(workload: &Doc) -> &Value {
+    let cs = workload.value["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(cs.len(), 1, "{}: one container expected", workload.file);
+    &cs[0]
+}
+
+fn env_names(container: &Value) -> Vec<String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("env {name} not set"))
+}
+
+/// The upper-case words of a binary's `--help`: the environment variables
+/// it reads (`[env: NAME=]`, and those named in the text, such as the
+/// phpIPAM credentials and NODE_HOSTNAME).
+fn help_env_words(bin: &str) -> BTreeSet<String> {
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|w| w.len() > 1 && w.starts_with(|c: char| c.is_ascii_uppercase()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_document_is_a_kubernetes_object_or_a_kustomize_patch() {
+    let docs = all_docs();
+    for d in &docs {
+        if d.value.is_array() {
+            // JSON 6902 patches of kustomize components.
+            assert!(d.file.starts_with("agent/legacy/"), "{}: a list", d.file);
+            continue;
+        }
+        assert!(
+            d.value["apiVersion"].is_string() && !d.kind().is_empty(),
+            "{}: apiVersion and kind expected",
+            d.file
+        );
+        if !d.kind().starts_with("Kustomization") && d.kind() != "Component" {
+            assert!(
+                !d.name().is_empty(),
+                "{}: {} without a name",
+                d.file,
+                d.kind()
+            );
+        }
+    }
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "Deployment",
+        "DaemonSet",
+        "ClusterRole",
+        "ConfigMap",
+        "Secret",
+        "Service",
+    ] {
+        assert!(kinds(&docs, kind).next().is_some(), "no {kind} in deploy/");
+    }
+}
+
+#[test]
+fn kustomization_lists_existing_files_and_installs_the_components() {
+    let docs = all_docs();
+    let root = deploy_dir();
+    let k = docs
+        .iter()
+        .find(|d| d.file == "kustomization.yaml")
+        .expect("deploy/kustomization.yaml");
+    let resources = strs(&k.value["resources"]);
+    for r in &resources {
+        assert!(root.join(r).exists(), "kustomization lists missing {r}");
+    }
+    // Installed by `kubectl apply -k deploy/`: everything but the samples,
+    // the example Secret and the optional legacy component.
+    let installed: BTreeSet<&str> = resources.iter().map(String::as_str).collect();
+    for d in &docs {
+        let f = d.file.as_str();
+        let optional = f.starts_with("samples/")
+            || f.starts_with("agent/legacy/")
+            || f == "controller/secret-example.yaml"
+            || f == "kustomization.yaml";
+        if !optional {
+            assert!(
+                installed.contains(f),
+                "{f} is not in deploy/kustomization.yaml"
+            );
+        }
+        assert!(
+            !(installed.contains(f) && d.kind() == "Secret"),
+            "{f}: kubectl apply -k must not overwrite real credentials with an example Secret"
+        );
+    }
+    // The legacy component's files exist.
+    let c = docs
+        .iter()
+        .find(|d| d.file == "agent/legacy/kustomization.yaml")
+        .unwrap();
+    assert_eq!(c.kind(), "Component");
+    for r in strs(&c.value["resources"]) {
+        assert!(root.join("agent/legacy").join(&r).exists(), "{r}");
+    }
+    for p in c.value["patches"].as_array().unwrap() {
+        let path = p["path"].as_str().unwrap();
+        assert!(root.join("agent/legacy").join(path).exists(), "{path}");
+    }
+}
+
+#[test]
+fn agent_daemonset_has_host_network_and_only_net_admin() {
+    let docs = all_docs();
+    let ds = find(&docs, "DaemonSet", "overlay-agent");
+    let pod = &ds.value["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostNetwork"], true,
+        "the agent configures the host's network"
+    );
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "the agent must tolerate every taint to run on every node"
+    );
+    assert_eq!(pod["serviceAccountName"], "overlay-agent");
+    let c = only_container(ds);
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "the agent must not be privileged");
+    assert_ne!(pod["securityContext"]["privileged"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strs(&sc["capabilities"]["add"]), ["NET_ADMIN"]);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(pod.get("hostPID").is_none_or(|v| v == false));
+    assert!(pod.get("hostIPC").is_none_or(|v| v == false));
+    assert!(
+        pod["volumes"].is_null(),
+        "the agent needs no host paths: {}",
+        pod["volumes"]
+    );
+    assert_eq!(
+        env(c, "NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    // Probes on the agent's metrics port (host network: the node's port).
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path);
+        assert_eq!(c[probe]["httpGet"]["port"], 9877);
+    }
+    assert!(c["resources"]["requests"].is_object());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+}
+
+#[test]
+fn controller_deployment_runs_locked_down_with_leader_election() {
+    let docs = all_docs();
+    let d = find(&docs, "Deployment", "overlay-controller");
+    assert_eq!(d.value["spec"]["replicas"], 2);
+    let pod = &d.value["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "overlay-controller");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = only_container(d);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null());
+    assert_ne!(sc["privileged"], true);
+    for (var, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        assert_eq!(env(c, var)["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+    }
+    let port = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 8080)
+        .expect("port 8080 (the controller's default METRICS_ADDR)");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], port["name"]);
+
+    // The config file the controller reads is the mounted ConfigMap key.
+    let config_path = env(c, "OVERLAY_CONFIG")["value"].as_str().unwrap();
+    let (dir, file) = config_path.rsplit_once('/').unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm_name = volume["configMap"]["name"].as_str().unwrap();
+    let cm = find(&docs, "ConfigMap", cm_name);
+    assert_eq!(cm.namespace(), d.namespace());
+    assert!(
+        cm.value["data"][file].is_string(),
+        "ConfigMap {cm_name} lacks key {file}"
+    );
+
+    // Credentials from the Secret the example shows, key for key.
+    let secret = find(&docs, "Secret", "phpipam-credentials");
+    assert_eq!(secret.namespace(), d.namespace());
+    for var in ["PHPIPAM_USERNAME", "PHPIPAM_PASSWORD"] {
+        let r = &env(c, var)["valueFrom"]["secretKeyRef"];
+        assert_eq!(r["name"], "phpipam-credentials");
+        let key = r["key"].as_str().unwrap();
+        assert!(
+            secret.value["stringData"][key].is_string(),
+            "example Secret lacks {key}"
+        );
+    }
+
+    // The metrics Service selects the controller's pods.
+    let svc = find(&docs, "Service", "overlay-controller-metrics");
+    let labels = &pod_labels(d);
+    for (k, v) in svc.value["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(labels.get(k), v.as_str().map(str::to_owned).as_ref(), "{k}");
+    }
+    assert_eq!(svc.value["spec"]["ports"][0]["port"], 8080);
+}
+
+fn pod_labels(workload: &Doc) -> BTreeMap<String, String> {
+    serde_json::from_value(workload.value["spec"]["template"]["metadata"]["labels"].clone())
+        .unwrap()
+}
+
+#[test]
+fn manifests_set_only_variables_the_binaries_read() {
+    let docs = all_docs();
+    let controller_vars = help_env_words(env!("CARGO_BIN_EXE_overlay-controller"));
+    let agent_vars = help_env_words(env!("CARGO_BIN_EXE_overlay-agent"));
+
+    let c = only_container(find(&docs, "Deployment", "overlay-controller"));
+    for name in env_names(c) {
+        assert!(
+            controller_vars.contains(&name),
+            "the controller Deployment sets {name}, which overlay-controller does not read"
+        );
+    }
+    let a = only_container(find(&docs, "DaemonSet", "overlay-agent"));
+    let mut agent_env = env_names(a);
+    // ... including what the legacy component adds.
+    for d in docs.iter().filter(|d| d.value.is_array()) {
+        for op in d.value.as_array().unwrap() {
+            if op["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/containers/0/env/-")
+            {
+                agent_env.push(op["value"]["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
+    for name in agent_env {
+        assert!(
+            agent_vars.contains(&name),
+            "the agent DaemonSet sets {name}, which overlay-agent does not read"
+        );
+    }
+}
+
+/// (apiGroup, resource, resourceNames) → verbs of every rule of a role.
+type Grants = BTreeMap<(String, String, Vec<String>), BTreeSet<String>>;
+
+fn grants(role: &Doc) -> Grants {
+    let mut g = Grants::new();
+    for rule in role.value["rules"].as_array().unwrap() {
+        let names = strs(&rule["resourceNames"]);
+        for group in strs(&rule["apiGroups"]) {
+            for res in strs(&rule["resources"]) {
+                g.entry((group.clone(), res, names.clone()))
+                    .or_default()
+                    .extend(strs(&rule["verbs"]));
+            }
+        }
+    }
+    g
+}
+
+fn expect(rules: &[(&str, &str, &[&str], &[&str])]) -> Grants {
+    rules
+        .iter()
+        .map(|(g, r, names, verbs)| {
+            (
+                (
+                    g.to_string(),
+                    r.to_string(),
+                    names.iter().map(|s| s.to_string()).collect(),
+                ),
+                verbs.iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn no_role_grants_wildcards_or_secrets() {
+    let docs = all_docs();
+    let roles: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "ClusterRole" || d.kind() == "Role")
+        .collect();
+    assert!(roles.len() >= 5, "{roles:?}");
+    for role in roles {
+        for rule in role.value["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(
+                    !strs(&rule[field]).iter().any(|s| s.contains('*')),
+                    "{} {}: wildcard in {field}",
+                    role.kind(),
+                    role.name()
+                );
+            }
+            assert!(
+                !strs(&rule["resources"]).iter().any(|r| r == "secrets"),
+                "{} {} grants access to secrets",
+                role.kind(),
+                role.name()
+            );
+            assert!(
+                rule["nonResourceURLs"].is_null(),
+                "{}: nonResourceURLs",
+                role.name()
+            );
+            for verb in strs(&rule["verbs"]) {
+                assert!(
+                    !["escalate", "bind", "impersonate", "deletecollection"]
+                        .contains(&verb.as_str()),
+                    "{}: {verb}",
+                    role.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn controller_rbac_is_exactly_what_it_calls() {
+    let docs = all_docs();
+    assert_eq!(
+        grants(find(&docs, "ClusterRole", "overlay-controller")),
+        expect(&[
+            ("", "nodes", &[], &["list", "watch"]),
+            (
+                "iks.ibm.com",
+                "nodeoverlayips",
+                &[],
+                &["get", "list", "watch", "patch", "delete"]
+            ),
+            ("iks.ibm.com", "nodeoverlayips/status", &[], &["patch"]),
+            (
+                "iks.ibm.com",
+                "staticroutes",
+                &[],
+                &["get", "list", "watch", "patch"]
+            ),
+            ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
+        ])
+    );
+    // Leader election: the Lease the controller uses by default
+    // (--lease-name overlay-controller), in its namespace.
+    let lease = find(&docs, "Role", "overlay-controller-leader-election");
+    assert_eq!(lease.namespace(), Some("overlay-system"));
+    assert_eq!(
+        grants(lease),
+        expect(&[
+            ("coordination.k8s.io", "leases", &[], &["create"]),
+            (
+                "coordination.k8s.io",
+                "leases",
+                &["overlay-controller"],
+                &["get", "patch"]
+            ),
+        ])
+    );
+    // Events of cluster-scoped objects land in `default`.
+    let events = find(&docs, "Role", "overlay-controller-events");
+    assert_eq!(events.namespace(), Some("default"));
+    assert_eq!(
+        grants(events),
+        expect(&[("events.k8s.io", "events", &[], &["create", "patch"])])
+    );
+}
+
+#[test]
+fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
+    let docs = all_docs();
+    assert_eq!(
+        grants(find(&docs, "ClusterRole", "overlay-agent")),
+        expect(&[
+            ("", "nodes", &[], &["get", "list", "watch"]),
+            (
+                "iks.ibm.com",
+                "nodeoverlayips",
+                &[],
+                &["get", "list", "watch"]
+            ),
+            ("iks.ibm.com", "nodeoverlayips/status", &[], &["patch"]),
+            (
+                "iks.ibm.com",
+                "staticroutes",
+                &[],
+                &["get", "list", "watch"]
+            ),
+            ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
+        ])
+    );
+    let legacy = find(&docs, "Role", "overlay-agent-static-routes");
+    for rule in legacy.value["rules"].as_array().unwrap() {
+        assert_eq!(
+            strs(&rule["resourceNames"]),
+            ["static-routes"],
+            "the legacy Role must be limited to ConfigMap static-routes"
+        );
+    }
+    assert_eq!(
+        grants(legacy),
+        expect(&[(
+            "",
+            "configmaps",
+            &["static-routes"],
+            &["get", "list", "watch"]
+        )])
+    );
+    // The ConfigMap the component points the agent at is the one the Role
+    // allows and the sample creates.
+    let patch = docs
+        .iter()
+        .find(|d| d.file == "agent/legacy/daemonset-env.yaml")
+        .unwrap();
+    let target = patch.value[0]["value"]["value"].as_str().unwrap();
+    let (ns, name) = target.split_once('/').unwrap();
+    assert_eq!(legacy.namespace(), Some(ns));
+    assert_eq!(name, "static-routes");
+    let cm = find(&docs, "ConfigMap", name);
+    assert_eq!(cm.namespace(), Some(ns));
+    let routes =
+        overlay_core::agent::parse_legacy_routes(cm.value["data"]["routes"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].to_string(), "192.168.1.0/24");
+}
+
+#[test]
+fn bindings_point_at_existing_roles_and_service_accounts() {
+    let docs = all_docs();
+    let mut n = 0;
+    for b in docs
+        .iter()
+        .filter(|d| d.kind() == "ClusterRoleBinding" || d.kind() == "RoleBinding")
+    {
+        n += 1;
+        let role_kind = b.value["roleRef"]["kind"].as_str().unwrap();
+        let role = find(
+            &docs,
+            role_kind,
+            b.value["roleRef"]["name"].as_str().unwrap(),
+        );
+        if role_kind == "Role" {
+            assert_eq!(role.namespace(), b.namespace(), "{}", b.name());
+        }
+        for s in b.value["subjects"].as_array().unwrap() {
+            assert_eq!(s["kind"], "ServiceAccount");
+            let sa = find(&docs, "ServiceAccount", s["name"].as_str().unwrap());
+            assert_eq!(sa.namespace(), s["namespace"].as_str(), "{}", b.name());
+        }
+    }
+    assert!(n >= 5);
+    for (kind, name) in [
+        ("Deployment", "overlay-controller"),
+        ("DaemonSet", "overlay-agent"),
+    ] {
+        let w = find(&docs, kind, name);
+        let sa = w.value["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap();
+        assert_eq!(find(&docs, "ServiceAccount", sa).namespace(), w.namespace());
+        assert_eq!(w.namespace(), Some("overlay-system"));
+    }
+    find(&docs, "Namespace", "overlay-system");
+}
+
+#[test]
+fn samples_are_valid_custom_resources() {
+    let docs = all_docs();
+    let samples: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.file.starts_with("samples/"))
+        .collect();
+    let mut routes = Vec::new();
+    let mut overlay_ips = 0;
+    for d in &samples {
+        match d.kind() {
+            "NodeOverlayIp" => {
+                let o: NodeOverlayIp = serde_json::from_value(d.value.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.file));
+                let rec = overlay_core::OverlayIpRecord::from(&o);
+                assert!(rec.ip_addr.is_some() && rec.gateway.is_some(), "{}", d.file);
+                overlay_ips += 1;
+            }
+            "StaticRoute" => {
+                let r: StaticRoute = serde_json::from_value(d.value.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.file));
+                let model =
+                    static_route_model(&r.spec).unwrap_or_else(|e| panic!("{}: {e}", d.file));
+                routes.push(model);
+            }
+            "ConfigMap" => {}
+            other => panic!("{}: unexpected sample kind {other}", d.file),
+        }
+    }
+    assert_eq!(overlay_ips, 1);
+    use overlay_core::GatewayChoice;
+    assert!(routes.iter().any(|r| r.gateway == GatewayChoice::Overlay));
+    assert!(routes.iter().any(|r| matches!(
+        &r.gateway, GatewayChoice::Discover(p) if p.to_string() == "10.0.0.0/8"
+    )));
+    assert!(
+        routes.iter().any(|r| r.table.is_some()
+            && r.metric.is_some()
+            && !r.selector.matches(&BTreeMap::new()))
+    );
+
+    // The original fixtures, unchanged.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay-core/tests/fixtures");
+    for (sample, fixture) in [
+        ("samples/nodeoverlayip.yaml", "nodeoverlayip.yaml"),
+        ("samples/staticroute.yaml", "staticroute.yaml"),
+    ] {
+        let want: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(fixtures.join(fixture)).unwrap())
+                .unwrap();
+        let got = samples.iter().find(|d| d.file == sample).unwrap();
+        assert_eq!(got.value, serde_json::to_value(want).unwrap(), "{sample}");
+    }
+}
+
+#[test]
+fn config_map_holds_a_valid_controller_config() {
+    let docs = all_docs();
+    let cm = find(&docs, "ConfigMap", "overlay-ip-config");
+    let text = cm.value["data"]["overlay-ip-config.yaml"].as_str().unwrap();
+    let cfg =
+        overlay_ipam::config::ControllerConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
+    let p = cfg.php_ipam.expect("the original phpIPAM section");
+    assert_eq!(p.url, "http://phpipam");
+    assert_eq!(p.app_id, "iks");
+    assert_eq!(p.subnet_map["dal10"], [7]);
+}
+
+#[test]
+fn containerfiles_build_the_binaries_the_workloads_run() {
+    let docs = all_docs();
+    let k = docs
+        .iter()
+        .find(|d| d.file == "kustomization.yaml")
+        .unwrap();
+    let images: Vec<String> = k.value["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    for (kind, workload, bin, base) in [
+        (
+            "Deployment",
+            "overlay-controller",
+            "overlay-controller",
+            "gcr.io/distroless/cc-debian12:nonroot",
+        ),
+        (
+            "DaemonSet",
+            "overlay-agent",
+            "overlay-agent",
+            "gcr.io/distroless/cc-debian12\n",
+        ),
+    ] {
+        let file = format!(
+            "images/Containerfile.{}",
+            bin.trim_start_matches("overlay-")
+        );
+        let text = std::fs::read_to_string(deploy_dir().join(&file)).unwrap();
+        assert!(
+            text.contains(&format!(
+                "cargo build --release --locked -p overlay-bins --bin {bin}"
+            )),
+            "{file} does not build {bin}"
+        );
+        assert!(text.contains("FROM docker.io/library/rust:1-bookworm AS build"));
+        assert!(
+            text.contains(&format!("FROM {base}")),
+            "{file}: base {base}"
+        );
+        assert!(
+            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
+            "{file}"
+        );
+        let image = only_container(find(&docs, kind, workload))["image"]
+            .as_str()
+            .unwrap();
+        let repo = image.rsplit_once(':').unwrap().0;
+        assert!(repo.ends_with(&format!("/{bin}")), "{image}");
+        assert!(
+            images.iter().any(|i| i == repo),
+            "kustomization images: lacks {repo}"
+        );
+    }
+}
