@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -90,38 +91,53 @@ async fn run(args: Args) -> Result<(), Failure> {
             .map_err(|e| Failure::Config(format!("{e} (from --cluster-id/CLUSTER_ID)")))?;
     }
     let metrics_addr = parse_metrics_addr(&args.metrics_addr).map_err(Failure::Config)?;
-    let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
+    if let Some(e) = &file.embedded
+        && e.state_file.is_none()
+    {
+        return Err(Failure::Config(format!(
+            "{}: embedded.stateFile: not set; in-memory pools lose every reservation when the controller restarts and would hand out addresses twice; set stateFile on a persistent volume (and run one replica), or use phpIPAM",
+            file.source
+        )));
+    }
+    // Build once now so that bad credentials or a corrupt state file stop
+    // the process at start; the backend the controller uses is built again
+    // once this replica leads, so a standby never works from state read
+    // before it took over.
+    file.build().map_err(|e| Failure::Config(e.to_string()))?;
     let metrics = ControllerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let ipam = Arc::new(InstrumentedIpam::new(backend, metrics.clone()));
-
     let client = kube_client(args.kubeconfig.clone())
         .await
         .map_err(Failure::Runtime)?;
-    let controller = Arc::new(Controller::new(
-        ControllerConfig {
-            cluster_id: file.cluster_id.clone(),
-            dry_run: args.dry_run,
-            concurrency: args.concurrency.max(1),
-            resync: Duration::from_secs(args.resync_seconds.max(10)),
-            ..Default::default()
-        },
-        Arc::new(KubeNodes::new(client.clone(), None)),
-        ipam,
-        Arc::new(KubeOverlayIps::new(client.clone(), None)),
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            CONTROLLER_MANAGER.into(),
-        )),
-        Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER)),
-        metrics.clone(),
-    ));
+    let make_controller = || -> Result<Arc<Controller>, Failure> {
+        let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
+        Ok(Arc::new(Controller::new(
+            ControllerConfig {
+                cluster_id: file.cluster_id.clone(),
+                dry_run: args.dry_run,
+                concurrency: args.concurrency.max(1),
+                resync: Duration::from_secs(args.resync_seconds.max(10)),
+                ..Default::default()
+            },
+            Arc::new(KubeNodes::new(client.clone(), None)),
+            Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
+            Arc::new(KubeOverlayIps::new(client.clone(), None)),
+            Arc::new(KubeStaticRoutes::new(
+                client.clone(),
+                CONTROLLER_MANAGER.into(),
+            )),
+            Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER)),
+            metrics.clone(),
+        )))
+    };
 
-    let standby = Arc::new(AtomicBool::new(true));
+    // Ready: a standby is ready as soon as it runs; the leader once its
+    // controller has queued its first full pass.
+    let active: Arc<OnceLock<Arc<Controller>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
-        let (c, s) = (controller.clone(), standby.clone());
-        let ready = Arc::new(move || s.load(Ordering::Relaxed) || c.is_ready());
+        let a = active.clone();
+        let ready = Arc::new(move || a.get().is_none_or(|c| c.is_ready()));
         let bound = serve_health(addr, ready, Arc::new(registry))
             .await
             .map_err(Failure::Runtime)?;
@@ -130,7 +146,8 @@ async fn run(args: Args) -> Result<(), Failure> {
     info!(config = %args.config.display(), cluster = %file.cluster_id, dry_run = args.dry_run, "overlay-controller starting");
 
     if args.no_leader_elect {
-        standby.store(false, Ordering::Relaxed);
+        let controller = make_controller()?;
+        let _ = active.set(controller.clone());
         metrics.leader.set(1);
         controller.run(shutdown_signal()).await;
         return Ok(());
@@ -180,7 +197,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
     }
     info!(%identity, "became leader");
-    standby.store(false, Ordering::Relaxed);
+    let controller = make_controller()?;
+    let _ = active.set(controller.clone());
     metrics.leader.set(1);
     let mut lost = leader.clone();
     let lost_leadership = async move {
