@@ -175,7 +175,11 @@ async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
 fn the_controller_refuses_in_memory_pools_that_would_forget_reservations() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("overlay-ip-config.yaml");
-    std::fs::write(&path, "embedded:\n  zones:\n    dal10:\n      - {cidr: 192.0.2.0/24}\n").unwrap();
+    std::fs::write(
+        &path,
+        "embedded:\n  zones:\n    dal10:\n      - {cidr: 192.0.2.0/24}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_overlay-controller"))
         .args(["--config", path.to_str().unwrap(), "--metrics-addr", "off"])
         .output()

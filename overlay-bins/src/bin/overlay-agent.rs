@@ -26,7 +26,7 @@ use tracing::info;
 /// The overlay node agent: overlay address on a macvlan interface, and the
 /// StaticRoutes that select this node, kept in place against drift.
 #[derive(Debug, Parser)]
-#[command(name = "overlay-agent", version, about, long_about = None)]
+#[command(name = "overlay-agent", version)]
 struct Args {
     /// This node's name (downward API `spec.nodeName`). The original
     /// deployment's NODE_HOSTNAME is accepted too.

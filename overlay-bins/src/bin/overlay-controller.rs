@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 /// pools, recorded in NodeOverlayIp objects; orphans released; StaticRoute
 /// finalizers handled.
 #[derive(Debug, Parser)]
-#[command(name = "overlay-controller", version, about, long_about = None)]
+#[command(name = "overlay-controller", version)]
 struct Args {
     /// Controller configuration (the original overlay-ip-config.yaml:
     /// `phpIPAM: {url, appID, subnetMap}`, or an `embedded:` pools section).

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// Operate overlay: generate CRDs, shell completions, and more.
+/// Operate overlay: run the local lab, inspect a cluster, check configs and
+/// the IPAM, generate CRDs and shell completions.
 #[derive(Debug, Parser)]
-#[command(name = "overlayctl", version, about, long_about = None)]
+#[command(name = "overlayctl", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
