@@ -130,6 +130,10 @@ pub struct OrphanReport {
     pub released: Vec<String>,
     /// NodeOverlayIps deleted (node gone).
     pub deleted: Vec<String>,
+    /// Nodes whose recorded address no reservation with this cluster's
+    /// owner marker holds (changed or removed in the IPAM by hand, or
+    /// recorded by another controller): reported, never changed.
+    pub unreserved: Vec<String>,
 }
 
 /// Work keys of the controller's queue.
@@ -459,6 +463,42 @@ impl Controller {
                 .map_err(store_err)?;
             self.metrics.orphan("record");
             report.deleted.push(rec.name.clone());
+        }
+        // The other direction: recorded addresses the IPAM no longer holds
+        // for that node could be handed to another node. Changing a live
+        // node's address is disruptive, so this is reported for a human.
+        let held_by: std::collections::HashMap<&str, ipnetwork::IpNetwork> = reservations
+            .iter()
+            .filter(|r| r.owner.cluster == self.cfg.cluster_id)
+            .map(|r| (r.owner.node.as_str(), r.address))
+            .collect();
+        for rec in &records {
+            let Some(ip) = rec.ip_addr else { continue };
+            if rec.deleting || !nodes.contains(&rec.name) {
+                continue;
+            }
+            if held_by
+                .get(rec.name.as_str())
+                .is_some_and(|a| a.ip() == ip.ip())
+            {
+                continue;
+            }
+            let message = format!(
+                "{ip} is recorded for this node but no reservation with cluster id {:?} holds it in {}; another node may get it. Delete the NodeOverlayIp to reserve a new address",
+                self.cfg.cluster_id,
+                self.ipam.name()
+            );
+            warn!(node = %rec.name, address = %ip, "recorded address is not reserved in the IPAM");
+            self.metrics.error("address_not_reserved");
+            self.event(
+                "NodeOverlayIp",
+                &rec.name,
+                EventType::Warning,
+                "AddressNotReserved",
+                message,
+            )
+            .await;
+            report.unreserved.push(rec.name.clone());
         }
         self.metrics.reservations_held.set(held);
         Ok(report)

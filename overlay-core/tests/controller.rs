@@ -661,3 +661,46 @@ async fn the_running_controller_converges_on_watch_events() {
     let _ = tx.send(());
     h.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_recorded_address_the_ipam_no_longer_holds_is_reported_not_changed() {
+    let e = env();
+    e.nodes.upsert(node("n1", Some("dal10")));
+    e.nodes.upsert(node("n2", Some("dal10")));
+    settle(&e.ctl, "n1").await.unwrap();
+    settle(&e.ctl, "n2").await.unwrap();
+    // Someone deletes n1's address in the IPAM by hand.
+    let held = e
+        .ipam
+        .held()
+        .into_iter()
+        .find(|r| r.owner.node == "n1")
+        .unwrap();
+    e.ipam.release(&held).await.unwrap();
+    let rep = e.ctl.collect_orphans().await.unwrap();
+    assert_eq!(rep.unreserved, ["n1"]);
+    assert!(rep.released.is_empty() && rep.deleted.is_empty());
+    let ev = e
+        .events
+        .all()
+        .into_iter()
+        .find(|ev| ev.reason == "AddressNotReserved")
+        .unwrap();
+    assert_eq!(ev.name, "n1");
+    assert!(
+        ev.message.contains("192.0.2.1") && ev.message.contains("Delete the NodeOverlayIp"),
+        "{}",
+        ev.message
+    );
+    let rec = e
+        .ips
+        .snapshot()
+        .into_iter()
+        .find(|r| r.name == "n1")
+        .unwrap();
+    assert_eq!(
+        rec.ip_addr.map(|a| a.ip()),
+        Some(held.address.ip()),
+        "the live node keeps its address"
+    );
+}
