@@ -688,7 +688,8 @@ async fn a_recorded_address_the_ipam_no_longer_holds_is_reported_not_changed() {
         .unwrap();
     assert_eq!(ev.name, "n1");
     assert!(
-        ev.message.contains("192.0.2.1") && ev.message.contains("Delete the NodeOverlayIp"),
+        ev.message.contains(&held.address.ip().to_string())
+            && ev.message.contains("Delete the NodeOverlayIp"),
         "{}",
         ev.message
     );
