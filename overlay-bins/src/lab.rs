@@ -207,6 +207,9 @@ pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String>
             opts.zones
         ));
     }
+    if opts.legacy && opts.scenario.is_some() {
+        return Err("--scenario churn deletes a node's overlay IP and a StaticRoute; the --legacy mode has neither, so drop one of the two options".into());
+    }
     if !(1..=200).contains(&opts.routes) {
         return Err(format!(
             "--routes {} is out of range: use 1 to 200",
@@ -717,7 +720,7 @@ async fn run_in(
         rows: ping_all(opts, &r, topo, &converged).await?,
         ..Default::default()
     };
-    if opts.scenario == Some(Scenario::Churn) && !opts.legacy {
+    if opts.scenario == Some(Scenario::Churn) {
         churn(opts, &mut r, topo, &mut report).await?;
     }
     Ok(report)

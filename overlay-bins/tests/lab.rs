@@ -129,4 +129,11 @@ fn dry_run_describes_the_plan_without_root() {
     })
     .unwrap_err();
     assert!(bad.contains("--nodes"), "{bad}");
+    let both = overlay_bins::lab::describe(&LabOptions {
+        legacy: true,
+        scenario: Some(Scenario::Churn),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(both.contains("--legacy"), "{both}");
 }
