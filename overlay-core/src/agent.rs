@@ -197,7 +197,10 @@ impl Agent {
         let overlay = match live.and_then(|r| r.ip_addr) {
             Some(address) => Some(OverlayInterface {
                 name: self.cfg.interface_label.clone(),
-                parent: self.parent(&node).await?,
+                parent: match self.parent(&node).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(self.report_failure(live, e).await),
+                },
                 address,
             }),
             None => None,
@@ -291,14 +294,16 @@ impl Agent {
             overlay: overlay.clone(),
             routes: planned.iter().filter_map(|p| p.route.clone()).collect(),
         };
-        let apply =
-            self.programmer
-                .apply(&desired)
-                .await
-                .map_err(|source| AgentError::Program {
+        let apply = match self.programmer.apply(&desired).await {
+            Ok(a) => a,
+            Err(source) => {
+                let e = AgentError::Program {
                     node: name.clone(),
                     source,
-                })?;
+                };
+                return Err(self.report_failure(live, e).await);
+            }
+        };
         let outcome: HashMap<_, _> = apply
             .routes
             .iter()
@@ -354,6 +359,32 @@ impl Agent {
             .observe(started.elapsed().as_secs_f64());
         debug!(node = %name, writes = report.apply.kernel_writes, routes = desired.routes.len(), "reconciled");
         Ok(report)
+    }
+
+    /// Reports a failed reconcile in the NodeOverlayIp's Configured
+    /// condition (so `kubectl get noip -o wide` and `overlayctl status`
+    /// show why), then hands the error back.
+    async fn report_failure(&self, live: Option<&OverlayIpRecord>, e: AgentError) -> AgentError {
+        if let Some(rec) = live {
+            let status = AgentStatus {
+                interface: self
+                    .cfg
+                    .interface
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
+                interface_label: self.cfg.interface_label.to_string(),
+                configured: false,
+                reason: "ApplyFailed".into(),
+                message: e.to_string(),
+            };
+            if rec.agent.as_ref() != Some(&status)
+                && let Err(w) = self.overlay_ips.set_agent_status(&rec.name, &status).await
+            {
+                warn!(node = %rec.name, error = %w, "writing NodeOverlayIp agent status failed");
+            }
+        }
+        e
     }
 
     async fn parent(&self, node: &NodeInfo) -> Result<InterfaceName, AgentError> {

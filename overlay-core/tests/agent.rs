@@ -481,3 +481,18 @@ async fn a_missing_node_changes_nothing() {
     assert!(err.to_string().contains("NODE_NAME"), "{err}");
     assert_eq!(e.kernel_routes().len(), 1);
 }
+
+#[tokio::test]
+async fn a_missing_parent_interface_shows_in_the_configured_condition() {
+    let e = env();
+    e.give_overlay_ip();
+    // No INTERFACE and no interface holds the InternalIP.
+    e.kernel.with(|k| k.addresses.clear());
+    let err = e.agent(false).reconcile().await.unwrap_err();
+    assert!(err.to_string().contains("INTERFACE"), "{err}");
+    let agent = e.ips.snapshot().remove(0).agent.unwrap();
+    assert!(!agent.configured);
+    assert_eq!(agent.reason, "ApplyFailed");
+    assert!(agent.message.contains("INTERFACE"), "{}", agent.message);
+    assert!(e.kernel.with(|k| k.interface.is_none()));
+}
