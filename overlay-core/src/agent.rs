@@ -366,25 +366,36 @@ impl Agent {
     /// show why), then hands the error back.
     async fn report_failure(&self, live: Option<&OverlayIpRecord>, e: AgentError) -> AgentError {
         if let Some(rec) = live {
-            let status = AgentStatus {
-                interface: self
-                    .cfg
-                    .interface
-                    .as_ref()
-                    .map(|i| i.to_string())
-                    .unwrap_or_default(),
-                interface_label: self.cfg.interface_label.to_string(),
-                configured: false,
-                reason: "ApplyFailed".into(),
-                message: e.to_string(),
-            };
-            if rec.agent.as_ref() != Some(&status)
-                && let Err(w) = self.overlay_ips.set_agent_status(&rec.name, &status).await
-            {
-                warn!(node = %rec.name, error = %w, "writing NodeOverlayIp agent status failed");
-            }
+            let status = self.not_configured("ApplyFailed", e.to_string());
+            self.put_agent_status(rec, status).await;
         }
         e
+    }
+
+    /// An agent status saying the address is not configured, and why.
+    fn not_configured(&self, reason: &str, message: String) -> AgentStatus {
+        AgentStatus {
+            interface: self
+                .cfg
+                .interface
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            interface_label: self.cfg.interface_label.to_string(),
+            configured: false,
+            reason: reason.into(),
+            message,
+        }
+    }
+
+    /// Writes the agent's NodeOverlayIp status when it differs from what is
+    /// recorded; a failed write is logged (the next reconcile retries).
+    async fn put_agent_status(&self, rec: &OverlayIpRecord, status: AgentStatus) {
+        if rec.agent.as_ref() != Some(&status)
+            && let Err(e) = self.overlay_ips.set_agent_status(&rec.name, &status).await
+        {
+            warn!(node = %rec.name, error = %e, "writing NodeOverlayIp agent status failed");
+        }
     }
 
     async fn parent(&self, node: &NodeInfo) -> Result<InterfaceName, AgentError> {
@@ -628,24 +639,9 @@ impl Agent {
                 reason: "AddressConfigured".into(),
                 message: format!("{} on {} (parent {})", o.address, o.name, o.parent),
             },
-            None => AgentStatus {
-                interface: self
-                    .cfg
-                    .interface
-                    .as_ref()
-                    .map(|i| i.to_string())
-                    .unwrap_or_default(),
-                interface_label: self.cfg.interface_label.to_string(),
-                configured: false,
-                reason: "WaitingForAddress".into(),
-                message: "status.ipAddr is not set yet".into(),
-            },
+            None => self.not_configured("WaitingForAddress", "status.ipAddr is not set yet".into()),
         };
-        if rec.agent.as_ref() != Some(&status)
-            && let Err(e) = self.overlay_ips.set_agent_status(&rec.name, &status).await
-        {
-            warn!(node = %rec.name, error = %e, "writing NodeOverlayIp agent status failed");
-        }
+        self.put_agent_status(rec, status).await;
     }
 
     /// Runs until `shutdown` completes: reconciles on every change of the
