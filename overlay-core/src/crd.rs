@@ -4,11 +4,30 @@
 //!
 //! `deploy/crds/*.yaml` is generated from these types by `overlayctl crds`;
 //! a test fails when the committed YAML drifts.
+//!
+//! The schemas install on every kube-apiserver from 1.30 on. Every list,
+//! map and string is bounded (`maxItems`, `maxProperties`, `maxLength`), so
+//! the API server's CEL cost estimate stays small; formats are checked with
+//! `pattern`, `enum` and `minimum`/`maximum`, which cost nothing; the two
+//! CEL rules left (one of `gateway`/`gatewayFrom`, reserved tables) use only
+//! `has()` and integer comparisons. The CEL IP and CIDR libraries
+//! (`isCIDR`, `cidr().masked()`) are not used: kube-apiserver accepts them
+//! in new CRDs only from 1.31. What a pattern cannot say (host bits of a
+//! CIDR) is checked when the object is read, and reported on the object.
+//!
+//! Objects are read leniently ([`decode_static_route`],
+//! [`decode_node_overlay_ip`]): an object that was stored before this
+//! validation existed, or written by another version, is reported with the
+//! field that is wrong and never fails the list or watch it arrived in.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector as K8sSelector};
+use kube::api::DynamicObject;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{Schema, SchemaGenerator, json_schema};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::FieldProblem;
 use crate::model::RouteState;
 use crate::parse::{Cidr, LabelSelector, ParseError, Requirement, parse_ip, parse_ip_with_prefix};
 use crate::traits::{
@@ -16,15 +35,142 @@ use crate::traits::{
     StaticRouteSpecModel,
 };
 
-/// CEL rule: a canonical CIDR (host bits zero).
-const CEL_CIDR: &str = "isCIDR(self) && cidr(self) == cidr(self).masked()";
-/// CEL rule: an address with prefix length.
-const CEL_IP_PREFIX: &str = "isCIDR(self)";
-/// CEL rule: an IP address.
-const CEL_IP: &str = "isIP(self)";
+/// Longest textual IP address (IPv6 with an embedded IPv4 address).
+pub const IP_MAX_LEN: usize = 45;
+/// Longest address with prefix length (`IP_MAX_LEN` + `/128`).
+pub const CIDR_MAX_LEN: usize = IP_MAX_LEN + 4;
+/// Longest node name (a DNS subdomain).
+pub const NODE_NAME_MAX_LEN: usize = 253;
+/// Most nodes one StaticRoute reports (the scale target).
+pub const MAX_NODES: usize = 5000;
+/// Longest message the agents write into a status (`nodeStatus[].message`,
+/// the `Configured` condition); longer ones are cut at a character boundary.
+pub const MESSAGE_MAX_LEN: usize = 1024;
+/// Longest label key (`prefix/name`: 253 + 1 + 63).
+const LABEL_KEY_MAX_LEN: usize = 317;
+/// Longest label value.
+const LABEL_VALUE_MAX_LEN: usize = 63;
+
+/// One IPv4 address, dotted quad without leading zeros (RE2 syntax).
+const IPV4: &str = r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+
+/// One IPv6 address in any RFC 4291 text form (RFC 3986 grammar, with an
+/// embedded IPv4 address allowed in the last 32 bits).
+fn ipv6() -> String {
+    let h16 = "[0-9a-fA-F]{1,4}";
+    let ls32 = format!("(?:{h16}:{h16}|{IPV4})");
+    // "::" preceded by at most `n` groups, then the tail the grammar allows.
+    let tails = [
+        format!("(?:{h16}:){{4}}{ls32}"),
+        format!("(?:{h16}:){{3}}{ls32}"),
+        format!("(?:{h16}:){{2}}{ls32}"),
+        format!("{h16}:{ls32}"),
+        ls32.clone(),
+        h16.to_owned(),
+        String::new(),
+    ];
+    let mut alts = vec![
+        format!("(?:{h16}:){{6}}{ls32}"),
+        format!("::(?:{h16}:){{5}}{ls32}"),
+    ];
+    for (n, tail) in tails.iter().enumerate() {
+        let head = match n {
+            0 => format!("(?:{h16})?"),
+            n => format!("(?:(?:{h16}:){{0,{n}}}{h16})?"),
+        };
+        alts.push(format!("{head}::{tail}"));
+    }
+    format!("(?:{})", alts.join("|"))
+}
+
+/// `pattern` of an IPv4 or IPv6 address.
+pub fn ip_pattern() -> String {
+    format!("^(?:{IPV4}|{})$", ipv6())
+}
+
+/// `pattern` of an address with prefix length (`192.0.2.0/24`,
+/// `2001:db8::/64`). Host bits are not checked here.
+pub fn cidr_pattern() -> String {
+    format!(
+        "^(?:{IPV4}/(?:3[0-2]|[12]?[0-9])|{}/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))$",
+        ipv6()
+    )
+}
+
+/// Drops `format: uint32`: Kubernetes does not know it (a warning at
+/// install) and it bounds nothing; `minimum`/`maximum` do.
+fn no_format(schema: &mut Schema) {
+    schema.remove("format");
+}
+
+fn ip_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "maxLength": IP_MAX_LEN, "pattern": ip_pattern()})
+}
+
+fn cidr_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "maxLength": CIDR_MAX_LEN, "pattern": cidr_pattern()})
+}
+
+/// `metav1.Condition` with the bounds Kubernetes declares for it, as a
+/// list keyed by `type`.
+fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "One aspect of the node's overlay state (metav1.Condition).",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316,
+                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+                    "description": "Type of the condition, e.g. Configured."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string", "minLength": 1, "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                    "description": "CamelCase reason of the last transition."},
+                "message": {"type": "string", "maxLength": 32768,
+                    "description": "Human-readable detail."}
+            }
+        }
+    })
+}
+
+/// `metav1.LabelSelector`, bounded.
+fn selector_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "Nodes the route applies to (labels of the Node); all nodes when absent.",
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "maxProperties": 64,
+                "additionalProperties": {"type": "string", "maxLength": LABEL_VALUE_MAX_LEN}
+            },
+            "matchExpressions": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "maxLength": LABEL_KEY_MAX_LEN},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"type": "array", "maxItems": 256,
+                            "items": {"type": "string", "maxLength": LABEL_VALUE_MAX_LEN}}
+                    }
+                }
+            }
+        }
+    })
+}
 
 /// Fields of a `NodeOverlayIp` besides metadata and status. The original
-/// objects carry none, so the kind has no `spec`.
+/// objects carry an empty `spec: {}`, kept as it is.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "iks.ibm.com",
@@ -35,13 +181,22 @@ const CEL_IP: &str = "isIP(self)";
     shortname = "overlayip",
     status = "NodeOverlayIpStatus",
     no_spec,
+    doc = "The overlay address of one node, named after the node.",
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.ipAddr"}"#,
     printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gateway"}"#,
     printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".metadata.labels.zone"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Interface","type":"string","priority":1,"jsonPath":".status.interfaceLabel"}"#
 )]
-pub struct NodeOverlayIpFields {}
+pub struct NodeOverlayIpFields {
+    /// Empty; present in the original project's objects.
+    #[serde(default, rename = "spec", skip_serializing_if = "Option::is_none")]
+    pub original_spec: Option<NodeOverlayIpSpec>,
+}
+
+/// The (empty) `spec` of a `NodeOverlayIp`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct NodeOverlayIpSpec {}
 
 /// Status of a `NodeOverlayIp`: `ipAddr`/`gateway` are the controller's,
 /// the rest the agent's (separate server-side-apply field managers).
@@ -50,21 +205,23 @@ pub struct NodeOverlayIpFields {}
 pub struct NodeOverlayIpStatus {
     /// Reserved overlay address with prefix length, e.g. `192.168.100.4/24`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = CEL_IP_PREFIX)]
+    #[schemars(schema_with = "cidr_schema")]
     pub ip_addr: Option<String>,
     /// Gateway of the overlay subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = CEL_IP)]
+    #[schemars(schema_with = "ip_schema")]
     pub gateway: Option<String>,
     /// Parent interface the agent used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
     pub interface: Option<String>,
     /// Name of the overlay (macvlan) interface, e.g. `tmp0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
     pub interface_label: Option<String>,
     /// Conditions reported by the agent (`Configured`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Option<Vec<Condition>>,
 }
 
@@ -77,7 +234,7 @@ pub struct NodeOverlayIpStatus {
     plural = "staticroutes",
     shortname = "sr",
     status = "StaticRouteStatus",
-    validation = Rule::new("!has(self.spec.gateway) || !has(self.spec.gatewayFrom)").message("set at most one of spec.gateway and spec.gatewayFrom"),
+    doc = "A route to an on-premise subnet, programmed on every selected node.",
     printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".spec.subnet"}"#,
     printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".spec.gateway"}"#,
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodeStatus[*].hostname"}"#,
@@ -85,31 +242,34 @@ pub struct NodeOverlayIpStatus {
     printcolumn = r#"{"name":"Table","type":"integer","priority":1,"jsonPath":".spec.table"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.gateway) || !has(self.gatewayFrom)").message("set at most one of spec.gateway and spec.gatewayFrom"))]
 pub struct StaticRouteSpec {
     /// Destination subnet, e.g. `192.168.0.0/24` (host bits zero).
-    #[x_kube(validation = Rule::new(CEL_CIDR).message("subnet must be a CIDR with host bits zero, e.g. 192.168.0.0/24"))]
+    #[schemars(schema_with = "cidr_schema")]
     pub subnet: String,
     /// Fixed next hop. When neither this nor `gatewayFrom` is set, the
     /// node's overlay gateway is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(CEL_IP).message("gateway must be an IP address"))]
+    #[schemars(schema_with = "ip_schema")]
     pub gateway: Option<String>,
     /// Use the gateway of the kernel route covering this prefix, e.g.
     /// `10.0.0.0/8` (the private network). Needs no overlay IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(CEL_CIDR).message("gatewayFrom must be a CIDR with host bits zero, e.g. 10.0.0.0/8"))]
+    #[schemars(schema_with = "cidr_schema")]
     pub gateway_from: Option<String>,
-    /// Routing table: 1–252, 254 (main) or 256 and up; default main (254).
-    /// 0, 253 (default) and 255 (local) are refused.
+    /// Routing table: 1–252, 254 (main) or 256 to 4294967294; default main
+    /// (254). 253 (default) and 255 (local) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4294967294u32))]
-    #[x_kube(validation = Rule::new("self != 0 && self != 253 && self != 255").message("table 0, 253 (default) and 255 (local) are reserved"))]
+    #[schemars(range(min = 1, max = 4294967294u32), transform = no_format)]
+    #[x_kube(validation = Rule::new("self != 253 && self != 255").message("table 253 (default) and 255 (local) are reserved; use 1-252, 254 (main) or 256 and up"))]
     pub table: Option<u32>,
-    /// Route metric (priority); default 0.
+    /// Route metric (priority), 0 to 4294967295; default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4294967295u32), transform = no_format)]
     pub metric: Option<u32>,
     /// Nodes the route applies to; all nodes when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "selector_schema")]
     pub node_selector: Option<K8sSelector>,
 }
 
@@ -120,6 +280,7 @@ pub struct StaticRouteSpec {
 pub struct StaticRouteStatus {
     /// Per-node state, keyed by `hostname`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub node_status: Vec<NodeStatusEntry>,
 }
@@ -129,20 +290,24 @@ pub struct StaticRouteStatus {
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusEntry {
     /// Node name (the list-map key).
+    #[schemars(length(max = 253))]
     pub hostname: String,
     /// Output device of the route.
     #[serde(default)]
+    #[schemars(length(max = 15))]
     pub device: String,
     /// Gateway the route uses.
     #[serde(default)]
+    #[schemars(length(max = 45))]
     pub gateway: String,
     /// `Applied`, `Failed` or `Pending`; absent in objects written by the
     /// original agents (treated as Applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self in ['Applied', 'Failed', 'Pending']").message("state is Applied, Failed or Pending"))]
+    #[schemars(extend("enum" = ["Applied", "Failed", "Pending"]))]
     pub state: Option<String>,
     /// Why the route is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub message: Option<String>,
 }
 
@@ -316,75 +481,216 @@ fn is_deleting(meta: &kube::core::ObjectMeta) -> bool {
     meta.deletion_timestamp.is_some()
 }
 
-impl From<&NodeOverlayIp> for OverlayIpRecord {
-    fn from(o: &NodeOverlayIp) -> Self {
-        let status = o.status.clone().unwrap_or_default();
-        let configured = status
-            .conditions
+/// Joins a base path and the path serde reports (`.` is the base itself).
+fn join_path(base: &str, sub: &serde_path_to_error::Path) -> String {
+    let sub = sub.to_string();
+    match sub.as_str() {
+        "." | "" => base.to_owned(),
+        s if s.starts_with('[') => format!("{base}{s}"),
+        s => format!("{base}.{s}"),
+    }
+}
+
+/// Reads the value at `path` as `T`; absent or `null` is `Ok(None)`. The
+/// error names the exact field (`spec.metric`, not just `spec`).
+pub(crate) fn read<T: DeserializeOwned>(
+    v: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<Option<T>, FieldProblem> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => serde_path_to_error::deserialize(v)
+            .map(Some)
+            .map_err(|e| FieldProblem::new(join_path(path, e.path()), e.inner().to_string())),
+    }
+}
+
+/// Keeps the first problem found.
+fn note(first: &mut Option<FieldProblem>, p: FieldProblem) {
+    if first.is_none() {
+        *first = Some(p);
+    }
+}
+
+/// Reads a `NodeOverlayIp` leniently. A field that does not convert is left
+/// out of the record and the first such problem is returned: a garbage
+/// `status.ipAddr` or `status.gateway` leaves `ip_addr`/`gateway` unset and
+/// sets [`OverlayIpRecord::address_error`], so that the agent keeps the
+/// address it has instead of removing it.
+pub fn decode_node_overlay_ip(obj: &DynamicObject) -> (OverlayIpRecord, Option<FieldProblem>) {
+    overlay_ip_record(&obj.metadata, &obj.data)
+}
+
+fn overlay_ip_record(
+    meta: &kube::core::ObjectMeta,
+    data: &serde_json::Value,
+) -> (OverlayIpRecord, Option<FieldProblem>) {
+    let mut problem = None;
+    let status = data.get("status");
+    let field = |name: &str| status.and_then(|s| s.get(name));
+    let text = |name: &str, problem: &mut Option<FieldProblem>| -> Option<String> {
+        read::<String>(field(name), &format!("status.{name}")).unwrap_or_else(|p| {
+            note(problem, p);
+            None
+        })
+    };
+    let ip_text = text("ipAddr", &mut problem);
+    let gw_text = text("gateway", &mut problem);
+    let interface = text("interface", &mut problem);
+    let interface_label = text("interfaceLabel", &mut problem);
+    let mut address_error = problem.clone();
+    let ip_addr = ip_text.as_deref().and_then(|s| {
+        parse_ip_with_prefix("status.ipAddr", s)
+            .map_err(|e| note(&mut address_error, e.into()))
+            .ok()
+    });
+    let gateway = gw_text.as_deref().and_then(|s| {
+        parse_ip("status.gateway", s)
+            .map_err(|e| note(&mut address_error, e.into()))
+            .ok()
+    });
+    if let Some(p) = &address_error {
+        note(&mut problem, p.clone());
+    }
+    let conditions: Vec<Condition> = read(field("conditions"), "status.conditions")
+        .unwrap_or_else(|p| {
+            note(&mut problem, p);
+            None
+        })
+        .unwrap_or_default();
+    let configured = conditions.iter().find(|c| c.type_ == "Configured");
+    let agent = match (&interface, &interface_label, configured) {
+        (None, None, None) => None,
+        (i, l, c) => Some(AgentStatus {
+            interface: i.clone().unwrap_or_default(),
+            interface_label: l.clone().unwrap_or_default(),
+            configured: c.is_some_and(|c| c.status == "True"),
+            reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+            message: c.map(|c| c.message.clone()).unwrap_or_default(),
+        }),
+    };
+    let record = OverlayIpRecord {
+        name: meta.name.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        deleting: is_deleting(meta),
+        owner_uid: meta
+            .owner_references
             .iter()
             .flatten()
-            .find(|c| c.type_ == "Configured");
-        let agent = match (&status.interface, &status.interface_label, configured) {
-            (None, None, None) => None,
-            (i, l, c) => Some(AgentStatus {
-                interface: i.clone().unwrap_or_default(),
-                interface_label: l.clone().unwrap_or_default(),
-                configured: c.is_some_and(|c| c.status == "True"),
-                reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
-                message: c.map(|c| c.message.clone()).unwrap_or_default(),
-            }),
+            .find(|r| r.kind == "Node")
+            .map(|r| r.uid.clone()),
+        ip_addr,
+        gateway,
+        address_error: address_error.map(|p| p.to_string()),
+        agent,
+    };
+    (record, problem)
+}
+
+/// Reads a `StaticRoute` leniently. A spec that does not convert (or fails
+/// the checks a pattern cannot express, such as host bits) makes
+/// `spec` an `Err` naming the field; status entries that do not convert are
+/// skipped (an unknown `state` reads as Pending). The first problem is
+/// returned.
+pub fn decode_static_route(obj: &DynamicObject) -> (StaticRouteRecord, Option<FieldProblem>) {
+    static_route_record(&obj.metadata, &obj.data)
+}
+
+fn static_route_record(
+    meta: &kube::core::ObjectMeta,
+    data: &serde_json::Value,
+) -> (StaticRouteRecord, Option<FieldProblem>) {
+    let mut problem = None;
+    let spec = match read::<StaticRouteSpec>(data.get("spec"), "spec") {
+        Ok(Some(spec)) => static_route_model(&spec).map_err(FieldProblem::from),
+        Ok(None) => Err(FieldProblem::new(
+            "spec",
+            "missing; set at least spec.subnet",
+        )),
+        Err(p) => Err(p),
+    };
+    let spec = spec.map_err(|p| {
+        let msg = p.to_string();
+        note(&mut problem, p);
+        msg
+    });
+    let entries = data.get("status").and_then(|s| s.get("nodeStatus"));
+    let entries: Vec<serde_json::Value> = read(entries, "status.nodeStatus")
+        .unwrap_or_else(|p| {
+            note(&mut problem, p);
+            None
+        })
+        .unwrap_or_default();
+    let mut node_status = Vec::with_capacity(entries.len());
+    for (i, v) in entries.iter().enumerate() {
+        let path = format!("status.nodeStatus[{i}]");
+        let e: NodeStatusEntry = match read(Some(v), &path) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(p) => {
+                note(&mut problem, p);
+                continue;
+            }
         };
-        OverlayIpRecord {
-            name: o.metadata.name.clone().unwrap_or_default(),
-            labels: o.metadata.labels.clone().unwrap_or_default(),
-            finalizers: o.metadata.finalizers.clone().unwrap_or_default(),
-            deleting: is_deleting(&o.metadata),
-            owner_uid: o
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|r| r.kind == "Node")
-                .map(|r| r.uid.clone()),
-            ip_addr: status
-                .ip_addr
-                .as_deref()
-                .and_then(|s| parse_ip_with_prefix("status.ipAddr", s).ok()),
-            gateway: status
-                .gateway
-                .as_deref()
-                .and_then(|s| parse_ip("status.gateway", s).ok()),
-            agent,
-        }
+        let state = match e.state.as_deref() {
+            None | Some("Applied") => RouteState::Applied,
+            Some("Failed") => RouteState::Failed,
+            Some("Pending") => RouteState::Pending,
+            Some(other) => {
+                note(
+                    &mut problem,
+                    FieldProblem::new(
+                        format!("{path}.state"),
+                        format!("unknown state {other:?}; expected Applied, Failed or Pending"),
+                    ),
+                );
+                RouteState::Pending
+            }
+        };
+        node_status.push(NodeRouteStatus {
+            hostname: e.hostname,
+            device: e.device,
+            gateway: e.gateway,
+            state,
+            message: e.message.unwrap_or_default(),
+        });
+    }
+    let record = StaticRouteRecord {
+        name: meta.name.clone().unwrap_or_default(),
+        spec,
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        deleting: is_deleting(meta),
+        node_status,
+    };
+    (record, problem)
+}
+
+impl From<&NodeOverlayIp> for OverlayIpRecord {
+    fn from(o: &NodeOverlayIp) -> Self {
+        let data = serde_json::json!({ "status": o.status });
+        overlay_ip_record(&o.metadata, &data).0
     }
 }
 
 impl From<&StaticRoute> for StaticRouteRecord {
     fn from(r: &StaticRoute) -> Self {
-        let node_status = r
-            .status
-            .iter()
-            .flat_map(|s| s.node_status.iter())
-            .map(|e| NodeRouteStatus {
-                hostname: e.hostname.clone(),
-                device: e.device.clone(),
-                gateway: e.gateway.clone(),
-                state: match e.state.as_deref() {
-                    Some("Failed") => RouteState::Failed,
-                    Some("Pending") => RouteState::Pending,
-                    _ => RouteState::Applied,
-                },
-                message: e.message.clone().unwrap_or_default(),
-            })
-            .collect();
-        StaticRouteRecord {
-            name: r.metadata.name.clone().unwrap_or_default(),
-            spec: static_route_model(&r.spec).map_err(|e| e.to_string()),
-            finalizers: r.metadata.finalizers.clone().unwrap_or_default(),
-            deleting: is_deleting(&r.metadata),
-            node_status,
-        }
+        let data = serde_json::json!({ "spec": r.spec, "status": r.status });
+        static_route_record(&r.metadata, &data).0
     }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary, marking the cut.
+pub fn truncate_message(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    const MARK: &str = " [...]";
+    let mut end = max.saturating_sub(MARK.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &s[..end])
 }
 
 impl From<&NodeRouteStatus> for NodeStatusEntry {
@@ -394,7 +700,7 @@ impl From<&NodeRouteStatus> for NodeStatusEntry {
             device: s.device.clone(),
             gateway: s.gateway.clone(),
             state: Some(s.state.to_string()),
-            message: (!s.message.is_empty()).then(|| s.message.clone()),
+            message: (!s.message.is_empty()).then(|| truncate_message(&s.message, MESSAGE_MAX_LEN)),
         }
     }
 }

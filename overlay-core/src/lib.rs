@@ -18,11 +18,13 @@ pub mod agent;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod invalid;
 pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod queue;
+pub mod repeats;
 pub mod traits;
 
 #[cfg(feature = "kube")]

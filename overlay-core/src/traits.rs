@@ -148,6 +148,11 @@ pub struct OverlayIpRecord {
     pub ip_addr: Option<IpNetwork>,
     /// Gateway of the pool (controller-owned status).
     pub gateway: Option<IpAddr>,
+    /// Set when `status.ipAddr` or `status.gateway` holds something that is
+    /// not an address (an object stored before validation, or written by
+    /// another version): why. `ip_addr`/`gateway` are then unset, and the
+    /// agent keeps the address it has.
+    pub address_error: Option<String>,
     /// Agent-owned status.
     pub agent: Option<AgentStatus>,
 }
