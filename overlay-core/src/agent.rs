@@ -3,11 +3,16 @@
 //! per-node status. Written against the traits only.
 //!
 //! Safety rules:
-//! - the kernel is changed only from a complete picture: when any input
-//!   (node, NodeOverlayIp, StaticRoutes, legacy list) cannot be read, nothing
-//!   is applied and the routes in place stay;
+//! - the kernel is changed only from a complete picture: when the node, the
+//!   NodeOverlayIp or the StaticRoutes cannot be read (the initial list has
+//!   not completed), nothing is applied and the routes in place stay;
+//! - one input that can be read but not trusted costs only itself: a
+//!   garbage `ipAddr` keeps the last good address (and, on a fresh agent
+//!   that has none, leaves the interface and every route as they are); a
+//!   StaticRoute that does not convert is reported Failed in its status and
+//!   the others are applied;
 //! - the legacy list keeps its last good value when it becomes unreadable or
-//!   malformed;
+//!   malformed; never read successfully, it removes nothing;
 //! - routes that would shadow the node's own networks are refused and
 //!   reported, never installed.
 
@@ -27,6 +32,7 @@ use crate::model::{
     RouteResult, RouteSpec, RouteState,
 };
 use crate::parse::{Cidr, InterfaceName, ParseError};
+use crate::repeats::Repeats;
 use crate::traits::{
     AgentStatus, GatewayChoice, LegacyRouteSource, NodeRouteStatus, NodeSource, OverlayIpRecord,
     OverlayIpStore, RouteProgrammer, StaticRouteRecord, StaticRouteStore,
@@ -124,6 +130,9 @@ pub struct Agent {
     legacy: Option<Arc<dyn LegacyRouteSource>>,
     metrics: AgentMetrics,
     last_legacy: Mutex<Option<Vec<Cidr>>>,
+    /// The overlay interface and gateway last applied from a valid
+    /// NodeOverlayIp, kept while the object's address is garbage.
+    last_overlay: Mutex<Option<(OverlayInterface, Option<IpAddr>)>>,
     discovered: Mutex<HashMap<Cidr, DiscoveredRoute>>,
     lock: Mutex<()>,
     ready: std::sync::atomic::AtomicBool,
@@ -151,13 +160,16 @@ impl Agent {
             legacy,
             metrics,
             last_legacy: Mutex::new(None),
+            last_overlay: Mutex::new(None),
             discovered: Mutex::new(HashMap::new()),
             lock: Mutex::new(()),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// True once a reconcile has completed (for `/readyz`).
+    /// True once a reconcile has completed, which needs the initial lists of
+    /// every input (for `/readyz`). An agent that cannot reach the API
+    /// server at start stays not ready, and keeps running.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -191,21 +203,32 @@ impl Agent {
             Some(s) => s.list().await.map_err(self.read_err("StaticRoutes"))?,
             None => Vec::new(),
         };
-        let legacy = self.legacy_subnets().await?;
+        let (legacy, legacy_unknown) = self.legacy_subnets().await;
 
         let live = record.as_ref().filter(|r| !r.deleting);
-        let overlay = match live.and_then(|r| r.ip_addr) {
-            Some(address) => Some(OverlayInterface {
-                name: self.cfg.interface_label.clone(),
-                parent: match self.parent(&node).await {
-                    Ok(p) => p,
-                    Err(e) => return Err(self.report_failure(live, e).await),
-                },
-                address,
-            }),
-            None => None,
+        // A garbage address keeps the last good one; with none known (a
+        // fresh agent), the interface and every route stay as they are.
+        let address_problem = live.and_then(|r| r.address_error.clone());
+        let (overlay, gateway) = match (live, &address_problem) {
+            (_, Some(_)) => self.last_overlay.lock().await.clone().unzip(),
+            (Some(r), None) => match r.ip_addr {
+                Some(address) => (
+                    Some(OverlayInterface {
+                        name: self.cfg.interface_label.clone(),
+                        parent: match self.parent(&node).await {
+                            Ok(p) => p,
+                            Err(e) => return Err(self.report_failure(live, e).await),
+                        },
+                        address,
+                    }),
+                    r.gateway.map(Some),
+                ),
+                None => (None, None),
+            },
+            (None, None) => (None, None),
         };
-        let gateway = live.and_then(|r| r.gateway);
+        let gateway = gateway.flatten();
+        let keep_unlisted = legacy_unknown || (address_problem.is_some() && overlay.is_none());
 
         let mut planned = Vec::new();
         for sr in &static_routes {
@@ -290,9 +313,20 @@ impl Agent {
             }
         }
 
+        if let (Some(why), None) = (&address_problem, &overlay) {
+            for p in planned
+                .iter_mut()
+                .filter(|p| p.status.state == RouteState::Pending)
+            {
+                p.status.message = format!(
+                    "this node's NodeOverlayIp address is invalid ({why}); the route in place is kept"
+                );
+            }
+        }
         let desired = DesiredNodeState {
             overlay: overlay.clone(),
             routes: planned.iter().filter_map(|p| p.route.clone()).collect(),
+            keep_unlisted,
         };
         let apply = match self.programmer.apply(&desired).await {
             Ok(a) => a,
@@ -310,8 +344,13 @@ impl Agent {
             .map(|o| (o.route.key(), o.result.clone()))
             .collect();
 
+        if address_problem.is_none()
+            && let Some(o) = &overlay
+        {
+            *self.last_overlay.lock().await = Some((o.clone(), gateway));
+        }
         let mut interface_removed = false;
-        if overlay.is_none() {
+        if overlay.is_none() && address_problem.is_none() {
             interface_removed = self
                 .programmer
                 .remove_interface(&self.cfg.interface_label)
@@ -352,7 +391,8 @@ impl Agent {
         self.write_route_status(&static_routes, &planned, &mut report)
             .await;
         if let Some(rec) = live {
-            self.write_agent_status(rec, overlay.as_ref()).await;
+            self.write_agent_status(rec, overlay.as_ref(), address_problem.as_deref())
+                .await;
         }
         self.metrics
             .apply_latency
@@ -548,11 +588,13 @@ impl Agent {
     }
 
     /// The legacy subnets: the fresh list, or the last good one when the
-    /// source is unreadable. Never read successfully → error (nothing is
-    /// applied, so legacy routes already in the kernel stay).
-    async fn legacy_subnets(&self) -> Result<Option<Vec<Cidr>>, AgentError> {
+    /// source is unreadable or malformed. The flag is true when no list is
+    /// known at all (never read successfully): then nothing is removed, so
+    /// legacy routes already in the kernel stay, and everything else is
+    /// applied.
+    async fn legacy_subnets(&self) -> (Option<Vec<Cidr>>, bool) {
         let Some(src) = self.legacy.as_ref() else {
-            return Ok(None);
+            return (None, false);
         };
         let mut last = self.last_legacy.lock().await;
         match src.subnets().await {
@@ -562,10 +604,14 @@ impl Agent {
                     warn!(node = %self.cfg.node_name, error = %e, kept = kept.len(),
                         "static-routes list unreadable or malformed; keeping the last good list");
                 }
-                None => return Err(self.read_err("static-routes list")(e)),
+                None => {
+                    warn!(node = %self.cfg.node_name, error = %e,
+                        "static-routes list unreadable or malformed and never read before; routes in place are kept, nothing is removed");
+                    return (None, true);
+                }
             },
         }
-        Ok(last.clone())
+        (last.clone(), false)
     }
 
     /// Gateway discovery with a last-known-good fallback, so a transient
@@ -630,16 +676,37 @@ impl Agent {
         }
     }
 
-    async fn write_agent_status(&self, rec: &OverlayIpRecord, overlay: Option<&OverlayInterface>) {
-        let status = match overlay {
-            Some(o) => AgentStatus {
+    async fn write_agent_status(
+        &self,
+        rec: &OverlayIpRecord,
+        overlay: Option<&OverlayInterface>,
+        address_problem: Option<&str>,
+    ) {
+        let status = match (overlay, address_problem) {
+            (Some(o), None) => AgentStatus {
                 interface: o.parent.to_string(),
                 interface_label: o.name.to_string(),
                 configured: true,
                 reason: "AddressConfigured".into(),
                 message: format!("{} on {} (parent {})", o.address, o.name, o.parent),
             },
-            None => self.not_configured("WaitingForAddress", "status.ipAddr is not set yet".into()),
+            (Some(o), Some(why)) => AgentStatus {
+                interface: o.parent.to_string(),
+                ..self.not_configured(
+                    "InvalidAddress",
+                    format!(
+                        "{why}; keeping the last good address {} on {}",
+                        o.address, o.name
+                    ),
+                )
+            },
+            (None, Some(why)) => self.not_configured(
+                "InvalidAddress",
+                format!("{why}; the overlay interface and routes in place are left as they are"),
+            ),
+            (None, None) => {
+                self.not_configured("WaitingForAddress", "status.ipAddr is not set yet".into())
+            }
         };
         self.put_agent_status(rec, status).await;
     }
@@ -665,6 +732,7 @@ impl Agent {
         let mut resync = tokio::time::interval(self.cfg.resync);
         tokio::pin!(shutdown);
         let mut failures = 0u32;
+        let errors = Repeats::new(Duration::from_secs(60));
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let retry = async {
@@ -692,9 +760,18 @@ impl Agent {
                     None => { drift = futures::stream::pending().boxed(); continue; }
                 },
             }
-            match self.reconcile().await {
+            // A reconcile waiting on an unreachable API server must not hold
+            // up shutdown: SIGTERM leaves everything in place anyway.
+            let result = tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.reconcile() => r,
+            };
+            match result {
                 Ok(_) => {
                     self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(n) = errors.success() {
+                        info!(node = %self.cfg.node_name, failures = n, "agent reconcile succeeded again");
+                    }
                     failures = 0;
                     retry_at = None;
                     self.metrics.reconciled(true);
@@ -704,7 +781,10 @@ impl Agent {
                     let delay = Duration::from_millis(250)
                         .saturating_mul(1u32 << failures.min(8))
                         .min(Duration::from_secs(60));
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "agent reconcile failed; routes in place are kept");
+                    if let Some(repeats) = errors.failure() {
+                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64, repeats,
+                            "agent reconcile failed; routes in place are kept");
+                    }
                     retry_at = Some(tokio::time::Instant::now() + delay);
                     self.metrics.reconciled(false);
                 }

@@ -193,6 +193,7 @@ impl Controller {
         self.events
             .record(Event {
                 kind: kind.into(),
+                namespace: None,
                 name: name.into(),
                 type_,
                 reason: reason.into(),

@@ -16,6 +16,8 @@ pub enum EventType {
 pub struct Event {
     /// Kind of the object (`Node`, `NodeOverlayIp`, `StaticRoute`).
     pub kind: String,
+    /// Namespace of the object; `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
     /// Name of the object.
     pub name: String,
     /// Severity.

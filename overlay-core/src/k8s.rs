@@ -2,37 +2,46 @@
 //! NodeOverlayIp and StaticRoute stores, Events, and the legacy
 //! `static-routes` ConfigMap.
 //!
-//! Reads come from reflector caches fed by watches (one LIST + WATCH per
-//! kind, never a GET per reconcile); writes are server-side apply under
-//! each writer's own field manager, and finalizer removal is a guarded JSON
-//! patch (`test` then `replace`), so a concurrent writer makes the patch
-//! fail instead of being overwritten.
+//! Reads come from caches fed by watches (one LIST + WATCH per kind, never a
+//! GET per reconcile); writes are server-side apply under each writer's own
+//! field manager, and finalizer removal is a guarded JSON patch (`test` then
+//! `replace`), so a concurrent writer makes the patch fail instead of being
+//! overwritten.
+//!
+//! Every object is read as a `DynamicObject` and converted field by field
+//! ([`crate::crd::decode_static_route`], [`crate::crd::decode_node_overlay_ip`]):
+//! one object that does not convert (stored before validation, or by
+//! another version) is reported through [`InvalidObjects`] and never fails
+//! the list or watch of the others.
 
-use std::fmt::Debug;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeAddress, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::broadcast;
-use tracing::{debug, warn};
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
 
-use crate::crd::{NodeOverlayIp, NodeStatusEntry, StaticRoute};
+use crate::crd::{
+    MESSAGE_MAX_LEN, NodeOverlayIp, NodeStatusEntry, StaticRoute, decode_node_overlay_ip,
+    decode_static_route, read, truncate_message,
+};
 use crate::error::StoreError;
 use crate::events::{Event, EventRecorder, EventType};
+use crate::invalid::{FieldProblem, InvalidObjects};
 use crate::model::NodeInfo;
 use crate::parse::Cidr;
+use crate::repeats::Repeats;
 use crate::traits::{
     AgentStatus, LegacyRouteSource, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord,
     OverlayIpStore, StaticRouteRecord, StaticRouteStore, StoreEvent,
@@ -53,6 +62,8 @@ pub fn node_field_manager(node: &str) -> String {
 
 const API_VERSION: &str = "iks.ibm.com/v1alpha1";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A failing watch logs its error at most this often.
+const ERROR_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 fn api_err(kind: &str, name: &str, e: kube::Error) -> StoreError {
     let (kind, name) = (kind.to_owned(), name.to_owned());
@@ -78,9 +89,25 @@ fn api_err(kind: &str, name: &str, e: kube::Error) -> StoreError {
         other => StoreError::Unavailable {
             kind,
             name,
-            message: other.to_string(),
+            message: error_chain(other),
         },
     }
+}
+
+/// An error with its sources (`ServiceError: …: Connection refused (os
+/// error 111)`), so that a connection failure says why.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn ignore_not_found(r: Result<(), StoreError>) -> Result<(), StoreError> {
@@ -90,50 +117,124 @@ fn ignore_not_found(r: Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// A reflector cache of one kind plus a broadcast of its changes, mapped to
+/// A cluster-wide API of kind `K`, read and written as `DynamicObject`s so
+/// that an object that does not fit `K` is still read (and reported).
+fn dynamic_api<K: Resource<DynamicType = ()>>(client: Client) -> Api<DynamicObject> {
+    Api::all_with(client, &ApiResource::erase::<K>(&()))
+}
+
+/// Converts a raw object into a record, with the first problem found.
+type Decode<R> = fn(&DynamicObject) -> (R, Option<FieldProblem>);
+
+/// One cached object: as the API server sent it, and as a record.
+struct Entry<R> {
+    raw: Arc<DynamicObject>,
+    record: R,
+}
+
+type Entries<R> = Arc<RwLock<BTreeMap<String, Arc<Entry<R>>>>>;
+
+/// A cache of one kind fed by a watch, plus a broadcast of its changes as
 /// records.
-struct Reflected<K: Resource<DynamicType = ()> + Clone + 'static, R> {
+struct Cache<R> {
     kind: &'static str,
-    store: Store<K>,
+    entries: Entries<R>,
+    ready: watch::Receiver<bool>,
     tx: broadcast::Sender<Result<StoreEvent<R>, StoreError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl<K, R> Drop for Reflected<K, R>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
+impl<R> Drop for Cache<R> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl<K, R> Reflected<K, R>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    R: Clone + Send + 'static,
-{
-    fn start(api: Api<K>, cfg: watcher::Config, kind: &'static str, map: fn(&K) -> R) -> Self {
-        let (store, writer) = reflector::store();
+fn read_entries<R>(
+    e: &Entries<R>,
+) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Entry<R>>>> {
+    e.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_entries<R>(
+    e: &Entries<R>,
+) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Entry<R>>>> {
+    e.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<R: Clone + Send + Sync + 'static> Cache<R> {
+    fn start(
+        api: Api<DynamicObject>,
+        cfg: watcher::Config,
+        kind: &'static str,
+        decode: Decode<R>,
+        invalid: InvalidObjects,
+    ) -> Self {
+        let entries: Entries<R> = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
         let (tx, _) = broadcast::channel(16_384);
         let sender = tx.clone();
-        let reader = store.clone();
+        let cache = entries.clone();
         let task = tokio::spawn(async move {
-            let mut stream = watcher(api, cfg).default_backoff().reflect(writer).boxed();
+            let entry = |o: DynamicObject| {
+                let (record, problem) = decode(&o);
+                let name = o.name_any();
+                invalid.observe(kind, &name, problem.as_ref());
+                (
+                    name,
+                    Arc::new(Entry {
+                        raw: Arc::new(o),
+                        record,
+                    }),
+                )
+            };
+            let errors = Repeats::new(ERROR_LOG_PERIOD);
+            let mut stream = watcher(api, cfg).default_backoff().boxed();
+            let mut buffer: BTreeMap<String, Arc<Entry<R>>> = BTreeMap::new();
             while let Some(ev) = stream.next().await {
                 let out = match ev {
-                    Ok(watcher::Event::Apply(o)) => Ok(StoreEvent::Applied(map(&o))),
-                    Ok(watcher::Event::Delete(o)) => Ok(StoreEvent::Deleted(o.name_any())),
-                    Ok(watcher::Event::InitDone) => Ok(StoreEvent::Restarted(
-                        reader.state().iter().map(|o| map(o)).collect(),
-                    )),
-                    Ok(_) => continue,
+                    Ok(watcher::Event::Init) => {
+                        buffer.clear();
+                        continue;
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        let (name, e) = entry(o);
+                        buffer.insert(name, e);
+                        continue;
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(n) = errors.success() {
+                            info!(kind, failures = n, "watch recovered");
+                        }
+                        let all = std::mem::take(&mut buffer);
+                        let names: HashSet<String> = all.keys().cloned().collect();
+                        invalid.retain(kind, &names);
+                        let records = all.values().map(|e| e.record.clone()).collect();
+                        *write_entries(&cache) = all;
+                        let _ = ready_tx.send(true);
+                        Ok(StoreEvent::Restarted(records))
+                    }
+                    Ok(watcher::Event::Apply(o)) => {
+                        let (name, e) = entry(o);
+                        let record = e.record.clone();
+                        write_entries(&cache).insert(name, e);
+                        Ok(StoreEvent::Applied(record))
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        let name = o.name_any();
+                        write_entries(&cache).remove(&name);
+                        invalid.forget(kind, &name);
+                        Ok(StoreEvent::Deleted(name))
+                    }
                     Err(e) => {
-                        warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        let message = error_chain(&e);
+                        if let Some(repeats) = errors.failure() {
+                            warn!(kind, error = %message, repeats, "watch failed; retrying with backoff (routes and addresses in place are kept)");
+                        }
                         Err(StoreError::Unavailable {
                             kind: kind.into(),
                             name: String::new(),
-                            message: e.to_string(),
+                            message,
                         })
                     }
                 };
@@ -142,15 +243,17 @@ where
         });
         Self {
             kind,
-            store,
+            entries,
+            ready,
             tx,
             task,
         }
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        match tokio::time::timeout(READY_TIMEOUT, self.store.wait_until_ready()).await {
-            Ok(Ok(())) => Ok(()),
+        let mut ready = self.ready.clone();
+        match tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::Unavailable {
                 kind: self.kind.into(),
                 name: String::new(),
@@ -159,23 +262,27 @@ where
         }
     }
 
-    async fn get(&self, name: &str) -> Result<Option<Arc<K>>, StoreError> {
+    async fn get(&self, name: &str) -> Result<Option<Arc<Entry<R>>>, StoreError> {
         self.ready().await?;
-        Ok(self.store.get(&reflector::ObjectRef::new(name)))
+        Ok(read_entries(&self.entries).get(name).cloned())
     }
 
-    async fn list(&self) -> Result<Vec<Arc<K>>, StoreError> {
+    async fn list(&self) -> Result<Vec<R>, StoreError> {
         self.ready().await?;
-        Ok(self.store.state())
+        Ok(read_entries(&self.entries)
+            .values()
+            .map(|e| e.record.clone())
+            .collect())
     }
 
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<R>, StoreError>> {
-        futures::stream::unfold(self.tx.subscribe(), |mut rx| async move {
+        let kind = self.kind;
+        futures::stream::unfold(self.tx.subscribe(), move |mut rx| async move {
             match rx.recv().await {
                 Ok(ev) => Some((ev, rx)),
                 Err(broadcast::error::RecvError::Lagged(n)) => Some((
                     Err(StoreError::Unavailable {
-                        kind: "watch".into(),
+                        kind: kind.into(),
                         name: String::new(),
                         message: format!("lagged by {n} events; relist"),
                     }),
@@ -190,33 +297,61 @@ where
 
 /// Converts a Node into [`NodeInfo`].
 pub fn node_info(n: &Node) -> NodeInfo {
-    let ips = n
-        .status
-        .iter()
-        .flat_map(|s| s.addresses.iter().flatten())
+    let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
+    node_from_parts(&n.metadata, addresses)
+}
+
+fn node_from_parts<'a>(
+    meta: &kube::core::ObjectMeta,
+    addresses: impl Iterator<Item = &'a NodeAddress>,
+) -> NodeInfo {
+    let ips = addresses
         .filter(|a| a.type_ == "InternalIP")
         .filter_map(|a| a.address.parse::<IpAddr>().ok())
         .collect();
-    let mut info = NodeInfo::from_labels(n.name_any(), n.labels().clone(), ips);
-    info.uid = n.metadata.uid.clone();
+    let name = meta.name.clone().unwrap_or_default();
+    let mut info = NodeInfo::from_labels(name, meta.labels.clone().unwrap_or_default(), ips);
+    info.uid = meta.uid.clone();
     info
+}
+
+/// Reads a Node leniently: name, uid and labels always; addresses that do
+/// not convert are left out and reported.
+fn decode_node(o: &DynamicObject) -> (NodeInfo, Option<FieldProblem>) {
+    let addresses = o.data.get("status").and_then(|s| s.get("addresses"));
+    let (addresses, problem) = match read::<Vec<NodeAddress>>(addresses, "status.addresses") {
+        Ok(a) => (a.unwrap_or_default(), None),
+        Err(p) => (Vec::new(), Some(p)),
+    };
+    (node_from_parts(&o.metadata, addresses.iter()), problem)
+}
+
+/// A watch configuration, field-selected to one object by name.
+fn watch_config(only: Option<&str>) -> watcher::Config {
+    let cfg = watcher::Config::default();
+    match only {
+        Some(name) => cfg.fields(&format!("metadata.name={name}")),
+        None => cfg,
+    }
 }
 
 /// Nodes from the API server.
 pub struct KubeNodes {
-    cache: Reflected<Node, NodeInfo>,
+    cache: Cache<NodeInfo>,
 }
 
 impl KubeNodes {
     /// Watches all nodes (controller), or one node by name (agent: a
     /// field selector on `metadata.name`).
-    pub fn new(client: Client, only: Option<&str>) -> Self {
-        let mut cfg = watcher::Config::default();
-        if let Some(name) = only {
-            cfg = cfg.fields(&format!("metadata.name={name}"));
-        }
+    pub fn new(client: Client, only: Option<&str>, invalid: InvalidObjects) -> Self {
         Self {
-            cache: Reflected::start(Api::all(client), cfg, "Node", node_info),
+            cache: Cache::start(
+                dynamic_api::<Node>(client),
+                watch_config(only),
+                "Node",
+                decode_node,
+                invalid,
+            ),
         }
     }
 }
@@ -224,17 +359,11 @@ impl KubeNodes {
 #[async_trait]
 impl NodeSource for KubeNodes {
     async fn list(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        Ok(self
-            .cache
-            .list()
-            .await?
-            .iter()
-            .map(|n| node_info(n))
-            .collect())
+        self.cache.list().await
     }
 
     async fn get(&self, name: &str) -> Result<Option<NodeInfo>, StoreError> {
-        Ok(self.cache.get(name).await?.map(|n| node_info(&n)))
+        Ok(self.cache.get(name).await?.map(|e| e.record.clone()))
     }
 
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>> {
@@ -242,26 +371,24 @@ impl NodeSource for KubeNodes {
     }
 }
 
-fn overlay_record(o: &NodeOverlayIp) -> OverlayIpRecord {
-    OverlayIpRecord::from(o)
-}
-
 /// NodeOverlayIps in the API server.
 pub struct KubeOverlayIps {
-    api: Api<NodeOverlayIp>,
-    cache: Reflected<NodeOverlayIp, OverlayIpRecord>,
+    api: Api<DynamicObject>,
+    cache: Cache<OverlayIpRecord>,
 }
 
 impl KubeOverlayIps {
     /// All NodeOverlayIps (controller), or only the one named `only` (agent).
-    pub fn new(client: Client, only: Option<&str>) -> Self {
-        let api: Api<NodeOverlayIp> = Api::all(client);
-        let mut cfg = watcher::Config::default();
-        if let Some(name) = only {
-            cfg = cfg.fields(&format!("metadata.name={name}"));
-        }
+    pub fn new(client: Client, only: Option<&str>, invalid: InvalidObjects) -> Self {
+        let api = dynamic_api::<NodeOverlayIp>(client);
         Self {
-            cache: Reflected::start(api.clone(), cfg, "NodeOverlayIp", overlay_record),
+            cache: Cache::start(
+                api.clone(),
+                watch_config(only),
+                "NodeOverlayIp",
+                decode_node_overlay_ip,
+                invalid,
+            ),
             api,
         }
     }
@@ -302,13 +429,13 @@ pub fn overlay_ip_status_body(
 /// The server-side apply body of an agent's NodeOverlayIp status: only the
 /// agent's fields (`interface`, `interfaceLabel`, the `Configured`
 /// condition), never `ipAddr`/`gateway`. `since` is the condition's
-/// lastTransitionTime.
+/// lastTransitionTime. The message is cut to what the CRD allows.
 pub fn agent_status_body(name: &str, s: &AgentStatus, since: Time) -> serde_json::Value {
     let cond = Condition {
         type_: "Configured".into(),
         status: if s.configured { "True" } else { "False" }.into(),
         reason: s.reason.clone(),
-        message: s.message.clone(),
+        message: truncate_message(&s.message, MESSAGE_MAX_LEN),
         last_transition_time: since,
         observed_generation: None,
     };
@@ -347,15 +474,12 @@ pub fn remove_finalizer_patch(current: &[String], finalizer: &str) -> Option<jso
     serde_json::from_value(ops).ok()
 }
 
-async fn remove_finalizer<K>(
-    api: &Api<K>,
+async fn remove_finalizer(
+    api: &Api<DynamicObject>,
     kind: &str,
     name: &str,
     finalizer: &str,
-) -> Result<(), StoreError>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
+) -> Result<(), StoreError> {
     let obj = match api
         .get_opt(name)
         .await
@@ -373,20 +497,26 @@ where
         .map_err(|e| api_err(kind, name, e))
 }
 
+/// The `Configured` condition's transition time in a cached object, if its
+/// status equals `configured` (read leniently: a malformed list has none).
+fn configured_since(raw: &DynamicObject, configured: bool) -> Option<Time> {
+    let conditions = raw.data.get("status").and_then(|s| s.get("conditions"));
+    read::<Vec<Condition>>(conditions, "status.conditions")
+        .ok()
+        .flatten()?
+        .into_iter()
+        .find(|c| c.type_ == "Configured" && (c.status == "True") == configured)
+        .map(|c| c.last_transition_time)
+}
+
 #[async_trait]
 impl OverlayIpStore for KubeOverlayIps {
     async fn get(&self, name: &str) -> Result<Option<OverlayIpRecord>, StoreError> {
-        Ok(self.cache.get(name).await?.map(|o| overlay_record(&o)))
+        Ok(self.cache.get(name).await?.map(|e| e.record.clone()))
     }
 
     async fn list(&self) -> Result<Vec<OverlayIpRecord>, StoreError> {
-        Ok(self
-            .cache
-            .list()
-            .await?
-            .iter()
-            .map(|o| overlay_record(o))
-            .collect())
+        self.cache.list().await
     }
 
     async fn ensure(&self, meta: &OverlayIpMeta) -> Result<OverlayIpRecord, StoreError> {
@@ -396,7 +526,7 @@ impl OverlayIpStore for KubeOverlayIps {
             .patch(&meta.name, &pp, &Patch::Apply(overlay_ip_apply_body(meta)))
             .await
             .map_err(|e| api_err("NodeOverlayIp", &meta.name, e))?;
-        Ok(overlay_record(&o))
+        Ok(decode_node_overlay_ip(&o).0)
     }
 
     async fn set_address(
@@ -419,25 +549,14 @@ impl OverlayIpStore for KubeOverlayIps {
 
     async fn set_agent_status(&self, name: &str, s: &AgentStatus) -> Result<(), StoreError> {
         // Keep the transition time unless the condition's status flips.
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
         let since = self
             .cache
             .get(name)
             .await
             .ok()
             .flatten()
-            .and_then(|o| {
-                o.status
-                    .as_ref()?
-                    .conditions
-                    .as_ref()?
-                    .iter()
-                    .find(|c| c.type_ == "Configured")
-                    .cloned()
-            })
-            .filter(|c| (c.status == "True") == s.configured)
-            .map(|c| c.last_transition_time)
-            .unwrap_or(now);
+            .and_then(|e| configured_since(&e.raw, s.configured))
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
         let pp = PatchParams::apply(AGENT_MANAGER).force();
         self.api
             .patch_status(name, &pp, &Patch::Apply(agent_status_body(name, s, since)))
@@ -465,28 +584,25 @@ impl OverlayIpStore for KubeOverlayIps {
     }
 }
 
-fn route_record(r: &StaticRoute) -> StaticRouteRecord {
-    StaticRouteRecord::from(r)
-}
-
 /// StaticRoutes in the API server.
 pub struct KubeStaticRoutes {
-    api: Api<StaticRoute>,
-    cache: Reflected<StaticRoute, StaticRouteRecord>,
+    api: Api<DynamicObject>,
+    cache: Cache<StaticRouteRecord>,
     field_manager: String,
 }
 
 impl KubeStaticRoutes {
     /// StaticRoutes, written under `field_manager` (the controller's, or an
     /// agent's per-node manager from [`node_field_manager`]).
-    pub fn new(client: Client, field_manager: String) -> Self {
-        let api: Api<StaticRoute> = Api::all(client);
+    pub fn new(client: Client, field_manager: String, invalid: InvalidObjects) -> Self {
+        let api = dynamic_api::<StaticRoute>(client);
         Self {
-            cache: Reflected::start(
+            cache: Cache::start(
                 api.clone(),
                 watcher::Config::default(),
                 "StaticRoute",
-                route_record,
+                decode_static_route,
+                invalid,
             ),
             api,
             field_manager,
@@ -497,13 +613,7 @@ impl KubeStaticRoutes {
 #[async_trait]
 impl StaticRouteStore for KubeStaticRoutes {
     async fn list(&self) -> Result<Vec<StaticRouteRecord>, StoreError> {
-        Ok(self
-            .cache
-            .list()
-            .await?
-            .iter()
-            .map(|r| route_record(r))
-            .collect())
+        self.cache.list().await
     }
 
     async fn add_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
@@ -539,14 +649,23 @@ impl StaticRouteStore for KubeStaticRoutes {
         else {
             return Ok(());
         };
-        let entries = obj.status.map(|s| s.node_status).unwrap_or_default();
+        // Entries are matched by their raw hostname, so that one malformed
+        // entry does not stop the removal of the others.
+        let entries = obj
+            .data
+            .get("status")
+            .and_then(|s| s.get("nodeStatus"))
+            .and_then(|l| l.as_array())
+            .cloned()
+            .unwrap_or_default();
         let mut ops = Vec::new();
         for (i, e) in entries.iter().enumerate().rev() {
-            if hostnames.contains(&e.hostname) {
+            let Some(h) = e.get("hostname").and_then(|h| h.as_str()) else {
+                continue;
+            };
+            if hostnames.iter().any(|x| x == h) {
                 let path = format!("/status/nodeStatus/{i}");
-                ops.push(
-                    json!({"op": "test", "path": format!("{path}/hostname"), "value": e.hostname}),
-                );
+                ops.push(json!({"op": "test", "path": format!("{path}/hostname"), "value": h}));
                 ops.push(json!({"op": "remove", "path": path}));
             }
         }
@@ -581,11 +700,18 @@ pub struct KubeEvents {
 }
 
 impl KubeEvents {
-    /// A recorder reporting as `controller` (e.g. `overlay-controller`).
+    /// A recorder reporting as `controller` (e.g. `overlay-controller`),
+    /// instance `POD_NAME` when set.
     pub fn new(client: Client, controller: &str) -> Self {
+        Self::with_instance(client, controller, std::env::var("POD_NAME").ok())
+    }
+
+    /// A recorder reporting as `controller`, instance `instance` (an agent
+    /// reports its node name).
+    pub fn with_instance(client: Client, controller: &str, instance: Option<String>) -> Self {
         let reporter = kube::runtime::events::Reporter {
             controller: controller.into(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance,
         };
         Self {
             recorder: kube::runtime::events::Recorder::new(client, reporter),
@@ -596,15 +722,15 @@ impl KubeEvents {
 #[async_trait]
 impl EventRecorder for KubeEvents {
     async fn record(&self, ev: Event) {
-        let (api_version, uid) = match ev.kind.as_str() {
-            "Node" => ("v1", None),
-            _ => (API_VERSION, None::<String>),
+        let api_version = match ev.kind.as_str() {
+            "Node" | "ConfigMap" => "v1",
+            _ => API_VERSION,
         };
         let reference = ObjectReference {
             api_version: Some(api_version.into()),
             kind: Some(ev.kind.clone()),
             name: Some(ev.name.clone()),
-            uid,
+            namespace: ev.namespace.clone(),
             ..Default::default()
         };
         let kev = kube::runtime::events::Event {
@@ -613,12 +739,12 @@ impl EventRecorder for KubeEvents {
                 EventType::Warning => kube::runtime::events::EventType::Warning,
             },
             reason: ev.reason.clone(),
-            note: Some(ev.message.clone()),
+            note: Some(truncate_message(&ev.message, MESSAGE_MAX_LEN)),
             action: ev.reason.clone(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&kev, &reference).await {
-            warn!(kind = %ev.kind, name = %ev.name, reason = %ev.reason, error = %e, "publishing event failed");
+            warn!(kind = %ev.kind, name = %ev.name, reason = %ev.reason, error = %error_chain(&e), "publishing event failed");
         }
     }
 }
@@ -627,7 +753,9 @@ impl EventRecorder for KubeEvents {
 /// limited to that one object: the watch is field-selected by name).
 pub struct KubeConfigMapRoutes {
     api: Api<ConfigMap>,
+    namespace: String,
     name: String,
+    invalid: InvalidObjects,
     tx: broadcast::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -639,25 +767,42 @@ impl Drop for KubeConfigMapRoutes {
 }
 
 impl KubeConfigMapRoutes {
-    /// Reads ConfigMap `name` (usually `static-routes`) in `namespace`.
-    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
+    /// Reads ConfigMap `name` (usually `static-routes`) in `namespace`; a
+    /// malformed `routes` list is reported through `invalid`.
+    pub fn new(client: Client, namespace: &str, name: &str, invalid: InvalidObjects) -> Self {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
         let (tx, _) = broadcast::channel(64);
         let sender = tx.clone();
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let cfg = watch_config(Some(name));
         let w = api.clone();
         let task = tokio::spawn(async move {
+            let errors = Repeats::new(ERROR_LOG_PERIOD);
             let mut s = watcher(w, cfg).default_backoff().boxed();
             while let Some(ev) = s.next().await {
-                if let Err(e) = &ev {
-                    debug!(error = %e, "static-routes watch error");
+                match &ev {
+                    Err(e) => {
+                        if let Some(repeats) = errors.failure() {
+                            warn!(kind = "ConfigMap", error = %error_chain(e), repeats, "static-routes watch failed; keeping the last good list");
+                        }
+                    }
+                    Ok(_) => {
+                        if let Some(n) = errors.success() {
+                            info!(
+                                kind = "ConfigMap",
+                                failures = n,
+                                "static-routes watch recovered"
+                            );
+                        }
+                    }
                 }
                 let _ = sender.send(());
             }
         });
         Self {
             api,
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
+            invalid,
             tx,
             task,
         }
@@ -672,8 +817,10 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
             .get_opt(&self.name)
             .await
             .map_err(|e| api_err("ConfigMap", &self.name, e))?;
+        let id = format!("{}/{}", self.namespace, self.name);
         let Some(cm) = cm else {
             // No ConfigMap: no legacy routes.
+            self.invalid.forget("ConfigMap", &id);
             return Ok(Vec::new());
         };
         let json = cm
@@ -682,9 +829,17 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
             .and_then(|d| d.get("routes"))
             .map(String::as_str)
             .unwrap_or("[]");
-        crate::agent::parse_legacy_routes(json).map_err(|e| StoreError::Rejected {
+        let parsed = crate::agent::parse_legacy_routes(json);
+        let problem = parsed.as_ref().err().map(|e| {
+            FieldProblem::new(
+                format!("data.{}", e.field),
+                format!("{:?}: {}", e.value, e.reason),
+            )
+        });
+        self.invalid.observe("ConfigMap", &id, problem.as_ref());
+        parsed.map_err(|e| StoreError::Rejected {
             kind: "ConfigMap".into(),
-            name: self.name.clone(),
+            name: id,
             message: e.to_string(),
         })
     }

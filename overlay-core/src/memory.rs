@@ -202,6 +202,7 @@ impl OverlayIpStore for MemoryOverlayIps {
         self.modify(name, |r| {
             r.ip_addr = Some(ip_addr);
             r.gateway = gateway;
+            r.address_error = None;
         })
     }
 
@@ -460,7 +461,7 @@ impl crate::RouteProgrammer for MemoryProgrammer {
         let stale: Vec<_> = k
             .routes
             .keys()
-            .filter(|key| !wanted.contains_key(key))
+            .filter(|key| !desired.keep_unlisted && !wanted.contains_key(key))
             .cloned()
             .collect();
         for key in stale {

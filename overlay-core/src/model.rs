@@ -213,6 +213,11 @@ pub struct DesiredNodeState {
     pub overlay: Option<OverlayInterface>,
     /// The routes to have.
     pub routes: Vec<RouteSpec>,
+    /// Keep the routes we installed earlier that are not listed, instead of
+    /// removing them. Set when an input could not be trusted (a garbage
+    /// `ipAddr`, a malformed route list), so what it would have listed is
+    /// unknown: add and fix what is known, remove nothing.
+    pub keep_unlisted: bool,
 }
 
 /// What happened to one desired route during an apply.

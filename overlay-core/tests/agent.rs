@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use overlay_core::agent::{Agent, AgentConfig, AgentError, parse_legacy_routes};
+use overlay_core::agent::{Agent, AgentConfig, parse_legacy_routes};
 use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, MemoryStaticRoutes};
 use overlay_core::metrics::AgentMetrics;
 use overlay_core::{
@@ -435,16 +435,130 @@ async fn legacy_configmap_routes_use_the_discovered_private_gateway_and_survive_
 }
 
 #[tokio::test]
-async fn an_agent_starting_while_the_api_is_unreachable_removes_nothing() {
+async fn an_agent_starting_while_the_route_list_is_unreadable_removes_nothing() {
     let e = env();
     e.legacy.set(Ok(vec![cidr("192.0.2.0/24")]));
     e.agent(true).reconcile().await.unwrap();
-    // Restart: the new agent never read the list.
+    // Restart: the new agent never read the list. It applies what it knows
+    // (a StaticRoute) and removes nothing.
     e.legacy.set(Err(unreachable()));
-    let err = e.agent(true).reconcile().await.unwrap_err();
-    assert!(matches!(err, AgentError::Read { .. }), "{err}");
-    assert_eq!(e.kernel_routes().len(), 1);
+    e.route(
+        "fixed",
+        "198.51.100.0/25",
+        GatewayChoice::Fixed("203.0.113.1".parse().unwrap()),
+        "",
+    );
+    e.agent(true).reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "192.0.2.0/24 via 203.0.113.1 dev eth0",
+            "198.51.100.0/25 via 203.0.113.1"
+        ]
+    );
     assert_eq!(e.kernel.with(|k| k.deletions), 0);
+    // The same for a malformed list (the source reports it as Rejected).
+    e.legacy.set(Err(StoreError::Rejected {
+        kind: "ConfigMap".into(),
+        name: "kube-system/static-routes".into(),
+        message: "invalid routes[1] \"oops\"".into(),
+    }));
+    e.agent(true).reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 2);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+}
+
+fn garbage_address(e: &Env) {
+    e.ips.insert(OverlayIpRecord {
+        name: ME.into(),
+        finalizers: vec![FINALIZER.into()],
+        address_error: Some(
+            "status.ipAddr: \"192.0.2.300/24\": expected address/prefix such as 192.0.2.4/24"
+                .into(),
+        ),
+        ..Default::default()
+    });
+}
+
+fn condition(e: &Env) -> overlay_core::AgentStatus {
+    e.ips
+        .snapshot()
+        .into_iter()
+        .find(|r| r.name == ME)
+        .and_then(|r| r.agent)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_garbage_ip_addr_keeps_the_last_good_address_and_says_why() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    garbage_address(&e);
+    e.route(
+        "fixed",
+        "198.19.0.0/24",
+        GatewayChoice::Fixed("203.0.113.1".parse().unwrap()),
+        "",
+    );
+    a.reconcile().await.unwrap();
+    let iface = e.kernel.with(|k| k.interface.clone()).unwrap();
+    assert_eq!(iface.address.to_string(), "192.0.2.20/24", "kept");
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "198.19.0.0/24 via 203.0.113.1",
+            "198.51.100.0/25 via 192.0.2.1 dev tmp0"
+        ],
+        "the overlay route stays and the new route is applied"
+    );
+    assert_eq!(e.entry("onprem").unwrap().state, RouteState::Applied);
+    let c = condition(&e);
+    assert!(!c.configured);
+    assert_eq!(c.reason, "InvalidAddress");
+    assert!(
+        c.message.contains("status.ipAddr")
+            && c.message
+                .contains("keeping the last good address 192.0.2.20/24"),
+        "{}",
+        c.message
+    );
+    // Fixed by the controller: configured again.
+    e.give_overlay_ip();
+    a.reconcile().await.unwrap();
+    assert!(condition(&e).configured);
+}
+
+#[tokio::test]
+async fn a_fresh_agent_with_a_garbage_ip_addr_leaves_interface_and_routes_alone() {
+    let e = env();
+    e.give_overlay_ip();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    e.agent(false).reconcile().await.unwrap();
+    // Restart while the object holds garbage: nothing known to keep, so
+    // nothing is removed, and what is known is still applied.
+    garbage_address(&e);
+    e.route(
+        "fixed",
+        "198.19.0.0/24",
+        GatewayChoice::Fixed("203.0.113.1".parse().unwrap()),
+        "",
+    );
+    e.agent(false).reconcile().await.unwrap();
+    assert!(
+        e.kernel.with(|k| k.interface.is_some()),
+        "interface left alone"
+    );
+    assert_eq!(e.kernel_routes().len(), 2);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+    let st = e.entry("onprem").unwrap();
+    assert_eq!(st.state, RouteState::Pending);
+    assert!(st.message.contains("kept"), "{}", st.message);
+    let c = condition(&e);
+    assert_eq!(c.reason, "InvalidAddress");
+    assert!(c.message.contains("left as they are"), "{}", c.message);
 }
 
 #[tokio::test]

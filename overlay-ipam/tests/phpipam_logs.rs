@@ -63,9 +63,14 @@ fn logs_never_contain_tokens_or_passwords() {
         let cfg = PhpIpamConfig::new(emu.url(), "overlay").with_zone("big", [3]);
         let ipam = PhpIpamBackend::new(&cfg, "c1", user("ApiUser-Test-1")).unwrap();
         let zone = Zone::parse("zone", "big").unwrap();
-        let r = ipam.reserve(&Owner::new("c1", "node-a"), &zone).await.unwrap();
+        let r = ipam
+            .reserve(&Owner::new("c1", "node-a"), &zone)
+            .await
+            .unwrap();
         emu.expire_tokens();
-        ipam.reserve(&Owner::new("c1", "node-b"), &zone).await.unwrap();
+        ipam.reserve(&Owner::new("c1", "node-b"), &zone)
+            .await
+            .unwrap();
         ipam.release(&r).await.unwrap();
         let bad = PhpIpamBackend::new(&cfg, "c1", user("Wrong-Secret-9")).unwrap();
         bad.reserve(&Owner::new("c1", "node-c"), &zone)

@@ -52,6 +52,7 @@ fn desired(n: usize) -> DesiredNodeState {
                 metric: None,
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -433,11 +433,12 @@ impl Inner {
             });
         }
 
-        // Removals of our routes no longer desired.
+        // Removals of our routes no longer desired (none when the caller
+        // could not tell which routes are no longer desired).
         let mut dels = Vec::new();
         let mut removed_specs = Vec::new();
         for (key, r) in &ours {
-            if !seen.contains_key(key) {
+            if !desired.keep_unlisted && !seen.contains_key(key) {
                 dels.push(Op {
                     route: None,
                     msg: RouteNetlinkMessage::DelRoute(kernel::route_delete_message(

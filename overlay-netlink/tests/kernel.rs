@@ -71,6 +71,7 @@ fn desired() -> DesiredNodeState {
             },
             route("2001:db8:1::/48", Some("2001:db8::1")),
         ],
+        ..Default::default()
     }
 }
 
@@ -191,6 +192,7 @@ async fn stale_routes_go_foreign_routes_stay() {
         .apply(&DesiredNodeState {
             overlay: None,
             routes: vec![route("198.51.100.0/24", Some("192.0.2.2"))],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -214,6 +216,7 @@ async fn changed_gateway_is_replaced() {
             route("203.0.113.0/24", Some("192.0.2.1")),
             route("2001:db8:2::/48", Some("2001:db8::1")),
         ],
+        ..Default::default()
     };
     p.apply(&d).await.unwrap();
     d.routes[0].gateway = Some(ip("192.0.2.2"));
@@ -374,6 +377,7 @@ async fn unreachable_gateway_is_reported_per_route() {
                 route("2001:db8:3::/48", Some("2001:db8:ffff::1")),
                 route("198.18.0.0/16", Some("192.0.2.1")),
             ],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -636,6 +640,7 @@ async fn missing_parent_is_retried_when_it_appears() {
     let d = DesiredNodeState {
         overlay: Some(overlay_interface("tmp1", "eth1", "198.51.100.9/24").unwrap()),
         routes: vec![],
+        ..Default::default()
     };
     let e = p.apply(&d).await.unwrap_err();
     assert!(matches!(e, ProgrammerError::MissingParent { .. }), "{e}");
@@ -665,6 +670,7 @@ async fn two_installations_with_different_protocols_coexist() {
     a.apply(&DesiredNodeState {
         overlay: None,
         routes: vec![route("203.0.113.0/24", Some("192.0.2.1"))],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -672,6 +678,7 @@ async fn two_installations_with_different_protocols_coexist() {
         .apply(&DesiredNodeState {
             overlay: None,
             routes: vec![route("198.18.0.0/15", Some("192.0.2.1"))],
+            ..Default::default()
         })
         .await
         .unwrap();

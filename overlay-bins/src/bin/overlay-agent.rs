@@ -13,9 +13,10 @@ use overlay_bins::{
     shutdown_signal,
 };
 use overlay_core::agent::{Agent, AgentConfig};
+use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
-    FileRoutes, KubeConfigMapRoutes, KubeNodes, KubeOverlayIps, KubeStaticRoutes,
-    node_field_manager,
+    AGENT_MANAGER, FileRoutes, KubeConfigMapRoutes, KubeEvents, KubeNodes, KubeOverlayIps,
+    KubeStaticRoutes, node_field_manager,
 };
 use overlay_core::metrics::AgentMetrics;
 use overlay_core::{Cidr, InterfaceName, LegacyRouteSource, StaticRouteStore};
@@ -131,10 +132,25 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
+    let metrics = AgentMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    // Objects that do not convert are logged and counted; Events are raised
+    // only for this node's own objects (its NodeOverlayIp, the legacy
+    // ConfigMap), not once per node for a shared StaticRoute: the controller
+    // raises those.
+    let events = Arc::new(KubeEvents::with_instance(
+        client.clone(),
+        AGENT_MANAGER,
+        Some(node.clone()),
+    ));
+    let invalid = InvalidObjects::new(events).with_event_kinds(&["NodeOverlayIp", "ConfigMap"]);
+    invalid.register(&mut registry);
     let routes: Option<Arc<dyn StaticRouteStore>> = (!args.no_static_routes).then(|| {
         Arc::new(KubeStaticRoutes::new(
             client.clone(),
             node_field_manager(&node),
+            invalid.clone(),
         )) as Arc<dyn StaticRouteStore>
     });
     let legacy: Option<Arc<dyn LegacyRouteSource>> = match (
@@ -146,7 +162,12 @@ async fn run(args: Args) -> Result<(), String> {
                 .split_once('/')
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty())
                 .ok_or_else(|| format!("invalid STATIC_ROUTES_CONFIGMAP {cm:?}: expected NAMESPACE/NAME such as kube-system/static-routes"))?;
-            Some(Arc::new(KubeConfigMapRoutes::new(client.clone(), ns, name)))
+            Some(Arc::new(KubeConfigMapRoutes::new(
+                client.clone(),
+                ns,
+                name,
+                invalid.clone(),
+            )))
         }
         (None, Some(path)) => Some(Arc::new(FileRoutes::new(
             path.clone(),
@@ -154,14 +175,15 @@ async fn run(args: Args) -> Result<(), String> {
         ))),
         (None, None) => None,
     };
-    let metrics = AgentMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
     let agent = Arc::new(Agent::new(
         cfg,
         Arc::new(programmer),
-        Arc::new(KubeNodes::new(client.clone(), Some(&node))),
-        Arc::new(KubeOverlayIps::new(client.clone(), Some(&node))),
+        Arc::new(KubeNodes::new(client.clone(), Some(&node), invalid.clone())),
+        Arc::new(KubeOverlayIps::new(
+            client.clone(),
+            Some(&node),
+            invalid.clone(),
+        )),
         routes,
         legacy,
         metrics,

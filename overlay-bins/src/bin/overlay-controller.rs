@@ -15,6 +15,8 @@ use overlay_bins::{
     shutdown_signal,
 };
 use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::events::EventRecorder;
+use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     CONTROLLER_MANAGER, KubeEvents, KubeNodes, KubeOverlayIps, KubeStaticRoutes,
 };
@@ -110,6 +112,12 @@ async fn run(args: Args) -> Result<(), Failure> {
     let client = kube_client(args.kubeconfig.clone())
         .await
         .map_err(Failure::Runtime)?;
+    let events: Arc<dyn EventRecorder> =
+        Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER));
+    // The controller sees every NodeOverlayIp and StaticRoute: it raises the
+    // Events for those that do not convert (the agents only log and count).
+    let invalid = InvalidObjects::new(events.clone());
+    invalid.register(&mut registry);
     let make_controller = || -> Result<Arc<Controller>, Failure> {
         let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
         Ok(Arc::new(Controller::new(
@@ -120,14 +128,15 @@ async fn run(args: Args) -> Result<(), Failure> {
                 resync: Duration::from_secs(args.resync_seconds.max(10)),
                 ..Default::default()
             },
-            Arc::new(KubeNodes::new(client.clone(), None)),
+            Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
             Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
-            Arc::new(KubeOverlayIps::new(client.clone(), None)),
+            Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
             Arc::new(KubeStaticRoutes::new(
                 client.clone(),
                 CONTROLLER_MANAGER.into(),
+                invalid.clone(),
             )),
-            Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER)),
+            events.clone(),
             metrics.clone(),
         )))
     };

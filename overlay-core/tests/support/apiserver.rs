@@ -1,0 +1,536 @@
+//! A scripted API server for the Kubernetes adapters, behaving like a real
+//! kube-apiserver where it matters (see `../shared/kube/apiserver-facts.md`):
+//!
+//! - LISTs with a `resourceVersion` and field selectors on `metadata.name`;
+//! - WATCHes as streams: ADDED, MODIFIED and DELETED events as objects
+//!   change, BOOKMARKs, and a `410 Gone` error that forces a re-list;
+//! - server-side apply that merges list-maps by key (`nodeStatus` by
+//!   `hostname`, `conditions` by `type`), guarded JSON patches that fail
+//!   with 422 when a `test` fails, deletion held by finalizers;
+//! - writes validated against the CRD schema (422 `Invalid`), ratcheting
+//!   errors the stored object already had, while objects stored "before
+//!   validation existed" can be put in directly;
+//! - an unreachable mode (connection refused) and held LISTs, for
+//!   readiness.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+type RespBody = UnsyncBoxBody<Bytes, Infallible>;
+type Chunk = Result<Frame<Bytes>, Infallible>;
+
+/// One request the server saw (watches included).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+struct Watcher {
+    collection: String,
+    name: Option<String>,
+    tx: mpsc::UnboundedSender<Chunk>,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    rv: u64,
+    watchers: Vec<Watcher>,
+    seen: Vec<Seen>,
+    schemas: BTreeMap<String, Value>,
+    unreachable: bool,
+    hold_lists: bool,
+    held: Vec<(String, tower_test::mock::SendResponse<Response<RespBody>>)>,
+}
+
+/// The server; cheap to clone.
+#[derive(Clone, Default)]
+pub struct FakeApiServer {
+    state: Arc<Mutex<State>>,
+}
+
+pub const NODES: &str = "/api/v1/nodes";
+pub const NOIPS: &str = "/apis/iks.ibm.com/v1alpha1/nodeoverlayips";
+pub const ROUTES: &str = "/apis/iks.ibm.com/v1alpha1/staticroutes";
+
+pub fn configmaps(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/configmaps")
+}
+
+/// `(collection, name, subresource)` of a request path.
+fn split_path(path: &str) -> (String, Option<String>, Option<String>) {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let prefix = if segs.first() == Some(&"api") { 2 } else { 3 };
+    let mut rest = &segs[prefix.min(segs.len())..];
+    let mut coll: Vec<&str> = segs[..prefix.min(segs.len())].to_vec();
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        coll.extend_from_slice(&rest[..3]);
+        rest = &rest[3..];
+    } else if let Some(r) = rest.first() {
+        coll.push(r);
+        rest = &rest[1..];
+    }
+    (
+        format!("/{}", coll.join("/")),
+        rest.first().map(|s| (*s).to_owned()),
+        rest.get(1).map(|s| (*s).to_owned()),
+    )
+}
+
+fn query(uri: &http::Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.replace("%3D", "=").replace("%2F", "/"))
+    })
+}
+
+fn full(v: &Value) -> RespBody {
+    Full::new(Bytes::from(serde_json::to_vec(v).unwrap())).boxed_unsync()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    Response::builder().status(code).body(full(&body)).unwrap()
+}
+
+fn event_line(type_: &str, object: &Value) -> Chunk {
+    let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
+    line.push(b'\n');
+    Ok(Frame::data(Bytes::from(line)))
+}
+
+/// Merges `patch` into `base` the way server-side apply does for these
+/// types: maps recursively, list-maps by key, finalizers as a set, other
+/// lists replaced.
+fn apply_merge(base: &mut Value, patch: &Value, key: Option<&str>) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                let list_key = match k.as_str() {
+                    "nodeStatus" => Some("hostname"),
+                    "conditions" => Some("type"),
+                    "finalizers" => Some(""),
+                    _ => None,
+                };
+                match b.get_mut(k) {
+                    Some(existing) => apply_merge(existing, v, list_key),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(p)) if key.is_some() => {
+            let key = key.unwrap_or_default();
+            for item in p {
+                let pos = b.iter().position(|x| {
+                    if key.is_empty() {
+                        x == item
+                    } else {
+                        x.get(key) == item.get(key)
+                    }
+                });
+                match pos {
+                    Some(i) => b[i] = item.clone(),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+impl FakeApiServer {
+    /// A server validating writes to the CRD collections against the
+    /// generated schemas, and a client talking to it.
+    pub fn start() -> (Self, Client) {
+        let server = Self::default();
+        for crd in overlay_core::crd::crds_yaml().unwrap() {
+            let v: Value = serde_yaml::from_str(&crd.1).unwrap();
+            let plural = v["spec"]["names"]["plural"].as_str().unwrap().to_owned();
+            let schema = v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+            server
+                .lock()
+                .schemas
+                .insert(format!("/apis/iks.ibm.com/v1alpha1/{plural}"), schema);
+        }
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+        let this = server.clone();
+        tokio::spawn(async move {
+            let mut handle = Box::pin(handle);
+            while let Some((req, send)) = handle.next_request().await {
+                this.serve(req, send).await;
+            }
+        });
+        (server, Client::new(svc, "default"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Body>,
+        send: tower_test::mock::SendResponse<Response<RespBody>>,
+    ) {
+        let uri = req.uri().clone();
+        let method = req.method().to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let path = uri.path().to_owned();
+        let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut st = self.lock();
+        st.seen.push(Seen {
+            method: method.clone(),
+            uri: uri.to_string(),
+            content_type: content_type.clone(),
+            body: body.clone(),
+        });
+        if st.unreachable {
+            drop(st);
+            send.send_error(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "tcp connect error: Connection refused (os error 111)",
+            ));
+            return;
+        }
+        let (collection, name, sub) = split_path(&path);
+        let watch = query(&uri, "watch").as_deref() == Some("true");
+        let selected = query(&uri, "fieldSelector")
+            .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
+        let response = match (method.as_str(), name) {
+            ("GET", None) if watch => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                st.watchers.push(Watcher {
+                    collection,
+                    name: selected,
+                    tx,
+                });
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|c| (c, rx))
+                });
+                Response::builder()
+                    .body(StreamBody::new(stream).boxed_unsync())
+                    .unwrap()
+            }
+            ("GET", None) => {
+                if st.hold_lists {
+                    st.held.push((uri.to_string(), send));
+                    return;
+                }
+                Self::list(&st, &collection, selected.as_deref())
+            }
+            ("GET", Some(n)) => match st.objects.get(&collection).and_then(|m| m.get(&n)) {
+                Some(o) => Response::builder().body(full(o)).unwrap(),
+                None => status(404, "NotFound", &format!("{n} not found")),
+            },
+            ("POST", _) => Response::builder().body(full(&body)).unwrap(),
+            ("PATCH", Some(n)) => Self::patch(&mut st, &collection, &n, sub, &content_type, &body),
+            ("DELETE", Some(n)) => Self::delete(&mut st, &collection, &n),
+            _ => status(405, "MethodNotAllowed", "not scripted"),
+        };
+        drop(st);
+        send.send_response(response);
+    }
+
+    fn list(st: &State, collection: &str, selected: Option<&str>) -> Response<RespBody> {
+        let items: Vec<Value> = st
+            .objects
+            .get(collection)
+            .map(|m| {
+                m.iter()
+                    .filter(|(n, _)| selected.is_none_or(|s| s == n.as_str()))
+                    .map(|(_, o)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let list = json!({"apiVersion": "v1", "kind": "List",
+            "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+        Response::builder().body(full(&list)).unwrap()
+    }
+
+    fn patch(
+        st: &mut State,
+        collection: &str,
+        name: &str,
+        sub: Option<String>,
+        content_type: &str,
+        body: &Value,
+    ) -> Response<RespBody> {
+        let current = st
+            .objects
+            .get(collection)
+            .and_then(|m| m.get(name))
+            .cloned();
+        let mut obj = match (&current, content_type.contains("apply-patch")) {
+            (Some(o), _) => o.clone(),
+            (None, true) if sub.is_none() => {
+                json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}})
+            }
+            (None, _) => return status(404, "NotFound", &format!("{name} not found")),
+        };
+        if content_type.contains("apply-patch") {
+            let part = if sub.as_deref() == Some("status") {
+                json!({"status": body["status"]})
+            } else {
+                let mut b = body.clone();
+                if let Some(m) = b.as_object_mut() {
+                    m.remove("status");
+                }
+                b
+            };
+            apply_merge(&mut obj, &part, None);
+        } else if content_type.contains("json-patch") {
+            let patch: json_patch::Patch = match serde_json::from_value(body.clone()) {
+                Ok(p) => p,
+                Err(e) => return status(400, "BadRequest", &e.to_string()),
+            };
+            if let Err(e) = json_patch::patch(&mut obj, &patch) {
+                return status(
+                    422,
+                    "Invalid",
+                    &format!(
+                        "the server rejected our request due to an error in our request: {e} (test failed)"
+                    ),
+                );
+            }
+        } else {
+            return status(415, "UnsupportedMediaType", content_type);
+        }
+        if let Some(schema) = st.schemas.get(collection) {
+            // Validation ratcheting (on by default since 1.30): an error the
+            // stored object already had does not fail an update that leaves
+            // that field alone.
+            let before = current
+                .as_ref()
+                .map(|c| super::schema::validate_object(schema, c))
+                .unwrap_or_default();
+            let errors: Vec<String> = super::schema::validate_object(schema, &obj)
+                .into_iter()
+                .filter(|e| !before.contains(e))
+                .collect();
+            if !errors.is_empty() {
+                return status(
+                    422,
+                    "Invalid",
+                    &format!("{name} is invalid: {}", errors.join(", ")),
+                );
+            }
+        }
+        Self::store(st, collection, obj.clone(), current.is_none());
+        Response::builder().body(full(&obj)).unwrap()
+    }
+
+    fn delete(st: &mut State, collection: &str, name: &str) -> Response<RespBody> {
+        let Some(mut obj) = st
+            .objects
+            .get(collection)
+            .and_then(|m| m.get(name))
+            .cloned()
+        else {
+            return status(404, "NotFound", &format!("{name} not found"));
+        };
+        let held = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if held {
+            obj["metadata"]["deletionTimestamp"] = json!("2026-11-27T12:00:00Z");
+            Self::store(st, collection, obj.clone(), false);
+        } else {
+            Self::remove(st, collection, name);
+        }
+        Response::builder().body(full(&obj)).unwrap()
+    }
+
+    fn notify(st: &mut State, collection: &str, name: &str, type_: &str, obj: &Value) {
+        st.watchers.retain(|w| {
+            if w.collection != collection || w.name.as_deref().is_some_and(|n| n != name) {
+                return !w.tx.is_closed();
+            }
+            w.tx.send(event_line(type_, obj)).is_ok()
+        });
+    }
+
+    fn store(st: &mut State, collection: &str, mut obj: Value, created: bool) {
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // A deleting object whose last finalizer went is deleted.
+        let gone = obj["metadata"].get("deletionTimestamp").is_some()
+            && obj["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty());
+        if gone {
+            Self::remove(st, collection, &name);
+            return;
+        }
+        st.objects
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(name.clone(), obj.clone());
+        let type_ = if created { "ADDED" } else { "MODIFIED" };
+        Self::notify(st, collection, &name, type_, &obj);
+    }
+
+    fn remove(st: &mut State, collection: &str, name: &str) {
+        if let Some(mut obj) = st.objects.get_mut(collection).and_then(|m| m.remove(name)) {
+            st.rv += 1;
+            obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            Self::notify(st, collection, name, "DELETED", &obj);
+        }
+    }
+
+    // --- what a test does to the server ---
+
+    /// Stores `obj` as it is, without validation (an object stored before
+    /// the CRD validated it, or by another version), and tells watchers.
+    pub fn put(&self, collection: &str, obj: Value) {
+        let mut st = self.lock();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let created = !st
+            .objects
+            .get(collection)
+            .is_some_and(|m| m.contains_key(&name));
+        Self::store(&mut st, collection, obj, created);
+    }
+
+    /// Deletes an object outright (as the garbage collector would).
+    pub fn remove_object(&self, collection: &str, name: &str) {
+        Self::remove(&mut self.lock(), collection, name);
+    }
+
+    /// The object as stored.
+    pub fn object(&self, collection: &str, name: &str) -> Option<Value> {
+        self.lock().objects.get(collection)?.get(name).cloned()
+    }
+
+    /// Sends a BOOKMARK with the current resourceVersion to every watch.
+    pub fn bookmark(&self) {
+        let mut st = self.lock();
+        let rv = st.rv.to_string();
+        st.watchers.retain(|w| {
+            let obj = json!({"apiVersion": "v1", "kind": "Bookmark", "metadata": {"resourceVersion": rv}});
+            w.tx.send(event_line("BOOKMARK", &obj)).is_ok()
+        });
+    }
+
+    /// Ends every watch with `410 Gone` (the resourceVersion expired), as
+    /// the API server does after compaction: clients must list again.
+    pub fn expire_watches(&self) {
+        let mut st = self.lock();
+        for w in st.watchers.drain(..) {
+            let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version: 1 (2)", "reason": "Expired", "code": 410});
+            let _ = w.tx.send(event_line("ERROR", &gone));
+        }
+    }
+
+    /// Refuses connections (true) or serves again (false).
+    pub fn set_unreachable(&self, on: bool) {
+        let mut st = self.lock();
+        st.unreachable = on;
+        if on {
+            // Open watches break, like TCP connections to a dead server.
+            st.watchers.clear();
+        }
+    }
+
+    /// Holds LIST requests unanswered (true); false answers the held ones.
+    pub fn hold_lists(&self, on: bool) {
+        let held = {
+            let mut st = self.lock();
+            st.hold_lists = on;
+            if on {
+                return;
+            }
+            std::mem::take(&mut st.held)
+        };
+        for (uri, send) in held {
+            let uri: http::Uri = uri.parse().unwrap();
+            let (collection, _, _) = split_path(uri.path());
+            let selected = query(&uri, "fieldSelector")
+                .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
+            let response = Self::list(&self.lock(), &collection, selected.as_deref());
+            send.send_response(response);
+        }
+    }
+
+    /// Open watches on `collection`.
+    pub fn watchers(&self, collection: &str) -> usize {
+        self.lock()
+            .watchers
+            .iter()
+            .filter(|w| w.collection == collection && !w.tx.is_closed())
+            .count()
+    }
+
+    /// Waits until `collection` has at least `n` open watches.
+    pub async fn wait_for_watchers(&self, collection: &str, n: usize) {
+        wait_until(&format!("{n} watch(es) on {collection}"), || {
+            self.watchers(collection) >= n
+        })
+        .await;
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    /// The requests with `method` whose URI contains `needle`.
+    pub fn requests(&self, method: &str, needle: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.uri.contains(needle))
+            .collect()
+    }
+
+    /// The first request with `method` whose URI contains `needle`.
+    pub fn find(&self, method: &str, needle: &str) -> Seen {
+        self.requests(method, needle)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no {method} {needle} in {:#?}", self.seen()))
+    }
+}
+
+/// Polls `cond` every 10 ms for up to 10 s; panics naming `what` on timeout.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
