@@ -142,8 +142,9 @@ pub struct NodeRow {
     pub routes: String,
     /// Ping of the on-prem host answered.
     pub ping_ok: bool,
-    /// Time from start of the reconcilers to converged.
-    pub converge_ms: u128,
+    /// Time from start of the reconcilers to converged; `None` when the
+    /// node did not converge within the timeout (the run then fails).
+    pub converge_ms: Option<u128>,
 }
 
 /// What the lab found.
@@ -158,14 +159,61 @@ pub struct LabReport {
 }
 
 impl LabReport {
-    /// True when every ping and every check passed.
+    /// True when every node converged, every ping was answered and every
+    /// check passed.
     pub fn ok(&self) -> bool {
-        !self.rows.is_empty()
-            && self.rows.iter().all(|r| r.ping_ok)
-            && self.checks.iter().all(|(_, ok)| *ok)
+        self.failures().is_empty()
     }
 
-    /// The result table.
+    /// What failed, one line per kind of failure; empty when [`ok`](Self::ok).
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.rows.is_empty() {
+            f.push("the lab has no nodes".to_owned());
+        }
+        let nodes = |pred: &dyn Fn(&NodeRow) -> bool| {
+            self.rows
+                .iter()
+                .filter(|r| pred(r))
+                .map(|r| r.node.as_str())
+                .collect::<Vec<_>>()
+        };
+        let late = nodes(&|r| r.converge_ms.is_none());
+        if !late.is_empty() {
+            f.push(format!(
+                "{} of {} nodes did not converge within --timeout: {}",
+                late.len(),
+                self.rows.len(),
+                late.join(", ")
+            ));
+        }
+        let silent = nodes(&|r| !r.ping_ok);
+        if !silent.is_empty() {
+            f.push(format!(
+                "no answer from {ONPREM_HOST}: {}",
+                silent.join(", ")
+            ));
+        }
+        for (c, ok) in &self.checks {
+            if !ok {
+                f.push(format!("check failed: {c}"));
+            }
+        }
+        f
+    }
+
+    /// The last line of a run: success, or what failed.
+    pub fn verdict(&self) -> String {
+        let f = self.failures();
+        if f.is_empty() {
+            "lab: every node converged and reached the on-prem host".to_owned()
+        } else {
+            format!("lab: FAILED: {}", f.join("; "))
+        }
+    }
+
+    /// The result table. CONVERGED is the time to convergence, or `no` for
+    /// a node that did not converge within the timeout.
     pub fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(
@@ -174,16 +222,20 @@ impl LabReport {
             "NODE", "ZONE", "ADDRESS", "GATEWAY", "ROUTES", "PING", "CONVERGED"
         );
         for r in &self.rows {
+            let converged = match r.converge_ms {
+                Some(ms) => format!("{ms}ms"),
+                None => "no".to_owned(),
+            };
             let _ = writeln!(
                 t,
-                "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>8}ms",
+                "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>10}",
                 r.node,
                 r.zone,
                 r.address,
                 r.gateway,
                 r.routes,
                 if r.ping_ok { "OK" } else { "FAIL" },
-                r.converge_ms
+                converged
             );
         }
         for (c, ok) in &self.checks {
@@ -856,7 +908,7 @@ async fn ping_all(
             gateway,
             routes: format!("{applied}/{total}"),
             ping_ok,
-            converge_ms: converged.get(name).copied().unwrap_or(0),
+            converge_ms: converged.get(name).copied(),
         });
     }
     Ok(rows)

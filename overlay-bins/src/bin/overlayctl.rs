@@ -105,7 +105,8 @@ struct LabArgs {
     /// Controller config (overlay-ip-config.yaml) for --ipam phpipam.
     #[arg(long, value_name = "FILE")]
     ipam_config: Option<PathBuf>,
-    /// Seconds to wait for convergence.
+    /// Seconds to wait for convergence; a node not converged by then fails
+    /// the run (exit status 1).
     #[arg(long, default_value_t = 30)]
     timeout: u64,
     /// Print the plan and change nothing (no root needed).
@@ -113,7 +114,9 @@ struct LabArgs {
     dry_run: bool,
 }
 
-fn lab(args: LabArgs) -> Result<(), String> {
+/// Runs the lab; exit status 0 when every node converged and every ping and
+/// check passed, 1 otherwise.
+fn lab(args: LabArgs) -> Result<ExitCode, String> {
     let opts = overlay_bins::lab::LabOptions {
         nodes: args.nodes,
         zones: args.zones,
@@ -127,7 +130,7 @@ fn lab(args: LabArgs) -> Result<(), String> {
     };
     if args.dry_run {
         print!("{}", overlay_bins::lab::describe(&opts)?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     overlay_bins::lab::check_privileges()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
@@ -139,12 +142,13 @@ fn lab(args: LabArgs) -> Result<(), String> {
             println!("  {c}");
         }
     }
-    if report.ok() {
-        println!("lab: every node reached the on-prem host");
-        Ok(())
+    // The verdict is the last line, and the exit status follows it.
+    println!("{}", report.verdict());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
     } else {
-        Err("lab: some checks failed (see the table above)".into())
-    }
+        ExitCode::FAILURE
+    })
 }
 
 /// What a valid controller config configures, for `check-config`.
@@ -194,7 +198,7 @@ fn describe_config(cfg: &overlay_ipam::config::ControllerConfig) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("overlayctl: {e}");
             ExitCode::FAILURE
@@ -202,9 +206,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Cmd::Lab(args) => lab(args)?,
+        Cmd::Lab(args) => return lab(args),
         Cmd::Status { output, kubeconfig } => {
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
@@ -279,7 +283,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
