@@ -372,15 +372,40 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
     Ok(s)
 }
 
-/// Checks the privileges the lab needs; the error says what to do.
-pub fn check_privileges() -> Result<(), String> {
+/// Checks, before anything is created, everything the lab needs: root and
+/// every program it will run ([`overlay_testbed::TOOLS`]); the error names
+/// each missing piece and how to get it.
+pub fn preflight() -> Result<(), String> {
+    let mut needs = Vec::new();
     if !nix::unistd::geteuid().is_root() {
-        return Err("the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces; run it with sudo, or add --dry-run to print the plan without touching anything".into());
+        needs.push(
+            "root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces: run it with sudo"
+                .to_owned(),
+        );
     }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Err("the lab needs iproute2's `ip` (apt-get install iproute2) and `ping` (apt-get install iputils-ping)".into());
+    let missing = overlay_testbed::missing_tools();
+    for (tool, package) in &missing {
+        needs.push(format!(
+            "`{tool}`, not found in PATH (Debian/Ubuntu package {package})"
+        ));
     }
-    Ok(())
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "the lab cannot start; nothing was created. It needs:\n  - {}",
+        needs.join("\n  - ")
+    );
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        let _ = write!(
+            msg,
+            "\ninstall with: apt-get install {}",
+            packages.join(" ")
+        );
+    }
+    msg.push_str("\n(--dry-run prints the plan without any of these)");
+    Err(msg)
 }
 
 fn tb<T>(r: Result<T, overlay_testbed::TestbedError>) -> Result<T, String> {
@@ -605,8 +630,8 @@ async fn phpipam_zones(opts: &LabOptions) -> Result<Vec<ZonePlan>, String> {
 /// Runs the lab and returns its report. Namespaces are removed when this
 /// returns (unless `keep`), also on error or panic.
 pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
-    check_privileges()?;
     let (mut zones, mut node_plan) = plan(opts)?;
+    preflight()?;
     let mut policy = AddressPolicy::Documentation;
     if opts.ipam == IpamChoice::Phpipam && !opts.legacy {
         // The zones and their gateways follow the subnets phpIPAM reports;

@@ -266,3 +266,49 @@ fn the_binary_exits_1_and_does_not_claim_success_when_nodes_do_not_converge() {
     );
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "{all}");
 }
+
+/// Where `tool` is in this process's PATH.
+fn which(tool: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} not in PATH"))
+}
+
+#[test]
+fn a_missing_ping_is_named_with_its_package_before_anything_is_created() {
+    if !privileged("a_missing_ping_is_named_with_its_package_before_anything_is_created") {
+        return;
+    }
+    // A PATH with ip and sysctl but no ping (for the child only).
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["ip", "sysctl"] {
+        std::os::unix::fs::symlink(which(tool), dir.path().join(tool)).unwrap();
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["lab", "--nodes", "2"])
+        .env("PATH", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`ping`, not found in PATH")
+            && stderr.contains("apt-get install iputils-ping")
+            && stderr.contains("nothing was created"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sysctl"), "sysctl is there: {stderr}");
+    assert!(!stderr.contains("building"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(namespaces_of(pid), Vec::<String>::new());
+}
