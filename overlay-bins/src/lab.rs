@@ -34,7 +34,7 @@ use overlay_core::{
     RouteState, StaticRouteSpecModel, StoreError,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
-use overlay_testbed::{AddressPolicy, Netns};
+use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
 use tokio::task::JoinHandle;
 
 /// The on-prem host every node must reach.
@@ -408,6 +408,28 @@ pub fn preflight() -> Result<(), String> {
     Err(msg)
 }
 
+/// One line on stale namespaces removed at start, e.g. `removed 5 stale
+/// namespaces from an earlier run (pid 1234)`.
+pub fn describe_stale(stale: &[StaleNamespace]) -> String {
+    let mut pids: Vec<u32> = stale.iter().map(|s| s.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let n = stale.len();
+    let what = if n == 1 { "namespace" } else { "namespaces" };
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    if pids.len() == 1 {
+        format!(
+            "removed {n} stale {what} from an earlier run (pid {})",
+            pids.join("")
+        )
+    } else {
+        format!(
+            "removed {n} stale {what} from earlier runs (pids {})",
+            pids.join(", ")
+        )
+    }
+}
+
 fn tb<T>(r: Result<T, overlay_testbed::TestbedError>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
@@ -632,6 +654,10 @@ async fn phpipam_zones(opts: &LabOptions) -> Result<Vec<ZonePlan>, String> {
 pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
     let (mut zones, mut node_plan) = plan(opts)?;
     preflight()?;
+    let stale = overlay_testbed::remove_stale_namespaces();
+    if !stale.is_empty() {
+        progress(&describe_stale(&stale));
+    }
     let mut policy = AddressPolicy::Documentation;
     if opts.ipam == IpamChoice::Phpipam && !opts.legacy {
         // The zones and their gateways follow the subnets phpIPAM reports;
