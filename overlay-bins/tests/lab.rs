@@ -529,15 +529,17 @@ fn signal_while_holding(test: &str, sig: Signal) {
         return;
     }
     let mut lab = LabChild::spawn(&["--nodes", "2", "--hold"]);
-    lab.wait_until("`holding` line", |l| {
+    // stdout and stderr are read by separate threads: wait for both.
+    lab.wait_until("verdict and `holding` line", |l| {
         l.stderr.lock().unwrap().contains("lab: holding")
+            && l.stdout.lock().unwrap().contains("lab: ")
     });
     let held = namespaces_of(lab.pid);
     assert_eq!(held.len(), 5, "vlan, gw, onprem, 2 nodes: {held:?}");
     let out = lab.output();
     assert!(
         out.contains("lab: every node converged and reached the on-prem host"),
-        "the verdict comes before holding:\n{out}"
+        "the verdict is printed before holding:\n{out}"
     );
     lab.signal(sig);
     assert_stopped_by(&mut lab, sig, false);
