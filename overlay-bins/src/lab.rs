@@ -15,12 +15,16 @@
 //! agent per node with the netlink programmer bound to the node's
 //! namespace. The lab then pings the on-prem host from every node's
 //! overlay address.
+//!
+//! A [`Stop`] (SIGINT or SIGTERM in `overlayctl lab`) ends a run at any
+//! point, also while the namespaces are being built; whatever was built is
+//! removed before [`run_until`] returns [`LabError::Interrupted`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -34,7 +38,8 @@ use overlay_core::{
     RouteState, StaticRouteSpecModel, StoreError,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
-use overlay_testbed::{AddressPolicy, Netns};
+use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// The on-prem host every node must reach.
@@ -74,8 +79,13 @@ pub struct LabOptions {
     /// Number of StaticRoutes (the first is the on-prem subnet; the others
     /// are extra /24s in 198.19.0.0/16, checked in the kernel only).
     pub routes: usize,
-    /// Leave the namespaces in place.
+    /// Leave the namespaces in place when the run completes (not when it
+    /// is stopped: then everything is removed).
     pub keep: bool,
+    /// After the checks, keep the lab running (controller, agents,
+    /// namespaces) until the [`Stop`] fires, then remove it. Only
+    /// [`run_until`] honours it.
+    pub hold: bool,
     /// The older mode: ConfigMap-style route list, discovered gateway, no
     /// overlay IPs.
     pub legacy: bool,
@@ -96,6 +106,7 @@ impl Default for LabOptions {
             zones: 2,
             routes: 1,
             keep: false,
+            hold: false,
             legacy: false,
             scenario: None,
             ipam: IpamChoice::Embedded,
@@ -142,8 +153,9 @@ pub struct NodeRow {
     pub routes: String,
     /// Ping of the on-prem host answered.
     pub ping_ok: bool,
-    /// Time from start of the reconcilers to converged.
-    pub converge_ms: u128,
+    /// Time from start of the reconcilers to converged; `None` when the
+    /// node did not converge within the timeout (the run then fails).
+    pub converge_ms: Option<u128>,
 }
 
 /// What the lab found.
@@ -153,19 +165,68 @@ pub struct LabReport {
     pub rows: Vec<NodeRow>,
     /// Scenario checks, each with its outcome.
     pub checks: Vec<(String, bool)>,
+    /// Names of the lab's namespaces.
+    pub namespaces: Vec<String>,
     /// Commands that remove the namespaces (with `--keep`).
     pub cleanup: Vec<String>,
 }
 
 impl LabReport {
-    /// True when every ping and every check passed.
+    /// True when every node converged, every ping was answered and every
+    /// check passed.
     pub fn ok(&self) -> bool {
-        !self.rows.is_empty()
-            && self.rows.iter().all(|r| r.ping_ok)
-            && self.checks.iter().all(|(_, ok)| *ok)
+        self.failures().is_empty()
     }
 
-    /// The result table.
+    /// What failed, one line per kind of failure; empty when [`ok`](Self::ok).
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.rows.is_empty() {
+            f.push("the lab has no nodes".to_owned());
+        }
+        let nodes = |pred: &dyn Fn(&NodeRow) -> bool| {
+            self.rows
+                .iter()
+                .filter(|r| pred(r))
+                .map(|r| r.node.as_str())
+                .collect::<Vec<_>>()
+        };
+        let late = nodes(&|r| r.converge_ms.is_none());
+        if !late.is_empty() {
+            f.push(format!(
+                "{} of {} nodes did not converge within --timeout: {}",
+                late.len(),
+                self.rows.len(),
+                late.join(", ")
+            ));
+        }
+        let silent = nodes(&|r| !r.ping_ok);
+        if !silent.is_empty() {
+            f.push(format!(
+                "no answer from {ONPREM_HOST}: {}",
+                silent.join(", ")
+            ));
+        }
+        for (c, ok) in &self.checks {
+            if !ok {
+                f.push(format!("check failed: {c}"));
+            }
+        }
+        f
+    }
+
+    /// The last line of a run: success, or what failed.
+    pub fn verdict(&self) -> String {
+        let f = self.failures();
+        if f.is_empty() {
+            "lab: every node converged and reached the on-prem host".to_owned()
+        } else {
+            format!("lab: FAILED: {}", f.join("; "))
+        }
+    }
+
+    /// The result table. CONVERGED is the time to convergence, or `no` for
+    /// a node that did not converge within the timeout.
     pub fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(
@@ -174,16 +235,20 @@ impl LabReport {
             "NODE", "ZONE", "ADDRESS", "GATEWAY", "ROUTES", "PING", "CONVERGED"
         );
         for r in &self.rows {
+            let converged = match r.converge_ms {
+                Some(ms) => format!("{ms}ms"),
+                None => "no".to_owned(),
+            };
             let _ = writeln!(
                 t,
-                "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>8}ms",
+                "{:<8} {:<7} {:<18} {:<15} {:<7} {:<5} {:>10}",
                 r.node,
                 r.zone,
                 r.address,
                 r.gateway,
                 r.routes,
                 if r.ping_ok { "OK" } else { "FAIL" },
-                r.converge_ms
+                converged
             );
         }
         for (c, ok) in &self.checks {
@@ -209,6 +274,9 @@ pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String>
     }
     if opts.legacy && opts.scenario.is_some() {
         return Err("--scenario churn deletes a node's overlay IP and a StaticRoute; the --legacy mode has neither, so drop one of the two options".into());
+    }
+    if opts.keep && opts.hold {
+        return Err("--hold ends with Ctrl-C or SIGTERM, which removes the lab, so --keep would keep nothing; drop one of the two".into());
     }
     if !(1..=200).contains(&opts.routes) {
         return Err(format!(
@@ -310,9 +378,14 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
     }
     let _ = writeln!(
         s,
-        "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}",
+        "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}{}",
         if opts.scenario.is_some() {
             ", run the churn scenario"
+        } else {
+            ""
+        },
+        if opts.hold {
+            ", keep running until Ctrl-C or SIGTERM, then remove everything"
         } else {
             ""
         }
@@ -320,15 +393,205 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
     Ok(s)
 }
 
-/// Checks the privileges the lab needs; the error says what to do.
-pub fn check_privileges() -> Result<(), String> {
+/// Checks, before anything is created, everything the lab needs: root and
+/// every program it will run ([`overlay_testbed::TOOLS`]); the error names
+/// each missing piece and how to get it.
+pub fn preflight() -> Result<(), String> {
+    let mut needs = Vec::new();
     if !nix::unistd::geteuid().is_root() {
-        return Err("the lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces; run it with sudo, or add --dry-run to print the plan without touching anything".into());
+        needs.push(
+            "root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces: run it with sudo"
+                .to_owned(),
+        );
     }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        return Err("the lab needs iproute2's `ip` (apt-get install iproute2) and `ping` (apt-get install iputils-ping)".into());
+    let missing = overlay_testbed::missing_tools();
+    for (tool, package) in &missing {
+        needs.push(format!(
+            "`{tool}`, not found in PATH (Debian/Ubuntu package {package})"
+        ));
     }
-    Ok(())
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "the lab cannot start; nothing was created. It needs:\n  - {}",
+        needs.join("\n  - ")
+    );
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        let _ = write!(
+            msg,
+            "\ninstall with: apt-get install {}",
+            packages.join(" ")
+        );
+    }
+    msg.push_str("\n(--dry-run prints the plan without any of these)");
+    Err(msg)
+}
+
+/// One line on stale namespaces removed at start, e.g. `removed 5 stale
+/// namespaces from an earlier run (pid 1234)`.
+pub fn describe_stale(stale: &[StaleNamespace]) -> String {
+    let mut pids: Vec<u32> = stale.iter().map(|s| s.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let n = stale.len();
+    let what = if n == 1 { "namespace" } else { "namespaces" };
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    if pids.len() == 1 {
+        format!(
+            "removed {n} stale {what} from an earlier run (pid {})",
+            pids.join("")
+        )
+    } else {
+        format!(
+            "removed {n} stale {what} from earlier runs (pids {})",
+            pids.join(", ")
+        )
+    }
+}
+
+/// A signal that stops the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    /// `SIGINT` or `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The conventional exit status of a process ended by this signal
+    /// (128 + signal number): 130 or 143.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        }
+    }
+}
+
+/// Tells a running lab to stop and remove what it built. Cloning shares
+/// it; the first [`trigger`](Self::trigger) wins. [`Stop::on_signals`]
+/// triggers it on SIGINT and SIGTERM.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    fired: OnceLock<StopSignal>,
+    notify: Notify,
+}
+
+impl Stop {
+    /// A `Stop` triggered by the first SIGINT or SIGTERM. The handlers are
+    /// installed before this returns (call it before creating anything);
+    /// from then on these signals no longer end the process by themselves.
+    /// Needs a Tokio runtime.
+    pub fn on_signals() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let stop = Self::default();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    Some(()) = int.recv() => StopSignal::Interrupt,
+                    Some(()) = term.recv() => StopSignal::Terminate,
+                    else => return,
+                };
+                if s.trigger(sig) {
+                    progress(&format!(
+                        "{}: stopping; removing everything the lab created",
+                        sig.name()
+                    ));
+                } else {
+                    progress(&format!(
+                        "{}: already stopping; the lab is being removed",
+                        sig.name()
+                    ));
+                }
+            }
+        });
+        Ok(stop)
+    }
+
+    /// Fires the stop; false when it had already fired.
+    pub fn trigger(&self, signal: StopSignal) -> bool {
+        let first = self.inner.fired.set(signal).is_ok();
+        if first {
+            self.inner.notify.notify_waiters();
+        }
+        first
+    }
+
+    /// The signal, once fired.
+    pub fn fired(&self) -> Option<StopSignal> {
+        self.inner.fired.get().copied()
+    }
+
+    /// Waits until the stop fires.
+    pub async fn wait(&self) -> StopSignal {
+        loop {
+            // Registered before the check, so a trigger in between wakes it.
+            let notified = self.inner.notify.notified();
+            if let Some(s) = self.fired() {
+                return s;
+            }
+            notified.await;
+        }
+    }
+
+    fn check(&self) -> Result<(), LabError> {
+        match self.fired() {
+            Some(s) => Err(LabError::Interrupted(s)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why [`run_until`] returned no report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabError {
+    /// The [`Stop`] fired; everything the lab had created was dropped,
+    /// which removes it (also with `keep`).
+    Interrupted(StopSignal),
+    /// The lab could not be built or run; what it had created was removed.
+    Failed(String),
+}
+
+impl std::fmt::Display for LabError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabError::Interrupted(s) => write!(f, "stopped by {}", s.name()),
+            LabError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for LabError {}
+
+impl From<String> for LabError {
+    fn from(e: String) -> Self {
+        LabError::Failed(e)
+    }
+}
+
+impl From<&str> for LabError {
+    fn from(e: &str) -> Self {
+        LabError::Failed(e.to_owned())
+    }
 }
 
 fn tb<T>(r: Result<T, overlay_testbed::TestbedError>) -> Result<T, String> {
@@ -344,34 +607,46 @@ struct Topology {
 }
 
 impl Topology {
+    /// Builds the namespaces step by step (each step one or a few `ip`
+    /// commands), checking `stop` before each: a stopped or failed build
+    /// drops what it built so far, which removes it.
     fn build(
         zones: &[ZonePlan],
         nodes: &[NodePlan],
         policy: AddressPolicy,
-    ) -> Result<Self, String> {
-        let vlan = tb(Netns::with_policy("vlan", policy))?;
-        tb(vlan.add_bridge("br0"))?;
-        let gw = tb(Netns::with_policy("gw", policy))?;
-        tb(gw.add_veth("vlan0", &vlan, "p-gw"))?;
-        tb(vlan.set_master("p-gw", "br0"))?;
-        tb(gw.add_addr("vlan0", &format!("{VLAN_GW}/24")))?;
+        stop: &Stop,
+    ) -> Result<Self, LabError> {
+        let step = |f: &dyn Fn() -> overlay_testbed::Result<()>| -> Result<(), LabError> {
+            stop.check()?;
+            f().map_err(|e| LabError::Failed(e.to_string()))
+        };
+        let netns = |label: &str| -> Result<Netns, LabError> {
+            stop.check()?;
+            Netns::with_policy(label, policy).map_err(|e| LabError::Failed(e.to_string()))
+        };
+        let vlan = netns("vlan")?;
+        step(&|| vlan.add_bridge("br0"))?;
+        let gw = netns("gw")?;
+        step(&|| gw.add_veth("vlan0", &vlan, "p-gw"))?;
+        step(&|| vlan.set_master("p-gw", "br0"))?;
+        step(&|| gw.add_addr("vlan0", &format!("{VLAN_GW}/24")))?;
         for z in zones {
-            tb(gw.add_addr("vlan0", &format!("{}/{}", z.gateway, z.subnet.prefix())))?;
+            step(&|| gw.add_addr("vlan0", &format!("{}/{}", z.gateway, z.subnet.prefix())))?;
         }
-        tb(gw.enable_forwarding())?;
-        let onprem = tb(Netns::with_policy("onprem", policy))?;
-        tb(gw.add_veth("onprem0", &onprem, "eth0"))?;
-        tb(gw.add_addr("onprem0", "203.0.113.1/24"))?;
-        tb(onprem.add_addr("eth0", &format!("{ONPREM_HOST}/24")))?;
-        tb(onprem.add_route("default", Some("203.0.113.1"), None))?;
+        step(&|| gw.enable_forwarding())?;
+        let onprem = netns("onprem")?;
+        step(&|| gw.add_veth("onprem0", &onprem, "eth0"))?;
+        step(&|| gw.add_addr("onprem0", "203.0.113.1/24"))?;
+        step(&|| onprem.add_addr("eth0", &format!("{ONPREM_HOST}/24")))?;
+        step(&|| onprem.add_route("default", Some("203.0.113.1"), None))?;
         let mut built = Vec::new();
         for (i, NodePlan { name, zone, ip }) in nodes.iter().enumerate() {
-            let ns = tb(Netns::with_policy(name, policy))?;
+            let ns = netns(name)?;
             let port = format!("p-n{}", i + 1);
-            tb(ns.add_veth("eth0", &vlan, &port))?;
-            tb(vlan.set_master(&port, "br0"))?;
-            tb(ns.add_addr("eth0", &format!("{ip}/24")))?;
-            tb(ns.add_route(PRIVATE_NETWORK, Some(VLAN_GW), Some("eth0")))?;
+            step(&|| ns.add_veth("eth0", &vlan, &port))?;
+            step(&|| vlan.set_master(&port, "br0"))?;
+            step(&|| ns.add_addr("eth0", &format!("{ip}/24")))?;
+            step(&|| ns.add_route(PRIVATE_NETWORK, Some(VLAN_GW), Some("eth0")))?;
             built.push((name.clone(), zone.clone(), ip.clone(), ns));
         }
         Ok(Self {
@@ -380,6 +655,14 @@ impl Topology {
             onprem,
             nodes: built,
         })
+    }
+
+    fn names(&self) -> Vec<String> {
+        [&self.vlan, &self.gw, &self.onprem]
+            .into_iter()
+            .chain(self.nodes.iter().map(|n| &n.3))
+            .map(|ns| ns.name().to_owned())
+            .collect()
     }
 
     fn keep(&mut self) -> Vec<String> {
@@ -550,16 +833,62 @@ async fn phpipam_zones(opts: &LabOptions) -> Result<Vec<ZonePlan>, String> {
     Ok(zones)
 }
 
-/// Runs the lab and returns its report. Namespaces are removed when this
-/// returns (unless `keep`), also on error or panic.
+/// Runs the lab and returns its report, without signal handling (see
+/// [`run_until`]). Namespaces are removed when this returns (unless
+/// `keep`), also on error or panic.
 pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
-    check_privileges()?;
+    if opts.hold {
+        return Err("hold waits for a stop: use run_until".into());
+    }
+    run_until(opts, &Stop::default(), |_| {})
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the lab until it is done or `stop` fires, whichever is first; a
+/// stop at any point (while the namespaces are being built, too) removes
+/// everything the lab created, even with `keep`, and returns
+/// [`LabError::Interrupted`]. With `opts.hold`, `on_ready` gets the report
+/// once the checks are done and the lab then stays up until `stop` fires.
+/// Namespaces are removed when this returns (unless `keep` and the run
+/// completed), also on error or panic.
+pub async fn run_until(
+    opts: &LabOptions,
+    stop: &Stop,
+    on_ready: impl FnOnce(&LabReport),
+) -> Result<LabReport, LabError> {
+    match (run_stoppable(opts, stop, on_ready).await, stop.fired()) {
+        // A step that failed after the stop fired failed because of it (a
+        // helper killed by the same Ctrl-C, a lookup cut short).
+        (Err(LabError::Failed(e)), Some(s)) => {
+            progress(&format!("after {}: {e}", s.name()));
+            Err(LabError::Interrupted(s))
+        }
+        (r, _) => r,
+    }
+}
+
+async fn run_stoppable(
+    opts: &LabOptions,
+    stop: &Stop,
+    on_ready: impl FnOnce(&LabReport),
+) -> Result<LabReport, LabError> {
     let (mut zones, mut node_plan) = plan(opts)?;
+    stop.check()?;
+    preflight()?;
+    let stale = overlay_testbed::remove_stale_namespaces();
+    if !stale.is_empty() {
+        progress(&describe_stale(&stale));
+    }
+    stop.check()?;
     let mut policy = AddressPolicy::Documentation;
     if opts.ipam == IpamChoice::Phpipam && !opts.legacy {
         // The zones and their gateways follow the subnets phpIPAM reports;
         // those may be any range, always inside the lab's own namespaces.
-        zones = phpipam_zones(opts).await?;
+        zones = tokio::select! {
+            z = phpipam_zones(opts) => z?,
+            s = stop.wait() => return Err(LabError::Interrupted(s)),
+        };
         node_plan = plan_nodes(opts.nodes, &zones);
         policy = AddressPolicy::Any;
         for z in &zones {
@@ -573,7 +902,8 @@ pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
                     return Err(format!(
                         "zone {}: phpIPAM subnet {} overlaps the lab's {what} {net}; use a subnet outside it",
                         z.zone, z.subnet
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -583,12 +913,20 @@ pub async fn run(opts: &LabOptions) -> Result<LabReport, String> {
         node_plan.len(),
         zones.len()
     ));
-    let mut topo = Topology::build(&zones, &node_plan, policy)?;
-    let result = tokio::select! {
-        r = run_in(opts, &zones, &topo) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted; removing the lab".into()),
+    // `ip` commands, synchronous: on a blocking thread, so that the signal
+    // task runs meanwhile and the build sees the stop before its next step.
+    let build = {
+        let (zones, node_plan, stop) = (zones.clone(), node_plan.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || Topology::build(&zones, &node_plan, policy, &stop))
     };
-    let mut report = result?;
+    let mut topo = build
+        .await
+        .map_err(|e| format!("building the namespaces: {e}"))??;
+    let mut report = tokio::select! {
+        r = run_in(opts, &zones, &topo, stop, on_ready) => r?,
+        s = stop.wait() => return Err(LabError::Interrupted(s)),
+    };
+    stop.check()?;
     if opts.keep {
         report.cleanup = topo.keep();
     }
@@ -657,7 +995,9 @@ async fn run_in(
     opts: &LabOptions,
     zones: &[ZonePlan],
     topo: &Topology,
-) -> Result<LabReport, String> {
+    stop: &Stop,
+    on_ready: impl FnOnce(&LabReport),
+) -> Result<LabReport, LabError> {
     let (ipam, _keepalive) = if opts.legacy {
         ipam_for(
             &LabOptions {
@@ -717,11 +1057,22 @@ async fn run_in(
     let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
     let converged = wait_converged(opts, &r, &names, topo).await?;
     let mut report = LabReport {
-        rows: ping_all(opts, &r, topo, &converged).await?,
+        rows: ping_all(opts, &r, topo, &converged, stop).await?,
+        namespaces: topo.names(),
         ..Default::default()
     };
     if opts.scenario == Some(Scenario::Churn) {
-        churn(opts, &mut r, topo, &mut report).await?;
+        churn(opts, &mut r, topo, &mut report, stop).await?;
+    }
+    if opts.hold {
+        on_ready(&report);
+        let node = topo.nodes.first().map(|n| n.3.name()).unwrap_or_default();
+        progress(&format!(
+            "holding: the lab stays up (controller, agents, namespaces {}); inspect it with e.g. `ip netns exec {node} ip route`; Ctrl-C or SIGTERM removes it",
+            report.namespaces.join(" ")
+        ));
+        // The caller's select on `stop` ends this.
+        std::future::pending::<()>().await;
     }
     Ok(report)
 }
@@ -810,12 +1161,15 @@ async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topol
         })
 }
 
+/// Pings from every node. Each ping blocks for up to a second, so `stop`
+/// is checked before each one.
 async fn ping_all(
     opts: &LabOptions,
     r: &Running,
     topo: &Topology,
     converged: &BTreeMap<String, u128>,
-) -> Result<Vec<NodeRow>, String> {
+    stop: &Stop,
+) -> Result<Vec<NodeRow>, LabError> {
     let mut rows = Vec::new();
     for (name, zone, ip, ns) in &topo.nodes {
         let (address, gateway, src) = if opts.legacy {
@@ -848,6 +1202,7 @@ async fn ping_all(
                 .count()
         };
         let total = if opts.legacy { 1 } else { opts.routes };
+        stop.check()?;
         let ping_ok = !src.is_empty() && tb(ns.ping(ONPREM_HOST, Some(&src)))?;
         rows.push(NodeRow {
             node: name.clone(),
@@ -856,7 +1211,7 @@ async fn ping_all(
             gateway,
             routes: format!("{applied}/{total}"),
             ping_ok,
-            converge_ms: converged.get(name).copied().unwrap_or(0),
+            converge_ms: converged.get(name).copied(),
         });
     }
     Ok(rows)
@@ -880,7 +1235,8 @@ async fn churn(
     r: &mut Running,
     topo: &Topology,
     report: &mut LabReport,
-) -> Result<(), String> {
+    stop: &Stop,
+) -> Result<(), LabError> {
     let first = topo.nodes.first().ok_or("the lab has no nodes")?;
     let (victim, zone, ip) = (first.0.clone(), first.1.clone(), first.2.clone());
     let owner = Owner::new("lab", victim.clone());
@@ -947,7 +1303,7 @@ async fn churn(
     r.started = Instant::now();
     let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
     let converged = wait_converged(opts, r, &names, topo).await?;
-    let rows = ping_all(opts, r, topo, &converged).await?;
+    let rows = ping_all(opts, r, topo, &converged, stop).await?;
     let all = rows.iter().all(|x| x.ping_ok) && converged.len() == names.len();
     report.checks.push((
         "after re-adding: every node converged and pings on-prem".into(),

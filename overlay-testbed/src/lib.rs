@@ -136,8 +136,18 @@ pub fn ip(args: &[&str]) -> Result<Output> {
     run_cmd("ip", args)
 }
 
+/// A helper command in a process group of its own, so that a terminal's
+/// Ctrl-C reaches only the caller (which then removes what it created, with
+/// more helper commands) and does not kill a helper half-way.
+fn helper(prog: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(prog);
+    c.process_group(0);
+    c
+}
+
 fn run_cmd(prog: &str, args: &[&str]) -> Result<Output> {
-    let out = Command::new(prog)
+    let out = helper(prog)
         .args(args)
         .output()
         .map_err(|e| TestbedError::Io {
@@ -154,24 +164,72 @@ fn run_cmd(prog: &str, args: &[&str]) -> Result<Output> {
     }
 }
 
-/// Removes namespaces left behind by test processes that no longer run
-/// (e.g. killed by a timeout before their destructors ran).
-pub fn remove_stale_namespaces() {
+/// A namespace [`remove_stale_namespaces`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleNamespace {
+    /// The namespace's name (`ovt-<pid>-<n>-<label>`).
+    pub name: String,
+    /// The process that created it, which no longer runs.
+    pub pid: u32,
+}
+
+/// The pid in a bed namespace's name (`ovt-<pid>-<n>-<label>`); `None`
+/// for any other name.
+pub fn namespace_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(NS_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Removes namespaces left behind by processes that no longer run (e.g. a
+/// test killed by a timeout, or a lab killed with SIGKILL, before their
+/// destructors ran) and returns the ones it removed.
+pub fn remove_stale_namespaces() -> Vec<StaleNamespace> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return;
+        return Vec::new();
     };
+    let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+        let Some(pid) = namespace_pid(&name) else {
             continue;
         };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = ip(&["netns", "del", &name]);
+        if !Path::new(&format!("/proc/{pid}")).exists() && ip(&["netns", "del", &name]).is_ok() {
+            removed.push(StaleNamespace { name, pid });
         }
     }
+    removed.sort_by(|a, b| (a.pid, &a.name).cmp(&(b.pid, &b.name)));
+    removed
+}
+
+/// The programs the bed runs, each with the Debian package that provides
+/// it: `ip` directly, `sysctl` ([`Netns::enable_forwarding`]) and `ping`
+/// ([`Netns::ping`]) inside namespaces through `ip netns exec`.
+pub const TOOLS: [(&str, &str); 3] = [
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("sysctl", "procps"),
+];
+
+/// The [`TOOLS`] not found as executables in `PATH`, each with its Debian
+/// package.
+pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
+    missing_tools_in(&std::env::var_os("PATH").unwrap_or_default())
+}
+
+fn missing_tools_in(path: &std::ffi::OsStr) -> Vec<(&'static str, &'static str)> {
+    TOOLS
+        .iter()
+        .filter(|(tool, _)| !std::env::split_paths(path).any(|dir| is_executable(&dir.join(tool))))
+        .copied()
+        .collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Names of the namespaces this process created and still holds.
@@ -207,7 +265,11 @@ impl Netns {
         remove_stale_namespaces();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{NS_PREFIX}{}-{n}-{label}", std::process::id());
-        ip(&["netns", "add", &name])?;
+        if let Err(e) = ip(&["netns", "add", &name]) {
+            // A failed `add` may have left the file behind.
+            let _ = ip(&["netns", "del", &name]);
+            return Err(e);
+        }
         let ns = Self {
             name,
             policy,
@@ -256,7 +318,7 @@ impl Netns {
     /// Runs a program inside the namespace and returns its output whatever
     /// its exit status.
     pub fn exec_status(&self, prog: &str, args: &[&str]) -> Result<Output> {
-        Command::new("ip")
+        helper("ip")
             .args(["netns", "exec", self.name.as_str(), prog])
             .args(args)
             .output()
@@ -433,6 +495,35 @@ fn parse_net(s: &str) -> Result<IpNetwork> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_pid_reads_the_pid_of_bed_names_only() {
+        assert_eq!(namespace_pid("ovt-1234-7-node-1"), Some(1234));
+        assert_eq!(namespace_pid("ovt-99-0-gw"), Some(99));
+        assert_eq!(namespace_pid("ovt-x-0-gw"), None);
+        assert_eq!(namespace_pid("node1"), None);
+        assert_eq!(namespace_pid("cni-1234"), None);
+    }
+
+    #[test]
+    fn missing_tools_are_looked_up_in_the_given_path() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(missing_tools_in("".as_ref()), TOOLS.to_vec());
+        let dir = std::env::temp_dir().join(format!("ovt-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ip = dir.join("ip");
+        std::fs::write(&ip, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&ip, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Not executable: does not count.
+        std::fs::write(dir.join("ping"), "").unwrap();
+        let path = std::env::join_paths(["/nonexistent".as_ref(), dir.as_path()]).unwrap();
+        let missing = missing_tools_in(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            missing,
+            vec![("ping", "iputils-ping"), ("sysctl", "procps")]
+        );
+    }
 
     #[test]
     fn policy_accepts_documentation_ranges_only() {

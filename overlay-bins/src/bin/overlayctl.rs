@@ -19,7 +19,11 @@ struct Cli {
 enum Cmd {
     /// Run the whole system on this machine: nodes, a gateway and an on-prem
     /// host in network namespaces, the real controller and agents, then ping
-    /// on-prem from every node. Needs root (or --dry-run).
+    /// on-prem from every node. Needs root, ip, ping and sysctl (or
+    /// --dry-run). Everything is removed at the end, also on Ctrl-C or
+    /// SIGTERM at any point. Exit status: 0 when every node converged and
+    /// every ping and check passed, 1 otherwise, 130/143 when stopped by
+    /// SIGINT/SIGTERM.
     Lab(LabArgs),
     /// Print the NodeOverlayIp and StaticRoute CRDs as YAML (generated from
     /// the Rust types), or write one file per CRD into --out.
@@ -89,9 +93,16 @@ struct LabArgs {
     /// Number of StaticRoutes: the on-prem subnet plus extra /24s (1-200).
     #[arg(long, default_value_t = 1)]
     routes: usize,
-    /// Leave the namespaces in place for inspection and print how to remove them.
+    /// Leave the namespaces in place for inspection and print how to remove
+    /// them (only when the run completes: Ctrl-C or SIGTERM removes
+    /// everything).
     #[arg(long)]
     keep: bool,
+    /// After the checks, keep the lab running (controller, agents and
+    /// namespaces, live) until Ctrl-C or SIGTERM, then remove it: for
+    /// inspecting a running lab with `ip netns exec`. Exits 130/143 then.
+    #[arg(long, conflicts_with = "keep")]
+    hold: bool,
     /// The older mode: a ConfigMap-style route list routed via the gateway
     /// discovered from the private network's route; no overlay IPs.
     #[arg(long)]
@@ -105,7 +116,8 @@ struct LabArgs {
     /// Controller config (overlay-ip-config.yaml) for --ipam phpipam.
     #[arg(long, value_name = "FILE")]
     ipam_config: Option<PathBuf>,
-    /// Seconds to wait for convergence.
+    /// Seconds to wait for convergence; a node not converged by then fails
+    /// the run (exit status 1).
     #[arg(long, default_value_t = 30)]
     timeout: u64,
     /// Print the plan and change nothing (no root needed).
@@ -113,12 +125,15 @@ struct LabArgs {
     dry_run: bool,
 }
 
-fn lab(args: LabArgs) -> Result<(), String> {
+/// Runs the lab; exit status 0 when every node converged and every ping and
+/// check passed, 1 otherwise, 130/143 when stopped by SIGINT/SIGTERM.
+fn lab(args: LabArgs) -> Result<ExitCode, String> {
     let opts = overlay_bins::lab::LabOptions {
         nodes: args.nodes,
         zones: args.zones,
         routes: args.routes,
         keep: args.keep,
+        hold: args.hold,
         legacy: args.legacy,
         scenario: args.scenario,
         ipam: args.ipam,
@@ -127,11 +142,13 @@ fn lab(args: LabArgs) -> Result<(), String> {
     };
     if args.dry_run {
         print!("{}", overlay_bins::lab::describe(&opts)?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
-    overlay_bins::lab::check_privileges()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
-    let report = rt.block_on(overlay_bins::lab::run(&opts))?;
+    rt.block_on(lab_run(&opts))
+}
+
+fn print_report(report: &overlay_bins::lab::LabReport) {
     print!("{}", report.table());
     if !report.cleanup.is_empty() {
         println!("namespaces kept; remove them with:");
@@ -139,12 +156,84 @@ fn lab(args: LabArgs) -> Result<(), String> {
             println!("  {c}");
         }
     }
-    if report.ok() {
-        println!("lab: every node reached the on-prem host");
-        Ok(())
-    } else {
-        Err("lab: some checks failed (see the table above)".into())
+    // The verdict is the last line, and the exit status follows it.
+    println!("{}", report.verdict());
+}
+
+async fn lab_run(opts: &overlay_bins::lab::LabOptions) -> Result<ExitCode, String> {
+    use overlay_bins::lab::{LabError, Stop, run_until};
+    // First of all, before anything is created: from here on SIGINT and
+    // SIGTERM stop the lab, which removes what it built.
+    let stop = Stop::on_signals()
+        .map_err(|e| format!("installing the SIGINT and SIGTERM handlers: {e}"))?;
+    match run_until(opts, &stop, print_report).await {
+        Ok(mut report) => {
+            if let Some(sig) = stop.fired() {
+                // The signal came as the run finished: remove kept ones too.
+                if !std::mem::take(&mut report.cleanup).is_empty() {
+                    for name in &report.namespaces {
+                        let _ = overlay_testbed::ip(&["netns", "del", name]);
+                    }
+                }
+                print_report(&report);
+                return Ok(stopped(sig, opts.keep));
+            }
+            print_report(&report);
+            let kept = if report.cleanup.is_empty() {
+                Vec::new()
+            } else {
+                report.namespaces.clone()
+            };
+            Ok(if leftovers(&kept) || !report.ok() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Err(LabError::Interrupted(sig)) => Ok(stopped(sig, opts.keep)),
+        Err(LabError::Failed(e)) => {
+            leftovers(&[]);
+            Err(e)
+        }
     }
+}
+
+/// After a stop: says what was removed; the exit status is the signal's.
+fn stopped(sig: overlay_bins::lab::StopSignal, keep: bool) -> ExitCode {
+    if leftovers(&[]) {
+        eprintln!(
+            "lab: stopped by {}; some namespaces could not be removed (see above)",
+            sig.name()
+        );
+    } else {
+        eprintln!(
+            "lab: stopped by {}; removed everything the lab had created{}",
+            sig.name(),
+            if keep {
+                " (--keep applies only to a run that completes)"
+            } else {
+                ""
+            }
+        );
+    }
+    ExitCode::from(sig.exit_code())
+}
+
+/// Says so when namespaces of this process other than `kept` still exist
+/// (a removal failed); true then.
+fn leftovers(kept: &[String]) -> bool {
+    let left: Vec<String> = overlay_testbed::own_namespaces()
+        .into_iter()
+        .filter(|n| !kept.contains(n))
+        .collect();
+    if left.is_empty() {
+        return false;
+    }
+    eprintln!("lab: could not remove these namespaces; remove them with:");
+    for n in &left {
+        eprintln!("  ip netns del {n}");
+    }
+    true
 }
 
 /// What a valid controller config configures, for `check-config`.
@@ -194,7 +283,7 @@ fn describe_config(cfg: &overlay_ipam::config::ControllerConfig) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("overlayctl: {e}");
             ExitCode::FAILURE
@@ -202,9 +291,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Cmd::Lab(args) => lab(args)?,
+        Cmd::Lab(args) => return lab(args),
         Cmd::Status { output, kubeconfig } => {
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
@@ -279,7 +368,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
