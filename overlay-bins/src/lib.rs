@@ -24,10 +24,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Initialises `tracing` from `RUST_LOG` (default `info`).
+/// The log filter when `RUST_LOG` is unset: `info`, without kube's line per
+/// failed HTTP request (overlay logs each failure itself, naming the API
+/// server, and a streak of them once a minute).
+pub const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
+
+/// Initialises `tracing` from `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -164,7 +169,10 @@ pub fn parse_metrics_addr(s: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 /// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`,
-/// else the in-cluster service account.
+/// else the in-cluster service account. A request that gets no answer fails
+/// naming the server and the OS error (`request to the Kubernetes API server
+/// https://10.0.0.1:6443 failed: … Connection refused (os error 111)`), in
+/// every log line, status message and watch error that carries it.
 pub async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, String> {
     let config = match kubeconfig {
         Some(path) => {
@@ -178,8 +186,38 @@ pub async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, St
             format!("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}")
         })?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("building the Kubernetes client: {e}"))
+    let server = config.cluster_url.to_string();
+    let server = server.trim_end_matches('/').to_owned();
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("building the Kubernetes client for {server}: {e}"))?;
+    let name_the_server =
+        tower::util::MapErrLayer::new(move |e: tower::BoxError| -> tower::BoxError {
+            Box::new(Unreachable {
+                server: server.clone(),
+                cause: overlay_core::k8s::error_chain(&*e),
+            })
+        });
+    Ok(builder.with_layer(&name_the_server).build())
 }
+
+/// A request to the API server that got no answer, naming the server.
+#[derive(Debug)]
+struct Unreachable {
+    server: String,
+    cause: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request to the Kubernetes API server {} failed: {}",
+            self.server, self.cause
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,12 @@
 use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
-use overlay_core::crd::{NodeOverlayIp, StaticRoute};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::ObjectList;
+use overlay_core::crd::{NodeOverlayIp, StaticRoute, decode_node_overlay_ip, decode_static_route};
+use overlay_core::invalid::FieldProblem;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,6 +80,21 @@ pub struct RouteStatus {
     pub nodes: Vec<RouteNodeStatus>,
 }
 
+/// An object that does not convert to overlay's types (stored before the
+/// CRD validated it, or written by another version).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidObject {
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// The field that is wrong.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +103,9 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// StaticRoutes.
     pub static_routes: Vec<RouteStatus>,
+    /// Objects overlay cannot fully read; empty when all are fine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<InvalidObject>,
 }
 
 /// Builds the status from the objects.
@@ -241,9 +262,59 @@ pub fn render(s: &ClusterStatus, output: Output) -> Result<String, String> {
                     );
                 }
             }
+            if !s.invalid.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "\nINVALID OBJECTS (skipped where they cannot be used; fix or delete them)"
+                );
+                for i in &s.invalid {
+                    let _ = writeln!(t, "  {}/{}: {}: {}", i.kind, i.name, i.field, i.problem);
+                }
+            }
             Ok(t)
         }
     }
+}
+
+/// Lists `K` as raw objects, so that one object that does not fit `K`
+/// costs only itself: it is reported in `invalid` (with what `problem`
+/// finds), and kept with its metadata only.
+async fn list_leniently<K>(
+    client: &kube::Client,
+    kind: &str,
+    problem: fn(&DynamicObject) -> Option<FieldProblem>,
+    invalid: &mut Vec<InvalidObject>,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Default,
+{
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::erase::<K>(&()));
+    let list: ObjectList<DynamicObject> = api.list(&ListParams::default()).await?;
+    let mut out = Vec::with_capacity(list.items.len());
+    for o in list.items {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        let typed = serde_json::to_value(&o).and_then(serde_json::from_value::<K>);
+        let problem = problem(&o).or_else(|| {
+            typed
+                .as_ref()
+                .err()
+                .map(|e| FieldProblem::new("object", e.to_string()))
+        });
+        if let Some(p) = problem {
+            invalid.push(InvalidObject {
+                kind: kind.to_owned(),
+                name: name.clone(),
+                field: p.field,
+                problem: p.message,
+            });
+        }
+        out.push(typed.unwrap_or_else(|_| {
+            let mut stub = K::default();
+            *stub.meta_mut() = o.metadata;
+            stub
+        }));
+    }
+    Ok(out)
 }
 
 /// Reads nodes, NodeOverlayIps and StaticRoutes from the cluster.
@@ -253,19 +324,30 @@ pub async fn fetch(client: kube::Client) -> Result<ClusterStatus, String> {
         .list(&lp)
         .await
         .map_err(|e| format!("listing Nodes: {e}"))?;
-    let ips = Api::<NodeOverlayIp>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| {
-            format!(
-                "listing NodeOverlayIps (are the CRDs installed? kubectl apply -f deploy/crds): {e}"
-            )
-        })?;
-    let routes = Api::<StaticRoute>::all(client)
-        .list(&lp)
-        .await
-        .map_err(|e| format!("listing StaticRoutes: {e}"))?;
-    Ok(collect(&nodes.items, &ips.items, &routes.items))
+    let mut invalid = Vec::new();
+    let ips: Vec<NodeOverlayIp> = list_leniently(
+        &client,
+        "NodeOverlayIp",
+        |o| decode_node_overlay_ip(o).1,
+        &mut invalid,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "listing NodeOverlayIps (are the CRDs installed? kubectl apply -f deploy/crds): {e}"
+        )
+    })?;
+    let routes: Vec<StaticRoute> = list_leniently(
+        &client,
+        "StaticRoute",
+        |o| decode_static_route(o).1,
+        &mut invalid,
+    )
+    .await
+    .map_err(|e| format!("listing StaticRoutes: {e}"))?;
+    let mut status = collect(&nodes.items, &ips, &routes);
+    status.invalid = invalid;
+    Ok(status)
 }
 
 #[cfg(test)]
@@ -303,6 +385,27 @@ mod tests {
         assert!(t.contains("refused: overlaps"), "failures are listed: {t}");
         let w = render(&s, Output::Wide).unwrap();
         assert!(w.contains("eth0/tmp0") && w.contains("100"), "{w}");
+    }
+
+    #[test]
+    fn invalid_objects_are_listed_with_the_field() {
+        let (n, i, r) = fixtures();
+        let mut s = collect(&n, &i, &r);
+        assert!(!render(&s, Output::Table).unwrap().contains("INVALID"));
+        s.invalid.push(InvalidObject {
+            kind: "StaticRoute".into(),
+            name: "old".into(),
+            field: "spec.metric".into(),
+            problem: "invalid value: integer `4294967296`, expected u32".into(),
+        });
+        let t = render(&s, Output::Table).unwrap();
+        assert!(
+            t.contains("INVALID OBJECTS") && t.contains("StaticRoute/old: spec.metric"),
+            "{t}"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&s, Output::Json).unwrap()).unwrap();
+        assert_eq!(j["invalid"][0]["field"], "spec.metric");
     }
 
     #[test]

@@ -532,22 +532,33 @@ fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
             ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
         ])
     );
+    let events = find(&docs, "Role", "overlay-agent-events");
+    assert_eq!(events.namespace(), Some("default"));
+    assert_eq!(
+        grants(events),
+        expect(&[("events.k8s.io", "events", &[], &["create", "patch"])])
+    );
     let legacy = find(&docs, "Role", "overlay-agent-static-routes");
     for rule in legacy.value["rules"].as_array().unwrap() {
-        assert_eq!(
-            strs(&rule["resourceNames"]),
-            ["static-routes"],
-            "the legacy Role must be limited to ConfigMap static-routes"
-        );
+        if strs(&rule["resources"]) == ["configmaps"] {
+            assert_eq!(
+                strs(&rule["resourceNames"]),
+                ["static-routes"],
+                "the legacy Role must be limited to ConfigMap static-routes"
+            );
+        }
     }
     assert_eq!(
         grants(legacy),
-        expect(&[(
-            "",
-            "configmaps",
-            &["static-routes"],
-            &["get", "list", "watch"]
-        )])
+        expect(&[
+            (
+                "",
+                "configmaps",
+                &["static-routes"],
+                &["get", "list", "watch"]
+            ),
+            ("events.k8s.io", "events", &[], &["create", "patch"]),
+        ])
     );
     // The ConfigMap the component points the agent at is the one the Role
     // allows and the sample creates.
