@@ -14,24 +14,11 @@ use nix::unistd::Pid;
 
 use overlay_bins::lab::{IpamChoice, LabOptions, LabReport, NodeRow, Scenario, run};
 use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
-use overlay_testbed::{NETNS_DIR, own_namespaces, privileged};
+use overlay_testbed::{namespaces_of, own_namespaces, privileged};
 
 /// Labs run in this process share its pid, so their namespaces share the
 /// `ovt-<pid>-` prefix that "nothing left behind" checks: one at a time.
 static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The namespaces of process `pid` (a lab started as a child).
-fn namespaces_of(pid: u32) -> Vec<String> {
-    let prefix = format!("ovt-{pid}-");
-    std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn lab_passes(opts: LabOptions) -> overlay_bins::lab::LabReport {
     let report = run(&opts).await.unwrap();

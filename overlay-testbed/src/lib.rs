@@ -234,7 +234,13 @@ fn is_executable(path: &Path) -> bool {
 
 /// Names of the namespaces this process created and still holds.
 pub fn own_namespaces() -> Vec<String> {
-    let prefix = format!("{NS_PREFIX}{}-", std::process::id());
+    namespaces_of(std::process::id())
+}
+
+/// Names of the namespaces process `pid` created (a lab or test bed started
+/// as a child, say) that still exist.
+pub fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("{NS_PREFIX}{pid}-");
     std::fs::read_dir(NETNS_DIR)
         .map(|d| {
             d.flatten()
