@@ -290,31 +290,45 @@ where
 {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::erase::<K>(&()));
     let list: ObjectList<DynamicObject> = api.list(&ListParams::default()).await?;
-    let mut out = Vec::with_capacity(list.items.len());
-    for o in list.items {
-        let name = o.metadata.name.clone().unwrap_or_default();
-        let typed = serde_json::to_value(&o).and_then(serde_json::from_value::<K>);
-        let problem = problem(&o).or_else(|| {
-            typed
-                .as_ref()
-                .err()
-                .map(|e| FieldProblem::new("object", e.to_string()))
+    Ok(list
+        .items
+        .into_iter()
+        .map(|o| typed_or_stub(o, kind, problem, invalid))
+        .collect())
+}
+
+/// `o` as `K`; when it does not convert, `K` with `o`'s metadata only. Either
+/// way a problem (what `problem` finds, or the conversion error) goes into
+/// `invalid`.
+fn typed_or_stub<K>(
+    o: DynamicObject,
+    kind: &str,
+    problem: fn(&DynamicObject) -> Option<FieldProblem>,
+    invalid: &mut Vec<InvalidObject>,
+) -> K
+where
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Default,
+{
+    let typed = serde_json::to_value(&o).and_then(serde_json::from_value::<K>);
+    let problem = problem(&o).or_else(|| {
+        typed
+            .as_ref()
+            .err()
+            .map(|e| FieldProblem::new("object", e.to_string()))
+    });
+    if let Some(p) = problem {
+        invalid.push(InvalidObject {
+            kind: kind.to_owned(),
+            name: o.metadata.name.clone().unwrap_or_default(),
+            field: p.field,
+            problem: p.message,
         });
-        if let Some(p) = problem {
-            invalid.push(InvalidObject {
-                kind: kind.to_owned(),
-                name: name.clone(),
-                field: p.field,
-                problem: p.message,
-            });
-        }
-        out.push(typed.unwrap_or_else(|_| {
-            let mut stub = K::default();
-            *stub.meta_mut() = o.metadata;
-            stub
-        }));
     }
-    Ok(out)
+    typed.unwrap_or_else(|_| {
+        let mut stub = K::default();
+        *stub.meta_mut() = o.metadata;
+        stub
+    })
 }
 
 /// Reads nodes, NodeOverlayIps and StaticRoutes from the cluster.
@@ -385,6 +399,31 @@ mod tests {
         assert!(t.contains("refused: overlaps"), "failures are listed: {t}");
         let w = render(&s, Output::Wide).unwrap();
         assert!(w.contains("eth0/tmp0") && w.contains("100"), "{w}");
+    }
+
+    #[test]
+    fn listed_objects_convert_one_by_one_and_a_bad_one_is_kept_as_a_stub() {
+        // List items may come without apiVersion/kind.
+        let good: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "good"}, "spec": {"subnet": "192.0.2.0/24", "metric": 5}}))
+        .unwrap();
+        let bad: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "bad", "finalizers": ["x"]},
+            "spec": {"subnet": "192.0.2.0/24", "metric": 4294967296u64}}))
+        .unwrap();
+        let mut invalid = Vec::new();
+        let problem = |o: &DynamicObject| decode_static_route(o).1;
+        let g: StaticRoute = typed_or_stub(good, "StaticRoute", problem, &mut invalid);
+        assert_eq!(g.spec.metric, Some(5));
+        assert!(invalid.is_empty(), "{invalid:?}");
+        let b: StaticRoute = typed_or_stub(bad, "StaticRoute", problem, &mut invalid);
+        assert_eq!(b.metadata.name.as_deref(), Some("bad"));
+        assert_eq!(
+            b.metadata.finalizers.as_deref(),
+            Some(&["x".to_owned()][..])
+        );
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(invalid[0].field, "spec.metric");
     }
 
     #[test]
