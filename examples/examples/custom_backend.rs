@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
@@ -54,6 +55,7 @@ impl ListBackend {
             subnet_id: p.name.clone(),
             handle: ip.to_string(),
             owner: owner.clone(),
+            held_until: None,
         }
     }
 }
@@ -87,7 +89,8 @@ impl IpamBackend for ListBackend {
         })
     }
 
-    async fn release(&self, r: &Reservation) -> Result<(), IpamError> {
+    async fn release(&self, r: &Reservation, hold: Duration) -> Result<(), IpamError> {
+        let _ = hold;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         // Only if the same owner still holds it: a stale release must not
         // free an address that was handed to someone else since.

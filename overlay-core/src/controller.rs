@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Retry delays after failures.
     pub backoff: Backoff,
+    /// How long a released address is held back from other nodes.
+    pub hold_down: Duration,
     /// Retry delay after a permanent error (unknown zone, full pool, bad
     /// credentials): the configuration or the pool may change.
     pub permanent_retry: Duration,
@@ -54,6 +56,7 @@ impl Default for ControllerConfig {
             concurrency: 64,
             resync: Duration::from_secs(600),
             backoff: Backoff::default(),
+            hold_down: Duration::from_secs(300),
             permanent_retry: Duration::from_secs(300),
         }
     }
@@ -228,8 +231,12 @@ impl Controller {
                         return Ok(NodeOutcome::DryRun(format!("release {owner}")));
                     }
                     // Release first; the finalizer stays until this succeeds.
-                    let released = self.ipam.release_owner(&owner).await.map_err(ipam_err)?;
-                    if let Some(r) = &released {
+                    let released = self
+                        .ipam
+                        .release_owner(&owner, self.cfg.hold_down)
+                        .await
+                        .map_err(ipam_err)?;
+                    for r in &released {
                         info!(node = name, address = %r.address, "released overlay address");
                         self.event(
                             "NodeOverlayIp",
@@ -279,7 +286,12 @@ impl Controller {
                 if self.cfg.dry_run {
                     return Ok(NodeOutcome::Gone);
                 }
-                if let Some(r) = self.ipam.release_owner(&owner).await.map_err(ipam_err)? {
+                for r in self
+                    .ipam
+                    .release_owner(&owner, self.cfg.hold_down)
+                    .await
+                    .map_err(ipam_err)?
+                {
                     info!(node = name, address = %r.address, "released address of a node that is gone");
                     self.event(
                         "Node",
@@ -432,7 +444,10 @@ impl Controller {
                 info!(node, address = %r.address, "dry run: would release orphaned reservation");
                 continue;
             }
-            self.ipam.release(r).await.map_err(ipam_err)?;
+            self.ipam
+                .release(r, self.cfg.hold_down)
+                .await
+                .map_err(ipam_err)?;
             held -= 1;
             warn!(node, address = %r.address, "released orphaned reservation");
             self.metrics.orphan("reservation");

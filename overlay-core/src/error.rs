@@ -80,6 +80,16 @@ pub enum IpamError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// Refused before it reached the IPAM: this process is no longer sure
+    /// it leads (its Lease renewal did not succeed in time), so another
+    /// replica may already be in charge. Not retried by this process.
+    #[error("{call} refused: this replica no longer holds the leader Lease ({reason})")]
+    NotLeader {
+        /// The call refused.
+        call: String,
+        /// Why leadership is in doubt.
+        reason: String,
+    },
 }
 
 impl IpamError {
@@ -100,6 +110,7 @@ impl IpamError {
             IpamError::Rejected { .. } => "rejected",
             IpamError::Invalid(_) => "invalid",
             IpamError::Storage { .. } => "storage",
+            IpamError::NotLeader { .. } => "not_leader",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! official Rust client: typed, no global registry, OpenMetrics text).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
@@ -240,9 +240,9 @@ impl IpamBackend for InstrumentedIpam {
         r
     }
 
-    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
         let t = Instant::now();
-        let r = self.inner.release(reservation).await;
+        let r = self.inner.release(reservation, hold).await;
         self.observe("release", t, &r);
         r
     }
@@ -255,6 +255,13 @@ impl IpamBackend for InstrumentedIpam {
         let t = Instant::now();
         let r = self.inner.lookup(owner, zone).await;
         self.observe("lookup", t, &r);
+        r
+    }
+
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        let t = Instant::now();
+        let r = self.inner.lookup_all(owner).await;
+        self.observe("lookup_all", t, &r);
         r
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,10 @@ pub struct Owner {
 /// Prefix of every owner marker written into an IPAM.
 pub const OWNER_MARKER_PREFIX: &str = "overlay-owner:";
 
+/// Prefix of the marker of a released address held back from reuse
+/// (quarantined): `overlay-held:<cluster>/<node> until=<RFC 3339 time>`.
+pub const HELD_MARKER_PREFIX: &str = "overlay-held:";
+
 impl Owner {
     /// An owner for `node` in `cluster`.
     pub fn new(cluster: impl Into<String>, node: impl Into<String>) -> Self {
@@ -108,14 +113,97 @@ impl Owner {
         format!("{OWNER_MARKER_PREFIX}{}/{}", self.cluster, self.node)
     }
 
-    /// Parses a marker written by [`Owner::marker`]; `None` for anything else.
+    /// Parses a marker written by [`Owner::marker`]; `None` for anything
+    /// else (including a held marker: see [`Marker::parse`]).
     pub fn from_marker(marker: &str) -> Option<Self> {
         let rest = marker.trim().strip_prefix(OWNER_MARKER_PREFIX)?;
+        Self::from_pair(rest)
+    }
+
+    fn from_pair(rest: &str) -> Option<Self> {
         let (cluster, node) = rest.split_once('/')?;
-        if cluster.is_empty() || node.is_empty() || node.contains(char::is_whitespace) {
+        if cluster.is_empty()
+            || node.is_empty()
+            || cluster.contains(char::is_whitespace)
+            || node.contains(char::is_whitespace)
+        {
             return None;
         }
         Some(Self::new(cluster, node))
+    }
+
+    /// The marker of this owner's released address while it is held back
+    /// until `until`: `overlay-held:<cluster>/<node> until=<RFC 3339>`.
+    pub fn held_marker(&self, until: SystemTime) -> String {
+        Marker::Held {
+            owner: self.clone(),
+            until,
+        }
+        .to_string()
+    }
+}
+
+/// What an IPAM entry's marker says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// In use by `owner` (`overlay-owner:<cluster>/<node>`).
+    Live(Owner),
+    /// Released by `owner`, held back from every other owner until `until`
+    /// (`overlay-held:<cluster>/<node> until=<RFC 3339>`).
+    Held {
+        /// The last holder; it gets the address back if it reserves again.
+        owner: Owner,
+        /// End of the hold-down (wall clock; stored in the IPAM).
+        until: SystemTime,
+    },
+}
+
+impl Marker {
+    /// Parses either marker; `None` for anything else (a hand-made entry,
+    /// another tool's note, a marker with a missing or garbled part).
+    pub fn parse(marker: &str) -> Option<Self> {
+        let m = marker.trim();
+        if let Some(rest) = m.strip_prefix(OWNER_MARKER_PREFIX) {
+            return Owner::from_pair(rest).map(Marker::Live);
+        }
+        let rest = m.strip_prefix(HELD_MARKER_PREFIX)?;
+        let (pair, until) = rest.split_once(char::is_whitespace)?;
+        let until = until.trim().strip_prefix("until=")?;
+        let until = humantime::parse_rfc3339(until).ok()?;
+        Some(Marker::Held {
+            owner: Owner::from_pair(pair)?,
+            until,
+        })
+    }
+
+    /// The owner named by the marker.
+    pub fn owner(&self) -> &Owner {
+        match self {
+            Marker::Live(o) | Marker::Held { owner: o, .. } => o,
+        }
+    }
+
+    /// The end of the hold-down, for a held marker.
+    pub fn held_until(&self) -> Option<SystemTime> {
+        match self {
+            Marker::Live(_) => None,
+            Marker::Held { until, .. } => Some(*until),
+        }
+    }
+}
+
+impl fmt::Display for Marker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Marker::Live(o) => f.write_str(&o.marker()),
+            Marker::Held { owner, until } => write!(
+                f,
+                "{HELD_MARKER_PREFIX}{}/{} until={}",
+                owner.cluster,
+                owner.node,
+                humantime::format_rfc3339_seconds(*until)
+            ),
+        }
     }
 }
 
@@ -140,6 +228,30 @@ pub struct Reservation {
     pub handle: String,
     /// Who holds it.
     pub owner: Owner,
+    /// Set when the address was released and is held back from reuse
+    /// (quarantined) until then: no other owner gets it; `owner` gets it
+    /// back if it reserves again in the same zone. `None` for a live
+    /// reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<SystemTime>,
+}
+
+impl Reservation {
+    /// True when the address was released and is held back from reuse.
+    pub fn is_held(&self) -> bool {
+        self.held_until.is_some()
+    }
+
+    /// The marker an IPAM stores with this reservation.
+    pub fn marker(&self) -> Marker {
+        match self.held_until {
+            None => Marker::Live(self.owner.clone()),
+            Some(until) => Marker::Held {
+                owner: self.owner.clone(),
+                until,
+            },
+        }
+    }
 }
 
 /// The overlay sub-interface of one node.
@@ -338,6 +450,39 @@ mod tests {
         assert_eq!(Owner::from_marker(&o.marker()), Some(o));
         assert_eq!(Owner::from_marker("created by hand"), None);
         assert_eq!(Owner::from_marker("overlay-owner:/x"), None);
+    }
+
+    #[test]
+    fn held_markers_round_trip_and_garbage_is_not_a_marker() {
+        let o = Owner::new("3f1c2a9e-0000-4000-8000-000000000001", "node-a");
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let m = o.held_marker(until);
+        assert_eq!(
+            m,
+            "overlay-held:3f1c2a9e-0000-4000-8000-000000000001/node-a until=2026-11-18T11:06:40Z"
+        );
+        assert_eq!(
+            Marker::parse(&m),
+            Some(Marker::Held {
+                owner: o.clone(),
+                until
+            })
+        );
+        assert_eq!(Marker::parse(&o.marker()), Some(Marker::Live(o.clone())));
+        // A held marker is not a live owner.
+        assert_eq!(Owner::from_marker(&m), None);
+        for garbage in [
+            "overlay-held:c/n",
+            "overlay-held:c/n until=",
+            "overlay-held:c/n until=yesterday",
+            "overlay-held:/n until=2026-11-18T11:06:40Z",
+            "overlay-owner:c x/n",
+            "overlay-owner:c",
+            "Gateway",
+            "",
+        ] {
+            assert_eq!(Marker::parse(garbage), None, "{garbage:?}");
+        }
     }
 
     #[test]

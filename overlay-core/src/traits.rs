@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -19,40 +20,74 @@ use crate::model::{
 use crate::parse::{Cidr, InterfaceName, LabelSelector, Zone};
 
 /// An IP address management system that hands out one address per owner.
+///
+/// The rules every backend keeps (the conformance suite in
+/// `overlay_ipam::conformance` checks them):
+/// - **one address per owner**: `reserve` is idempotent per owner;
+/// - **hold-down**: a release with a non-zero `hold` keeps the address back
+///   from every other owner until the hold expires, visibly in the IPAM;
+///   the same owner gets it back if it reserves again in that zone;
+/// - **ours only**: `list` reports only entries carrying an owner marker;
+///   nothing else is ever changed.
 #[async_trait]
 pub trait IpamBackend: Send + Sync {
     /// A short name for logs and metrics (`phpipam`, `memory`, ...).
     fn name(&self) -> &str;
 
-    /// Reserves an address for `owner` in `zone`. Idempotent per owner: when
-    /// the owner already holds an address in the zone, that one is returned
-    /// and nothing new is reserved.
+    /// Reserves an address for `owner` in `zone`. Idempotent per owner:
+    /// when the owner already holds an address in the zone, that one is
+    /// returned and nothing new is reserved; when it has one held back
+    /// (released within the hold-down) in the zone, that one becomes live
+    /// again. Only then is a new address allocated.
+    ///
+    /// After a reserve that failed ambiguously (a timeout, a reply cut
+    /// short: the server may have committed), the next reserve of the same
+    /// owner looks the owner up afresh in the IPAM before allocating.
     async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError>;
 
-    /// Releases a reservation. Idempotent: releasing an address that is
-    /// already gone succeeds.
-    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError>;
+    /// Releases a reservation. With `hold` zero the address is freed now;
+    /// otherwise it is kept back (marked held, with its expiry, in the
+    /// IPAM) for `hold`, and freed by a later `release` of the held
+    /// reservation with `hold` zero. Idempotent: releasing an address that
+    /// is already gone (or already held) succeeds.
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError>;
 
-    /// The reservation `owner` holds, in `zone` or (with `None`) anywhere.
+    /// A live reservation of `owner`, in `zone` or (with `None`) anywhere.
+    /// With several, the one with the lowest address.
     async fn lookup(
         &self,
         owner: &Owner,
         zone: Option<&Zone>,
     ) -> Result<Option<Reservation>, IpamError>;
 
+    /// Every live reservation of `owner`, wherever it is: also in subnets
+    /// or pools no longer configured, where the backend can find them.
+    /// The default filters [`IpamBackend::list`].
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| &r.owner == owner && !r.is_held())
+            .collect())
+    }
+
     /// Every reservation this backend manages for overlay (those carrying an
-    /// owner marker), across all configured zones.
+    /// owner marker), live and held, across all configured zones.
     async fn list(&self) -> Result<Vec<Reservation>, IpamError>;
 
-    /// Releases whatever `owner` holds; `Ok(None)` when it held nothing.
-    async fn release_owner(&self, owner: &Owner) -> Result<Option<Reservation>, IpamError> {
-        match self.lookup(owner, None).await? {
-            Some(r) => {
-                self.release(&r).await?;
-                Ok(Some(r))
-            }
-            None => Ok(None),
+    /// Releases every live reservation of `owner` (with `hold`, see
+    /// [`IpamBackend::release`]); returns what was released.
+    async fn release_owner(
+        &self,
+        owner: &Owner,
+        hold: Duration,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        let all = self.lookup_all(owner).await?;
+        for r in &all {
+            self.release(r, hold).await?;
         }
+        Ok(all)
     }
 }
 
@@ -99,6 +134,13 @@ pub trait NodeSource: Send + Sync {
 
     /// One node, `None` when it does not exist.
     async fn get(&self, name: &str) -> Result<Option<NodeInfo>, StoreError>;
+
+    /// One node read from the source of truth, bypassing any cache (the
+    /// orphan collection's last check before a release). The default is
+    /// [`NodeSource::get`], right for sources without a cache.
+    async fn get_live(&self, name: &str) -> Result<Option<NodeInfo>, StoreError> {
+        self.get(name).await
+    }
 
     /// Node changes from now on.
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>>;

@@ -99,11 +99,12 @@ impl IpamBackend for FakeIpam {
             subnet_id: "1".into(),
             handle: addr.ip().to_string(),
             owner: owner.clone(),
+            held_until: None,
         };
         held.insert(owner.clone(), r.clone());
         Ok(r)
     }
-    async fn release(&self, r: &Reservation) -> Result<(), IpamError> {
+    async fn release(&self, r: &Reservation, _hold: Duration) -> Result<(), IpamError> {
         if self.down.load(Ordering::SeqCst) || self.fail_release.load(Ordering::SeqCst) {
             return Err(Self::unavailable());
         }
@@ -676,7 +677,7 @@ async fn a_recorded_address_the_ipam_no_longer_holds_is_reported_not_changed() {
         .into_iter()
         .find(|r| r.owner.node == "n1")
         .unwrap();
-    e.ipam.release(&held).await.unwrap();
+    e.ipam.release(&held, Duration::ZERO).await.unwrap();
     let rep = e.ctl.collect_orphans().await.unwrap();
     assert_eq!(rep.unreserved, ["n1"]);
     assert!(rep.released.is_empty() && rep.deleted.is_empty());

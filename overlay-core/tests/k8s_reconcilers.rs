@@ -317,10 +317,11 @@ impl IpamBackend for CountingIpam {
             gateway: Some("192.0.2.1".parse().unwrap()),
             subnet_id: "1".into(),
             handle: String::new(),
+            held_until: None,
         });
         Ok(r.clone())
     }
-    async fn release(&self, r: &Reservation) -> Result<(), IpamError> {
+    async fn release(&self, r: &Reservation, _hold: Duration) -> Result<(), IpamError> {
         self.held.lock().unwrap().remove(&r.owner);
         Ok(())
     }

@@ -325,7 +325,7 @@ pub async fn conformance(
     };
     let mut failed = Vec::new();
     for r in &leftover {
-        if let Err(e) = backend.release(r).await {
+        if let Err(e) = backend.release(r, std::time::Duration::ZERO).await {
             failed.push(format!("{}: {e}", r.address));
         }
     }

@@ -37,6 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use tokio::task::JoinSet;
@@ -224,9 +225,14 @@ impl<'a> Scratch<'a> {
         for owner in &self.owners {
             // An owner may hold addresses in several zones: release until none.
             for _ in 0..8 {
-                match self.fixture.backend.release_owner(owner).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
+                match self
+                    .fixture
+                    .backend
+                    .release_owner(owner, Duration::ZERO)
+                    .await
+                {
+                    Ok(v) if !v.is_empty() => continue,
+                    Ok(_) => break,
                     Err(e) => {
                         first
                             .get_or_insert_with(|| call_failed(&format!("cleanup of {owner}"), &e));
@@ -431,11 +437,11 @@ pub async fn release_idempotent(f: &Fixture) -> Result<(), Failure> {
             .await
             .map_err(|e| call_failed("reserve", &e))?;
         f.backend
-            .release(&r)
+            .release(&r, Duration::ZERO)
             .await
             .map_err(|e| call_failed("release", &e))?;
         f.backend
-            .release(&r)
+            .release(&r, Duration::ZERO)
             .await
             .map_err(|e| call_failed("second release (must succeed)", &e))?;
         let after = f
@@ -450,10 +456,11 @@ pub async fn release_idempotent(f: &Fixture) -> Result<(), Failure> {
             )));
         }
         if f.backend
-            .release_owner(&owner)
+            .release_owner(&owner, Duration::ZERO)
             .await
             .map_err(|e| call_failed("release_owner", &e))?
-            .is_some()
+            .is_empty()
+            .eq(&false)
         {
             return Err(Failure(
                 "release_owner found something after release".into(),
@@ -475,7 +482,7 @@ pub async fn release_then_reserve(f: &Fixture) -> Result<(), Failure> {
             .await
             .map_err(|e| call_failed("reserve", &e))?;
         f.backend
-            .release(&first)
+            .release(&first, Duration::ZERO)
             .await
             .map_err(|e| call_failed("release", &e))?;
         let second = s
@@ -487,7 +494,7 @@ pub async fn release_then_reserve(f: &Fixture) -> Result<(), Failure> {
         // when it landed on a different handle.
         if second.handle != first.handle {
             f.backend
-                .release(&first)
+                .release(&first, Duration::ZERO)
                 .await
                 .map_err(|e| call_failed("stale release", &e))?;
         }
@@ -549,7 +556,7 @@ pub async fn exhaustion(f: &Fixture) -> Result<Option<String>, Failure> {
         }
         if let Some(r) = last {
             f.backend
-                .release(&r)
+                .release(&r, Duration::ZERO)
                 .await
                 .map_err(|e| call_failed("release", &e))?;
             let again = s
@@ -648,7 +655,7 @@ pub async fn list_exact(f: &Fixture) -> Result<(), Failure> {
             );
         }
         f.backend
-            .release(&made[1])
+            .release(&made[1], Duration::ZERO)
             .await
             .map_err(|e| call_failed("release", &e))?;
         let mut want = before.clone();
@@ -681,7 +688,7 @@ pub async fn unknown_zone(f: &Fixture) -> Result<(), Failure> {
         Err(IpamError::UnknownZone { zone: z, .. }) if z == zone.as_str() => Ok(()),
         Err(e) => Err(Failure(format!("expected UnknownZone, got {e:?}"))),
         Ok(r) => {
-            let _ = f.backend.release(&r).await;
+            let _ = f.backend.release(&r, Duration::ZERO).await;
             Err(Failure(format!(
                 "reserve in an unconfigured zone succeeded with {}",
                 r.address

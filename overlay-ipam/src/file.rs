@@ -178,7 +178,12 @@ impl IpamBackend for FileBackend {
         Ok(r)
     }
 
-    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+    async fn release(
+        &self,
+        reservation: &Reservation,
+        hold: std::time::Duration,
+    ) -> Result<(), IpamError> {
+        let _ = hold;
         let mut e = self.engine.lock().await;
         let before = e.held().to_vec();
         if e.release(reservation) {

@@ -58,7 +58,12 @@ impl IpamBackend for MemoryBackend {
         Ok(r)
     }
 
-    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+    async fn release(
+        &self,
+        reservation: &Reservation,
+        hold: std::time::Duration,
+    ) -> Result<(), IpamError> {
+        let _ = hold;
         let mut e = self.engine.lock().await;
         if e.release(reservation) {
             tracing::debug!(backend = e.name(), owner = %reservation.owner, address = %reservation.address, "released");

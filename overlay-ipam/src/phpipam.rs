@@ -999,6 +999,7 @@ impl PhpIpamBackend {
             subnet_id: f.subnet.to_string(),
             handle: f.id.to_string(),
             owner: owner.clone(),
+            held_until: None,
         })
     }
 
@@ -1172,7 +1173,12 @@ impl IpamBackend for PhpIpamBackend {
         result
     }
 
-    async fn release(&self, reservation: &Reservation) -> Result<(), IpamError> {
+    async fn release(
+        &self,
+        reservation: &Reservation,
+        hold: std::time::Duration,
+    ) -> Result<(), IpamError> {
+        let _ = hold;
         if let Ok(sid) = reservation.subnet_id.parse::<u64>() {
             lock(&self.full).remove(&sid);
         }

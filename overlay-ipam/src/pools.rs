@@ -250,6 +250,7 @@ impl Engine {
             subnet_id: h.pool.to_string(),
             handle: h.address.to_string(),
             owner: h.owner.clone(),
+            held_until: None,
         }
     }
 

@@ -78,8 +78,12 @@ async fn conformance_reports_a_broken_backend() {
         ) -> Result<overlay_core::Reservation, IpamError> {
             self.0.reserve(&Owner::new("x", "same"), zone).await
         }
-        async fn release(&self, r: &overlay_core::Reservation) -> Result<(), IpamError> {
-            self.0.release(r).await
+        async fn release(
+            &self,
+            r: &overlay_core::Reservation,
+            hold: std::time::Duration,
+        ) -> Result<(), IpamError> {
+            self.0.release(r, hold).await
         }
         async fn lookup(
             &self,

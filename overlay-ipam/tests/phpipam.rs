@@ -162,7 +162,7 @@ async fn other_clusters_and_hand_made_addresses_are_left_alone() {
     // decimal ip (phpIPAM's object-cache bug). lookup still finds it.
     let found = ipam.lookup(&owner("node-a"), None).await.unwrap().unwrap();
     assert_eq!(found, r);
-    ipam.release(&r).await.unwrap();
+    ipam.release(&r, std::time::Duration::ZERO).await.unwrap();
     assert_eq!(emu.addresses(3).len(), 2, "only our address is released");
     assert_eq!(ipam.lookup(&owner("node-a"), None).await.unwrap(), None);
 }
@@ -173,8 +173,8 @@ async fn release_of_an_address_deleted_elsewhere_succeeds() {
     let ipam = backend(&emu);
     let r = ipam.reserve(&owner("node-a"), &zone("big")).await.unwrap();
     assert!(emu.delete_address(r.handle.parse().unwrap()));
-    ipam.release(&r).await.unwrap();
-    ipam.release(&r).await.unwrap();
+    ipam.release(&r, std::time::Duration::ZERO).await.unwrap();
+    ipam.release(&r, std::time::Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test]
@@ -229,7 +229,9 @@ async fn a_full_subnet_is_tried_last_until_we_release_in_it() {
         emu.request_counts()
     );
     // Releasing in subnet 2 makes it first choice again.
-    ipam.release(&first[0]).await.unwrap();
+    ipam.release(&first[0], std::time::Duration::ZERO)
+        .await
+        .unwrap();
     let r = ipam.reserve(&owner("n8"), &zone("tiny")).await.unwrap();
     assert_eq!(r.address, first[0].address);
 }
@@ -480,7 +482,7 @@ async fn release_without_a_handle_finds_the_address_by_owner() {
     let mut r = ipam.reserve(&owner("node-a"), &zone("big")).await.unwrap();
     ipam.reserve(&owner("node-b"), &zone("big")).await.unwrap();
     r.handle.clear();
-    ipam.release(&r).await.unwrap();
+    ipam.release(&r, std::time::Duration::ZERO).await.unwrap();
     let left: Vec<_> = emu
         .addresses(3)
         .into_iter()

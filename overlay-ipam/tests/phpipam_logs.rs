@@ -71,7 +71,7 @@ fn logs_never_contain_tokens_or_passwords() {
         ipam.reserve(&Owner::new("c1", "node-b"), &zone)
             .await
             .unwrap();
-        ipam.release(&r).await.unwrap();
+        ipam.release(&r, std::time::Duration::ZERO).await.unwrap();
         let bad = PhpIpamBackend::new(&cfg, "c1", user("Wrong-Secret-9")).unwrap();
         bad.reserve(&Owner::new("c1", "node-c"), &zone)
             .await
