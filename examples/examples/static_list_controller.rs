@@ -76,10 +76,7 @@ impl Setup {
         let overlay_ips = MemoryOverlayIps::new();
         let events = MemoryEvents::new();
         let controller = Arc::new(Controller::new(
-            ControllerConfig {
-                cluster_id: CLUSTER.into(),
-                ..Default::default()
-            },
+            ControllerConfig::new(CLUSTER),
             Arc::new(nodes.clone()),
             ipam.clone(),
             Arc::new(overlay_ips.clone()),

@@ -124,9 +124,8 @@ async fn bench() {
     let ips = MemoryOverlayIps::new();
     let controller = Arc::new(Controller::new(
         ControllerConfig {
-            cluster_id: "bench".into(),
             concurrency: CONCURRENCY,
-            ..Default::default()
+            ..ControllerConfig::new("bench")
         },
         Arc::new(nodes.clone()),
         ipam,

@@ -1029,9 +1029,8 @@ async fn run_in(
         }
         let controller = Arc::new(Controller::new(
             ControllerConfig {
-                cluster_id: "lab".into(),
                 resync: Duration::from_secs(30),
-                ..Default::default()
+                ..ControllerConfig::new("lab")
             },
             Arc::new(r.nodes.clone()),
             r.ipam.clone(),

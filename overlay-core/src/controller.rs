@@ -11,9 +11,13 @@
 //! - an IPAM outage never releases anything; one node's failure (unknown
 //!   zone, full pool) never blocks the others.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -21,17 +25,19 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::error::{IpamError, StoreError};
 use crate::events::{Event, EventRecorder, EventType};
 use crate::metrics::ControllerMetrics;
-use crate::model::{NodeInfo, Owner, overlay_ip_labels};
+use crate::model::{NodeInfo, Owner, Reservation, overlay_ip_labels};
 use crate::queue::{Backoff, Next, WorkQueue};
 use crate::traits::{
-    FINALIZER, IpamBackend, NodeSource, OverlayIpMeta, OverlayIpStore, StaticRouteRecord,
-    StaticRouteStore, StoreEvent,
+    FINALIZER, IpamBackend, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
+    StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    /// Cluster id written into every owner marker.
+    /// Cluster id written into every owner marker. Derive it from the
+    /// cluster (the binary uses the `kube-system` Namespace UID) unless the
+    /// user set one: two clusters sharing an IPAM must never share an id.
     pub cluster_id: String,
     /// Log what would be done; change nothing.
     pub dry_run: bool,
@@ -41,23 +47,31 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Retry delays after failures.
     pub backoff: Backoff,
-    /// How long a released address is held back from other nodes.
-    pub hold_down: Duration,
     /// Retry delay after a permanent error (unknown zone, full pool, bad
     /// credentials): the configuration or the pool may change.
     pub permanent_retry: Duration,
+    /// How long a reservation must be seen orphaned (no node, no
+    /// NodeOverlayIp) in two orphan passes before it is released.
+    pub orphan_grace: Duration,
+    /// How long a released address is held back from other nodes (the old
+    /// holder may still have it configured); the same node gets it back if
+    /// it returns within this time.
+    pub hold_down: Duration,
 }
 
-impl Default for ControllerConfig {
-    fn default() -> Self {
+impl ControllerConfig {
+    /// Defaults for `cluster_id`: 64 workers, 10 min resync and orphan
+    /// grace, 5 min hold-down.
+    pub fn new(cluster_id: impl Into<String>) -> Self {
         Self {
-            cluster_id: "default".into(),
+            cluster_id: cluster_id.into(),
             dry_run: false,
             concurrency: 64,
             resync: Duration::from_secs(600),
             backoff: Backoff::default(),
-            hold_down: Duration::from_secs(300),
             permanent_retry: Duration::from_secs(300),
+            orphan_grace: Duration::from_secs(600),
+            hold_down: Duration::from_secs(300),
         }
     }
 }
@@ -129,8 +143,16 @@ pub enum NodeOutcome {
 /// Result of one orphan collection pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrphanReport {
-    /// Reservations released (owner had no node and no record).
+    /// Reservations released: this cluster's marker, no node (by a live
+    /// read) and no record, in two passes at least the grace period apart.
     pub released: Vec<String>,
+    /// Reservations seen orphaned, waiting for the grace period.
+    pub suspected: Vec<String>,
+    /// Held (released) addresses whose hold-down ran out, freed.
+    pub purged: Vec<String>,
+    /// Owners found holding more than one address: the extras (not the
+    /// recorded one) were released.
+    pub duplicates: Vec<String>,
     /// NodeOverlayIps deleted (node gone).
     pub deleted: Vec<String>,
     /// Nodes whose recorded address no reservation with this cluster's
@@ -157,6 +179,12 @@ pub struct Controller {
     events: Arc<dyn EventRecorder>,
     metrics: ControllerMetrics,
     ready: AtomicBool,
+    /// Reservations seen orphaned, and when first (orphan grace period).
+    suspects: Mutex<HashMap<(String, IpAddr), Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Controller {
@@ -179,6 +207,7 @@ impl Controller {
             events,
             metrics,
             ready: AtomicBool::new(false),
+            suspects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -282,26 +311,13 @@ impl Controller {
             }
             (None, None) => {
                 // A reservation made just before the node went (or before a
-                // crash) has no record to hang a finalizer on: release it.
-                if self.cfg.dry_run {
-                    return Ok(NodeOutcome::Gone);
-                }
-                for r in self
-                    .ipam
-                    .release_owner(&owner, self.cfg.hold_down)
-                    .await
-                    .map_err(ipam_err)?
-                {
-                    info!(node = name, address = %r.address, "released address of a node that is gone");
-                    self.event(
-                        "Node",
-                        name,
-                        EventType::Normal,
-                        "Released",
-                        format!("released {} of deleted node", r.address),
-                    )
-                    .await;
-                }
+                // crash) has no record to hang a finalizer on. It is not
+                // released here, on the word of a cache: the orphan
+                // collection releases it once it is provably dead.
+                debug!(
+                    node = name,
+                    "node and NodeOverlayIp are gone; leftovers go to orphan collection"
+                );
                 Ok(NodeOutcome::Gone)
             }
             (Some(node), rec) => self.ensure_address(&node, rec).await,
@@ -311,7 +327,7 @@ impl Controller {
     async fn ensure_address(
         &self,
         node: &NodeInfo,
-        rec: Option<crate::traits::OverlayIpRecord>,
+        rec: Option<OverlayIpRecord>,
     ) -> Result<NodeOutcome, ControllerError> {
         let name = node.name.as_str();
         let store_err = |source| ControllerError::Store {
@@ -398,13 +414,19 @@ impl Controller {
         Ok(NodeOutcome::Ready)
     }
 
-    /// Releases reservations whose owner has neither a node nor a record,
-    /// and deletes NodeOverlayIps of nodes that no longer exist.
+    /// The orphan collection: releases this cluster's reservations whose
+    /// node is provably gone, frees expired holds, releases an owner's
+    /// extra addresses, deletes NodeOverlayIps of missing nodes, and reports
+    /// recorded addresses the IPAM does not hold.
+    ///
+    /// A reservation is released only when all of these hold: its marker
+    /// names this cluster; it was seen without node and record in two passes
+    /// at least [`ControllerConfig::orphan_grace`] apart; a live read from
+    /// the node source (not a cache), made after the IPAM listing, finds no
+    /// node; and the IPAM accepts the write (a [`crate::leader::FencedIpam`]
+    /// refuses it once this replica is not sure it leads). Entries of other
+    /// clusters, unmarked or unparseable entries are never listed here.
     pub async fn collect_orphans(&self) -> Result<OrphanReport, ControllerError> {
-        let ipam_err = |source| ControllerError::Ipam {
-            node: String::new(),
-            source,
-        };
         let store_err = |source| ControllerError::Store {
             node: String::new(),
             source,
@@ -412,9 +434,20 @@ impl Controller {
         // Reservations first, nodes second: a node created in between has
         // no reservation in the first list, so it cannot be mistaken for an
         // orphan.
-        let reservations = self.ipam.list().await.map_err(ipam_err)?;
+        let all = self
+            .ipam
+            .list()
+            .await
+            .map_err(|source| ControllerError::Ipam {
+                node: String::new(),
+                source,
+            })?;
+        let ours: Vec<Reservation> = all
+            .into_iter()
+            .filter(|r| r.owner.cluster == self.cfg.cluster_id)
+            .collect();
         let records = self.overlay_ips.list().await.map_err(store_err)?;
-        let nodes: std::collections::HashSet<String> = self
+        let nodes: HashSet<String> = self
             .nodes
             .list()
             .await
@@ -422,22 +455,95 @@ impl Controller {
             .into_iter()
             .map(|n| n.name)
             .collect();
-        let recorded: std::collections::HashSet<&str> =
-            records.iter().map(|r| r.name.as_str()).collect();
         let mut report = OrphanReport::default();
-        let mut held = 0i64;
-        for r in &reservations {
-            if r.owner.cluster != self.cfg.cluster_id {
+        let (held, live): (Vec<&Reservation>, Vec<&Reservation>) =
+            ours.iter().partition(|r| r.is_held());
+        self.purge_expired_holds(&held, &mut report).await?;
+        self.release_orphans(&live, &nodes, &records, &mut report)
+            .await?;
+        self.release_duplicates(&live, &records, &mut report)
+            .await?;
+        self.delete_orphan_records(&records, &nodes, &mut report)
+            .await?;
+        self.report_unreserved(&live, &records, &nodes, &mut report)
+            .await;
+        let released: HashSet<&String> = report.released.iter().chain(&report.duplicates).collect();
+        let still_live = live
+            .iter()
+            .filter(|r| !released.contains(&r.owner.node))
+            .count();
+        self.metrics
+            .reservations_held
+            .set(i64::try_from(still_live).unwrap_or(i64::MAX));
+        Ok(report)
+    }
+
+    /// Frees held addresses whose hold-down has run out.
+    async fn purge_expired_holds(
+        &self,
+        held: &[&Reservation],
+        report: &mut OrphanReport,
+    ) -> Result<(), ControllerError> {
+        let now = SystemTime::now();
+        for r in held {
+            if r.held_until.is_some_and(|t| t > now) {
                 continue;
             }
-            held += 1;
+            let node = r.owner.node.as_str();
+            if self.cfg.dry_run {
+                info!(node, address = %r.address, "dry run: would free an address whose hold-down ended");
+                continue;
+            }
+            self.ipam
+                .release(r, Duration::ZERO)
+                .await
+                .map_err(|source| ControllerError::Ipam {
+                    node: node.to_owned(),
+                    source,
+                })?;
+            info!(node, address = %r.address, "hold-down ended; address freed");
+            report.purged.push(node.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Releases live reservations of nodes that are provably gone.
+    async fn release_orphans(
+        &self,
+        live: &[&Reservation],
+        nodes: &HashSet<String>,
+        records: &[OverlayIpRecord],
+        report: &mut OrphanReport,
+    ) -> Result<(), ControllerError> {
+        let recorded: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+        let now = Instant::now();
+        let mut suspects = lock(&self.suspects).clone();
+        let mut seen = HashSet::new();
+        for r in live {
             let node = r.owner.node.as_str();
             if nodes.contains(node) || recorded.contains(node) {
                 continue;
             }
-            // Re-check the node right before releasing (it may have been
-            // created after the list).
-            if self.nodes.get(node).await.map_err(store_err)?.is_some() {
+            let key = (node.to_owned(), r.address.ip());
+            seen.insert(key.clone());
+            let first = *suspects.entry(key.clone()).or_insert(now);
+            if now.duration_since(first) < self.cfg.orphan_grace {
+                debug!(node, address = %r.address, "reservation without node or NodeOverlayIp; released if still orphaned after the grace period");
+                report.suspected.push(node.to_owned());
+                continue;
+            }
+            // The last word goes to the API server itself, not a cache
+            // that may lag behind a node created a moment ago.
+            let exists =
+                self.nodes
+                    .get_live(node)
+                    .await
+                    .map_err(|source| ControllerError::Store {
+                        node: node.to_owned(),
+                        source,
+                    })?;
+            if exists.is_some() {
+                suspects.remove(&key);
                 continue;
             }
             if self.cfg.dry_run {
@@ -447,9 +553,12 @@ impl Controller {
             self.ipam
                 .release(r, self.cfg.hold_down)
                 .await
-                .map_err(ipam_err)?;
-            held -= 1;
-            warn!(node, address = %r.address, "released orphaned reservation");
+                .map_err(|source| ControllerError::Ipam {
+                    node: node.to_owned(),
+                    source,
+                })?;
+            suspects.remove(&key);
+            warn!(node, address = %r.address, hold_down_s = self.cfg.hold_down.as_secs(), "released orphaned reservation");
             self.metrics.orphan("reservation");
             self.event(
                 "Node",
@@ -457,14 +566,83 @@ impl Controller {
                 EventType::Normal,
                 "OrphanReleased",
                 format!(
-                    "released {} held for a node that no longer exists",
-                    r.address
+                    "released {} held for a node that no longer exists; held back from other nodes for {}s",
+                    r.address,
+                    self.cfg.hold_down.as_secs()
                 ),
             )
             .await;
             report.released.push(node.to_owned());
         }
-        for rec in &records {
+        suspects.retain(|k, _| seen.contains(k));
+        *lock(&self.suspects) = suspects;
+        Ok(())
+    }
+
+    /// An owner with two addresses keeps the recorded one; the others are
+    /// released and reported. Nothing happens until an address is recorded
+    /// (a reserve may be on its way to the record).
+    async fn release_duplicates(
+        &self,
+        live: &[&Reservation],
+        records: &[OverlayIpRecord],
+        report: &mut OrphanReport,
+    ) -> Result<(), ControllerError> {
+        let mut by_node: HashMap<&str, Vec<&Reservation>> = HashMap::new();
+        for r in live {
+            by_node.entry(r.owner.node.as_str()).or_default().push(r);
+        }
+        for rec in records {
+            let Some(held) = by_node.get(rec.name.as_str()) else {
+                continue;
+            };
+            let Some(ip) = rec.ip_addr else { continue };
+            if held.len() < 2 || !held.iter().any(|r| r.address.ip() == ip.ip()) {
+                continue;
+            }
+            for extra in held.iter().filter(|r| r.address.ip() != ip.ip()) {
+                let node = rec.name.as_str();
+                if self.cfg.dry_run {
+                    info!(node, extra = %extra.address, "dry run: would release a second address of the node");
+                    continue;
+                }
+                self.ipam
+                    .release(extra, self.cfg.hold_down)
+                    .await
+                    .map_err(|source| ControllerError::Ipam {
+                        node: node.to_owned(),
+                        source,
+                    })?;
+                warn!(node, kept = %ip, released = %extra.address, "node held two addresses; released the one not recorded");
+                self.metrics.error("duplicate_reservation");
+                self.event(
+                    "NodeOverlayIp",
+                    node,
+                    EventType::Warning,
+                    "DuplicateReservation",
+                    format!(
+                        "{} also held {} in {}; kept the recorded {ip}, released the other",
+                        node,
+                        extra.address,
+                        self.ipam.name()
+                    ),
+                )
+                .await;
+                report.duplicates.push(node.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes NodeOverlayIps of nodes that no longer exist (their
+    /// finalizer path then releases the address).
+    async fn delete_orphan_records(
+        &self,
+        records: &[OverlayIpRecord],
+        nodes: &HashSet<String>,
+        report: &mut OrphanReport,
+    ) -> Result<(), ControllerError> {
+        for rec in records {
             if nodes.contains(&rec.name) || rec.deleting {
                 continue;
             }
@@ -476,27 +654,36 @@ impl Controller {
             self.overlay_ips
                 .delete(&rec.name)
                 .await
-                .map_err(store_err)?;
+                .map_err(|source| ControllerError::Store {
+                    node: rec.name.clone(),
+                    source,
+                })?;
             self.metrics.orphan("record");
             report.deleted.push(rec.name.clone());
         }
-        // The other direction: recorded addresses the IPAM no longer holds
-        // for that node could be handed to another node. Changing a live
-        // node's address is disruptive, so this is reported for a human.
-        let held_by: std::collections::HashMap<&str, ipnetwork::IpNetwork> = reservations
+        Ok(())
+    }
+
+    /// The other direction: recorded addresses the IPAM no longer holds for
+    /// that node could be handed to another node. Changing a live node's
+    /// address is disruptive, so this is reported for a human.
+    async fn report_unreserved(
+        &self,
+        live: &[&Reservation],
+        records: &[OverlayIpRecord],
+        nodes: &HashSet<String>,
+        report: &mut OrphanReport,
+    ) {
+        let held_by: HashSet<(&str, IpAddr)> = live
             .iter()
-            .filter(|r| r.owner.cluster == self.cfg.cluster_id)
-            .map(|r| (r.owner.node.as_str(), r.address))
+            .map(|r| (r.owner.node.as_str(), r.address.ip()))
             .collect();
-        for rec in &records {
+        for rec in records {
             let Some(ip) = rec.ip_addr else { continue };
             if rec.deleting || !nodes.contains(&rec.name) {
                 continue;
             }
-            if held_by
-                .get(rec.name.as_str())
-                .is_some_and(|a| a.ip() == ip.ip())
-            {
+            if held_by.contains(&(rec.name.as_str(), ip.ip())) {
                 continue;
             }
             let message = format!(
@@ -516,8 +703,36 @@ impl Controller {
             .await;
             report.unreserved.push(rec.name.clone());
         }
-        self.metrics.reservations_held.set(held);
-        Ok(report)
+    }
+
+    /// This cluster id's live reservations whose node this cluster does not
+    /// have (by a live read). At startup, with an id set by hand, these
+    /// suggest another cluster uses the same id.
+    pub async fn reservations_of_unknown_nodes(&self) -> Result<Vec<Reservation>, ControllerError> {
+        let all = self
+            .ipam
+            .list()
+            .await
+            .map_err(|source| ControllerError::Ipam {
+                node: String::new(),
+                source,
+            })?;
+        let mut out = Vec::new();
+        for r in all
+            .into_iter()
+            .filter(|r| r.owner.cluster == self.cfg.cluster_id && !r.is_held())
+        {
+            let exists = self.nodes.get_live(&r.owner.node).await.map_err(|source| {
+                ControllerError::Store {
+                    node: r.owner.node.clone(),
+                    source,
+                }
+            })?;
+            if exists.is_none() {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// The StaticRoute duties of the controller: put our finalizer on every
@@ -631,14 +846,23 @@ impl Controller {
             }
             Key::Orphans => match self.collect_orphans().await {
                 Ok(rep) => {
-                    if !rep.released.is_empty() || !rep.deleted.is_empty() {
+                    if rep != OrphanReport::default() {
                         info!(
                             released = rep.released.len(),
+                            suspected = rep.suspected.len(),
+                            purged = rep.purged.len(),
+                            duplicates = rep.duplicates.len(),
                             deleted = rep.deleted.len(),
+                            unreserved = rep.unreserved.len(),
                             "orphan collection"
                         );
                     }
-                    Next::Done
+                    if rep.suspected.is_empty() {
+                        Next::Done
+                    } else {
+                        // The second look, once the grace period has passed.
+                        Next::After(self.cfg.orphan_grace)
+                    }
                 }
                 Err(e) => self.on_error(&e),
             },

@@ -337,6 +337,7 @@ fn watch_config(only: Option<&str>) -> watcher::Config {
 
 /// Nodes from the API server.
 pub struct KubeNodes {
+    api: Api<DynamicObject>,
     cache: Cache<NodeInfo>,
 }
 
@@ -344,14 +345,10 @@ impl KubeNodes {
     /// Watches all nodes (controller), or one node by name (agent: a
     /// field selector on `metadata.name`).
     pub fn new(client: Client, only: Option<&str>, invalid: InvalidObjects) -> Self {
+        let api = dynamic_api::<Node>(client);
         Self {
-            cache: Cache::start(
-                dynamic_api::<Node>(client),
-                watch_config(only),
-                "Node",
-                decode_node,
-                invalid,
-            ),
+            api: api.clone(),
+            cache: Cache::start(api, watch_config(only), "Node", decode_node, invalid),
         }
     }
 }
@@ -364,6 +361,17 @@ impl NodeSource for KubeNodes {
 
     async fn get(&self, name: &str) -> Result<Option<NodeInfo>, StoreError> {
         Ok(self.cache.get(name).await?.map(|e| e.record.clone()))
+    }
+
+    async fn get_live(&self, name: &str) -> Result<Option<NodeInfo>, StoreError> {
+        let obj = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_err("Node", name, e))?;
+        // A Node that does not convert still exists: what matters here is
+        // only whether it does.
+        Ok(obj.map(|o| decode_node(&o).0))
     }
 
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<NodeInfo>, StoreError>> {
@@ -908,5 +916,148 @@ impl LegacyRouteSource for FileRoutes {
             },
         )
         .boxed()
+    }
+}
+
+/// The UID of the `kube-system` Namespace: a stable id of the cluster,
+/// unique across clusters, that survives controller restarts (but not a
+/// rebuild of the cluster). The controller uses it as its cluster id when
+/// none is configured.
+pub async fn cluster_uid(client: Client) -> Result<String, StoreError> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let ns = api
+        .get("kube-system")
+        .await
+        .map_err(|e| api_err("Namespace", "kube-system", e))?;
+    ns.metadata
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| StoreError::Rejected {
+            kind: "Namespace".into(),
+            name: "kube-system".into(),
+            message: "the API server returned no metadata.uid; set clusterId in the config".into(),
+        })
+}
+
+/// Annotation on the controller's Lease naming the cluster id it writes
+/// into IPAM owner markers (read by `overlayctl status`).
+pub const CLUSTER_ID_ANNOTATION: &str = "overlay.iks.ibm.com/cluster-id";
+
+/// A `coordination.k8s.io/v1` Lease as a [`crate::leader::LeaseStore`].
+pub struct KubeLease {
+    api: Api<k8s_openapi::api::coordination::v1::Lease>,
+    namespace: String,
+    name: String,
+    annotations: BTreeMap<String, String>,
+}
+
+impl KubeLease {
+    /// The Lease `namespace/name`; `annotations` are written with every
+    /// update (e.g. [`CLUSTER_ID_ANNOTATION`]).
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            annotations,
+        }
+    }
+
+    fn to_object(
+        &self,
+        r: &crate::leader::LeaseRecord,
+    ) -> k8s_openapi::api::coordination::v1::Lease {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let micro = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                .map(MicroTime)
+        };
+        let mut lease = Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: r.holder.clone(),
+                lease_duration_seconds: Some(
+                    i32::try_from(r.lease_duration.as_secs()).unwrap_or(i32::MAX),
+                ),
+                acquire_time: micro(r.acquire_time),
+                renew_time: micro(r.renew_time),
+                lease_transitions: Some(r.transitions),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        lease.metadata.name = Some(self.name.clone());
+        lease.metadata.namespace = Some(self.namespace.clone());
+        if !r.version.is_empty() {
+            lease.metadata.resource_version = Some(r.version.clone());
+        }
+        if !self.annotations.is_empty() {
+            lease.metadata.annotations = Some(self.annotations.clone());
+        }
+        lease
+    }
+}
+
+fn lease_record(l: &k8s_openapi::api::coordination::v1::Lease) -> crate::leader::LeaseRecord {
+    let spec = l.spec.clone().unwrap_or_default();
+    let wall = |t: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>| {
+        t.map(|t| std::time::SystemTime::from(t.0))
+    };
+    crate::leader::LeaseRecord {
+        holder: spec.holder_identity,
+        lease_duration: Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        ),
+        acquire_time: wall(spec.acquire_time),
+        renew_time: wall(spec.renew_time),
+        transitions: spec.lease_transitions.unwrap_or(0),
+        version: l.metadata.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl crate::leader::LeaseStore for KubeLease {
+    fn describe(&self) -> String {
+        format!("Lease {}/{}", self.namespace, self.name)
+    }
+
+    async fn get(&self) -> Result<Option<crate::leader::LeaseRecord>, StoreError> {
+        let l = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| api_err("Lease", &self.name, e))?;
+        Ok(l.as_ref().map(lease_record))
+    }
+
+    async fn create(
+        &self,
+        record: &crate::leader::LeaseRecord,
+    ) -> Result<crate::leader::LeaseRecord, StoreError> {
+        let l = self
+            .api
+            .create(&Default::default(), &self.to_object(record))
+            .await
+            .map_err(|e| api_err("Lease", &self.name, e))?;
+        Ok(lease_record(&l))
+    }
+
+    async fn update(
+        &self,
+        record: &crate::leader::LeaseRecord,
+    ) -> Result<crate::leader::LeaseRecord, StoreError> {
+        // A replace carrying the resourceVersion read: the API server
+        // answers 409 Conflict if anyone wrote in between.
+        let l = self
+            .api
+            .replace(&self.name, &Default::default(), &self.to_object(record))
+            .await
+            .map_err(|e| api_err("Lease", &self.name, e))?;
+        Ok(lease_record(&l))
     }
 }

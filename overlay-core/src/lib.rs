@@ -11,6 +11,8 @@
 //! - [`traits`]: [`IpamBackend`], [`RouteProgrammer`], [`NodeSource`] and the
 //!   record stores, the seams every backend and adapter plugs into.
 //! - [`error`]: the error values of those traits.
+//! - [`leader`]: Lease-based leader election with a local deadline, and
+//!   [`leader::FencedIpam`], which refuses IPAM writes once it passes.
 //! - `crd` (feature `kube`, default): the `NodeOverlayIp` and `StaticRoute`
 //!   custom resources.
 
@@ -19,6 +21,7 @@ pub mod controller;
 pub mod error;
 pub mod events;
 pub mod invalid;
+pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -34,8 +37,8 @@ pub mod k8s;
 
 pub use error::{IpamError, ProgrammerError, StoreError};
 pub use model::{
-    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, OverlayInterface, Owner,
-    Reservation, RouteOutcome, RouteResult, RouteSpec, RouteState,
+    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, Marker, NodeInfo, OverlayInterface,
+    Owner, Reservation, RouteOutcome, RouteResult, RouteSpec, RouteState,
 };
 pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
 pub use traits::{

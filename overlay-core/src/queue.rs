@@ -132,13 +132,18 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     }
 
     /// Runs keys through `work` until the returned future is dropped.
+    /// Dropping it also cancels the runs in flight (at their next await),
+    /// so that nothing started under one leadership term continues after
+    /// it.
     pub async fn run<F, Fut>(&self, work: F)
     where
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Next> + Send + 'static,
     {
         let work = Arc::new(work);
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
+            while in_flight.try_join_next().is_some() {}
             let key = loop {
                 let next = {
                     let mut s = self.state();
@@ -159,7 +164,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
             };
             let q = self.clone();
             let work = work.clone();
-            tokio::spawn(async move {
+            in_flight.spawn(async move {
                 let next = work(key.clone()).await;
                 drop(permit);
                 q.finish(key, next);
@@ -278,5 +283,38 @@ mod tests {
         }
         h.abort();
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn stopping_the_runner_cancels_runs_in_flight() {
+        let q: WorkQueue<u32> = WorkQueue::new(4, Backoff::default());
+        let started = Arc::new(tokio::sync::Notify::new());
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (started.clone(), finished.clone());
+        let runner = tokio::spawn({
+            let q = q.clone();
+            async move {
+                q.run(move |_| {
+                    let (s, f) = (s.clone(), f.clone());
+                    async move {
+                        s.notify_one();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        f.fetch_add(1, Ordering::SeqCst);
+                        Next::Done
+                    }
+                })
+                .await
+            }
+        });
+        q.add(1);
+        started.notified().await;
+        runner.abort();
+        let _ = runner.await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            0,
+            "a run in flight completed after the runner stopped"
+        );
     }
 }

@@ -207,9 +207,8 @@ fn env_with(ipam: FakeIpam, store: Option<Arc<dyn OverlayIpStore>>, dry_run: boo
     let events = MemoryEvents::new();
     let ipam = Arc::new(ipam);
     let cfg = ControllerConfig {
-        cluster_id: "c1".into(),
         dry_run,
-        ..Default::default()
+        ..ControllerConfig::new("c1")
     };
     let store: Arc<dyn OverlayIpStore> = store.unwrap_or_else(|| Arc::new(ips.clone()));
     let ctl = Arc::new(Controller::new(
@@ -480,10 +479,7 @@ async fn two_controllers_racing_for_one_node_reserve_once() {
     let e = env();
     e.nodes.upsert(node("n1", Some("dal10")));
     let other = Arc::new(Controller::new(
-        ControllerConfig {
-            cluster_id: "c1".into(),
-            ..Default::default()
-        },
+        ControllerConfig::new("c1"),
         Arc::new(e.nodes.clone()),
         e.ipam.clone(),
         Arc::new(e.ips.clone()),
@@ -507,7 +503,7 @@ async fn two_controllers_racing_for_one_node_reserve_once() {
     assert_eq!(e.ips.snapshot().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn orphans_are_released_and_records_of_missing_nodes_deleted() {
     let e = env();
     e.nodes.upsert(node("live", Some("dal10")));
@@ -529,8 +525,17 @@ async fn orphans_are_released_and_records_of_missing_nodes_deleted() {
         ..Default::default()
     });
     let rep = e.ctl.collect_orphans().await.unwrap();
-    assert_eq!(rep.released, ["ghost"]);
     assert_eq!(rep.deleted, ["gone"]);
+    // Seen once: suspected, not released until a second pass after the
+    // grace period (10 minutes by default).
+    assert!(rep.released.is_empty());
+    assert_eq!(rep.suspected, ["ghost"]);
+    tokio::time::advance(Duration::from_secs(300)).await;
+    let rep = e.ctl.collect_orphans().await.unwrap();
+    assert!(rep.released.is_empty(), "released before the grace period");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let rep = e.ctl.collect_orphans().await.unwrap();
+    assert_eq!(rep.released, ["ghost"]);
     let owners: Vec<String> = e
         .ipam
         .held()

@@ -359,10 +359,7 @@ async fn the_controller_reconciles_every_node_past_malformed_objects_and_repairs
     let events = MemoryEvents::new();
     let invalid = InvalidObjects::new(Arc::new(events.clone()));
     let controller = Arc::new(Controller::new(
-        ControllerConfig {
-            cluster_id: "c1".into(),
-            ..Default::default()
-        },
+        ControllerConfig::new("c1"),
         Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
         Arc::new(CountingIpam::default()),
         Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
