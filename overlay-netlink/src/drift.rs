@@ -3,7 +3,8 @@
 //! - One of our routes deleted: re-added at once (one write, no dump).
 //! - One of our routes changed (still ours, other attributes): replaced.
 //! - Overlay interface, its parent or a route's device deleted, recreated
-//!   or set up/down; the overlay address deleted; notifications lost
+//!   or set up/down; the overlay address deleted; another address added to
+//!   the overlay interface (IPv6 link-local excepted); notifications lost
 //!   (`ENOBUFS`): the last desired state is re-applied in full.
 //! - While some desired routes failed (e.g. their gateway's network was
 //!   down), a new connected route or address re-applies too, so routes come
@@ -155,7 +156,22 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
                     full = true;
                 }
             }
-            RouteNetlinkMessage::NewAddress(_) if has_failures => full = true,
+            RouteNetlinkMessage::NewAddress(m) => {
+                if let Some(a) = kernel::parse_addr(&m)
+                    && Some(a.index) == state.overlay_index
+                    && desired.overlay.as_ref().is_some_and(|o| o.address != a.net)
+                    && !kernel::is_ipv6_link_local(&a.net)
+                {
+                    // Another address on the overlay interface (added by
+                    // hand, by other tooling): the re-apply removes it, as
+                    // every apply does, marked or not.
+                    events.push(DriftEvent::Address(a.net));
+                    full = true;
+                } else if has_failures {
+                    // A network came (back): failed routes may work now.
+                    full = true;
+                }
+            }
             RouteNetlinkMessage::NewLink(m) => {
                 let l = kernel::parse_link(&m);
                 let changed = match state.links.get(&l.name) {

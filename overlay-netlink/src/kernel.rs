@@ -122,6 +122,7 @@ pub(crate) const ENETUNREACH: Errno = 101;
 pub(crate) const EHOSTUNREACH: Errno = 113;
 pub(crate) const ENOBUFS: Errno = 105;
 pub(crate) const EAGAIN: Errno = 11;
+pub(crate) const EADDRNOTAVAIL: Errno = 99;
 
 fn rtnl_errno(e: rtnetlink::Error) -> Errno {
     match e {
@@ -217,7 +218,14 @@ pub(crate) async fn dump_links(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Addr {
     pub index: u32,
+    /// The local address with its prefix length.
     pub net: IpNetwork,
+    /// The peer (`ip addr add A peer P`) when there is one: the kernel
+    /// reports it as `IFA_ADDRESS` and needs it to match the address on
+    /// deletion.
+    pub peer: Option<IpAddr>,
+    /// `IFA_PROTO`; `None` when the address carries no mark (added without
+    /// one, or on a kernel before 6.3, which ignores it).
     pub protocol: Option<u8>,
 }
 
@@ -238,8 +246,15 @@ pub(crate) fn parse_addr(m: &AddressMessage) -> Option<Addr> {
     Some(Addr {
         index: m.header.index,
         net,
+        peer: address.filter(|a| *a != ip),
         protocol,
     })
+}
+
+/// True for an IPv6 link-local address (fe80::/10), which the kernel adds
+/// to every IPv6-enabled interface itself.
+pub(crate) fn is_ipv6_link_local(net: &IpNetwork) -> bool {
+    matches!(net.ip(), IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 /// All interface addresses.
@@ -254,8 +269,7 @@ pub(crate) async fn dump_addrs(handle: &rtnetlink::Handle) -> Result<Vec<Addr>, 
     Ok(msgs.iter().filter_map(parse_addr).collect())
 }
 
-/// The message adding (or deleting) `net` on link `index`, marked with our
-/// protocol.
+/// The message adding `net` to link `index`, marked with our protocol.
 pub(crate) fn addr_message(index: u32, net: IpNetwork, protocol: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.index = index;
@@ -275,6 +289,25 @@ pub(crate) fn addr_message(index: u32, net: IpNetwork, protocol: u8) -> AddressM
     }
     m.attributes
         .push(AddressAttribute::Protocol(AddressProtocol::from(protocol)));
+    m
+}
+
+/// The message deleting address `a` as dumped: local address, peer and
+/// prefix length identify it exactly (an IPv4 address may sit on an
+/// interface twice with different prefix lengths), whoever added it. No
+/// protocol: the kernel does not match it on deletion anyway.
+pub(crate) fn addr_delete_message(a: &Addr) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.index = a.index;
+    m.header.prefix_len = a.net.prefix();
+    m.header.family = if a.net.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    m.attributes.push(AddressAttribute::Local(a.net.ip()));
+    m.attributes
+        .push(AddressAttribute::Address(a.peer.unwrap_or(a.net.ip())));
     m
 }
 
@@ -669,6 +702,53 @@ mod tests {
         let m = route_delete_message(&key, 250);
         assert_eq!(u8::from(m.header.protocol), 250);
         assert_eq!(m.header.scope, RouteScope::NoWhere);
+    }
+
+    #[test]
+    fn address_deletes_name_the_address_as_dumped() {
+        let msg = |local: Option<&str>, address: &str, prefix: u8| {
+            let mut m = AddressMessage::default();
+            m.header.index = 7;
+            m.header.prefix_len = prefix;
+            if let Some(l) = local {
+                m.attributes
+                    .push(AddressAttribute::Local(l.parse().unwrap()));
+            }
+            m.attributes
+                .push(AddressAttribute::Address(address.parse().unwrap()));
+            m
+        };
+        // No peer: local and address are the same.
+        let a = parse_addr(&msg(Some("198.51.100.9"), "198.51.100.9", 24)).unwrap();
+        assert_eq!((a.peer, a.protocol), (None, None));
+        let d = parse_addr(&addr_delete_message(&a)).unwrap();
+        assert_eq!(d, a);
+        assert!(
+            !addr_delete_message(&a)
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Protocol(_)))
+        );
+        // A peer (`ip addr add 198.51.100.9 peer 203.0.113.1`) is kept, so
+        // that the kernel matches the address on deletion.
+        let a = parse_addr(&msg(Some("198.51.100.9"), "203.0.113.1", 32)).unwrap();
+        assert_eq!(a.net, "198.51.100.9/32".parse().unwrap());
+        assert_eq!(a.peer, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(parse_addr(&addr_delete_message(&a)).unwrap(), a);
+        // IPv6 without a peer carries only IFA_ADDRESS.
+        let a = parse_addr(&msg(None, "2001:db8::9", 64)).unwrap();
+        assert_eq!(a.peer, None);
+        assert_eq!(parse_addr(&addr_delete_message(&a)).unwrap(), a);
+    }
+
+    #[test]
+    fn ipv6_link_local_is_fe80_slash_10() {
+        let ll = |s: &str| is_ipv6_link_local(&s.parse().unwrap());
+        assert!(ll("fe80::1/64"));
+        assert!(ll("febf:ffff::1/64"));
+        assert!(!ll("fec0::1/64"));
+        assert!(!ll("2001:db8::1/64"));
+        assert!(!ll("198.51.100.9/24"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!
 //! - a macvlan sub-interface (mode bridge, up) of the parent interface,
 //!   recreated when it is missing or sits on the wrong parent;
-//! - exactly the desired overlay address on it: stale addresses *we* added are
-//!   removed, addresses somebody else added are left alone;
+//! - exactly the desired overlay address on it: every other IPv4 and IPv6
+//!   address on the overlay interface is removed, whoever added it (kernels
+//!   before 6.3 drop the protocol mark, and the original tooling never set
+//!   one); only IPv6 link-local addresses (fe80::/10) stay;
 //! - the desired routes (IPv4 and IPv6; gateway, device, table, metric);
 //! - removal of routes we installed earlier that are no longer desired.
 //!
@@ -19,8 +21,11 @@
 //! `/etc/iproute2/rt_protos.d/overlay.conf` with `250 overlay` names them).
 //! Only routes with this number are ever replaced or deleted, so ownership
 //! survives restarts without local state, and routes anybody else installed
-//! are never touched. A desired route whose destination, table and metric are
-//! already taken by a foreign route is reported as failed, not overwritten.
+//! are never touched. A desired route whose destination, table and metric
+//! are already taken by a foreign route is reported as failed, not
+//! overwritten. Addresses are different: the overlay interface as a whole is
+//! overlay's, so the mark on its addresses is informational, and addresses
+//! on other interfaces are never touched.
 //! Pick another number when two overlay installations share a node.
 //!
 //! ## Writes only differences
@@ -36,7 +41,8 @@
 //! subscribes to the kernel's link, address and route notifications in its
 //! namespace. When one of our routes is deleted it is re-added at once; when
 //! the overlay interface, its address, its parent or a route's device
-//! changes (deleted, set down or up), the last desired state is re-applied.
+//! changes (deleted, set down or up), or another address appears on the
+//! overlay interface, the last desired state is re-applied.
 //! Notifications caused by our own requests are recognised by their netlink
 //! port id and ignored, so repairs never feed back. A notification overrun
 //! (`ENOBUFS`) triggers a full resync. See [`NetlinkProgrammer::counters`]
@@ -86,8 +92,9 @@ pub struct ProgrammerConfig {
     /// (`/run/netns/NAME`, `/proc/PID/ns/net`); `None` for the namespace the
     /// process is in. Entering another namespace needs CAP_SYS_ADMIN.
     pub netns: Option<PathBuf>,
-    /// Route protocol number that marks routes and addresses as ours
-    /// (default [`DEFAULT_ROUTE_PROTOCOL`]). Must be 5 or more.
+    /// Route protocol number that marks routes as ours (default
+    /// [`DEFAULT_ROUTE_PROTOCOL`]); the addresses we add carry it too. Must
+    /// be 5 or more.
     pub route_protocol: u8,
     /// Subscribe to kernel notifications and repair drift (default true).
     pub drift_repair: bool,

@@ -24,8 +24,9 @@ use tokio::task::JoinHandle;
 
 use crate::ProgrammerConfig;
 use crate::kernel::{
-    self, Addr, CREATE_EXCL, CREATE_REPLACE, EEXIST, EHOSTUNREACH, ENETUNREACH, ENODEV, ENOENT,
-    EPERM, ESRCH, Errno, KernelRoute, Link, REQUEST_ACK, RouteKey, errno_error, errno_message,
+    self, Addr, CREATE_EXCL, CREATE_REPLACE, EADDRNOTAVAIL, EEXIST, EHOSTUNREACH, ENETUNREACH,
+    ENODEV, ENOENT, EPERM, ESRCH, Errno, KernelRoute, Link, REQUEST_ACK, RouteKey, errno_error,
+    errno_message,
 };
 
 /// Counters of a programmer, for metrics and tests.
@@ -620,28 +621,60 @@ impl Inner {
             }
         };
 
-        // Exactly the desired address (of those we manage) on it.
+        // Exactly the desired address on it. Every other address goes, not
+        // only those carrying our protocol mark: kernels before 6.3 ignore
+        // IFA_PROTO, so an address we added there carries no mark, and one
+        // left by the original tooling or added by hand (`ip addr add`)
+        // never does. The interface is ours, and a stale address on it may
+        // have been released for a deleted node and given to another node
+        // since. IPv6 link-local addresses stay: the kernel adds them and
+        // the interface needs them.
         let on_iface: Vec<&Addr> = if report.interface_created {
             Vec::new()
         } else {
             addrs.iter().filter(|a| a.index == index).collect()
         };
-        let have = on_iface.iter().any(|a| a.net == ov.address);
+        let mut have = on_iface.iter().any(|a| a.net == ov.address);
+        let mut removed_v4 = false;
         for a in on_iface {
-            if a.protocol == Some(self.protocol) && a.net != ov.address {
-                self.must_write(
-                    format!("delete address {} from {name}", a.net),
-                    RouteNetlinkMessage::DelAddress(kernel::addr_message(
-                        index,
-                        a.net,
-                        self.protocol,
-                    )),
-                    REQUEST_ACK,
-                    writes,
-                )
-                .await?;
-                report.addresses_removed.push(a.net);
+            if a.net == ov.address || kernel::is_ipv6_link_local(&a.net) {
+                continue;
             }
+            *writes += 1;
+            self.count_writes(1);
+            match kernel::write(
+                &self.handle,
+                RouteNetlinkMessage::DelAddress(kernel::addr_delete_message(a)),
+                REQUEST_ACK,
+            )
+            .await
+            {
+                // EADDRNOTAVAIL: gone already, e.g. an IPv4 secondary deleted
+                // with its primary just before (promote_secondaries off).
+                Ok(()) | Err(EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(errno_error(
+                        &format!("delete address {} from {name}", a.net),
+                        e,
+                    ));
+                }
+            }
+            tracing::info!(
+                interface = name,
+                address = %a.net,
+                protocol = ?a.protocol,
+                "removed an address that is not the overlay address from the overlay interface"
+            );
+            report.addresses_removed.push(a.net);
+            removed_v4 |= a.net.is_ipv4();
+        }
+        if have && removed_v4 && ov.address.is_ipv4() {
+            // Without promote_secondaries, deleting a primary IPv4 address
+            // deletes its secondaries too: the desired one may be gone.
+            have = kernel::dump_addrs(&self.handle)
+                .await?
+                .iter()
+                .any(|a| a.index == index && a.net == ov.address);
         }
         if !have {
             self.must_write(

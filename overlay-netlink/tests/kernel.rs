@@ -244,8 +244,8 @@ async fn changed_gateway_is_replaced() {
 }
 
 #[tokio::test]
-async fn overlay_address_is_replaced_foreign_addresses_stay() {
-    if !privileged("overlay_address_is_replaced_foreign_addresses_stay") {
+async fn overlay_address_is_replaced_other_addresses_go() {
+    if !privileged("overlay_address_is_replaced_other_addresses_go") {
         return;
     }
     let b = bed("addr");
@@ -256,9 +256,15 @@ async fn overlay_address_is_replaced_foreign_addresses_stay() {
     b.node.add_addr("tmp0", "203.0.113.77/32").unwrap();
     d.overlay = Some(overlay_interface("tmp0", "eth0", "198.51.100.6/24").unwrap());
     let r = p.apply(&d).await.unwrap();
+    let mut removed = r.addresses_removed.clone();
+    removed.sort();
     assert_eq!(
-        r.addresses_removed,
-        vec!["198.51.100.5/24".parse().unwrap()]
+        removed,
+        vec![
+            "198.51.100.5/24".parse().unwrap(),
+            "203.0.113.77/32".parse().unwrap()
+        ],
+        "{r:?}"
     );
     assert_eq!(r.address_added, Some("198.51.100.6/24".parse().unwrap()));
     assert!(!r.interface_created);
@@ -267,8 +273,213 @@ async fn overlay_address_is_replaced_foreign_addresses_stay() {
         a.contains("198.51.100.6/24") && !a.contains("198.51.100.5/"),
         "{a}"
     );
-    assert!(a.contains("203.0.113.77/32"), "{a}");
+    assert!(!a.contains("203.0.113.77"), "{a}");
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
+}
+
+/// A programmer without drift repair: what happens is what `apply` did.
+async fn programmer_without_repair(ns: &Netns) -> NetlinkProgrammer {
+    NetlinkProgrammer::new(
+        ProgrammerConfig::default()
+            .in_namespace(ns.path())
+            .with_drift_repair(false),
+    )
+    .await
+    .unwrap()
+}
+
+fn sorted(mut v: Vec<ipnetwork::IpNetwork>) -> Vec<ipnetwork::IpNetwork> {
+    v.sort();
+    v
+}
+
+fn net(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap()
+}
+
+/// Issue 11: addresses without our protocol mark (added with `ip addr add`,
+/// which sends no IFA_PROTO, just like overlay's own adds on a kernel
+/// before 6.3) are removed from the overlay interface; the IPv6 link-local
+/// address the kernel gave it and every address on the parent stay.
+#[tokio::test]
+async fn unmarked_addresses_on_the_overlay_interface_are_removed() {
+    if !privileged("unmarked_addresses_on_the_overlay_interface_are_removed") {
+        return;
+    }
+    let b = bed("unmarked");
+    let p = programmer_without_repair(&b.node).await;
+    let d = desired();
+    p.apply(&d).await.unwrap();
+    // Added by hand, without a protocol: one IPv4 in the overlay subnet (a
+    // secondary of the overlay address), one IPv4 elsewhere, one IPv6.
+    b.node
+        .ip(&["addr", "add", "198.51.100.9/24", "dev", "tmp0"])
+        .unwrap();
+    b.node
+        .ip(&["addr", "add", "203.0.113.9/32", "dev", "tmp0"])
+        .unwrap();
+    b.node.add_addr("tmp0", "2001:db8:5::9/64").unwrap();
+    // Addresses on the parent are none of the overlay interface's business.
+    b.node.add_addr("eth0", "192.0.2.77/24").unwrap();
+    b.node.add_addr("eth0", "2001:db8::77/64").unwrap();
+    let eth0_before = addrs(&b.node, "eth0");
+    // The kernel's link-local address of tmp0 (EUI-64, from its MAC).
+    let kernel_ll = addrs(&b.node, "tmp0")
+        .split_whitespace()
+        .find(|w| w.starts_with("fe80::"))
+        .map(str::to_owned)
+        .expect("tmp0 has a kernel link-local address");
+
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(
+        sorted(r.addresses_removed.clone()),
+        sorted(vec![
+            net("198.51.100.9/24"),
+            net("203.0.113.9/32"),
+            net("2001:db8:5::9/64")
+        ]),
+        "{r:?}"
+    );
+    assert_eq!(r.address_added, None, "{r:?}");
+    assert_eq!(r.kernel_writes, 3, "{r:?}");
+    let a = addrs(&b.node, "tmp0");
+    assert!(a.contains("198.51.100.5/24"), "{a}");
+    for gone in ["198.51.100.9", "203.0.113.9", "2001:db8:5::9"] {
+        assert!(!a.contains(gone), "{gone} still on tmp0: {a}");
+    }
+    assert!(a.contains(&kernel_ll), "{a}");
+    assert_eq!(addrs(&b.node, "eth0"), eth0_before);
+
+    let again = p.apply(&d).await.unwrap();
+    assert_eq!(again.kernel_writes, 0, "{again:?}");
+    assert!(again.addresses_removed.is_empty(), "{again:?}");
+}
+
+/// An overlay interface left by the original tooling (or by overlay on a
+/// kernel before 6.3): its unmarked address was released for a deleted
+/// node, this node now gets another one. The old address goes, also when
+/// it is the primary address of the new one's subnet and the kernel takes
+/// the new one with it (promote_secondaries off, the kernel default).
+#[tokio::test]
+async fn unmarked_address_left_by_earlier_tooling_is_replaced() {
+    if !privileged("unmarked_address_left_by_earlier_tooling_is_replaced") {
+        return;
+    }
+    for (label, promote, desired_present) in [
+        ("legacy", "0", false),
+        ("legacy-sec", "0", true),
+        ("legacy-prom", "1", true),
+    ] {
+        let b = bed(label);
+        b.node
+            .ip(&[
+                "link", "add", "tmp0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+            ])
+            .unwrap();
+        b.node.set_up("tmp0", true).unwrap();
+        b.node
+            .exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    &format!("net.ipv4.conf.tmp0.promote_secondaries={promote}"),
+                ],
+            )
+            .unwrap();
+        b.node
+            .ip(&["addr", "add", "198.51.100.4/24", "dev", "tmp0"])
+            .unwrap();
+        if desired_present {
+            // The new address is there already, unmarked, as a secondary.
+            b.node
+                .ip(&["addr", "add", "198.51.100.5/24", "dev", "tmp0"])
+                .unwrap();
+        }
+        // Another stale secondary: without promote_secondaries it is gone
+        // with the primary before its own delete request arrives.
+        b.node
+            .ip(&["addr", "add", "198.51.100.6/24", "dev", "tmp0"])
+            .unwrap();
+        let p = programmer_without_repair(&b.node).await;
+        let r = p.apply(&desired()).await.unwrap();
+        assert!(!r.interface_created, "{label}: {r:?}");
+        assert_eq!(
+            sorted(r.addresses_removed.clone()),
+            vec![net("198.51.100.4/24"), net("198.51.100.6/24")],
+            "{label}: {r:?}"
+        );
+        // Re-added when it was not there, or when deleting the primary
+        // took it along; untouched when the kernel promoted it.
+        let readded = !desired_present || promote == "0";
+        assert_eq!(
+            r.address_added,
+            readded.then(|| net("198.51.100.5/24")),
+            "{label}: {r:?}"
+        );
+        let a = addrs(&b.node, "tmp0");
+        assert!(
+            a.contains("198.51.100.5/24")
+                && !a.contains("198.51.100.4")
+                && !a.contains("198.51.100.6"),
+            "{label}: {a}"
+        );
+        let again = p.apply(&desired()).await.unwrap();
+        assert_eq!(again.kernel_writes, 0, "{label}: {again:?}");
+    }
+}
+
+/// While the agent runs, an address added to the overlay interface by hand
+/// is removed by drift repair; the same on the parent is left alone.
+#[tokio::test]
+async fn drift_repair_removes_an_address_added_by_hand() {
+    if !privileged("drift_repair_removes_an_address_added_by_hand") {
+        return;
+    }
+    let b = bed("handaddr");
+    let p = programmer(&b.node).await;
+    let mut events = p.drift();
+    p.apply(&desired()).await.unwrap();
+    b.node.add_addr("eth0", "192.0.2.77/24").unwrap();
+    b.node
+        .ip(&["addr", "add", "198.51.100.9/24", "dev", "tmp0"])
+        .unwrap();
+    b.node.add_addr("tmp0", "2001:db8:5::9/64").unwrap();
+    wait_for("the hand-added addresses to go", || {
+        let a = addrs(&b.node, "tmp0");
+        !a.contains("198.51.100.9") && !a.contains("2001:db8:5::9")
+    })
+    .await;
+    use futures::StreamExt;
+    let mut saw = Vec::new();
+    while saw.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            DriftEvent::Address(a) if !saw.contains(&a) => saw.push(a),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        sorted(saw),
+        sorted(vec![net("198.51.100.9/24"), net("2001:db8:5::9/64")])
+    );
+    // Settle: our own deletions cause no further repairs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = p.counters();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.counters(), settled);
+    let a = addrs(&b.node, "tmp0");
+    assert!(a.contains("198.51.100.5/24") && a.contains("fe80::"), "{a}");
+    assert!(addrs(&b.node, "eth0").contains("192.0.2.77/24"));
+    let removed: Vec<_> = p
+        .last_report()
+        .await
+        .map(|r| r.addresses_removed)
+        .unwrap_or_default();
+    assert!(!removed.is_empty(), "{removed:?}");
+    assert_eq!(p.apply(&desired()).await.unwrap().kernel_writes, 0);
 }
 
 #[tokio::test]
