@@ -706,9 +706,14 @@ impl Controller {
     }
 
     /// This cluster id's live reservations whose node this cluster does not
-    /// have (by a live read). At startup, with an id set by hand, these
-    /// suggest another cluster uses the same id.
+    /// have (not in the node list, confirmed by a live read). At startup,
+    /// with an id set by hand, these suggest another cluster uses the same
+    /// id.
     pub async fn reservations_of_unknown_nodes(&self) -> Result<Vec<Reservation>, ControllerError> {
+        let store_err = |source| ControllerError::Store {
+            node: String::new(),
+            source,
+        };
         let all = self
             .ipam
             .list()
@@ -717,18 +722,25 @@ impl Controller {
                 node: String::new(),
                 source,
             })?;
-        let mut out = Vec::new();
-        for r in all
+        let nodes: HashSet<String> = self
+            .nodes
+            .list()
+            .await
+            .map_err(store_err)?
             .into_iter()
-            .filter(|r| r.owner.cluster == self.cfg.cluster_id && !r.is_held())
-        {
-            let exists = self.nodes.get_live(&r.owner.node).await.map_err(|source| {
-                ControllerError::Store {
-                    node: r.owner.node.clone(),
-                    source,
-                }
-            })?;
-            if exists.is_none() {
+            .map(|n| n.name)
+            .collect();
+        let mut out = Vec::new();
+        for r in all.into_iter().filter(|r| {
+            r.owner.cluster == self.cfg.cluster_id && !r.is_held() && !nodes.contains(&r.owner.node)
+        }) {
+            if self
+                .nodes
+                .get_live(&r.owner.node)
+                .await
+                .map_err(store_err)?
+                .is_none()
+            {
                 out.push(r);
             }
         }

@@ -154,7 +154,8 @@ pub async fn check(
             })?,
         };
         let backend =
-            PhpIpamBackend::new(p, &config.cluster_id, creds).map_err(|e| ConfigError {
+            // A read-only check: without a cluster id it only reports.
+            PhpIpamBackend::new(p, config.cluster_id.as_deref().unwrap_or("-"), creds).map_err(|e| ConfigError {
                 file: config.source.clone(),
                 field: "phpIPAM".into(),
                 problem: e.to_string(),
@@ -268,7 +269,8 @@ pub async fn conformance(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut scratch = config.clone();
-    scratch.cluster_id = format!("overlay-conformance-{stamp}");
+    let scratch_id = format!("overlay-conformance-{stamp}");
+    scratch.cluster_id = Some(scratch_id.clone());
     let health = check(&scratch, credentials.clone()).await?;
     if let Verdict::Failed(e) = &health.connection {
         return Err(zone_err(format!("cannot reach the IPAM: {e}")));
@@ -300,20 +302,19 @@ pub async fn conformance(
             .collect::<Vec<_>>()
             .join(", "),
         free.iter().sum::<usize>(),
-        scratch.cluster_id
+        scratch_id
     ));
     let backend: Arc<dyn IpamBackend> = scratch.build_with(credentials)?;
-    let fixture =
-        Fixture::new(backend.clone(), scratch.cluster_id.clone()).with_zone(ZoneCapacity {
-            zone: z,
-            subnets: free,
-        });
+    let fixture = Fixture::new(backend.clone(), scratch_id.clone()).with_zone(ZoneCapacity {
+        zone: z,
+        subnets: free,
+    });
     let mut report = run_all(&fixture).await;
     // Safety net: anything still held by the suite's owners goes.
     let leftover = match backend.list().await {
         Ok(all) => all
             .into_iter()
-            .filter(|r| r.owner.cluster == scratch.cluster_id)
+            .filter(|r| r.owner.cluster == scratch_id)
             .collect(),
         Err(e) => {
             report.checks.push((

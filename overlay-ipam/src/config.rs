@@ -25,12 +25,24 @@
 //!         reserved: [192.0.2.10]             # optional
 //! ```
 //!
-//! `clusterId` (default `default`) goes into the owner marker of every
-//! reservation; give each cluster sharing one phpIPAM its own.
+//! `clusterId` goes into the owner marker of every reservation. Leave it
+//! out and the controller derives one from the cluster (the UID of the
+//! `kube-system` Namespace), unique to this cluster; set it to keep the id
+//! across a cluster rebuild. Two clusters sharing one phpIPAM must never
+//! share an id: the orphan collection releases this id's reservations of
+//! nodes the cluster does not have.
+//!
+//! Address safety knobs (durations such as `90s`, `10m`, `1h`):
+//!
+//! ```yaml
+//! orphanGracePeriod: 10m   # a reservation must be seen orphaned twice, this far apart
+//! holdDown: 5m             # a released address is held back from other nodes this long
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use overlay_core::{IpamBackend, IpamError};
 use serde::{Deserialize, Serialize};
@@ -40,15 +52,13 @@ use crate::memory::MemoryBackend;
 use crate::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig};
 use crate::pools::{PoolConfig, PoolsConfig};
 
-/// The default cluster id when the file sets none.
-pub const DEFAULT_CLUSTER_ID: &str = "default";
+/// Default of `orphanGracePeriod`.
+pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(600);
+/// Default of `holdDown`.
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(300);
 
 /// The default name of the configuration file.
 pub const DEFAULT_FILE: &str = "overlay-ip-config.yaml";
-
-fn default_cluster() -> String {
-    DEFAULT_CLUSTER_ID.to_string()
-}
 
 /// A problem with the configuration: which file, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,9 +98,22 @@ impl EmbeddedConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// This cluster's id, written into owner markers.
-    #[serde(rename = "clusterId", default = "default_cluster")]
-    pub cluster_id: String,
+    /// This cluster's id, written into owner markers; `None`: derived from
+    /// the cluster by the controller.
+    #[serde(rename = "clusterId", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// How long a reservation must be seen orphaned (in two passes)
+    /// before it is released (`10m` when unset).
+    #[serde(
+        rename = "orphanGracePeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub orphan_grace_period: Option<String>,
+    /// How long a released address is held back from other nodes (`5m`
+    /// when unset; `0s` turns the hold-down off).
+    #[serde(rename = "holdDown", default, skip_serializing_if = "Option::is_none")]
+    pub hold_down: Option<String>,
     /// phpIPAM backend.
     #[serde(rename = "phpIPAM", default, skip_serializing_if = "Option::is_none")]
     pub php_ipam: Option<PhpIpamConfig>,
@@ -117,7 +140,9 @@ impl ControllerConfig {
     /// A configuration for the phpIPAM backend.
     pub fn php_ipam(cluster_id: impl Into<String>, config: PhpIpamConfig) -> Self {
         Self {
-            cluster_id: cluster_id.into(),
+            cluster_id: Some(cluster_id.into()),
+            orphan_grace_period: None,
+            hold_down: None,
             php_ipam: Some(config),
             embedded: None,
             source: "<inline>".into(),
@@ -131,7 +156,9 @@ impl ControllerConfig {
         state_file: Option<PathBuf>,
     ) -> Self {
         Self {
-            cluster_id: cluster_id.into(),
+            cluster_id: Some(cluster_id.into()),
+            orphan_grace_period: None,
+            hold_down: None,
             php_ipam: None,
             embedded: Some(EmbeddedConfig {
                 state_file,
@@ -167,6 +194,18 @@ impl ControllerConfig {
         Self::from_yaml(&file, &text)
     }
 
+    /// `orphanGracePeriod`, or its default.
+    pub fn orphan_grace(&self) -> Result<Duration, ConfigError> {
+        parse_duration(self.orphan_grace_period.as_deref(), DEFAULT_ORPHAN_GRACE)
+            .map_err(|p| self.err("orphanGracePeriod", p))
+    }
+
+    /// `holdDown`, or its default.
+    pub fn hold_down(&self) -> Result<Duration, ConfigError> {
+        parse_duration(self.hold_down.as_deref(), DEFAULT_HOLD_DOWN)
+            .map_err(|p| self.err("holdDown", p))
+    }
+
     fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.source.clone(),
@@ -177,13 +216,11 @@ impl ControllerConfig {
 
     /// Checks the configuration without touching the network or files.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = &self.cluster_id;
-        if c.is_empty() || c.contains('/') || c.contains(char::is_whitespace) {
-            return Err(self.err(
-                "clusterId",
-                format!("{c:?} must be non-empty, without '/' or whitespace"),
-            ));
+        if let Some(c) = &self.cluster_id {
+            validate_cluster_id(c).map_err(|p| self.err("clusterId", p))?;
         }
+        self.orphan_grace()?;
+        self.hold_down()?;
         match (&self.php_ipam, &self.embedded) {
             (Some(p), None) => p
                 .validate()
@@ -231,13 +268,19 @@ impl ControllerConfig {
             }
         };
         if let Some(p) = &self.php_ipam {
+            let Some(cluster) = self.cluster_id.as_deref() else {
+                return Err(self.err(
+                    "clusterId",
+                    "not set, and not derived yet: the controller derives it from the cluster (kube-system Namespace UID) before building the backend; tools without cluster access need clusterId or --cluster-id",
+                ));
+            };
             let creds = match credentials {
                 Some(c) => c,
                 None => Credentials::resolve(p)
                     .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?,
             };
-            let backend = PhpIpamBackend::new(p, &self.cluster_id, creds)
-                .map_err(|e| from_ipam("phpIPAM", e))?;
+            let backend =
+                PhpIpamBackend::new(p, cluster, creds).map_err(|e| from_ipam("phpIPAM", e))?;
             return Ok(Arc::new(backend));
         }
         if let Some(e) = &self.embedded {
@@ -256,6 +299,32 @@ impl ControllerConfig {
     }
 }
 
+/// Checks a cluster id: non-empty, at most 63 characters, no `/` or
+/// whitespace (it sits in the owner marker `overlay-owner:<id>/<node>`).
+pub fn validate_cluster_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 63 || id.contains('/') || id.contains(char::is_whitespace) {
+        return Err(format!(
+            "{id:?} must be 1 to 63 characters, without '/' or whitespace"
+        ));
+    }
+    if id == "default" {
+        return Err(
+            "\"default\" is the id every unconfigured install of older versions shared; leave clusterId unset to derive a unique one from the cluster, or choose a name of your own"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Parses a duration such as `90s`, `10m` or `1h`.
+pub fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t.trim())
+            .map_err(|e| format!("{t:?} is not a duration ({e}); write e.g. 90s, 10m or 1h")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +338,12 @@ mod tests {
         assert_eq!(p.app_id, "iks");
         assert_eq!(p.subnet_map["dal10"], vec![7]);
         assert!(!p.insecure_skip_tls_verify);
-        assert_eq!(cfg.cluster_id, "default");
+        assert_eq!(
+            cfg.cluster_id, None,
+            "derived from the cluster, not a shared literal"
+        );
+        assert_eq!(cfg.orphan_grace().unwrap(), DEFAULT_ORPHAN_GRACE);
+        assert_eq!(cfg.hold_down().unwrap(), DEFAULT_HOLD_DOWN);
         let flow = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, insecureSkipTLSVerify: true}";
         let cfg = ControllerConfig::from_yaml("f", flow).unwrap();
         assert!(cfg.php_ipam.unwrap().insecure_skip_tls_verify);

@@ -14,13 +14,17 @@ use overlay_bins::{
     Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
     shutdown_signal,
 };
+use overlay_core::IpamBackend;
 use overlay_core::controller::{Controller, ControllerConfig};
 use overlay_core::events::EventRecorder;
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
-    CONTROLLER_MANAGER, KubeEvents, KubeNodes, KubeOverlayIps, KubeStaticRoutes,
+    CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
+    KubeStaticRoutes, cluster_uid,
 };
+use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, LeaderElector};
 use overlay_core::metrics::{ControllerMetrics, InstrumentedIpam};
+use overlay_ipam::config::{parse_duration, validate_cluster_id};
 use prometheus_client::registry::Registry;
 use tracing::{error, info, warn};
 
@@ -41,9 +45,20 @@ struct Args {
     )]
     config: PathBuf,
     /// Cluster id written into IPAM owner markers (overrides `clusterId` in
-    /// the config); lets several clusters share one IPAM.
+    /// the config). Unset: the UID of the kube-system Namespace, unique to
+    /// this cluster. Set it to keep the id across a cluster rebuild; never
+    /// give two clusters sharing an IPAM the same id.
     #[arg(long, env = "CLUSTER_ID")]
     cluster_id: Option<String>,
+    /// How long a reservation must be seen without node and NodeOverlayIp,
+    /// in two orphan passes, before it is released (overrides
+    /// `orphanGracePeriod`; default 10m).
+    #[arg(long, env = "ORPHAN_GRACE")]
+    orphan_grace: Option<String>,
+    /// How long a released address is held back from other nodes
+    /// (overrides `holdDown`; default 5m; 0s turns it off).
+    #[arg(long, env = "HOLD_DOWN")]
+    hold_down: Option<String>,
     /// Log what would be reserved, released and deleted; change nothing.
     #[arg(long, env = "DRY_RUN")]
     dry_run: bool,
@@ -65,6 +80,18 @@ struct Args {
     /// Namespace of the Lease (the controller's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     lease_namespace: String,
+    /// `leaseDurationSeconds`: how long a standby waits, after it last saw
+    /// the Lease change, before it takes over.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s")]
+    lease_duration: String,
+    /// The leader stops acting this long before its claim runs out
+    /// (`renewTime + leaseDuration − margin`, by its own clock). It covers
+    /// clock-rate drift and an IPAM request in flight.
+    #[arg(long, env = "LEASE_MARGIN", default_value = "5s")]
+    lease_margin: String,
+    /// How often the leader renews and a standby retries.
+    #[arg(long, env = "LEASE_RETRY", default_value = "2s")]
+    lease_retry: String,
     /// Identity in the Lease (default: POD_NAME, else the hostname).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -84,15 +111,75 @@ enum Failure {
     Runtime(String),
 }
 
+fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
+    parse_duration(Some(text), Duration::ZERO).map_err(|e| Failure::Config(format!("{flag}: {e}")))
+}
+
+fn leader_config(args: &Args) -> Result<LeaderConfig, Failure> {
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("overlay-controller-{}", std::process::id()));
+    let cfg = LeaderConfig {
+        lease_duration: duration("--lease-duration", &args.lease_duration)?,
+        margin: duration("--lease-margin", &args.lease_margin)?,
+        retry_period: duration("--lease-retry", &args.lease_retry)?,
+        ..LeaderConfig::new(identity)
+    };
+    cfg.validate()
+        .map_err(|e| Failure::Config(format!("leader election: {e}")))?;
+    Ok(cfg)
+}
+
+/// The cluster id, and where it came from.
+async fn cluster_id(
+    args: &Args,
+    file: &overlay_ipam::config::ControllerConfig,
+    client: &kube::Client,
+) -> Result<(String, &'static str), Failure> {
+    if let Some(id) = &args.cluster_id {
+        validate_cluster_id(id)
+            .map_err(|e| Failure::Config(format!("--cluster-id/CLUSTER_ID: {e}")))?;
+        return Ok((id.clone(), "CLUSTER_ID"));
+    }
+    if let Some(id) = &file.cluster_id {
+        return Ok((id.clone(), "clusterId in the config"));
+    }
+    let uid = cluster_uid(client.clone()).await.map_err(|e| {
+        Failure::Runtime(format!(
+            "deriving the cluster id from the kube-system Namespace UID: {e}; grant get on namespaces/kube-system, or set clusterId"
+        ))
+    })?;
+    Ok((uid, "kube-system Namespace UID"))
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
     let mut file = overlay_ipam::config::ControllerConfig::load(&args.config)
         .map_err(|e| Failure::Config(e.to_string()))?;
-    if let Some(id) = &args.cluster_id {
-        file.cluster_id = id.clone();
-        file.validate()
-            .map_err(|e| Failure::Config(format!("{e} (from --cluster-id/CLUSTER_ID)")))?;
+    if let Some(g) = &args.orphan_grace {
+        file.orphan_grace_period = Some(g.clone());
     }
+    if let Some(h) = &args.hold_down {
+        file.hold_down = Some(h.clone());
+    }
+    let orphan_grace = file
+        .orphan_grace()
+        .map_err(|e| Failure::Config(format!("{e} (or --orphan-grace/ORPHAN_GRACE)")))?;
+    let hold_down = file
+        .hold_down()
+        .map_err(|e| Failure::Config(format!("{e} (or --hold-down/HOLD_DOWN)")))?;
     let metrics_addr = parse_metrics_addr(&args.metrics_addr).map_err(Failure::Config)?;
+    let leader = if args.no_leader_elect {
+        None
+    } else {
+        Some(leader_config(&args)?)
+    };
     if let Some(e) = &file.embedded
         && e.state_file.is_none()
     {
@@ -101,45 +188,26 @@ async fn run(args: Args) -> Result<(), Failure> {
             file.source
         )));
     }
+    let client = kube_client(args.kubeconfig.clone())
+        .await
+        .map_err(Failure::Runtime)?;
+    let (cluster, id_source) = cluster_id(&args, &file, &client).await?;
+    file.cluster_id = Some(cluster.clone());
     // Build once now so that bad credentials or a corrupt state file stop
     // the process at start; the backend the controller uses is built again
     // once this replica leads, so a standby never works from state read
     // before it took over.
-    file.build().map_err(|e| Failure::Config(e.to_string()))?;
+    drop(file.build().map_err(|e| Failure::Config(e.to_string()))?);
+    info!(cluster_id = %cluster, source = id_source, orphan_grace_s = orphan_grace.as_secs(), hold_down_s = hold_down.as_secs(), "cluster identity");
     let metrics = ControllerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let client = kube_client(args.kubeconfig.clone())
-        .await
-        .map_err(Failure::Runtime)?;
     let events: Arc<dyn EventRecorder> =
         Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER));
     // The controller sees every NodeOverlayIp and StaticRoute: it raises the
     // Events for those that do not convert (the agents only log and count).
     let invalid = InvalidObjects::new(events.clone());
     invalid.register(&mut registry);
-    let make_controller = || -> Result<Arc<Controller>, Failure> {
-        let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
-        Ok(Arc::new(Controller::new(
-            ControllerConfig {
-                cluster_id: file.cluster_id.clone(),
-                dry_run: args.dry_run,
-                concurrency: args.concurrency.max(1),
-                resync: Duration::from_secs(args.resync_seconds.max(10)),
-                ..Default::default()
-            },
-            Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-            Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
-            Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-            Arc::new(KubeStaticRoutes::new(
-                client.clone(),
-                CONTROLLER_MANAGER.into(),
-                invalid.clone(),
-            )),
-            events.clone(),
-            metrics.clone(),
-        )))
-    };
 
     // Ready: a standby is ready as soon as it runs; the leader once its
     // controller has queued its first full pass.
@@ -152,99 +220,124 @@ async fn run(args: Args) -> Result<(), Failure> {
             .map_err(Failure::Runtime)?;
         info!(%bound, "serving /healthz, /readyz, /metrics");
     }
-    info!(config = %args.config.display(), cluster = %file.cluster_id, dry_run = args.dry_run, "overlay-controller starting");
+    info!(config = %args.config.display(), cluster_id = %cluster, dry_run = args.dry_run, "overlay-controller starting");
 
-    if args.no_leader_elect {
-        let controller = make_controller()?;
-        let _ = active.set(controller.clone());
-        metrics.leader.set(1);
-        controller.run(shutdown_signal()).await;
-        return Ok(());
-    }
-
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("overlay-controller-{}", std::process::id()));
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .build()
-        .await
-        .map_err(|e| {
-            Failure::Runtime(format!(
-                "leader election on Lease {}/{}: {e}",
-                args.lease_namespace, args.lease_name
-            ))
-        })?;
-    let (mut leader, lease_task) = manager.watch().await;
-    info!(%identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    // Standby until we lead.
-    loop {
-        if *leader.borrow_and_update() {
-            break;
-        }
-        tokio::select! {
-            _ = &mut shutdown => {
-                drop(leader);
-                let _ = lease_task.await;
-                return Ok(());
-            }
-            changed = leader.changed() => {
-                if changed.is_err() {
-                    return Err(Failure::Runtime("leader election stopped".into()));
-                }
-            }
-        }
-    }
-    info!(%identity, "became leader");
-    let controller = make_controller()?;
-    let _ = active.set(controller.clone());
-    metrics.leader.set(1);
-    let mut lost = leader.clone();
-    let lost_leadership = async move {
-        loop {
-            if lost.changed().await.is_err() || !*lost.borrow_and_update() {
-                return;
-            }
+    let (fence, elector) = match leader {
+        None => (Fence::always(), None),
+        Some(cfg) => {
+            let store = KubeLease::new(
+                client.clone(),
+                &args.lease_namespace,
+                &args.lease_name,
+                [(CLUSTER_ID_ANNOTATION.to_owned(), cluster.clone())].into(),
+            );
+            info!(identity = %cfg.identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
+            let (elector, fence) = LeaderElector::new(Arc::new(store), cfg);
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(elector.run(async {
+                let _ = stop_rx.await;
+            }));
+            (fence, Some((stop_tx, task)))
         }
     };
-    let lost_flag = Arc::new(AtomicBool::new(false));
-    let lf = lost_flag.clone();
+    // Standby until we lead.
+    tokio::select! {
+        _ = &mut shutdown => {
+            stop_elector(elector).await;
+            return Ok(());
+        }
+        _ = fence.acquired() => {}
+    }
+    metrics.leader.set(1);
+    let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
+    let ipam: Arc<dyn IpamBackend> = Arc::new(FencedIpam::new(
+        Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
+        fence.clone(),
+    ));
+    let controller = Arc::new(Controller::new(
+        ControllerConfig {
+            dry_run: args.dry_run,
+            concurrency: args.concurrency.max(1),
+            resync: Duration::from_secs(args.resync_seconds.max(10)),
+            orphan_grace,
+            hold_down,
+            ..ControllerConfig::new(cluster.clone())
+        },
+        Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+        ipam,
+        Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
+        Arc::new(KubeStaticRoutes::new(
+            client.clone(),
+            CONTROLLER_MANAGER.into(),
+            invalid.clone(),
+        )),
+        events.clone(),
+        metrics.clone(),
+    ));
+    let _ = active.set(controller.clone());
+    if id_source != "kube-system Namespace UID" {
+        warn_if_id_is_shared(&controller, &cluster).await;
+    }
+    let lost = Arc::new(AtomicBool::new(false));
+    let l = lost.clone();
     controller
         .run(async move {
             tokio::select! {
                 _ = &mut shutdown => {}
-                _ = lost_leadership => lf.store(true, Ordering::Relaxed),
+                _ = fence.lost() => l.store(true, Ordering::Relaxed),
             }
         })
         .await;
     metrics.leader.set(0);
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(m)) => {
-            if let Err(e) = m.release().await {
-                warn!(error = %e, "releasing the Lease failed; another replica takes over when it expires");
-            }
-        }
-        Ok(Err(e)) => warn!(error = %e, "leader election ended with an error"),
-        Err(e) => warn!(error = %e, "leader election task failed"),
-    }
-    if lost_flag.load(Ordering::Relaxed) {
+    stop_elector(elector).await;
+    if lost.load(Ordering::Relaxed) {
         // Exit so a fresh process starts as a standby: no state from the
         // old term survives.
-        error!("lost leadership; exiting");
+        error!("no longer sure to hold the Lease; stopped every IPAM write and exiting");
         return Err(Failure::Runtime("lost leadership".into()));
     }
     Ok(())
+}
+
+type Elector = Option<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)>;
+
+/// Stops the election, releasing the Lease if this replica holds it.
+async fn stop_elector(elector: Elector) {
+    if let Some((stop, task)) = elector {
+        let _ = stop.send(());
+        if let Err(e) = task.await {
+            warn!(error = %e, "leader election task failed");
+        }
+    }
+}
+
+/// A cluster id set by hand may be in use by another cluster sharing the
+/// IPAM: reservations under it for nodes this cluster does not have are the
+/// visible sign. The orphan collection would release them after the grace
+/// period, so say so loudly now.
+async fn warn_if_id_is_shared(controller: &Controller, cluster: &str) {
+    match controller.reservations_of_unknown_nodes().await {
+        Ok(foreign) if !foreign.is_empty() => {
+            let examples: Vec<String> = foreign
+                .iter()
+                .take(5)
+                .map(|r| format!("{} ({})", r.owner.node, r.address))
+                .collect();
+            warn!(
+                cluster_id = %cluster,
+                count = foreign.len(),
+                examples = %examples.join(", "),
+                "the IPAM holds reservations under this cluster id for nodes this cluster does not have; if another cluster uses the same id, give each cluster its own (or unset clusterId to derive one), or the orphan collection will release them after the grace period"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "checking the IPAM for other users of this cluster id failed"),
+    }
 }
 
 fn main() -> ExitCode {

@@ -241,7 +241,13 @@ fn describe_config(cfg: &overlay_ipam::config::ControllerConfig) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{}: valid", cfg.source);
-    let _ = writeln!(s, "cluster id: {}", cfg.cluster_id);
+    let _ = match &cfg.cluster_id {
+        Some(id) => writeln!(s, "cluster id: {id}"),
+        None => writeln!(
+            s,
+            "cluster id: derived by the controller (the kube-system Namespace UID)"
+        ),
+    };
     if let Some(p) = &cfg.php_ipam {
         let _ = writeln!(
             s,
