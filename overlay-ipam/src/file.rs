@@ -7,16 +7,24 @@
 //! state file (corrupt, or something else entirely) is reported and never
 //! overwritten. One process owns a state file: the state is read at open
 //! and kept in memory (the controller runs one active replica).
+//!
+//! Held entries (released with a hold-down) are stored with their expiry as
+//! an RFC 3339 `held_until`; state files written before hold-downs existed
+//! have no such field and load as they are. (An older version reading a
+//! newer file ignores the field and sees held addresses as still in use by
+//! their departed owner, which its orphan collection releases: never an
+//! address handed out twice.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::pools::{Engine, Held, PoolsConfig};
+use crate::pools::{Engine, Entry, PoolsConfig};
 
 const FORMAT: &str = "overlay-ipam-pools";
 const VERSION: u32 = 1;
@@ -26,10 +34,11 @@ const VERSION: u32 = 1;
 struct StateFile {
     format: String,
     version: u32,
-    reservations: Vec<Held>,
+    reservations: Vec<Entry>,
 }
 
-/// An [`IpamBackend`] over pools whose state persists in a file.
+/// An [`IpamBackend`] over pools whose state persists in a file, with
+/// hold-downs like [`crate::memory::MemoryBackend`].
 #[derive(Debug)]
 pub struct FileBackend {
     path: PathBuf,
@@ -42,25 +51,24 @@ impl FileBackend {
     /// reservation. A file that exists but is not an overlay pool state
     /// file is an [`IpamError::Storage`] error, and the file is left alone.
     /// Reservations in the file whose pool is no longer configured are kept
-    /// (and listed, so they can be garbage-collected); their gateway is
-    /// unknown.
+    /// (listed, found by `lookup_all` and released, never allocated from);
+    /// their gateway is unknown.
     pub fn open(path: impl Into<PathBuf>, config: &PoolsConfig) -> Result<Self, IpamError> {
         let path = path.into();
         let mut engine = Engine::new("file", config)?;
+        let dir = parent_dir(&path);
+        if !dir.is_dir() {
+            return Err(storage(
+                &path,
+                format!(
+                    "directory {} does not exist; create it or pick another stateFile",
+                    dir.display()
+                ),
+            ));
+        }
         match std::fs::read(&path) {
-            Ok(bytes) => engine.set_held(parse_state(&path, &bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let dir = parent_dir(&path);
-                if !dir.is_dir() {
-                    return Err(storage(
-                        &path,
-                        format!(
-                            "directory {} does not exist; create it or pick another stateFile",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
+            Ok(bytes) => engine.set_entries(parse_state(&path, &bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
         }
         Ok(Self {
@@ -74,11 +82,28 @@ impl FileBackend {
         &self.path
     }
 
-    async fn persist(&self, held: Vec<Held>) -> Result<(), IpamError> {
+    async fn persist(&self, entries: Vec<Entry>) -> Result<(), IpamError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, held))
+        tokio::task::spawn_blocking(move || write_atomic(&path, entries))
             .await
             .map_err(|e| storage(&self.path, format!("writer task failed: {e}")))?
+    }
+
+    /// Runs `change` on the engine and writes the state when it says it
+    /// changed something; when the write fails the change is undone, so
+    /// memory and file agree.
+    async fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Engine) -> Result<(T, bool), IpamError>,
+    ) -> Result<T, IpamError> {
+        let mut e = self.engine.lock().await;
+        let before = e.entries().to_vec();
+        let (out, changed) = change(&mut e)?;
+        if changed && let Err(err) = self.persist(e.entries().to_vec()).await {
+            e.set_entries(before);
+            return Err(err);
+        }
+        Ok(out)
     }
 }
 
@@ -97,7 +122,7 @@ fn storage(path: &Path, message: impl Into<String>) -> IpamError {
     }
 }
 
-fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Held>, IpamError> {
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, IpamError> {
     let refuse = |why: String| {
         storage(
             path,
@@ -124,11 +149,11 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Held>, IpamError> {
     Ok(state.reservations)
 }
 
-fn write_atomic(path: &Path, held: Vec<Held>) -> Result<(), IpamError> {
+fn write_atomic(path: &Path, entries: Vec<Entry>) -> Result<(), IpamError> {
     let state = StateFile {
         format: FORMAT.into(),
         version: VERSION,
-        reservations: held,
+        reservations: entries,
     };
     let bytes = serde_json::to_vec_pretty(&state)
         .map_err(|e| storage(path, format!("cannot encode state: {e}")))?;
@@ -166,32 +191,22 @@ impl IpamBackend for FileBackend {
     }
 
     async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
-        let mut e = self.engine.lock().await;
-        let before = e.held().to_vec();
-        let (r, changed) = e.reserve(owner, zone)?;
-        if changed && let Err(err) = self.persist(e.held().to_vec()).await {
-            // Not durable: undo, so memory and file agree.
-            e.set_held(before);
-            return Err(err);
-        }
+        let r = self
+            .change(|e| e.reserve(owner, zone, SystemTime::now()))
+            .await?;
         tracing::debug!(backend = "file", owner = %owner, zone = %zone, address = %r.address, "reserved");
         Ok(r)
     }
 
-    async fn release(
-        &self,
-        reservation: &Reservation,
-        hold: std::time::Duration,
-    ) -> Result<(), IpamError> {
-        let _ = hold;
-        let mut e = self.engine.lock().await;
-        let before = e.held().to_vec();
-        if e.release(reservation) {
-            if let Err(err) = self.persist(e.held().to_vec()).await {
-                e.set_held(before);
-                return Err(err);
-            }
-            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, "released");
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
+        let changed = self
+            .change(|e| {
+                let changed = e.release(reservation, hold, SystemTime::now())?;
+                Ok((changed, changed))
+            })
+            .await?;
+        if changed {
+            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, hold = ?hold, "released");
         }
         Ok(())
     }
@@ -204,7 +219,30 @@ impl IpamBackend for FileBackend {
         Ok(self.engine.lock().await.lookup(owner, zone))
     }
 
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        Ok(self.engine.lock().await.lookup_all(owner))
+    }
+
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
         Ok(self.engine.lock().await.list())
+    }
+
+    async fn release_owner(
+        &self,
+        owner: &Owner,
+        hold: Duration,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        // One write for all of them, undone as a whole when it fails.
+        let released = self
+            .change(|e| {
+                let released = e.release_owner(owner, hold, SystemTime::now())?;
+                let changed = !released.is_empty();
+                Ok((released, changed))
+            })
+            .await?;
+        for r in &released {
+            tracing::debug!(backend = "file", owner = %owner, address = %r.address, hold = ?hold, "released");
+        }
+        Ok(released)
     }
 }

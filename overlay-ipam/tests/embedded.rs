@@ -2,7 +2,9 @@
 //! The embedded backends: conformance plus the file backend's durability
 //! rules.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use overlay_core::{IpamBackend, IpamError, Owner, Zone};
 use overlay_ipam::conformance::{Fixture, Outcome, ZoneCapacity, run_all};
@@ -212,4 +214,219 @@ async fn memory_errors_name_zone_and_subnets() {
             .contains("subnets 198.51.100.0/29, 198.51.100.8/29 are full"),
         "{err}"
     );
+}
+
+const HOLD: Duration = Duration::from_secs(300);
+
+fn state_with(path: &Path, reservations: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "{{\"format\":\"overlay-ipam-pools\",\"version\":1,\"reservations\":[{reservations}]}}"
+        ),
+    )
+    .unwrap();
+}
+
+fn entry(zone: &str, pool: &str, address: &str, node: &str, held_until: Option<&str>) -> String {
+    let held = held_until.map_or(String::new(), |t| format!(",\"held_until\":\"{t}\""));
+    format!(
+        "{{\"zone\":\"{zone}\",\"pool\":\"{pool}\",\"address\":\"{address}\",\"owner\":{{\"cluster\":\"c1\",\"node\":\"{node}\"}}{held}}}"
+    )
+}
+
+#[tokio::test]
+async fn held_entries_survive_a_restart_and_come_back_to_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let a = Owner::new("c1", "node-a");
+    let (ra, until) = {
+        let ipam = FileBackend::open(&path, &pools()).unwrap();
+        let ra = ipam.reserve(&a, &zone("big")).await.unwrap();
+        ipam.reserve(&Owner::new("c1", "node-b"), &zone("big"))
+            .await
+            .unwrap();
+        let t = SystemTime::now();
+        ipam.release(&ra, HOLD).await.unwrap();
+        let held = ipam.list().await.unwrap();
+        let until = held[0]
+            .held_until
+            .expect("held after a release with a hold");
+        assert!(until >= t + HOLD && until <= SystemTime::now() + HOLD);
+        (ra, until)
+    };
+    // The file names the expiry in RFC 3339.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let written = format!("\"held_until\": \"{}\"", humantime::format_rfc3339(until));
+    assert!(text.contains(&written), "{text}");
+
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let listed = ipam.list().await.unwrap();
+    let held = listed.iter().find(|r| r.owner == a).unwrap();
+    assert_eq!(held.held_until, Some(until), "held, expiry kept");
+    assert_eq!(ipam.lookup(&a, None).await.unwrap(), None);
+    // A new node does not get it; the old one, re-created, does.
+    let c = ipam
+        .reserve(&Owner::new("c1", "node-c"), &zone("big"))
+        .await
+        .unwrap();
+    assert_ne!(c.address, ra.address);
+    assert_eq!(ipam.reserve(&a, &zone("big")).await.unwrap(), ra);
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.lookup(&a, None).await.unwrap(), Some(ra));
+    assert!(
+        !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("held_until")
+    );
+}
+
+#[tokio::test]
+async fn state_files_from_before_hold_downs_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // As an earlier version wrote it: no held_until anywhere.
+    state_with(
+        &path,
+        &[
+            entry("big", "192.0.2.0/24", "192.0.2.2", "node-a", None),
+            entry("small", "198.51.100.0/29", "198.51.100.3", "node-b", None),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let listed = ipam.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|r| !r.is_held()), "{listed:?}");
+    let a = ipam
+        .reserve(&Owner::new("c1", "node-a"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(a.address.to_string(), "192.0.2.2/24");
+}
+
+#[tokio::test]
+async fn an_expired_hold_down_frees_the_address_for_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    state_with(
+        &path,
+        &[
+            entry(
+                "big",
+                "192.0.2.0/24",
+                "192.0.2.2",
+                "expired",
+                Some("2020-01-01T00:00:00Z"),
+            ),
+            entry(
+                "big",
+                "192.0.2.0/24",
+                "192.0.2.3",
+                "pending",
+                Some("9999-01-01T00:00:00Z"),
+            ),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(
+        ipam.list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.is_held())
+            .count(),
+        2
+    );
+    let n = Owner::new("c1", "new");
+    let r = ipam.reserve(&n, &zone("big")).await.unwrap();
+    assert_eq!(r.address.to_string(), "192.0.2.2/24", "expired: reused");
+    let m = ipam
+        .reserve(&Owner::new("c1", "newer"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(m.address.to_string(), "192.0.2.4/24", "pending: kept back");
+    // The expired entry was replaced, in memory and on disk.
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let at_2: Vec<_> = ipam
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.address == ipam_addr("192.0.2.2/24"))
+        .collect();
+    assert_eq!(at_2.len(), 1);
+    assert_eq!((at_2[0].owner.clone(), at_2[0].held_until), (n, None));
+}
+
+fn ipam_addr(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn reservations_in_pools_no_longer_configured_are_kept_found_and_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // 203.0.113.0/24 was a pool of zone big, and zone "gone" existed.
+    state_with(
+        &path,
+        &[
+            entry("big", "203.0.113.0/24", "203.0.113.5", "old", None),
+            entry("gone", "203.0.113.128/25", "203.0.113.130", "old", None),
+            entry("big", "192.0.2.0/24", "192.0.2.2", "old", None),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.list().await.unwrap().len(), 3);
+    let old = Owner::new("c1", "old");
+    let all = ipam.lookup_all(&old).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    // Never allocated from: a new owner gets an address of the configured pool.
+    let r = ipam
+        .reserve(&Owner::new("c1", "new"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(r.address.to_string(), "192.0.2.3/24");
+    let released = ipam.release_owner(&old, Duration::ZERO).await.unwrap();
+    assert_eq!(released.len(), 3);
+    assert!(ipam.lookup_all(&old).await.unwrap().is_empty());
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.list().await.unwrap(), [r]);
+}
+
+#[tokio::test]
+async fn memory_hold_down_expires_on_its_own() {
+    // One free address; a hold of a few milliseconds.
+    let ipam = MemoryBackend::new(
+        &PoolsConfig::new().with_pool("one", PoolConfig::parse("192.0.2.0/30").unwrap()),
+    )
+    .unwrap();
+    let z = zone("one");
+    let a = ipam.reserve(&Owner::new("c1", "a"), &z).await.unwrap();
+    ipam.release(&a, Duration::from_millis(20)).await.unwrap();
+    let b = Owner::new("c1", "b");
+    assert!(matches!(
+        ipam.reserve(&b, &z).await,
+        Err(IpamError::Exhausted { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(ipam.reserve(&b, &z).await.unwrap().address, a.address);
+}
+
+#[tokio::test]
+async fn a_hold_down_past_the_year_9999_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
+    let r = ipam
+        .reserve(&Owner::new("c1", "a"), &zone("big"))
+        .await
+        .unwrap();
+    let err = ipam.release(&r, Duration::MAX).await.unwrap_err();
+    assert!(matches!(err, IpamError::Invalid(_)), "{err:?}");
+    assert_eq!(ipam.lookup(&r.owner, None).await.unwrap(), Some(r));
 }
