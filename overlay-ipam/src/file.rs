@@ -5,8 +5,15 @@
 //! `rename`, `fsync` of the directory), so a crash leaves either the old or
 //! the new state, never a torn file. A file that is not an overlay pool
 //! state file (corrupt, or something else entirely) is reported and never
-//! overwritten. One process owns a state file: the state is read at open
-//! and kept in memory (the controller runs one active replica).
+//! overwritten.
+//!
+//! One process owns a state file: the state is read at open and kept in
+//! memory, so a second writer would hand out addresses twice. The backend
+//! therefore holds an exclusive lock on a sidecar file, `<stateFile>.lock`
+//! (the state file itself is replaced on every write, so it cannot carry the
+//! lock), from [`FileBackend::open`] until it is dropped; the lock file names
+//! the holder's pid. A second open, in this process or another, is refused:
+//! embedded pools support one controller replica.
 //!
 //! Held entries (released with a hold-down) are stored with their expiry as
 //! an RFC 3339 `held_until`; state files written before hold-downs existed
@@ -15,7 +22,9 @@
 //! their departed owner, which its orphan collection releases: never an
 //! address handed out twice.)
 
-use std::io::Write;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -38,10 +47,12 @@ struct StateFile {
 }
 
 /// An [`IpamBackend`] over pools whose state persists in a file, with
-/// hold-downs like [`crate::memory::MemoryBackend`].
+/// hold-downs like [`crate::memory::MemoryBackend`]. Holds the state file's
+/// lock (see the [module docs](self)) until dropped.
 #[derive(Debug)]
 pub struct FileBackend {
     path: PathBuf,
+    lock: StateLock,
     engine: Mutex<Engine>,
 }
 
@@ -53,6 +64,10 @@ impl FileBackend {
     /// Reservations in the file whose pool is no longer configured are kept
     /// (listed, found by `lookup_all` and released, never allocated from);
     /// their gateway is unknown.
+    ///
+    /// Takes the exclusive lock `<path>.lock` first: when another
+    /// `FileBackend`, in this process or another, has the state file open,
+    /// this is an [`IpamError::Storage`] error naming the holder's pid.
     pub fn open(path: impl Into<PathBuf>, config: &PoolsConfig) -> Result<Self, IpamError> {
         let path = path.into();
         let mut engine = Engine::new("file", config)?;
@@ -66,6 +81,7 @@ impl FileBackend {
                 ),
             ));
         }
+        let lock = StateLock::acquire(&path)?;
         match std::fs::read(&path) {
             Ok(bytes) => engine.set_entries(parse_state(&path, &bytes)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -73,6 +89,7 @@ impl FileBackend {
         }
         Ok(Self {
             path,
+            lock,
             engine: Mutex::new(engine),
         })
     }
@@ -80,6 +97,12 @@ impl FileBackend {
     /// The state file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The lock file beside the state file (`<stateFile>.lock`), locked
+    /// while this backend lives.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock.path
     }
 
     async fn persist(&self, entries: Vec<Entry>) -> Result<(), IpamError> {
@@ -104,6 +127,73 @@ impl FileBackend {
             return Err(err);
         }
         Ok(out)
+    }
+}
+
+/// The exclusive lock on `<stateFile>.lock`, released when dropped (the
+/// file is closed; it stays on disk, since removing it would let two
+/// processes lock different files of the same name).
+#[derive(Debug)]
+struct StateLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl StateLock {
+    fn acquire(state: &Path) -> Result<Self, IpamError> {
+        let mut name = OsString::from(state.as_os_str());
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                storage(
+                    state,
+                    format!("cannot open the lock file {}: {e}", path.display()),
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = match text.trim().parse::<u32>() {
+                    Ok(pid) if pid == std::process::id() => {
+                        format!("this process (pid {pid}) already has it open")
+                    }
+                    Ok(pid) => format!("another controller process (pid {pid}) holds it"),
+                    Err(_) => "another controller process holds it (its pid is not recorded yet)"
+                        .to_string(),
+                };
+                return Err(storage(
+                    state,
+                    format!(
+                        "state file is locked: {holder} (lock file {}). Embedded pools support one controller replica: run the controller with replicas: 1 and strategy: Recreate, stop the other process, or use phpIPAM for several replicas",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(storage(
+                    state,
+                    format!("cannot lock {}: {e}", path.display()),
+                ));
+            }
+        }
+        // Ours: name this process for whoever is refused next.
+        let pid = std::process::id();
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{pid}"))
+        {
+            tracing::warn!(lock = %path.display(), error = %e, "locked, but cannot record the pid in the lock file");
+        }
+        Ok(Self { path, _file: file })
     }
 }
 

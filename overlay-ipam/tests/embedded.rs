@@ -131,12 +131,14 @@ async fn file_state_survives_reopen() {
         .await
         .unwrap();
     assert_eq!(c.address.to_string(), "192.0.2.4/24");
-    // No temporary files are left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // No temporary files are left behind; the lock file stays (unlocked
+    // once its backend is dropped).
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["state.json"]);
+    names.sort();
+    assert_eq!(names, ["state.json", "state.json.lock"]);
 }
 
 #[tokio::test]
@@ -181,7 +183,10 @@ async fn unwritable_state_rolls_back() {
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let ipam = FileBackend::open(sub.join("state.json"), &pools()).unwrap();
-    // Remove the directory: the write must fail and nothing be reserved.
+    // Remove the directory (and the lock file in it, which stays locked
+    // through the open descriptor): the write must fail and nothing be
+    // reserved.
+    std::fs::remove_file(ipam.lock_path()).unwrap();
     std::fs::remove_dir(&sub).unwrap();
     let owner = Owner::new("c1", "n1");
     let err = ipam.reserve(&owner, &zone("big")).await.unwrap_err();
@@ -429,4 +434,93 @@ async fn a_hold_down_past_the_year_9999_is_refused() {
     let err = ipam.release(&r, Duration::MAX).await.unwrap_err();
     assert!(matches!(err, IpamError::Invalid(_)), "{err:?}");
     assert_eq!(ipam.lookup(&r.owner, None).await.unwrap(), Some(r));
+}
+
+#[tokio::test]
+async fn a_second_open_of_a_state_file_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let first = FileBackend::open(&path, &pools()).unwrap();
+    let pid = std::process::id();
+    assert_eq!(
+        std::fs::read_to_string(first.lock_path()).unwrap().trim(),
+        pid.to_string(),
+        "the lock file names its holder"
+    );
+    let err = FileBackend::open(&path, &pools()).unwrap_err();
+    assert!(matches!(err, IpamError::Storage { .. }), "{err:?}");
+    let text = err.to_string();
+    for part in [
+        path.display().to_string(),
+        first.lock_path().display().to_string(),
+        format!("pid {pid}"),
+        "one controller replica".to_string(),
+        "replicas: 1".to_string(),
+    ] {
+        assert!(text.contains(&part), "{part:?} missing from: {text}");
+    }
+    // The refused open did not disturb the holder.
+    let r = first
+        .reserve(&Owner::new("c1", "a"), &zone("big"))
+        .await
+        .unwrap();
+    drop(first);
+    let second = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(second.lookup(&r.owner, None).await.unwrap(), Some(r));
+}
+
+/// Set only on the child process `another_process_...` starts: the state
+/// file the child tries to open.
+const CHILD_STATE: &str = "OVERLAY_IPAM_TEST_LOCK_CHILD_STATE";
+
+/// The child half of `another_process_cannot_open_a_locked_state_file`:
+/// does nothing in a normal run (the variable is unset), and in the child
+/// reports what opening the state file gave.
+#[test]
+fn lock_child_opens_the_state_file() {
+    let Some(path) = std::env::var_os(CHILD_STATE) else {
+        return;
+    };
+    match FileBackend::open(&path, &pools()) {
+        Ok(_) => println!("CHILD-OPENED"),
+        Err(e) => println!("CHILD-REFUSED: {e}"),
+    }
+}
+
+fn open_in_child(path: &Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "lock_child_opens_the_state_file",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STATE, path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn another_process_cannot_open_a_locked_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let held = FileBackend::open(&path, &pools()).unwrap();
+    let out = open_in_child(&path);
+    let refused = out
+        .lines()
+        .find_map(|l| l.split_once("CHILD-REFUSED: ").map(|(_, why)| why))
+        .unwrap_or_else(|| panic!("the child was not refused: {out}"));
+    assert!(
+        refused.contains(&format!(
+            "another controller process (pid {}) holds it",
+            std::process::id()
+        )),
+        "{refused}"
+    );
+    assert!(refused.contains("one controller replica"), "{refused}");
+    drop(held);
+    let out = open_in_child(&path);
+    assert!(out.contains("CHILD-OPENED"), "{out}");
 }
