@@ -43,25 +43,81 @@ fn zone(z: &str) -> Zone {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_passes_conformance() {
-    let report = run_all(&fixture(Arc::new(MemoryBackend::new(&pools()).unwrap()))).await;
+    let backend = Arc::new(MemoryBackend::new(&pools()).unwrap());
+    let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
     // The fixture has every shape, so nothing may be skipped.
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
+    // Every check freed what it made, held entries included.
+    assert_eq!(backend.list().await.unwrap(), []);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_backend_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
-    let report = run_all(&fixture(Arc::new(backend))).await;
+    let backend = Arc::new(FileBackend::open(dir.path().join("state.json"), &pools()).unwrap());
+    let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
+    assert_eq!(backend.list().await.unwrap(), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_fails_a_backend_that_ignores_hold_downs() {
+    // Frees at once whatever the hold-down: the released address goes to
+    // the next node, which is what issue 11 is about.
+    struct NoHold(MemoryBackend);
+    #[async_trait::async_trait]
+    impl IpamBackend for NoHold {
+        fn name(&self) -> &str {
+            "no-hold"
+        }
+        async fn reserve(
+            &self,
+            owner: &Owner,
+            zone: &Zone,
+        ) -> Result<overlay_core::Reservation, IpamError> {
+            self.0.reserve(owner, zone).await
+        }
+        async fn release(
+            &self,
+            r: &overlay_core::Reservation,
+            _hold: Duration,
+        ) -> Result<(), IpamError> {
+            self.0.release(r, Duration::ZERO).await
+        }
+        async fn lookup(
+            &self,
+            o: &Owner,
+            z: Option<&Zone>,
+        ) -> Result<Option<overlay_core::Reservation>, IpamError> {
+            self.0.lookup(o, z).await
+        }
+        async fn list(&self) -> Result<Vec<overlay_core::Reservation>, IpamError> {
+            self.0.list().await
+        }
+    }
+    let backend = Arc::new(NoHold(MemoryBackend::new(&pools()).unwrap()));
+    let report = run_all(&fixture(backend.clone())).await;
+    let mut failed = report.failed();
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        [
+            "hold_down",
+            "hold_down_when_full",
+            "release_held_idempotent",
+            "release_owner_all"
+        ],
+        "{report}"
+    );
+    assert_eq!(backend.list().await.unwrap(), []);
 }
 
 #[tokio::test]
