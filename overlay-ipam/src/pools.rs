@@ -288,7 +288,10 @@ fn format_time(t: SystemTime) -> Option<String> {
 /// cannot be written down (after the year 9999).
 pub(crate) fn hold_end(now: SystemTime, hold: Duration) -> Result<SystemTime, IpamError> {
     now.checked_add(hold)
-        .filter(|end| format_time(*end).is_some())
+        .filter(|end| {
+            end.duration_since(UNIX_EPOCH)
+                .is_ok_and(|d| d.as_secs() < YEAR_10000)
+        })
         .ok_or_else(|| {
             IpamError::Invalid(ParseError::new(
                 "hold-down",
