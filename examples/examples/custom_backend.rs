@@ -1,19 +1,21 @@
-//! A custom IPAM backend in ~100 lines, checked with the public
+//! A custom IPAM backend in ~150 lines, checked with the public
 //! conformance suite.
 //!
 //! `ListBackend` hands out addresses from explicit lists per zone, the way a
-//! team might manage a few hand-picked addresses in a spreadsheet. Run it
+//! team might manage a few hand-picked addresses in a spreadsheet. Like
+//! every backend it keeps a released address back from other owners for
+//! the hold-down the release asks for, and gives it back to its owner. Run it
 //! with `cargo run -p overlay-examples --example custom_backend`; `cargo
 //! test -p overlay-examples` runs the same suite as a test.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
+use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use overlay_ipam::conformance::{Fixture, Report, ZoneCapacity, run_all};
 
 /// One pool: explicit addresses sharing a prefix length and gateway.
@@ -29,12 +31,21 @@ pub struct ListPool {
     pub addresses: Vec<IpAddr>,
 }
 
+/// Who has an address: live, or released and held back from every other
+/// owner until `held_until`.
+#[derive(Debug, Clone)]
+struct Taken {
+    zone: Zone,
+    pool: usize,
+    owner: Owner,
+    held_until: Option<SystemTime>,
+}
+
 /// Hands out addresses from explicit lists, per zone, pools in order.
 #[derive(Debug, Default)]
 pub struct ListBackend {
     zones: BTreeMap<Zone, Vec<ListPool>>,
-    /// address -> (zone, pool index, owner)
-    held: Mutex<BTreeMap<IpAddr, (Zone, usize, Owner)>>,
+    taken: Mutex<BTreeMap<IpAddr, Taken>>,
 }
 
 impl ListBackend {
@@ -42,20 +53,20 @@ impl ListBackend {
     pub fn new(zones: BTreeMap<Zone, Vec<ListPool>>) -> Self {
         Self {
             zones,
-            held: Mutex::default(),
+            taken: Mutex::default(),
         }
     }
 
-    fn reservation(&self, ip: IpAddr, zone: &Zone, pool: usize, owner: &Owner) -> Reservation {
-        let p = &self.zones[zone][pool];
+    fn reservation(&self, ip: IpAddr, t: &Taken) -> Reservation {
+        let p = &self.zones[&t.zone][t.pool];
         Reservation {
             address: IpNetwork::new(ip, p.prefix).unwrap_or_else(|_| IpNetwork::from(ip)),
             gateway: p.gateway,
-            zone: zone.clone(),
+            zone: t.zone.clone(),
             subnet_id: p.name.clone(),
             handle: ip.to_string(),
-            owner: owner.clone(),
-            held_until: None,
+            owner: t.owner.clone(),
+            held_until: t.held_until,
         }
     }
 }
@@ -71,16 +82,43 @@ impl IpamBackend for ListBackend {
             zone: zone.to_string(),
             known: self.zones.keys().map(Zone::to_string).collect(),
         })?;
+        let now = SystemTime::now();
         // One lock around check-and-take keeps concurrent reserves safe.
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ip, (_, pool, _))) = held.iter().find(|(_, (z, _, o))| z == zone && o == owner)
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        // The owner's live address in the zone, else its held one (a node
+        // re-created within the hold-down gets its address back).
+        let mine = |live: bool| {
+            taken
+                .iter()
+                .find(|(_, t)| {
+                    &t.zone == zone && &t.owner == owner && t.held_until.is_none() == live
+                })
+                .map(|(ip, _)| *ip)
+        };
+        if let Some(ip) = mine(true).or_else(|| mine(false))
+            && let Some(t) = taken.get_mut(&ip)
         {
-            return Ok(self.reservation(*ip, zone, *pool, owner));
+            t.held_until = None;
+            return Ok(self.reservation(ip, t));
         }
         for (i, pool) in pools.iter().enumerate() {
-            if let Some(ip) = pool.addresses.iter().find(|a| !held.contains_key(*a)) {
-                held.insert(*ip, (zone.clone(), i, owner.clone()));
-                return Ok(self.reservation(*ip, zone, i, owner));
+            // Free: never taken, or held by another owner whose hold-down is
+            // over (the new reservation replaces it).
+            let free = pool.addresses.iter().find(|a| {
+                taken
+                    .get(*a)
+                    .is_none_or(|t| t.held_until.is_some_and(|until| until <= now))
+            });
+            if let Some(ip) = free {
+                let t = Taken {
+                    zone: zone.clone(),
+                    pool: i,
+                    owner: owner.clone(),
+                    held_until: None,
+                };
+                let r = self.reservation(*ip, &t);
+                taken.insert(*ip, t);
+                return Ok(r);
             }
         }
         Err(IpamError::Exhausted {
@@ -90,15 +128,21 @@ impl IpamBackend for ListBackend {
     }
 
     async fn release(&self, r: &Reservation, hold: Duration) -> Result<(), IpamError> {
-        let _ = hold;
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        // Only if the same owner still holds it: a stale release must not
-        // free an address that was handed to someone else since.
-        if held
-            .get(&r.address.ip())
-            .is_some_and(|(_, _, o)| *o == r.owner)
-        {
-            held.remove(&r.address.ip());
+        let until = SystemTime::now()
+            .checked_add(hold)
+            .ok_or_else(|| ParseError::new("hold-down", &format!("{hold:?}"), "is too long"))?;
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let ip = r.address.ip();
+        match taken.get_mut(&ip) {
+            // Only if the same owner still has it: a stale release must not
+            // free an address that was handed to someone else since.
+            Some(t) if t.owner != r.owner => {}
+            Some(_) if hold.is_zero() => {
+                taken.remove(&ip);
+            }
+            // Held from now on; a second release leaves the expiry alone.
+            Some(t) if t.held_until.is_none() => t.held_until = Some(until),
+            _ => {}
         }
         Ok(())
     }
@@ -108,18 +152,23 @@ impl IpamBackend for ListBackend {
         owner: &Owner,
         zone: Option<&Zone>,
     ) -> Result<Option<Reservation>, IpamError> {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(held
+        let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        // Ordered by address: the first match is the lowest.
+        Ok(taken
             .iter()
-            .find(|(_, (z, _, o))| o == owner && zone.is_none_or(|want| want == z))
-            .map(|(ip, (z, pool, o))| self.reservation(*ip, z, *pool, o)))
+            .find(|(_, t)| {
+                t.held_until.is_none() && &t.owner == owner && zone.is_none_or(|z| z == &t.zone)
+            })
+            .map(|(ip, t)| self.reservation(*ip, t)))
     }
 
+    // lookup_all and release_owner: the trait's defaults, over list.
+
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(held
+        let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(taken
             .iter()
-            .map(|(ip, (z, pool, o))| self.reservation(*ip, z, *pool, o))
+            .map(|(ip, t)| self.reservation(*ip, t))
             .collect())
     }
 }

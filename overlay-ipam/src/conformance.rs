@@ -33,11 +33,17 @@
 //! can run against a shared server on a scratch subnet. Checks that need a
 //! zone shape the fixture does not have (a small zone to exhaust, a zone with
 //! two subnets) are reported as skipped, not passed.
+//!
+//! The hold-down checks ([`hold_down`], [`hold_down_when_full`],
+//! [`release_held_idempotent`], [`release_owner_all`]) release with
+//! [`HOLD`] and never wait for it to end: they look at what `list` shows
+//! (the entry held, its expiry about now + [`HOLD`]) and at what other owners
+//! get, and free the held entries with a zero release when they are done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use tokio::task::JoinSet;
@@ -47,6 +53,15 @@ pub const CONCURRENT_OWNERS: usize = 64;
 
 /// Largest zone the exhaustion and fall-through checks are willing to fill.
 pub const MAX_FILL: usize = 1024;
+
+/// The hold-down the hold-down checks release with. Long enough that it
+/// never ends during a run against a slow server: the checks never wait for
+/// an expiry, and free what they held with a zero release.
+pub const HOLD: Duration = Duration::from_secs(600);
+
+/// How far a held entry's expiry may be from `now + HOLD` (backends may
+/// keep whole seconds).
+const EXPIRY_SLACK: Duration = Duration::from_secs(5);
 
 /// A zone the suite may use, with the free addresses of each of its
 /// subnets in the order the backend tries them.
@@ -203,6 +218,9 @@ impl fmt::Display for Report {
 struct Scratch<'a> {
     fixture: &'a Fixture,
     owners: BTreeSet<Owner>,
+    /// Set when the check released with a hold-down: cleanup then also
+    /// frees the held entries of its owners.
+    held: bool,
 }
 
 impl<'a> Scratch<'a> {
@@ -210,7 +228,14 @@ impl<'a> Scratch<'a> {
         Self {
             fixture,
             owners: BTreeSet::new(),
+            held: false,
         }
+    }
+
+    /// Releases `r` with the suite's hold-down ([`HOLD`]).
+    async fn release_held(&mut self, r: &Reservation) -> Result<(), IpamError> {
+        self.held = true;
+        self.fixture.backend.release(r, HOLD).await
     }
 
     async fn reserve(&mut self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
@@ -238,6 +263,27 @@ impl<'a> Scratch<'a> {
                             .get_or_insert_with(|| call_failed(&format!("cleanup of {owner}"), &e));
                         break;
                     }
+                }
+            }
+        }
+        if self.held {
+            // Held entries are not live, so release_owner leaves them: free
+            // each with a zero release.
+            match self.fixture.backend.list().await {
+                Ok(all) => {
+                    for r in all.iter().filter(|r| self.owners.contains(&r.owner)) {
+                        if let Err(e) = self.fixture.backend.release(r, Duration::ZERO).await {
+                            first.get_or_insert_with(|| {
+                                call_failed(
+                                    &format!("cleanup of {} held by {}", r.address, r.owner),
+                                    &e,
+                                )
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    first.get_or_insert_with(|| call_failed("list for cleanup", &e));
                 }
             }
         }
@@ -697,6 +743,430 @@ pub async fn unknown_zone(f: &Fixture) -> Result<(), Failure> {
     }
 }
 
+/// The entries `list` shows for `owner`, live and held.
+async fn entries_of(f: &Fixture, owner: &Owner) -> Result<Vec<Reservation>, Failure> {
+    Ok(ours(f)
+        .await?
+        .into_iter()
+        .filter(|r| &r.owner == owner)
+        .collect())
+}
+
+/// Checks that `list` shows `r`'s address held for its owner, expiring
+/// about [`HOLD`] after a release made between `before` and `after`;
+/// returns the held entry.
+async fn expect_held(
+    f: &Fixture,
+    r: &Reservation,
+    before: SystemTime,
+    after: SystemTime,
+) -> Result<Reservation, Failure> {
+    let entries = entries_of(f, &r.owner).await?;
+    let Some(held) = entries.iter().find(|e| e.address.ip() == r.address.ip()) else {
+        return Err(Failure(format!(
+            "after a release with a hold-down of {HOLD:?}, list shows no entry for {} at {} (it shows {entries:?}): a held address must stay visible",
+            r.owner, r.address
+        )));
+    };
+    let Some(until) = held.held_until else {
+        return Err(Failure(format!(
+            "after a release with a hold-down of {HOLD:?}, list shows {} of {} as live, not held",
+            r.address, r.owner
+        )));
+    };
+    let earliest = (before + HOLD).checked_sub(EXPIRY_SLACK).unwrap_or(before);
+    let latest = after + HOLD + EXPIRY_SLACK;
+    if until < earliest || until > latest {
+        return Err(Failure(format!(
+            "{} of {} is held until {}, expected about {} (now + {HOLD:?})",
+            r.address,
+            r.owner,
+            humantime::format_rfc3339_seconds(until),
+            humantime::format_rfc3339_seconds(after + HOLD)
+        )));
+    }
+    Ok(held.clone())
+}
+
+/// Releases `r` with [`HOLD`] and checks the held entry `list` shows.
+async fn release_and_expect_held(
+    s: &mut Scratch<'_>,
+    r: &Reservation,
+) -> Result<Reservation, Failure> {
+    let before = SystemTime::now();
+    s.release_held(r)
+        .await
+        .map_err(|e| call_failed("release with a hold-down", &e))?;
+    let after = SystemTime::now();
+    expect_held(s.fixture, r, before, after).await
+}
+
+/// A release with a hold-down keeps the address visible as held, expiring
+/// about now + hold; the owner has no live address meanwhile, another owner
+/// gets a different address, and the owner reserving again in the zone
+/// gets the same address back, live.
+pub async fn hold_down(f: &Fixture) -> Result<(), Failure> {
+    let zone = f.roomy_zone(2)?.zone.clone();
+    with_scratch(f, async |s| {
+        let owner = f.owner("hold", 0);
+        let first = s
+            .reserve(&owner, &zone)
+            .await
+            .map_err(|e| call_failed("reserve", &e))?;
+        release_and_expect_held(s, &first).await?;
+        let live = f
+            .backend
+            .lookup(&owner, Some(&zone))
+            .await
+            .map_err(|e| call_failed("lookup", &e))?;
+        if let Some(r) = live {
+            return Err(Failure(format!(
+                "during the hold-down, lookup({owner}) returns {} as live",
+                r.address
+            )));
+        }
+        let all = f
+            .backend
+            .lookup_all(&owner)
+            .await
+            .map_err(|e| call_failed("lookup_all", &e))?;
+        if !all.is_empty() {
+            return Err(Failure(format!(
+                "during the hold-down, lookup_all({owner}) returns {all:?}, expected nothing live"
+            )));
+        }
+        let other = f.owner("hold", 1);
+        let o = s
+            .reserve(&other, &zone)
+            .await
+            .map_err(|e| call_failed("reserve for another owner", &e))?;
+        if o.address.ip() == first.address.ip() {
+            return Err(Failure(format!(
+                "{} was held for {owner} but handed to {other}",
+                first.address
+            )));
+        }
+        let back = s
+            .reserve(&owner, &zone)
+            .await
+            .map_err(|e| call_failed("reserve again during the hold-down", &e))?;
+        check_shape(&back, &owner, &zone)?;
+        if back.address != first.address {
+            return Err(Failure(format!(
+                "{owner} reserved again during its hold-down and got {}, not its held {}",
+                back.address, first.address
+            )));
+        }
+        if back.is_held() {
+            return Err(Failure(format!(
+                "reserve returned {} for {owner} still marked held",
+                back.address
+            )));
+        }
+        let entries = entries_of(f, &owner).await?;
+        match entries.as_slice() {
+            [r] if r.address == first.address && !r.is_held() => Ok(()),
+            _ => Err(Failure(format!(
+                "after {owner} got its held address back, list shows {entries:?}; expected {} live, once",
+                first.address
+            ))),
+        }
+    })
+    .await
+}
+
+/// In a full zone, an address held for one owner is not handed to another
+/// ([`IpamError::Exhausted`]) but comes back to its owner; a zero release
+/// of the held entry frees it for another owner.
+pub async fn hold_down_when_full(f: &Fixture) -> Result<Option<String>, Failure> {
+    let Some(z) = f
+        .zones
+        .iter()
+        .filter(|z| z.total() > 0 && z.total() <= MAX_FILL)
+        .min_by_key(|z| z.total())
+    else {
+        return Ok(Some(format!(
+            "no zone with at most {MAX_FILL} free addresses"
+        )));
+    };
+    let zone = z.zone.clone();
+    let total = z.total();
+    with_scratch(f, async |s| {
+        let mut last = None;
+        for i in 0..total {
+            let owner = f.owner("heldfull", i);
+            last = Some(
+                s.reserve(&owner, &zone)
+                    .await
+                    .map_err(|e| call_failed(&format!("reserve {} of {total}", i + 1), &e))?,
+            );
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let owner = last.owner.clone();
+        release_and_expect_held(s, &last).await?;
+        let extra = f.owner("heldfull", total);
+        match s.reserve(&extra, &zone).await {
+            Err(IpamError::Exhausted { .. }) => {}
+            Err(e) => {
+                return Err(Failure(format!(
+                    "reserve in zone {zone}, full but for one held address: expected Exhausted, got {e:?}"
+                )));
+            }
+            Ok(r) if r.address.ip() == last.address.ip() => {
+                return Err(Failure(format!(
+                    "{} was held for {owner} but handed to {extra}",
+                    r.address
+                )));
+            }
+            Ok(r) => {
+                return Err(Failure(format!(
+                    "reserve in zone {zone}, full but for one held address (fixture says {total} free), succeeded with {}",
+                    r.address
+                )));
+            }
+        }
+        let back = s
+            .reserve(&owner, &zone)
+            .await
+            .map_err(|e| call_failed("reserve of the holder in the full zone", &e))?;
+        if back.address != last.address || back.is_held() {
+            return Err(Failure(format!(
+                "{owner} reserved again during its hold-down and got {back:?}, not its held {} live",
+                last.address
+            )));
+        }
+        let held = release_and_expect_held(s, &back).await?;
+        f.backend
+            .release(&held, Duration::ZERO)
+            .await
+            .map_err(|e| call_failed("zero release of a held entry", &e))?;
+        let r = s
+            .reserve(&extra, &zone)
+            .await
+            .map_err(|e| call_failed("reserve after the held address was freed", &e))?;
+        if r.address.ip() != last.address.ip() {
+            return Err(Failure(format!(
+                "after a zero release freed the held {} in a full zone, reserve for {extra} returned {}",
+                last.address, r.address
+            )));
+        }
+        Ok(())
+    })
+    .await
+    .map(|()| None)
+}
+
+/// Releasing a held entry again with a hold-down succeeds and leaves it
+/// held with the same expiry; a zero release frees it; releasing it once
+/// it is gone, with or without a hold-down, succeeds and brings nothing
+/// back.
+pub async fn release_held_idempotent(f: &Fixture) -> Result<(), Failure> {
+    let zone = f.roomy_zone(1)?.zone.clone();
+    with_scratch(f, async |s| {
+        let owner = f.owner("relheld", 0);
+        let r = s
+            .reserve(&owner, &zone)
+            .await
+            .map_err(|e| call_failed("reserve", &e))?;
+        let held = release_and_expect_held(s, &r).await?;
+        for (what, again) in [("the live reservation", &r), ("the held entry", &held)] {
+            s.release_held(again).await.map_err(|e| {
+                call_failed(&format!("second release with a hold-down of {what}"), &e)
+            })?;
+            let entries = entries_of(f, &owner).await?;
+            match entries.as_slice() {
+                [e] if e.address == r.address && e.held_until == held.held_until => {}
+                _ => {
+                    return Err(Failure(format!(
+                        "after releasing {what} of {owner} again with a hold-down, list shows {entries:?}; expected {} held with its first expiry",
+                        r.address
+                    )));
+                }
+            }
+        }
+        f.backend
+            .release(&held, Duration::ZERO)
+            .await
+            .map_err(|e| call_failed("zero release of the held entry", &e))?;
+        let entries = entries_of(f, &owner).await?;
+        if !entries.is_empty() {
+            return Err(Failure(format!(
+                "after a zero release of the held {}, list still shows {entries:?}",
+                r.address
+            )));
+        }
+        f.backend
+            .release(&held, Duration::ZERO)
+            .await
+            .map_err(|e| call_failed("second zero release (must succeed)", &e))?;
+        s.release_held(&r)
+            .await
+            .map_err(|e| call_failed("release with a hold-down of a freed address (must succeed)", &e))?;
+        let entries = entries_of(f, &owner).await?;
+        if !entries.is_empty() {
+            return Err(Failure(format!(
+                "releasing the freed {} again brought back {entries:?}",
+                r.address
+            )));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Reserves for `owner` in every zone with room; returns the reservations.
+async fn reserve_everywhere(
+    s: &mut Scratch<'_>,
+    owner: &Owner,
+) -> Result<Vec<Reservation>, Failure> {
+    let zones: Vec<Zone> = s
+        .fixture
+        .zones
+        .iter()
+        .filter(|z| z.total() > 0)
+        .map(|z| z.zone.clone())
+        .collect();
+    let mut made = Vec::new();
+    for zone in &zones {
+        let r = s
+            .reserve(owner, zone)
+            .await
+            .map_err(|e| call_failed(&format!("reserve in zone {zone}"), &e))?;
+        check_shape(&r, owner, zone)?;
+        made.push(r);
+    }
+    if made.is_empty() {
+        return Err(Failure("fixture: no zone with a free address".into()));
+    }
+    Ok(made)
+}
+
+fn addresses(rs: &[Reservation]) -> BTreeSet<ipnetwork::IpNetwork> {
+    rs.iter().map(|r| r.address).collect()
+}
+
+/// `lookup_all` finds an owner's reservation in every zone; `lookup`
+/// without a zone returns the lowest address, with a zone the one there.
+pub async fn lookup_all_zones(f: &Fixture) -> Result<(), Failure> {
+    with_scratch(f, async |s| {
+        let owner = f.owner("all", 0);
+        let made = reserve_everywhere(s, &owner).await?;
+        let found = f
+            .backend
+            .lookup_all(&owner)
+            .await
+            .map_err(|e| call_failed("lookup_all", &e))?;
+        if addresses(&found) != addresses(&made) || found.len() != made.len() {
+            return Err(Failure(format!(
+                "lookup_all({owner}) returned {:?}, expected {:?}",
+                addresses(&found),
+                addresses(&made)
+            )));
+        }
+        if let Some(r) = found.iter().find(|r| r.is_held() || r.owner != owner) {
+            return Err(Failure(format!(
+                "lookup_all({owner}) returned {r:?}: not a live reservation of {owner}"
+            )));
+        }
+        let lowest = made.iter().map(|r| r.address.ip()).min();
+        let any = f
+            .backend
+            .lookup(&owner, None)
+            .await
+            .map_err(|e| call_failed("lookup without a zone", &e))?;
+        if any.as_ref().map(|r| r.address.ip()) != lowest {
+            return Err(Failure(format!(
+                "lookup({owner}) without a zone returned {:?}, expected the lowest address {lowest:?}",
+                any.map(|r| r.address)
+            )));
+        }
+        for r in &made {
+            let got = f
+                .backend
+                .lookup(&owner, Some(&r.zone))
+                .await
+                .map_err(|e| call_failed("lookup", &e))?;
+            if got.as_ref().map(|g| g.address) != Some(r.address) {
+                return Err(Failure(format!(
+                    "lookup({owner}) in zone {} returned {:?}, expected {}",
+                    r.zone,
+                    got.map(|g| g.address),
+                    r.address
+                )));
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `release_owner` releases every reservation of the owner, in every zone,
+/// and returns them: with a hold-down they are listed as held and nothing
+/// live is found for the owner; with zero they are gone.
+pub async fn release_owner_all(f: &Fixture) -> Result<(), Failure> {
+    with_scratch(f, async |s| {
+        let owner = f.owner("relown", 0);
+        let made = reserve_everywhere(s, &owner).await?;
+        s.held = true;
+        let before = SystemTime::now();
+        let released = f
+            .backend
+            .release_owner(&owner, HOLD)
+            .await
+            .map_err(|e| call_failed("release_owner with a hold-down", &e))?;
+        let after = SystemTime::now();
+        if addresses(&released) != addresses(&made) || released.len() != made.len() {
+            return Err(Failure(format!(
+                "release_owner({owner}) returned {:?}, expected everything it held: {:?}",
+                addresses(&released),
+                addresses(&made)
+            )));
+        }
+        let live = f
+            .backend
+            .lookup(&owner, None)
+            .await
+            .map_err(|e| call_failed("lookup", &e))?;
+        let all = f
+            .backend
+            .lookup_all(&owner)
+            .await
+            .map_err(|e| call_failed("lookup_all", &e))?;
+        if live.is_some() || !all.is_empty() {
+            return Err(Failure(format!(
+                "after release_owner({owner}), lookup returns {live:?} and lookup_all {all:?}; expected nothing live"
+            )));
+        }
+        for r in &made {
+            expect_held(f, r, before, after).await?;
+        }
+        let other = f.owner("relown", 1);
+        let made = reserve_everywhere(s, &other).await?;
+        let released = f
+            .backend
+            .release_owner(&other, Duration::ZERO)
+            .await
+            .map_err(|e| call_failed("release_owner", &e))?;
+        if addresses(&released) != addresses(&made) {
+            return Err(Failure(format!(
+                "release_owner({other}) returned {:?}, expected {:?}",
+                addresses(&released),
+                addresses(&made)
+            )));
+        }
+        let left = entries_of(f, &other).await?;
+        if !left.is_empty() {
+            return Err(Failure(format!(
+                "after release_owner({other}) without a hold-down, list still shows {left:?}"
+            )));
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn outcome(r: Result<(), Failure>) -> Outcome {
     match r {
         Ok(()) => Outcome::Passed,
@@ -732,5 +1202,16 @@ pub async fn run_all(f: &Fixture) -> Report {
     push("zone_fall_through", outcome_opt(zone_fall_through(f).await));
     push("list_exact", outcome(list_exact(f).await));
     push("unknown_zone", outcome(unknown_zone(f).await));
+    push("hold_down", outcome(hold_down(f).await));
+    push(
+        "hold_down_when_full",
+        outcome_opt(hold_down_when_full(f).await),
+    );
+    push(
+        "release_held_idempotent",
+        outcome(release_held_idempotent(f).await),
+    );
+    push("lookup_all_zones", outcome(lookup_all_zones(f).await));
+    push("release_owner_all", outcome(release_owner_all(f).await));
     report
 }

@@ -5,18 +5,35 @@
 //! `rename`, `fsync` of the directory), so a crash leaves either the old or
 //! the new state, never a torn file. A file that is not an overlay pool
 //! state file (corrupt, or something else entirely) is reported and never
-//! overwritten. One process owns a state file: the state is read at open
-//! and kept in memory (the controller runs one active replica).
+//! overwritten.
+//!
+//! One process owns a state file: the state is read at open and kept in
+//! memory, so a second writer would hand out addresses twice. The backend
+//! therefore holds an exclusive lock on a sidecar file, `<stateFile>.lock`
+//! (the state file itself is replaced on every write, so it cannot carry the
+//! lock), from [`FileBackend::open`] until it is dropped; the lock file names
+//! the holder's pid. A second open, in this process or another, is refused:
+//! embedded pools support one controller replica.
+//!
+//! Held entries (released with a hold-down) are stored with their expiry as
+//! an RFC 3339 `held_until`; state files written before hold-downs existed
+//! have no such field and load as they are. (An older version reading a
+//! newer file ignores the field and sees held addresses as still in use by
+//! their departed owner, which its orphan collection releases: never an
+//! address handed out twice.)
 
-use std::io::Write;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::pools::{Engine, Held, PoolsConfig};
+use crate::pools::{Engine, Entry, PoolsConfig};
 
 const FORMAT: &str = "overlay-ipam-pools";
 const VERSION: u32 = 1;
@@ -26,13 +43,16 @@ const VERSION: u32 = 1;
 struct StateFile {
     format: String,
     version: u32,
-    reservations: Vec<Held>,
+    reservations: Vec<Entry>,
 }
 
-/// An [`IpamBackend`] over pools whose state persists in a file.
+/// An [`IpamBackend`] over pools whose state persists in a file, with
+/// hold-downs like [`crate::memory::MemoryBackend`]. Holds the state file's
+/// lock (see the [module docs](self)) until dropped.
 #[derive(Debug)]
 pub struct FileBackend {
     path: PathBuf,
+    lock: StateLock,
     engine: Mutex<Engine>,
 }
 
@@ -42,29 +62,34 @@ impl FileBackend {
     /// reservation. A file that exists but is not an overlay pool state
     /// file is an [`IpamError::Storage`] error, and the file is left alone.
     /// Reservations in the file whose pool is no longer configured are kept
-    /// (and listed, so they can be garbage-collected); their gateway is
-    /// unknown.
+    /// (listed, found by `lookup_all` and released, never allocated from);
+    /// their gateway is unknown.
+    ///
+    /// Takes the exclusive lock `<path>.lock` first: when another
+    /// `FileBackend`, in this process or another, has the state file open,
+    /// this is an [`IpamError::Storage`] error naming the holder's pid.
     pub fn open(path: impl Into<PathBuf>, config: &PoolsConfig) -> Result<Self, IpamError> {
         let path = path.into();
         let mut engine = Engine::new("file", config)?;
+        let dir = parent_dir(&path);
+        if !dir.is_dir() {
+            return Err(storage(
+                &path,
+                format!(
+                    "directory {} does not exist; create it or pick another stateFile",
+                    dir.display()
+                ),
+            ));
+        }
+        let lock = StateLock::acquire(&path)?;
         match std::fs::read(&path) {
-            Ok(bytes) => engine.set_held(parse_state(&path, &bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let dir = parent_dir(&path);
-                if !dir.is_dir() {
-                    return Err(storage(
-                        &path,
-                        format!(
-                            "directory {} does not exist; create it or pick another stateFile",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
+            Ok(bytes) => engine.set_entries(parse_state(&path, &bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
         }
         Ok(Self {
             path,
+            lock,
             engine: Mutex::new(engine),
         })
     }
@@ -74,11 +99,101 @@ impl FileBackend {
         &self.path
     }
 
-    async fn persist(&self, held: Vec<Held>) -> Result<(), IpamError> {
+    /// The lock file beside the state file (`<stateFile>.lock`), locked
+    /// while this backend lives.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock.path
+    }
+
+    async fn persist(&self, entries: Vec<Entry>) -> Result<(), IpamError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, held))
+        tokio::task::spawn_blocking(move || write_atomic(&path, entries))
             .await
             .map_err(|e| storage(&self.path, format!("writer task failed: {e}")))?
+    }
+
+    /// Runs `change` on the engine and writes the state when it says it
+    /// changed something; when the write fails the change is undone, so
+    /// memory and file agree.
+    async fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Engine) -> Result<(T, bool), IpamError>,
+    ) -> Result<T, IpamError> {
+        let mut e = self.engine.lock().await;
+        let before = e.entries().to_vec();
+        let (out, changed) = change(&mut e)?;
+        if changed && let Err(err) = self.persist(e.entries().to_vec()).await {
+            e.set_entries(before);
+            return Err(err);
+        }
+        Ok(out)
+    }
+}
+
+/// The exclusive lock on `<stateFile>.lock`, released when dropped (the
+/// file is closed; it stays on disk, since removing it would let two
+/// processes lock different files of the same name).
+#[derive(Debug)]
+struct StateLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl StateLock {
+    fn acquire(state: &Path) -> Result<Self, IpamError> {
+        let mut name = OsString::from(state.as_os_str());
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                storage(
+                    state,
+                    format!("cannot open the lock file {}: {e}", path.display()),
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = match text.trim().parse::<u32>() {
+                    Ok(pid) if pid == std::process::id() => {
+                        format!("this process (pid {pid}) already has it open")
+                    }
+                    Ok(pid) => format!("another controller process (pid {pid}) holds it"),
+                    Err(_) => "another controller process holds it (its pid is not recorded yet)"
+                        .to_string(),
+                };
+                return Err(storage(
+                    state,
+                    format!(
+                        "state file is locked: {holder} (lock file {}). Embedded pools support one controller replica: run the controller with replicas: 1 and strategy: Recreate, stop the other process, or use phpIPAM for several replicas",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(storage(
+                    state,
+                    format!("cannot lock {}: {e}", path.display()),
+                ));
+            }
+        }
+        // Ours: name this process for whoever is refused next.
+        let pid = std::process::id();
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{pid}"))
+        {
+            tracing::warn!(lock = %path.display(), error = %e, "locked, but cannot record the pid in the lock file");
+        }
+        Ok(Self { path, _file: file })
     }
 }
 
@@ -97,7 +212,7 @@ fn storage(path: &Path, message: impl Into<String>) -> IpamError {
     }
 }
 
-fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Held>, IpamError> {
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, IpamError> {
     let refuse = |why: String| {
         storage(
             path,
@@ -124,11 +239,11 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Held>, IpamError> {
     Ok(state.reservations)
 }
 
-fn write_atomic(path: &Path, held: Vec<Held>) -> Result<(), IpamError> {
+fn write_atomic(path: &Path, entries: Vec<Entry>) -> Result<(), IpamError> {
     let state = StateFile {
         format: FORMAT.into(),
         version: VERSION,
-        reservations: held,
+        reservations: entries,
     };
     let bytes = serde_json::to_vec_pretty(&state)
         .map_err(|e| storage(path, format!("cannot encode state: {e}")))?;
@@ -166,32 +281,22 @@ impl IpamBackend for FileBackend {
     }
 
     async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
-        let mut e = self.engine.lock().await;
-        let before = e.held().to_vec();
-        let (r, changed) = e.reserve(owner, zone)?;
-        if changed && let Err(err) = self.persist(e.held().to_vec()).await {
-            // Not durable: undo, so memory and file agree.
-            e.set_held(before);
-            return Err(err);
-        }
+        let r = self
+            .change(|e| e.reserve(owner, zone, SystemTime::now()))
+            .await?;
         tracing::debug!(backend = "file", owner = %owner, zone = %zone, address = %r.address, "reserved");
         Ok(r)
     }
 
-    async fn release(
-        &self,
-        reservation: &Reservation,
-        hold: std::time::Duration,
-    ) -> Result<(), IpamError> {
-        let _ = hold;
-        let mut e = self.engine.lock().await;
-        let before = e.held().to_vec();
-        if e.release(reservation) {
-            if let Err(err) = self.persist(e.held().to_vec()).await {
-                e.set_held(before);
-                return Err(err);
-            }
-            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, "released");
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
+        let changed = self
+            .change(|e| {
+                let changed = e.release(reservation, hold, SystemTime::now())?;
+                Ok((changed, changed))
+            })
+            .await?;
+        if changed {
+            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, hold = ?hold, "released");
         }
         Ok(())
     }
@@ -204,7 +309,30 @@ impl IpamBackend for FileBackend {
         Ok(self.engine.lock().await.lookup(owner, zone))
     }
 
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        Ok(self.engine.lock().await.lookup_all(owner))
+    }
+
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
         Ok(self.engine.lock().await.list())
+    }
+
+    async fn release_owner(
+        &self,
+        owner: &Owner,
+        hold: Duration,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        // One write for all of them, undone as a whole when it fails.
+        let released = self
+            .change(|e| {
+                let released = e.release_owner(owner, hold, SystemTime::now())?;
+                let changed = !released.is_empty();
+                Ok((released, changed))
+            })
+            .await?;
+        for r in &released {
+            tracing::debug!(backend = "file", owner = %owner, address = %r.address, hold = ?hold, "released");
+        }
+        Ok(released)
     }
 }

@@ -2,6 +2,8 @@
 //! State lives only in the process; see [`crate::file`] for a persistent
 //! variant.
 
+use std::time::{Duration, SystemTime};
+
 use async_trait::async_trait;
 use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
 use tokio::sync::Mutex;
@@ -9,7 +11,9 @@ use tokio::sync::Mutex;
 use crate::pools::{Engine, PoolsConfig};
 
 /// An [`IpamBackend`] over in-memory pools: lowest free address per zone,
-/// pools tried in order.
+/// pools tried in order. A release with a hold-down keeps the address back
+/// from other owners until it expires (listed with
+/// [`Reservation::held_until`]); its owner gets it back by reserving again.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,20 +57,15 @@ impl IpamBackend for MemoryBackend {
 
     async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
         let mut e = self.engine.lock().await;
-        let (r, _) = e.reserve(owner, zone)?;
+        let (r, _) = e.reserve(owner, zone, SystemTime::now())?;
         tracing::debug!(backend = e.name(), owner = %owner, zone = %zone, address = %r.address, "reserved");
         Ok(r)
     }
 
-    async fn release(
-        &self,
-        reservation: &Reservation,
-        hold: std::time::Duration,
-    ) -> Result<(), IpamError> {
-        let _ = hold;
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
         let mut e = self.engine.lock().await;
-        if e.release(reservation) {
-            tracing::debug!(backend = e.name(), owner = %reservation.owner, address = %reservation.address, "released");
+        if e.release(reservation, hold, SystemTime::now())? {
+            tracing::debug!(backend = e.name(), owner = %reservation.owner, address = %reservation.address, hold = ?hold, "released");
         }
         Ok(())
     }
@@ -79,7 +78,24 @@ impl IpamBackend for MemoryBackend {
         Ok(self.engine.lock().await.lookup(owner, zone))
     }
 
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        Ok(self.engine.lock().await.lookup_all(owner))
+    }
+
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
         Ok(self.engine.lock().await.list())
+    }
+
+    async fn release_owner(
+        &self,
+        owner: &Owner,
+        hold: Duration,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        let mut e = self.engine.lock().await;
+        let released = e.release_owner(owner, hold, SystemTime::now())?;
+        for r in &released {
+            tracing::debug!(backend = e.name(), owner = %owner, address = %r.address, hold = ?hold, "released");
+        }
+        Ok(released)
     }
 }

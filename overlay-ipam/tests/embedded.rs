@@ -2,7 +2,9 @@
 //! The embedded backends: conformance plus the file backend's durability
 //! rules.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use overlay_core::{IpamBackend, IpamError, Owner, Zone};
 use overlay_ipam::conformance::{Fixture, Outcome, ZoneCapacity, run_all};
@@ -41,25 +43,81 @@ fn zone(z: &str) -> Zone {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_passes_conformance() {
-    let report = run_all(&fixture(Arc::new(MemoryBackend::new(&pools()).unwrap()))).await;
+    let backend = Arc::new(MemoryBackend::new(&pools()).unwrap());
+    let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
     // The fixture has every shape, so nothing may be skipped.
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
+    // Every check freed what it made, held entries included.
+    assert_eq!(backend.list().await.unwrap(), []);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_backend_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
-    let report = run_all(&fixture(Arc::new(backend))).await;
+    let backend = Arc::new(FileBackend::open(dir.path().join("state.json"), &pools()).unwrap());
+    let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
+    assert_eq!(backend.list().await.unwrap(), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_fails_a_backend_that_ignores_hold_downs() {
+    // Frees at once whatever the hold-down: the released address goes to
+    // the next node, which is what issue 11 is about.
+    struct NoHold(MemoryBackend);
+    #[async_trait::async_trait]
+    impl IpamBackend for NoHold {
+        fn name(&self) -> &str {
+            "no-hold"
+        }
+        async fn reserve(
+            &self,
+            owner: &Owner,
+            zone: &Zone,
+        ) -> Result<overlay_core::Reservation, IpamError> {
+            self.0.reserve(owner, zone).await
+        }
+        async fn release(
+            &self,
+            r: &overlay_core::Reservation,
+            _hold: Duration,
+        ) -> Result<(), IpamError> {
+            self.0.release(r, Duration::ZERO).await
+        }
+        async fn lookup(
+            &self,
+            o: &Owner,
+            z: Option<&Zone>,
+        ) -> Result<Option<overlay_core::Reservation>, IpamError> {
+            self.0.lookup(o, z).await
+        }
+        async fn list(&self) -> Result<Vec<overlay_core::Reservation>, IpamError> {
+            self.0.list().await
+        }
+    }
+    let backend = Arc::new(NoHold(MemoryBackend::new(&pools()).unwrap()));
+    let report = run_all(&fixture(backend.clone())).await;
+    let mut failed = report.failed();
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        [
+            "hold_down",
+            "hold_down_when_full",
+            "release_held_idempotent",
+            "release_owner_all"
+        ],
+        "{report}"
+    );
+    assert_eq!(backend.list().await.unwrap(), []);
 }
 
 #[tokio::test]
@@ -129,12 +187,14 @@ async fn file_state_survives_reopen() {
         .await
         .unwrap();
     assert_eq!(c.address.to_string(), "192.0.2.4/24");
-    // No temporary files are left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // No temporary files are left behind; the lock file stays (unlocked
+    // once its backend is dropped).
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["state.json"]);
+    names.sort();
+    assert_eq!(names, ["state.json", "state.json.lock"]);
 }
 
 #[tokio::test]
@@ -179,7 +239,10 @@ async fn unwritable_state_rolls_back() {
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let ipam = FileBackend::open(sub.join("state.json"), &pools()).unwrap();
-    // Remove the directory: the write must fail and nothing be reserved.
+    // Remove the directory (and the lock file in it, which stays locked
+    // through the open descriptor): the write must fail and nothing be
+    // reserved.
+    std::fs::remove_file(ipam.lock_path()).unwrap();
     std::fs::remove_dir(&sub).unwrap();
     let owner = Owner::new("c1", "n1");
     let err = ipam.reserve(&owner, &zone("big")).await.unwrap_err();
@@ -212,4 +275,308 @@ async fn memory_errors_name_zone_and_subnets() {
             .contains("subnets 198.51.100.0/29, 198.51.100.8/29 are full"),
         "{err}"
     );
+}
+
+const HOLD: Duration = Duration::from_secs(300);
+
+fn state_with(path: &Path, reservations: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "{{\"format\":\"overlay-ipam-pools\",\"version\":1,\"reservations\":[{reservations}]}}"
+        ),
+    )
+    .unwrap();
+}
+
+fn entry(zone: &str, pool: &str, address: &str, node: &str, held_until: Option<&str>) -> String {
+    let held = held_until.map_or(String::new(), |t| format!(",\"held_until\":\"{t}\""));
+    format!(
+        "{{\"zone\":\"{zone}\",\"pool\":\"{pool}\",\"address\":\"{address}\",\"owner\":{{\"cluster\":\"c1\",\"node\":\"{node}\"}}{held}}}"
+    )
+}
+
+#[tokio::test]
+async fn held_entries_survive_a_restart_and_come_back_to_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let a = Owner::new("c1", "node-a");
+    let (ra, until) = {
+        let ipam = FileBackend::open(&path, &pools()).unwrap();
+        let ra = ipam.reserve(&a, &zone("big")).await.unwrap();
+        ipam.reserve(&Owner::new("c1", "node-b"), &zone("big"))
+            .await
+            .unwrap();
+        let t = SystemTime::now();
+        ipam.release(&ra, HOLD).await.unwrap();
+        let held = ipam.list().await.unwrap();
+        let until = held[0]
+            .held_until
+            .expect("held after a release with a hold");
+        assert!(until >= t + HOLD && until <= SystemTime::now() + HOLD);
+        (ra, until)
+    };
+    // The file names the expiry in RFC 3339.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let written = format!("\"held_until\": \"{}\"", humantime::format_rfc3339(until));
+    assert!(text.contains(&written), "{text}");
+
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let listed = ipam.list().await.unwrap();
+    let held = listed.iter().find(|r| r.owner == a).unwrap();
+    assert_eq!(held.held_until, Some(until), "held, expiry kept");
+    assert_eq!(ipam.lookup(&a, None).await.unwrap(), None);
+    // A new node does not get it; the old one, re-created, does.
+    let c = ipam
+        .reserve(&Owner::new("c1", "node-c"), &zone("big"))
+        .await
+        .unwrap();
+    assert_ne!(c.address, ra.address);
+    assert_eq!(ipam.reserve(&a, &zone("big")).await.unwrap(), ra);
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.lookup(&a, None).await.unwrap(), Some(ra));
+    assert!(
+        !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("held_until")
+    );
+}
+
+#[tokio::test]
+async fn state_files_from_before_hold_downs_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // As an earlier version wrote it: no held_until anywhere.
+    state_with(
+        &path,
+        &[
+            entry("big", "192.0.2.0/24", "192.0.2.2", "node-a", None),
+            entry("small", "198.51.100.0/29", "198.51.100.3", "node-b", None),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let listed = ipam.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|r| !r.is_held()), "{listed:?}");
+    let a = ipam
+        .reserve(&Owner::new("c1", "node-a"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(a.address.to_string(), "192.0.2.2/24");
+}
+
+#[tokio::test]
+async fn an_expired_hold_down_frees_the_address_for_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    state_with(
+        &path,
+        &[
+            entry(
+                "big",
+                "192.0.2.0/24",
+                "192.0.2.2",
+                "expired",
+                Some("2020-01-01T00:00:00Z"),
+            ),
+            entry(
+                "big",
+                "192.0.2.0/24",
+                "192.0.2.3",
+                "pending",
+                Some("9999-01-01T00:00:00Z"),
+            ),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(
+        ipam.list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.is_held())
+            .count(),
+        2
+    );
+    let n = Owner::new("c1", "new");
+    let r = ipam.reserve(&n, &zone("big")).await.unwrap();
+    assert_eq!(r.address.to_string(), "192.0.2.2/24", "expired: reused");
+    let m = ipam
+        .reserve(&Owner::new("c1", "newer"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(m.address.to_string(), "192.0.2.4/24", "pending: kept back");
+    // The expired entry was replaced, in memory and on disk.
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    let at_2: Vec<_> = ipam
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.address == ipam_addr("192.0.2.2/24"))
+        .collect();
+    assert_eq!(at_2.len(), 1);
+    assert_eq!((at_2[0].owner.clone(), at_2[0].held_until), (n, None));
+}
+
+fn ipam_addr(s: &str) -> ipnetwork::IpNetwork {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn reservations_in_pools_no_longer_configured_are_kept_found_and_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // 203.0.113.0/24 was a pool of zone big, and zone "gone" existed.
+    state_with(
+        &path,
+        &[
+            entry("big", "203.0.113.0/24", "203.0.113.5", "old", None),
+            entry("gone", "203.0.113.128/25", "203.0.113.130", "old", None),
+            entry("big", "192.0.2.0/24", "192.0.2.2", "old", None),
+        ]
+        .join(","),
+    );
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.list().await.unwrap().len(), 3);
+    let old = Owner::new("c1", "old");
+    let all = ipam.lookup_all(&old).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    // Never allocated from: a new owner gets an address of the configured pool.
+    let r = ipam
+        .reserve(&Owner::new("c1", "new"), &zone("big"))
+        .await
+        .unwrap();
+    assert_eq!(r.address.to_string(), "192.0.2.3/24");
+    let released = ipam.release_owner(&old, Duration::ZERO).await.unwrap();
+    assert_eq!(released.len(), 3);
+    assert!(ipam.lookup_all(&old).await.unwrap().is_empty());
+    drop(ipam);
+    let ipam = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(ipam.list().await.unwrap(), [r]);
+}
+
+#[tokio::test]
+async fn memory_hold_down_expires_on_its_own() {
+    // One free address; a hold of a few milliseconds.
+    let ipam = MemoryBackend::new(
+        &PoolsConfig::new().with_pool("one", PoolConfig::parse("192.0.2.0/30").unwrap()),
+    )
+    .unwrap();
+    let z = zone("one");
+    let a = ipam.reserve(&Owner::new("c1", "a"), &z).await.unwrap();
+    ipam.release(&a, Duration::from_millis(20)).await.unwrap();
+    let b = Owner::new("c1", "b");
+    assert!(matches!(
+        ipam.reserve(&b, &z).await,
+        Err(IpamError::Exhausted { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(ipam.reserve(&b, &z).await.unwrap().address, a.address);
+}
+
+#[tokio::test]
+async fn a_hold_down_past_the_year_9999_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
+    let r = ipam
+        .reserve(&Owner::new("c1", "a"), &zone("big"))
+        .await
+        .unwrap();
+    let err = ipam.release(&r, Duration::MAX).await.unwrap_err();
+    assert!(matches!(err, IpamError::Invalid(_)), "{err:?}");
+    assert_eq!(ipam.lookup(&r.owner, None).await.unwrap(), Some(r));
+}
+
+#[tokio::test]
+async fn a_second_open_of_a_state_file_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let first = FileBackend::open(&path, &pools()).unwrap();
+    let pid = std::process::id();
+    assert_eq!(
+        std::fs::read_to_string(first.lock_path()).unwrap().trim(),
+        pid.to_string(),
+        "the lock file names its holder"
+    );
+    let err = FileBackend::open(&path, &pools()).unwrap_err();
+    assert!(matches!(err, IpamError::Storage { .. }), "{err:?}");
+    let text = err.to_string();
+    for part in [
+        path.display().to_string(),
+        first.lock_path().display().to_string(),
+        format!("pid {pid}"),
+        "one controller replica".to_string(),
+        "replicas: 1".to_string(),
+    ] {
+        assert!(text.contains(&part), "{part:?} missing from: {text}");
+    }
+    // The refused open did not disturb the holder.
+    let r = first
+        .reserve(&Owner::new("c1", "a"), &zone("big"))
+        .await
+        .unwrap();
+    drop(first);
+    let second = FileBackend::open(&path, &pools()).unwrap();
+    assert_eq!(second.lookup(&r.owner, None).await.unwrap(), Some(r));
+}
+
+/// Set only on the child process `another_process_...` starts: the state
+/// file the child tries to open.
+const CHILD_STATE: &str = "OVERLAY_IPAM_TEST_LOCK_CHILD_STATE";
+
+/// The child half of `another_process_cannot_open_a_locked_state_file`:
+/// does nothing in a normal run (the variable is unset), and in the child
+/// reports what opening the state file gave.
+#[test]
+fn lock_child_opens_the_state_file() {
+    let Some(path) = std::env::var_os(CHILD_STATE) else {
+        return;
+    };
+    match FileBackend::open(&path, &pools()) {
+        Ok(_) => println!("CHILD-OPENED"),
+        Err(e) => println!("CHILD-REFUSED: {e}"),
+    }
+}
+
+fn open_in_child(path: &Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "lock_child_opens_the_state_file",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STATE, path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn another_process_cannot_open_a_locked_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let held = FileBackend::open(&path, &pools()).unwrap();
+    let out = open_in_child(&path);
+    let refused = out
+        .lines()
+        .find_map(|l| l.split_once("CHILD-REFUSED: ").map(|(_, why)| why))
+        .unwrap_or_else(|| panic!("the child was not refused: {out}"));
+    assert!(
+        refused.contains(&format!(
+            "another controller process (pid {}) holds it",
+            std::process::id()
+        )),
+        "{refused}"
+    );
+    assert!(refused.contains("one controller replica"), "{refused}");
+    drop(held);
+    let out = open_in_child(&path);
+    assert!(out.contains("CHILD-OPENED"), "{out}");
 }
