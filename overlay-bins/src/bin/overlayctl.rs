@@ -314,7 +314,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
             let report = rt
-                .block_on(overlay_ipam::check::check(&cfg, None))
+                .block_on(overlay_ipam::check::check(
+                    &cfg,
+                    None,
+                    Some(&cfg.cluster_id),
+                ))
                 .map_err(|e| e.to_string())?;
             print!("{report}");
             if !report.passed() {
