@@ -291,24 +291,7 @@ pub async fn check(
     cluster: Option<&str>,
 ) -> Result<CheckReport, ConfigError> {
     config.validate()?;
-    if let Some(p) = &config.php_ipam {
-        // Build through the config for its error mapping, then again as
-        // the concrete type (cheap: no network yet).
-        config.build_with(credentials.clone())?;
-        let creds = match credentials {
-            Some(c) => c,
-            None => Credentials::resolve(p).map_err(|(field, problem)| ConfigError {
-                file: config.source.clone(),
-                field: format!("phpIPAM.{field}"),
-                problem,
-            })?,
-        };
-        let backend =
-            PhpIpamBackend::new(p, &config.cluster_id, creds).map_err(|e| ConfigError {
-                file: config.source.clone(),
-                field: "phpIPAM".into(),
-                problem: e.to_string(),
-            })?;
+    if let (Some(p), Some(backend)) = (&config.php_ipam, config.build_phpipam(credentials)?) {
         let mut report = check_phpipam(&backend, cluster).await;
         report.warnings = p.security_warnings();
         return Ok(report);
