@@ -805,7 +805,7 @@ fn phpipam_config(opts: &LabOptions) -> Result<overlay_ipam::config::ControllerC
 /// and gateway phpIPAM reports (read-only check, nothing reserved).
 async fn phpipam_zones(opts: &LabOptions) -> Result<Vec<ZonePlan>, String> {
     let cfg = phpipam_config(opts)?;
-    let report = overlay_ipam::check::check(&cfg, None)
+    let report = overlay_ipam::check::check(&cfg, None, cfg.cluster_id.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let mut zones = Vec::new();

@@ -3,16 +3,18 @@
 //! against its IPAM, and the conformance suite run against a real server on
 //! a scratch zone.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, Zone};
 
 use crate::config::{ConfigError, ControllerConfig};
 use crate::conformance::{Fixture, Outcome, Report, ZoneCapacity, run_all};
-use crate::phpipam::{Credentials, PhpIpamBackend};
+use crate::phpipam::{AddressEntry, Credentials, PhpIpamBackend};
 
 /// How one zone (or the whole check) fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +48,145 @@ pub struct SubnetCheck {
     pub gateway: Option<IpAddr>,
     /// Free addresses, when known.
     pub free: Option<u64>,
+    /// Its entries by class (phpIPAM only).
+    pub entries: Option<SubnetEntries>,
     /// What went wrong reading it.
     pub error: Option<String>,
+}
+
+/// A held (released, quarantined) address of this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldEntry {
+    /// The address.
+    pub address: IpAddr,
+    /// The node that released it (it gets it back if it returns).
+    pub node: String,
+    /// End of the hold-down.
+    pub until: SystemTime,
+}
+
+/// The entries of one subnet, by class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubnetEntries {
+    /// The cluster id compared with; `None` lists every cluster under
+    /// `clusters`.
+    pub cluster: Option<String>,
+    /// This cluster's live reservations.
+    pub live: usize,
+    /// This cluster's held addresses, lowest first.
+    pub held: Vec<HeldEntry>,
+    /// Entries with an overlay marker of another cluster (every cluster
+    /// when no cluster id was given), live and held: cluster id → count.
+    pub clusters: BTreeMap<String, usize>,
+    /// Entries without an overlay marker (hand-made, other tools, the
+    /// gateway).
+    pub unmarked: usize,
+    /// Entries whose description starts with `overlay-` but does not parse
+    /// as a marker: address and description. Nothing ever changes them.
+    pub unparseable: Vec<(IpAddr, String)>,
+}
+
+impl SubnetEntries {
+    /// Sorts `entries` into classes, comparing markers with `cluster`.
+    pub fn classify<'a>(
+        entries: impl IntoIterator<Item = &'a AddressEntry>,
+        cluster: Option<&str>,
+    ) -> Self {
+        let mut out = SubnetEntries {
+            cluster: cluster.map(str::to_string),
+            ..SubnetEntries::default()
+        };
+        for e in entries {
+            let d = e.description.as_deref().unwrap_or_default();
+            match Marker::parse(d) {
+                Some(m) if Some(m.owner().cluster.as_str()) == cluster => match m {
+                    Marker::Live(_) => out.live += 1,
+                    Marker::Held { owner, until } => out.held.push(HeldEntry {
+                        address: e.ip,
+                        node: owner.node,
+                        until,
+                    }),
+                },
+                Some(m) => *out.clusters.entry(m.owner().cluster.clone()).or_default() += 1,
+                None if d.trim_start().starts_with("overlay-") => {
+                    out.unparseable.push((e.ip, d.to_string()))
+                }
+                None => out.unmarked += 1,
+            }
+        }
+        out.held.sort_by_key(|h| h.address);
+        out.unparseable.sort();
+        out
+    }
+}
+
+/// Most held or unparseable entries listed one by one per subnet.
+const LISTED: usize = 10;
+
+impl fmt::Display for SubnetEntries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clusters = self
+            .clusters
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &self.cluster {
+            Some(c) => {
+                write!(
+                    f,
+                    "this cluster ({c}): {} live, {} held; other clusters: {}",
+                    self.live,
+                    self.held.len(),
+                    if clusters.is_empty() {
+                        "none"
+                    } else {
+                        &clusters
+                    }
+                )?;
+            }
+            None => write!(
+                f,
+                "clusters seen: {}",
+                if clusters.is_empty() {
+                    "none"
+                } else {
+                    &clusters
+                }
+            )?,
+        }
+        write!(
+            f,
+            "; unmarked {}; unparseable overlay- markers {}",
+            self.unmarked,
+            self.unparseable.len()
+        )?;
+        let now = SystemTime::now();
+        for h in self.held.iter().take(LISTED) {
+            write!(
+                f,
+                "\n      held {} ({}) until {}{}",
+                h.address,
+                h.node,
+                humantime::format_rfc3339_seconds(h.until),
+                if h.until <= now { " (expired)" } else { "" }
+            )?;
+        }
+        if self.held.len() > LISTED {
+            write!(f, "\n      ... and {} more held", self.held.len() - LISTED)?;
+        }
+        for (ip, d) in self.unparseable.iter().take(LISTED) {
+            write!(f, "\n      unparseable {ip}: {d:?}")?;
+        }
+        if self.unparseable.len() > LISTED {
+            write!(
+                f,
+                "\n      ... and {} more unparseable",
+                self.unparseable.len() - LISTED
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// One zone.
@@ -68,6 +207,9 @@ pub struct CheckReport {
     pub backend: String,
     /// Whether the backend could be reached and logged into.
     pub connection: Verdict,
+    /// What the configuration exposes (plain http, unchecked TLS): see
+    /// [`crate::phpipam::PhpIpamConfig::security_warnings`].
+    pub warnings: Vec<String>,
     /// Per zone.
     pub zones: Vec<ZoneCheck>,
 }
@@ -86,6 +228,9 @@ impl CheckReport {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "backend {}: {}", self.backend, self.connection)?;
+        for w in &self.warnings {
+            writeln!(f, "WARNING: {w}")?;
+        }
         for z in &self.zones {
             writeln!(f, "zone {}: {}", z.zone, z.verdict)?;
             for s in &z.subnets {
@@ -99,6 +244,9 @@ impl fmt::Display for CheckReport {
                         s.gateway.map_or("none".to_string(), |g| g.to_string()),
                         s.free.map_or("?".to_string(), |n| n.to_string()),
                     )?,
+                }
+                if let Some(e) = &s.entries {
+                    writeln!(f, "    entries: {e}")?;
                 }
             }
         }
@@ -133,34 +281,25 @@ fn zone_verdict(subnets: &[SubnetCheck]) -> Verdict {
 }
 
 /// Read-only check of `config` against its IPAM: login works, every subnet
-/// exists, has a gateway, and how many addresses are free, with a verdict
-/// per zone. Nothing is reserved. `credentials` overrides the environment
-/// for phpIPAM.
+/// exists, has a gateway, how many addresses are free, and (phpIPAM) its
+/// entries by class, compared with `cluster` (see [`SubnetEntries`]), with
+/// a verdict per zone. Nothing is reserved. `credentials` overrides the
+/// environment for phpIPAM.
 pub async fn check(
     config: &ControllerConfig,
     credentials: Option<Credentials>,
+    cluster: Option<&str>,
 ) -> Result<CheckReport, ConfigError> {
     config.validate()?;
-    if let Some(p) = &config.php_ipam {
-        // Build through the config for its error mapping, then again as
-        // the concrete type (cheap: no network yet).
-        config.build_with(credentials.clone())?;
-        let creds = match credentials {
-            Some(c) => c,
-            None => Credentials::resolve(p).map_err(|(field, problem)| ConfigError {
-                file: config.source.clone(),
-                field: format!("phpIPAM.{field}"),
-                problem,
-            })?,
-        };
-        let backend =
-            // A read-only check: without a cluster id it only reports.
-            PhpIpamBackend::new(p, config.cluster_id.as_deref().unwrap_or("-"), creds).map_err(|e| ConfigError {
-                file: config.source.clone(),
-                field: "phpIPAM".into(),
-                problem: e.to_string(),
-            })?;
-        return Ok(check_phpipam(&backend).await);
+    // A read-only check needs no cluster id of its own: it only compares
+    // markers with `cluster`.
+    let mut config = config.clone();
+    config.cluster_id.get_or_insert_with(|| "overlay-check".into());
+    let config = &config;
+    if let (Some(p), Some(backend)) = (&config.php_ipam, config.build_phpipam(credentials)?) {
+        let mut report = check_phpipam(&backend, cluster).await;
+        report.warnings = p.security_warnings();
+        return Ok(report);
     }
     let backend = config.build()?;
     let mut zones = Vec::new();
@@ -179,6 +318,7 @@ pub async fn check(
                         free: Some(
                             u64::try_from(p.capacity().saturating_sub(used)).unwrap_or(u64::MAX),
                         ),
+                        entries: None,
                         error: None,
                     }
                 })
@@ -196,12 +336,14 @@ pub async fn check(
             Ok(_) => Verdict::Ok,
             Err(e) => Verdict::Failed(e.to_string()),
         },
+        warnings: Vec::new(),
         zones,
     })
 }
 
-/// [`check`] for an already built phpIPAM backend.
-pub async fn check_phpipam(backend: &PhpIpamBackend) -> CheckReport {
+/// [`check`] for an already built phpIPAM backend (without the
+/// configuration's security warnings).
+pub async fn check_phpipam(backend: &PhpIpamBackend, cluster: Option<&str>) -> CheckReport {
     let connection = match backend.check_login().await {
         Ok(()) => Verdict::Ok,
         Err(e) => Verdict::Failed(e.to_string()),
@@ -216,6 +358,7 @@ pub async fn check_phpipam(backend: &PhpIpamBackend) -> CheckReport {
                     network: None,
                     gateway: None,
                     free: None,
+                    entries: None,
                     error: None,
                 };
                 match backend.subnet_info(id).await {
@@ -225,6 +368,12 @@ pub async fn check_phpipam(backend: &PhpIpamBackend) -> CheckReport {
                         match backend.subnet_free(id).await {
                             Ok(n) => s.free = Some(n),
                             Err(e) => s.error = Some(e.to_string()),
+                        }
+                        match backend.subnet_entries(id).await {
+                            Ok(list) => s.entries = Some(SubnetEntries::classify(&list, cluster)),
+                            Err(e) => {
+                                s.error.get_or_insert(e.to_string());
+                            }
                         }
                     }
                     Err(e) => s.error = Some(e.to_string()),
@@ -241,6 +390,7 @@ pub async fn check_phpipam(backend: &PhpIpamBackend) -> CheckReport {
     CheckReport {
         backend: "phpipam".into(),
         connection,
+        warnings: Vec::new(),
         zones,
     }
 }
@@ -271,7 +421,7 @@ pub async fn conformance(
     let mut scratch = config.clone();
     let scratch_id = format!("overlay-conformance-{stamp}");
     scratch.cluster_id = Some(scratch_id.clone());
-    let health = check(&scratch, credentials.clone()).await?;
+    let health = check(&scratch, credentials.clone(), Some(&scratch_id)).await?;
     if let Verdict::Failed(e) = &health.connection {
         return Err(zone_err(format!("cannot reach the IPAM: {e}")));
     }

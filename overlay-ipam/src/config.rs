@@ -247,6 +247,49 @@ impl ControllerConfig {
         self.build_with(None)
     }
 
+    fn ipam_error(&self, section: &str, e: IpamError) -> ConfigError {
+        match e {
+            IpamError::Invalid(p) => {
+                let field = if p.field.starts_with(section) || p.field == "clusterId" {
+                    p.field
+                } else {
+                    format!("{section}.{}", p.field)
+                };
+                self.err(field, p.reason)
+            }
+            other => self.err(section, other.to_string()),
+        }
+    }
+
+    /// Builds the phpIPAM backend as its concrete type, for what only it
+    /// offers (its IP-block watch, [`PhpIpamBackend::blocked`], for an
+    /// Event and a metric); `None` when the file configures embedded pools.
+    /// `credentials` (when given) are used instead of the environment. The
+    /// `Arc` coerces to `Arc<dyn IpamBackend>`.
+    pub fn build_phpipam(
+        &self,
+        credentials: Option<Credentials>,
+    ) -> Result<Option<Arc<PhpIpamBackend>>, ConfigError> {
+        self.validate()?;
+        let Some(p) = &self.php_ipam else {
+            return Ok(None);
+        };
+        let Some(cluster) = self.cluster_id.as_deref() else {
+            return Err(self.err(
+                "clusterId",
+                "not set, and not derived yet: the controller derives it from the cluster (kube-system Namespace UID) before building the backend; tools without cluster access need clusterId or --cluster-id",
+            ));
+        };
+        let creds = match credentials {
+            Some(c) => c,
+            None => Credentials::resolve(p)
+                .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?,
+        };
+        let backend = PhpIpamBackend::new(p, cluster, creds)
+            .map_err(|e| self.ipam_error("phpIPAM", e))?;
+        Ok(Some(Arc::new(backend)))
+    }
+
     /// Builds the configured backend; `credentials` (when given) are used
     /// for phpIPAM instead of the environment.
     pub fn build_with(
@@ -254,35 +297,10 @@ impl ControllerConfig {
         credentials: Option<Credentials>,
     ) -> Result<Arc<dyn IpamBackend>, ConfigError> {
         self.validate()?;
-        let from_ipam = |section: &str, e: IpamError| -> ConfigError {
-            match e {
-                IpamError::Invalid(p) => {
-                    let field = if p.field.starts_with(section) || p.field == "clusterId" {
-                        p.field
-                    } else {
-                        format!("{section}.{}", p.field)
-                    };
-                    self.err(field, p.reason)
-                }
-                other => self.err(section, other.to_string()),
-            }
-        };
-        if let Some(p) = &self.php_ipam {
-            let Some(cluster) = self.cluster_id.as_deref() else {
-                return Err(self.err(
-                    "clusterId",
-                    "not set, and not derived yet: the controller derives it from the cluster (kube-system Namespace UID) before building the backend; tools without cluster access need clusterId or --cluster-id",
-                ));
-            };
-            let creds = match credentials {
-                Some(c) => c,
-                None => Credentials::resolve(p)
-                    .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?,
-            };
-            let backend =
-                PhpIpamBackend::new(p, cluster, creds).map_err(|e| from_ipam("phpIPAM", e))?;
-            return Ok(Arc::new(backend));
+        if let Some(backend) = self.build_phpipam(credentials)? {
+            return Ok(backend);
         }
+        let from_ipam = |section: &str, e: IpamError| self.ipam_error(section, e);
         if let Some(e) = &self.embedded {
             let pools = e.pools();
             return match &e.state_file {
@@ -399,6 +417,31 @@ mod tests {
             let e = cfg.build().err().unwrap();
             assert_eq!(e.field, "phpIPAM.usernameFile");
         }
+    }
+
+    #[test]
+    fn the_phpipam_backend_is_available_as_its_own_type() {
+        let creds = || {
+            Some(Credentials::User {
+                username: "u".into(),
+                password: crate::phpipam::Secret::new("p"),
+            })
+        };
+        let php = ControllerConfig::php_ipam(
+            "c1",
+            PhpIpamConfig::new("https://ipam.example.invalid", "iks").with_zone("dal10", [7]),
+        );
+        let backend = php.build_phpipam(creds()).unwrap().unwrap();
+        assert_eq!(backend.cluster(), "c1");
+        assert!(backend.blocked().borrow().is_none());
+        let as_dyn: Arc<dyn IpamBackend> = backend;
+        assert_eq!(as_dyn.name(), "phpipam");
+        let mem = ControllerConfig::from_yaml(
+            "cfg.yaml",
+            "embedded:\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
+        )
+        .unwrap();
+        assert!(mem.build_phpipam(creds()).unwrap().is_none());
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! sliding expiry, the login-failure IP block, read-only apps, and
 //! `first_free` allocation under a lock with a unique (ip, subnet) key.
 //!
-//! Tests can add latency, inject faults ([`Fault`]) and count requests.
+//! Tests can add latency, inject faults ([`Fault`]: also faults that strike
+//! after the request was committed, as a timeout or a cut connection does on
+//! a real network), shorten the login-failure block
+//! ([`EmulatorConfig::login_block`]), change passwords and count requests.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,8 +27,9 @@
 //! ```
 //!
 //! Known differences: only JSON responses (no XML mode), no TLS (so apps
-//! with `ssl_code` security are served over plain HTTP), and only the
-//! `user`, `subnets` and `addresses` controllers.
+//! with `ssl_code` security are served over plain HTTP), only the `user`,
+//! `subnets` and `addresses` controllers, and a shortened login block (when
+//! a test asks for one) is named in seconds in the block message.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -115,6 +119,14 @@ pub struct EmulatorConfig {
     pub latency: Duration,
     /// Token lifetime (sliding), 6 hours by default.
     pub token_lifetime: Duration,
+    /// How long the client IP stays blocked after
+    /// [`LOGIN_FAILURES_BEFORE_BLOCK`] failed logins: 5 minutes, as on a
+    /// real server, whose message then reads `Your IP has been blocked for
+    /// 5 minutes because of excessive login failures`. Tests may shorten
+    /// it; the message then names the configured time (`for 2 seconds`
+    /// when it is not a whole number of minutes), which a real server never
+    /// does.
+    pub login_block: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -173,6 +185,7 @@ impl Default for EmulatorConfig {
             ],
             latency: Duration::ZERO,
             token_lifetime: Duration::from_secs(6 * 3600),
+            login_block: BLOCK_WINDOW,
         }
     }
 }
@@ -189,6 +202,14 @@ pub enum Fault {
     Slow(Duration),
     /// Every token expires just before the request is handled.
     ExpireToken,
+    /// The request is handled (an allocation is committed), then the
+    /// connection is cut halfway through the reply body: the client cannot
+    /// know whether the call took effect.
+    CutAfterCommit,
+    /// The request is handled (an allocation is committed), then the reply
+    /// is held back this long: a client with a shorter timeout gives up
+    /// although the call took effect.
+    SlowAfterCommit(Duration),
 }
 
 /// An address as the emulator stores it.
@@ -238,6 +259,7 @@ struct Db {
     next_id: u64,
     failures: u32,
     last_failure: Option<Instant>,
+    block_window: Duration,
     rng: u64,
 }
 
@@ -300,6 +322,7 @@ impl Emulator {
             next_id: 1,
             failures: 0,
             last_failure: None,
+            block_window: config.login_block,
             rng: seed(),
         };
         for spec in config.subnets {
@@ -394,6 +417,20 @@ impl Emulator {
         let mut db = lock(&self.inner.db);
         db.failures = 0;
         db.last_failure = None;
+    }
+
+    /// Changes a user's password (as an administrator would, e.g. when the
+    /// credentials are rotated). The user's token stays valid, as on a real
+    /// server; see [`Emulator::expire_tokens`]. Returns whether the user
+    /// exists.
+    pub fn set_password(&self, username: &str, password: &str) -> bool {
+        match lock(&self.inner.db).users.get_mut(username) {
+            Some(u) => {
+                u.password = password.to_string();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sets the manual `isFull` flag of a subnet.
@@ -514,11 +551,32 @@ impl Db {
         }
     }
 
-    fn blocked(&self) -> bool {
+    /// Forgets failed logins older than the block window (phpIPAM purges
+    /// its `loginAttempts` rows after 5 minutes).
+    fn purge_login_failures(&mut self) {
+        if self
+            .last_failure
+            .is_some_and(|t| t.elapsed() >= self.block_window)
+        {
+            self.failures = 0;
+            self.last_failure = None;
+        }
+    }
+
+    fn blocked(&mut self) -> bool {
+        self.purge_login_failures();
         self.failures >= LOGIN_FAILURES_BEFORE_BLOCK
-            && self
-                .last_failure
-                .is_some_and(|t| t.elapsed() < BLOCK_WINDOW)
+    }
+
+    fn block_message(&self) -> String {
+        let secs = self.block_window.as_secs();
+        let span = if secs >= 60 && secs.is_multiple_of(60) {
+            let m = secs / 60;
+            format!("{m} minute{}", if m == 1 { "" } else { "s" })
+        } else {
+            format!("{secs} second{}", if secs == 1 { "" } else { "s" })
+        };
+        format!("Your IP has been blocked for {span} because of excessive login failures")
     }
 
     fn find_ip(&self, subnet_id: u64, ip: Ipv4Addr) -> Option<&EmulatedAddress> {
@@ -897,6 +955,7 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let fault = lock(&inner.faults).pop_front();
+    let mut after_commit = None;
     match fault {
         Some(Fault::Refuse) => {
             let failing = futures::stream::once(async {
@@ -907,6 +966,7 @@ async fn handle(
         Some(Fault::ServerError) => return render(Reply::fatal(), false),
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::ExpireToken) => lock(&inner.db).expire_tokens(),
+        Some(f @ (Fault::CutAfterCommit | Fault::SlowAfterCommit(_))) => after_commit = Some(f),
         None => {}
     }
     let stringify = headers
@@ -916,7 +976,33 @@ async fn handle(
         let mut db = lock(&inner.db);
         dispatch(&inner, &mut db, &method, &segments, &headers, &body)
     };
-    render(reply, stringify)
+    let response = render(reply, stringify);
+    match after_commit {
+        Some(Fault::SlowAfterCommit(d)) => {
+            tokio::time::sleep(d).await;
+            response
+        }
+        Some(Fault::CutAfterCommit) => cut_short(response).await,
+        _ => response,
+    }
+}
+
+/// The same status and headers, but the body breaks off halfway.
+async fn cut_short(response: Response) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let stream = futures::stream::iter([Ok::<Bytes, std::io::Error>(half)]).chain(
+        futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("emulated connection cut"))
+        }),
+    );
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -1040,10 +1126,7 @@ fn dispatch(
     body: &Bytes,
 ) -> Reply {
     if db.blocked() {
-        return Reply::msg(
-            500,
-            "Your IP has been blocked for 5 minutes because of excessive login failures",
-        );
+        return Reply::msg(500, &db.block_message());
     }
     if seg.first().map(String::as_str) != Some("api") || seg.len() < 2 {
         return Reply::msg(400, "Invalid application id");
@@ -1114,6 +1197,7 @@ fn user_controller(inner: &Inner, db: &mut Db, method: &Method, headers: &Header
         let lifetime = inner.token_lifetime;
         let ok = db.users.get(&user).is_some_and(|u| u.password == pass);
         if !ok {
+            db.purge_login_failures();
             db.failures += 1;
             db.last_failure = Some(Instant::now());
             return Reply::msg(500, "Invalid username or password");

@@ -8,38 +8,66 @@
 //!   [`IpamError::Auth`] and remembered for [`AUTH_FAILURE_HOLD`]: calls in
 //!   that window fail at once without contacting the server, so the
 //!   server's IP block (11 failed logins in 5 minutes) is never reached.
-//! - **reserve**: an index of the zone's subnets (owner marker in the
-//!   description → address), loaded with one listing per subnet and
+//!   Credentials read from files (`usernameFile`, `passwordFile`,
+//!   `appCodeFile`: a mounted Secret) are read again at every login attempt,
+//!   and a remembered refusal is forgotten as soon as their content changes,
+//!   so a rotated Secret is picked up without a restart.
+//! - **IP block**: when phpIPAM answers `Your IP has been blocked for N
+//!   minutes because of excessive login failures`, no request (and no login)
+//!   is sent until the block ends: calls fail at once with
+//!   [`IpamError::Unavailable`] naming the end of the block. One error is
+//!   logged per block; [`PhpIpamBackend::blocked`] and
+//!   [`PhpIpamBackend::blocks`] expose it for events and metrics.
+//! - **Redirects** are never followed (the token header would go along): a
+//!   3xx is a [`IpamError::Rejected`] naming the `Location` to put in `url`.
+//! - **reserve**: an index of the zone's subnets (owner → this cluster's
+//!   live and held entries), loaded with one listing per subnet and
 //!   refreshed when older than `ownerIndexMaxAgeSeconds`, answers "does this
-//!   owner already hold an address"; otherwise `POST
-//!   addresses/first_free/{subnet}` with `hostname` = node, `description` =
-//!   owner marker, falling through to the next subnet on `No free addresses
-//!   found`. Subnet prefix and gateway are cached, and a subnet seen full
-//!   is tried last (until we release in it or the hint ages out), so a new
-//!   reservation costs one request once the caches are warm.
-//! - **release**: `DELETE addresses/{id}`; already gone is success.
-//! - **lookup**: `GET addresses/search_hostname/{node}` filtered by marker
-//!   (authoritative, not cached).
-//! - **list**: every address with this cluster's owner marker in the
+//!   owner already hold an address"; its lowest live address is returned,
+//!   else its held address (released within the hold-down) is made live
+//!   again (`PATCH` of the description back to the owner marker); otherwise
+//!   `POST addresses/first_free/{subnet}` with `hostname` = node,
+//!   `description` = owner marker, falling through to the next subnet on `No
+//!   free addresses found`. Subnet prefix and gateway are cached, and a
+//!   subnet seen full is tried last (until we free an address in it or the
+//!   hint ages out), so a new reservation costs one request once the caches
+//!   are warm. After an allocation call that failed ambiguously (timeout,
+//!   cut reply, 5xx: the server may have committed), the owner's next
+//!   reserve first searches the owner afresh (`GET
+//!   addresses/search_hostname/{node}`), so a lost reply never turns into a
+//!   second address.
+//! - **release**: the entry is read (`GET addresses/{id}`) and changed only
+//!   when it still carries the owner's marker: with a zero hold it is
+//!   deleted, otherwise its description becomes the held marker
+//!   (`overlay-held:<cluster>/<node> until=<RFC 3339>`), which keeps the
+//!   address from every other owner (phpIPAM never hands out an existing
+//!   entry). Already gone is success.
+//! - **lookup** / **lookup_all**: `GET addresses/search_hostname/{node}`
+//!   (authoritative, not cached, every subnet) filtered by exact marker; a
+//!   reservation in a subnet no longer in `subnetMap` gets the zone
+//!   `unmapped-subnet-<id>` (see [`unmapped_zone`]).
+//! - **list**: every entry with this cluster's live or held marker in the
 //!   configured subnets.
 //!
 //! Tokens and passwords are never logged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
+use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use reqwest::Method;
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderValue, LOCATION};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, watch};
 
 const BACKEND: &str = "phpipam";
 
@@ -213,6 +241,36 @@ impl PhpIpamConfig {
         }
         Ok(())
     }
+
+    /// What this configuration exposes, one sentence each: a plain
+    /// `http://` URL (credentials and token in clear text) and
+    /// `insecureSkipTLSVerify` (the server's identity is not checked).
+    /// Empty for an `https://` URL with certificate checks. The backend
+    /// logs each as a warning when it is built; `overlayctl ipam check`
+    /// shows them.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let url = self.url.trim();
+        if url
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+        {
+            out.push(format!(
+                "phpIPAM.url {url} is plain http://: the API password (at every login), the \
+                 token or app code (on every request) and all address data cross the network \
+                 in clear text, readable and changeable by anyone on the path; use https://"
+            ));
+        }
+        if self.insecure_skip_tls_verify {
+            out.push(
+                "phpIPAM.insecureSkipTLSVerify is true: the server's certificate is not \
+                 checked, so anyone on the path can pose as phpIPAM and receive the password \
+                 and token; trust the server's CA with caFile instead"
+                    .to_string(),
+            );
+        }
+        out
+    }
 }
 
 /// A secret string; `Debug` and `Display` never show it.
@@ -236,6 +294,40 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where one credential comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A value fixed when the process started (an environment variable).
+    Value(Secret),
+    /// A file (a mounted Secret), read again at every login attempt.
+    File(PathBuf),
+}
+
+impl CredentialSource {
+    /// The current value (reads the file), trailing line breaks removed.
+    fn read(&self, field: &str) -> Result<Secret, (String, String)> {
+        match self {
+            CredentialSource::Value(v) => Ok(v.clone()),
+            CredentialSource::File(p) => read_secret_file(field, p),
+        }
+    }
+
+    fn is_file(&self) -> bool {
+        matches!(self, CredentialSource::File(_))
+    }
+}
+
+fn read_secret_file(field: &str, path: &Path) -> Result<Secret, (String, String)> {
+    std::fs::read_to_string(path)
+        .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_string()))
+        .map_err(|e| {
+            (
+                field.to_string(),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+}
+
 /// How the backend authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
@@ -248,13 +340,27 @@ pub enum Credentials {
     },
     /// A static app code (apps with `ssl_code` security), sent as the token.
     AppCode(Secret),
+    /// An API user whose name and password are taken from their sources at
+    /// every login attempt: files are read again, so a rotated Secret is
+    /// used without a restart.
+    UserFrom {
+        /// Where the user name comes from.
+        username: CredentialSource,
+        /// Where the password comes from.
+        password: CredentialSource,
+    },
+    /// A static app code read from a file; read again when the server
+    /// refuses the code in use.
+    AppCodeFile(PathBuf),
 }
 
 impl Credentials {
     /// Resolves credentials as a Kubernetes deployment provides them:
     /// `PHPIPAM_APP_CODE` or `appCodeFile` for an app code; otherwise
     /// `PHPIPAM_USERNAME`/`PHPIPAM_PASSWORD`, each falling back to
-    /// `usernameFile`/`passwordFile`. The error names what is missing.
+    /// `usernameFile`/`passwordFile`. Files are read once here (the error
+    /// names what is missing or unreadable) and again at every login (see
+    /// [`Credentials::UserFrom`]).
     pub fn resolve(config: &PhpIpamConfig) -> Result<Self, (String, String)> {
         Self::resolve_with(config, |k| std::env::var(k).ok())
     }
@@ -264,26 +370,17 @@ impl Credentials {
         config: &PhpIpamConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, (String, String)> {
-        let read = |field: &str, path: &Path| -> Result<String, (String, String)> {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| {
-                    (
-                        field.to_string(),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })
-        };
         let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
         if let Some(code) = nonempty(env(ENV_APP_CODE)) {
             return Ok(Self::AppCode(Secret(code)));
         }
         if let Some(p) = &config.app_code_file {
-            return Ok(Self::AppCode(Secret(read("appCodeFile", p)?)));
+            read_secret_file("appCodeFile", p)?;
+            return Ok(Self::AppCodeFile(p.clone()));
         }
         let username = match (nonempty(env(ENV_USERNAME)), &config.username_file) {
-            (Some(u), _) => u,
-            (None, Some(p)) => read("usernameFile", p)?,
+            (Some(u), _) => CredentialSource::Value(Secret(u)),
+            (None, Some(p)) => CredentialSource::File(p.clone()),
             (None, None) => {
                 return Err((
                     ENV_USERNAME.into(),
@@ -292,8 +389,8 @@ impl Credentials {
             }
         };
         let password = match (nonempty(env(ENV_PASSWORD)), &config.password_file) {
-            (Some(p), _) => p,
-            (None, Some(p)) => read("passwordFile", p)?,
+            (Some(p), _) => CredentialSource::Value(Secret(p)),
+            (None, Some(p)) => CredentialSource::File(p.clone()),
             (None, None) => {
                 return Err((
                     ENV_PASSWORD.into(),
@@ -301,10 +398,45 @@ impl Credentials {
                 ));
             }
         };
-        Ok(Self::User {
-            username,
-            password: Secret(password),
-        })
+        // Read now: a missing file is a configuration error at startup.
+        let user = username.read("usernameFile")?;
+        let pass = password.read("passwordFile")?;
+        match (username, password) {
+            (CredentialSource::Value(_), CredentialSource::Value(_)) => Ok(Self::User {
+                username: user.0,
+                password: pass,
+            }),
+            (username, password) => Ok(Self::UserFrom { username, password }),
+        }
+    }
+
+    /// True when some part is read from a file (and may change).
+    fn reads_files(&self) -> bool {
+        match self {
+            Credentials::User { .. } | Credentials::AppCode(_) => false,
+            Credentials::UserFrom { username, password } => {
+                username.is_file() || password.is_file()
+            }
+            Credentials::AppCodeFile(_) => true,
+        }
+    }
+
+    /// The user name and password as of now; `None` for app codes.
+    fn current_user(&self) -> Result<Option<(String, Secret)>, IpamError> {
+        let file_err = |(field, problem): (String, String)| {
+            unavailable("login", format!("phpIPAM.{field}: {problem}"))
+        };
+        match self {
+            Credentials::User { username, password } => {
+                Ok(Some((username.clone(), password.clone())))
+            }
+            Credentials::UserFrom { username, password } => {
+                let u = username.read("usernameFile").map_err(file_err)?;
+                let p = password.read("passwordFile").map_err(file_err)?;
+                Ok(Some((u.0, p)))
+            }
+            Credentials::AppCode(_) | Credentials::AppCodeFile(_) => Ok(None),
+        }
     }
 }
 
@@ -317,18 +449,23 @@ pub struct SubnetInfo {
     pub gateway: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone)]
+/// One entry of this cluster in phpIPAM, live or held.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Found {
     id: u64,
     ip: IpAddr,
     subnet: u64,
+    /// `Some` for a held (released, quarantined) entry.
+    held_until: Option<SystemTime>,
 }
 
 #[derive(Debug)]
 struct OwnerIndex {
     loaded_at: Instant,
     stale: bool,
-    entries: HashMap<Owner, Found>,
+    /// Owner → its live and held entries in the zone's subnets, lowest
+    /// address first.
+    entries: HashMap<Owner, Vec<Found>>,
 }
 
 #[derive(Debug, Default)]
@@ -340,18 +477,48 @@ struct ZoneState {
     loads: Mutex<(u64, Option<IpamError>)>,
 }
 
+/// A login the server refused, and with which credentials.
+#[derive(Debug)]
+struct FailedLogin {
+    at: Instant,
+    error: IpamError,
+    /// The credentials refused (compared with the files' content now).
+    with: Option<(String, Secret)>,
+}
+
 #[derive(Debug, Default)]
 struct TokenState {
     token: Option<Secret>,
     generation: u64,
-    /// A refused login, remembered for [`AUTH_FAILURE_HOLD`].
-    failed: Option<(Instant, IpamError)>,
+    /// A refused login, remembered for [`AUTH_FAILURE_HOLD`] (or until the
+    /// credential files change).
+    failed: Option<FailedLogin>,
     /// Login attempts so far, and how the last one failed: callers that
     /// waited for a login in flight share its failure instead of each
     /// trying again.
     attempts: u64,
     last_error: Option<IpamError>,
 }
+
+/// phpIPAM has blocked this client's IP address after too many failed
+/// logins (from this process or any other client behind the same address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// When the block ends (wall clock), as computed from the server's
+    /// message (`blocked for N minutes`, 5 when it names none).
+    pub until: SystemTime,
+    /// What the server said.
+    pub message: String,
+}
+
+#[derive(Debug)]
+struct BlockState {
+    ends: Instant,
+    info: Blocked,
+}
+
+/// How long phpIPAM blocks a client IP when its message names no time.
+pub const DEFAULT_BLOCK: Duration = Duration::from_secs(300);
 
 /// One decoded response.
 #[derive(Debug, Clone)]
@@ -362,12 +529,32 @@ struct ApiReply {
     data: Option<Value>,
 }
 
+/// One address entry of a subnet as phpIPAM lists it (for
+/// [`PhpIpamBackend::subnet_entries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressEntry {
+    /// phpIPAM address id.
+    pub id: u64,
+    /// The address.
+    pub ip: IpAddr,
+    /// phpIPAM subnet id.
+    pub subnet_id: u64,
+    /// The `hostname` field.
+    pub hostname: Option<String>,
+    /// The `description` field (where owner markers live).
+    pub description: Option<String>,
+    /// The subnet's gateway entry.
+    pub is_gateway: bool,
+}
+
 /// The phpIPAM [`IpamBackend`].
 pub struct PhpIpamBackend {
     base: String,
     cluster: String,
     zones: BTreeMap<Zone, Vec<u64>>,
     credentials: Credentials,
+    /// The app code last read from `appCodeFile`.
+    app_code: Mutex<Option<Secret>>,
     http: reqwest::Client,
     limiter: Semaphore,
     index_max_age: Duration,
@@ -377,8 +564,15 @@ pub struct PhpIpamBackend {
     zone_state: HashMap<Zone, ZoneState>,
     owner_locks: Mutex<HashMap<Owner, Arc<tokio::sync::Mutex<()>>>>,
     /// Subnets seen full, and when: tried last until the hint is older than
-    /// the owner index age or we release an address in them.
+    /// the owner index age or we free an address in them.
     full: Mutex<HashMap<u64, Instant>>,
+    /// Owners whose allocation call failed ambiguously: their next reserve
+    /// searches phpIPAM before allocating.
+    suspects: Mutex<HashSet<Owner>>,
+    /// The current IP block, if any.
+    block: Mutex<Option<BlockState>>,
+    block_tx: Arc<watch::Sender<Option<Blocked>>>,
+    blocks: AtomicU64,
 }
 
 impl fmt::Debug for PhpIpamBackend {
@@ -388,6 +582,39 @@ impl fmt::Debug for PhpIpamBackend {
             .field("cluster", &self.cluster)
             .field("zones", &self.zones)
             .finish_non_exhaustive()
+    }
+}
+
+/// The zone given to a reservation found in a subnet that no zone of
+/// `subnetMap` lists any more (a subnet removed from the configuration):
+/// `unmapped-subnet-<id>`. Such reservations are found by `lookup_all` and
+/// released like any other; `reserve` never allocates there.
+pub fn unmapped_zone(subnet: u64) -> Result<Zone, IpamError> {
+    Ok(Zone::parse("zone", &format!("unmapped-subnet-{subnet}"))?)
+}
+
+/// Parses the block time out of phpIPAM's `Your IP has been blocked for 5
+/// minutes ...` (also `N seconds`); [`DEFAULT_BLOCK`] when it names none.
+pub fn block_duration(message: &str) -> Duration {
+    let Some(rest) = message.split("blocked for ").nth(1) else {
+        return DEFAULT_BLOCK;
+    };
+    let mut words = rest.split_whitespace();
+    let (Some(n), Some(unit)) = (words.next(), words.next()) else {
+        return DEFAULT_BLOCK;
+    };
+    let Ok(n) = n.parse::<u64>() else {
+        return DEFAULT_BLOCK;
+    };
+    let unit = unit.to_ascii_lowercase();
+    if unit.starts_with("second") {
+        Duration::from_secs(n)
+    } else if unit.starts_with("hour") {
+        Duration::from_secs(n.saturating_mul(3600))
+    } else if unit.starts_with("minute") {
+        Duration::from_secs(n.saturating_mul(60))
+    } else {
+        DEFAULT_BLOCK
     }
 }
 
@@ -496,7 +723,8 @@ fn as_u8(v: &Value) -> Option<u8> {
 
 impl PhpIpamBackend {
     /// Builds the backend. `cluster` is this cluster's id, written into the
-    /// owner marker; `list` returns only this cluster's reservations.
+    /// owner marker; `list` returns only this cluster's reservations. Each
+    /// of [`PhpIpamConfig::security_warnings`] is logged as a warning.
     pub fn new(
         config: &PhpIpamConfig,
         cluster: &str,
@@ -522,6 +750,8 @@ impl PhpIpamBackend {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_seconds))
             .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
+            // A redirect would carry the token header to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("overlay-ipam/", env!("CARGO_PKG_VERSION")));
         if config.insecure_skip_tls_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
@@ -557,15 +787,20 @@ impl PhpIpamBackend {
             config.url.trim().trim_end_matches('/'),
             config.app_id.trim()
         );
+        for warning in config.security_warnings() {
+            tracing::warn!(backend = BACKEND, url = %config.url.trim(), "{warning}");
+        }
         let zone_state = zones
             .keys()
             .map(|z| (z.clone(), ZoneState::default()))
             .collect();
+        let (block_tx, _) = watch::channel(None);
         Ok(Self {
             base,
             cluster: cluster.to_string(),
             zones,
             credentials,
+            app_code: Mutex::new(None),
             http,
             limiter: Semaphore::new(config.max_concurrent_requests),
             index_max_age: Duration::from_secs(config.owner_index_max_age_seconds),
@@ -575,6 +810,10 @@ impl PhpIpamBackend {
             zone_state,
             owner_locks: Mutex::new(HashMap::new()),
             full: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashSet::new()),
+            block: Mutex::new(None),
+            block_tx: Arc::new(block_tx),
+            blocks: AtomicU64::new(0),
         })
     }
 
@@ -588,6 +827,17 @@ impl PhpIpamBackend {
         &self.zones
     }
 
+    /// The current phpIPAM IP block: `Some` from the reply that reported it
+    /// until it ends. For raising an Event or setting a gauge.
+    pub fn blocked(&self) -> watch::Receiver<Option<Blocked>> {
+        self.block_tx.subscribe()
+    }
+
+    /// How many IP blocks this backend has run into (for a counter).
+    pub fn blocks(&self) -> u64 {
+        self.blocks.load(Ordering::Relaxed)
+    }
+
     fn zone_subnets(&self, zone: &Zone) -> Result<&[u64], IpamError> {
         self.zones
             .get(zone)
@@ -597,6 +847,89 @@ impl PhpIpamBackend {
                 known: self.zones.keys().map(Zone::to_string).collect(),
             })
     }
+
+    // --- the IP block -----------------------------------------------------
+
+    fn is_blocked(&self) -> bool {
+        lock(&self.block)
+            .as_ref()
+            .is_some_and(|b| Instant::now() < b.ends)
+    }
+
+    /// Fails at once while phpIPAM blocks us: nothing is sent.
+    fn check_blocked(&self, call: &str) -> Result<(), IpamError> {
+        let mut b = lock(&self.block);
+        let Some(st) = b.as_ref() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < st.ends {
+            let left = st.ends.saturating_duration_since(now).as_secs().max(1);
+            return Err(unavailable(
+                call,
+                format!(
+                    "not sent: phpIPAM has blocked this client's IP address until {} (another {left} s) because of excessive login failures (it said {:?}); no request or login is sent before then; check the credentials of every client behind this address",
+                    humantime::format_rfc3339_seconds(st.info.until),
+                    st.info.message
+                ),
+            ));
+        }
+        *b = None;
+        drop(b);
+        self.block_tx.send_if_modified(|v| v.take().is_some());
+        tracing::info!(
+            backend = BACKEND,
+            "phpIPAM IP block is over; sending requests again"
+        );
+        Ok(())
+    }
+
+    /// Records a block reported by the server: one error log per block.
+    fn note_block(&self, call: &str, message: &str) {
+        let d = block_duration(message).min(Duration::from_secs(86_400));
+        let now = Instant::now();
+        let mut b = lock(&self.block);
+        if b.as_ref().is_some_and(|st| now < st.ends) {
+            return;
+        }
+        let info = Blocked {
+            until: SystemTime::now()
+                .checked_add(d)
+                .unwrap_or_else(SystemTime::now),
+            message: message.to_string(),
+        };
+        *b = Some(BlockState {
+            ends: now.checked_add(d).unwrap_or(now),
+            info: info.clone(),
+        });
+        drop(b);
+        let n = self.blocks.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(
+            backend = BACKEND,
+            call,
+            until = %humantime::format_rfc3339_seconds(info.until),
+            blocks = n,
+            server_message = %message,
+            "phpIPAM blocked this client's IP address because of excessive login failures; no request or login is sent until the block ends: check the credentials of every client behind this address"
+        );
+        self.block_tx.send_replace(Some(info.clone()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tx = self.block_tx.clone();
+            let until = info.until;
+            rt.spawn(async move {
+                tokio::time::sleep(d).await;
+                tx.send_if_modified(|v| {
+                    let same = v.as_ref().is_some_and(|b| b.until == until);
+                    if same {
+                        *v = None;
+                    }
+                    same
+                });
+            });
+        }
+    }
+
+    // --- requests -----------------------------------------------------------
 
     /// Sends one request; transport failures are `Unavailable`.
     async fn send(
@@ -608,11 +941,14 @@ impl PhpIpamBackend {
         basic: Option<(&str, &Secret)>,
         call: &str,
     ) -> Result<ApiReply, IpamError> {
+        self.check_blocked(call)?;
         let _permit = self
             .limiter
             .acquire()
             .await
             .map_err(|_| unavailable(call, "backend is shutting down"))?;
+        // A block may have been reported while this call waited its turn.
+        self.check_blocked(call)?;
         let url = format!("{}/{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = token {
@@ -638,11 +974,22 @@ impl PhpIpamBackend {
             unavailable(call, format!("{kind}: {}", without_url(&e)))
         })?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            return Err(redirected(call, status, &location));
+        }
         let bytes = resp.bytes().await.map_err(|e| {
-            unavailable(
-                call,
-                format!("reading the response failed: {}", without_url(&e)),
-            )
+            let kind = if e.is_timeout() {
+                "timed out reading the response"
+            } else {
+                "reading the response failed"
+            };
+            unavailable(call, format!("{kind}: {}", without_url(&e)))
         })?;
         let reply = match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(mut o)) => ApiReply {
@@ -663,15 +1010,46 @@ impl PhpIpamBackend {
             },
         };
         tracing::debug!(backend = BACKEND, call, status, message = %reply.message, "phpIPAM reply");
+        if status == 500 && reply.message.contains("has been blocked") {
+            self.note_block(call, &reply.message);
+        }
         Ok(reply)
+    }
+
+    /// The app code of `appCodeFile` (read once, again when refused).
+    fn app_code(&self, path: &Path) -> Result<Secret, IpamError> {
+        if let Some(c) = lock(&self.app_code).clone() {
+            return Ok(c);
+        }
+        let c = read_secret_file("appCodeFile", path)
+            .map_err(|(f, p)| unavailable("login", format!("phpIPAM.{f}: {p}")))?;
+        *lock(&self.app_code) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Reads `appCodeFile` again; true when it holds a new code.
+    fn reread_app_code(&self) -> bool {
+        let Credentials::AppCodeFile(path) = &self.credentials else {
+            return false;
+        };
+        match read_secret_file("appCodeFile", path) {
+            Ok(c) => {
+                let mut cur = lock(&self.app_code);
+                let changed = cur.as_ref() != Some(&c);
+                *cur = Some(c);
+                changed
+            }
+            Err(_) => false,
+        }
     }
 
     /// A valid token (logging in if needed, one login at a time).
     async fn token(&self) -> Result<(u64, Secret), IpamError> {
-        let (username, password) = match &self.credentials {
+        match &self.credentials {
             Credentials::AppCode(code) => return Ok((0, code.clone())),
-            Credentials::User { username, password } => (username, password),
-        };
+            Credentials::AppCodeFile(path) => return self.app_code(path).map(|c| (0, c)),
+            Credentials::User { .. } | Credentials::UserFrom { .. } => {}
+        }
         if let Some(t) = self.current_token()? {
             return Ok(t);
         }
@@ -689,8 +1067,13 @@ impl PhpIpamBackend {
                 return Err(e.clone());
             }
         }
+        self.check_blocked("login")?;
+        // Read now: files of a rotated Secret are picked up at every login.
+        let Some((username, password)) = self.credentials.current_user()? else {
+            return Err(rejected("login", "no user credentials"));
+        };
         tracing::info!(backend = BACKEND, user = %username, "logging in to phpIPAM");
-        let result = self.login_once(username, password).await;
+        let result = self.login_once(&username, &password).await;
         let mut s = lock(&self.token);
         s.attempts += 1;
         match result {
@@ -703,9 +1086,14 @@ impl PhpIpamBackend {
             }
             Err(err) => {
                 if matches!(err, IpamError::Auth { .. } | IpamError::Rejected { .. }) {
-                    tracing::error!(backend = BACKEND, user = %username, error = %err, "phpIPAM login refused; not retrying for {} s", AUTH_FAILURE_HOLD.as_secs());
-                    s.failed = Some((Instant::now(), err.clone()));
-                } else {
+                    tracing::error!(backend = BACKEND, user = %username, error = %err, "phpIPAM login refused; not retrying for {} s or until the credential files change", AUTH_FAILURE_HOLD.as_secs());
+                    s.failed = Some(FailedLogin {
+                        at: Instant::now(),
+                        error: err.clone(),
+                        with: Some((username, password)),
+                    });
+                } else if !self.is_blocked() {
+                    // (A block was logged once already.)
                     tracing::warn!(backend = BACKEND, user = %username, error = %err, "phpIPAM login failed");
                 }
                 s.last_error = Some(err.clone());
@@ -741,17 +1129,40 @@ impl PhpIpamBackend {
         }
     }
 
+    /// The token in use; the remembered refusal while it holds (forgotten
+    /// when the credential files changed since).
     fn current_token(&self) -> Result<Option<(u64, Secret)>, IpamError> {
-        let s = lock(&self.token);
-        if let Some(t) = &s.token {
-            return Ok(Some((s.generation, t.clone())));
+        let refused_with = {
+            let s = lock(&self.token);
+            if let Some(t) = &s.token {
+                return Ok(Some((s.generation, t.clone())));
+            }
+            match &s.failed {
+                Some(f) if f.at.elapsed() < AUTH_FAILURE_HOLD => {
+                    if !self.credentials.reads_files() {
+                        return Err(f.error.clone());
+                    }
+                    (f.with.clone(), f.error.clone())
+                }
+                _ => return Ok(None),
+            }
+        };
+        // Read the files outside the lock.
+        match self.credentials.current_user() {
+            Ok(now) if now != refused_with.0 => {
+                let mut s = lock(&self.token);
+                if s.failed.is_some() {
+                    tracing::info!(
+                        backend = BACKEND,
+                        "the credential files changed since the refused login; logging in again"
+                    );
+                    s.failed = None;
+                    s.last_error = None;
+                }
+                Ok(None)
+            }
+            _ => Err(refused_with.1),
         }
-        if let Some((at, err)) = &s.failed
-            && at.elapsed() < AUTH_FAILURE_HOLD
-        {
-            return Err(err.clone());
-        }
-        Ok(None)
     }
 
     fn drop_token(&self, generation: u64) {
@@ -770,15 +1181,29 @@ impl PhpIpamBackend {
         call: &str,
     ) -> Result<ApiReply, IpamError> {
         for attempt in 0..2 {
+            self.check_blocked(call)?;
             let (generation, token) = self.token().await?;
             let reply = self
                 .send(method.clone(), path, body, Some(&token), None, call)
                 .await?;
             let token_error = reply.status == 401 && reply.message == "Unauthorized";
-            if token_error && attempt == 0 && matches!(self.credentials, Credentials::User { .. }) {
-                tracing::info!(backend = BACKEND, call, "token refused; logging in again");
-                self.drop_token(generation);
-                continue;
+            if token_error && attempt == 0 {
+                match &self.credentials {
+                    Credentials::User { .. } | Credentials::UserFrom { .. } => {
+                        tracing::info!(backend = BACKEND, call, "token refused; logging in again");
+                        self.drop_token(generation);
+                        continue;
+                    }
+                    Credentials::AppCodeFile(_) if self.reread_app_code() => {
+                        tracing::info!(
+                            backend = BACKEND,
+                            call,
+                            "app code refused; appCodeFile holds a new one, retrying"
+                        );
+                        continue;
+                    }
+                    Credentials::AppCode(_) | Credentials::AppCodeFile(_) => {}
+                }
             }
             return Ok(reply);
         }
@@ -791,21 +1216,18 @@ impl PhpIpamBackend {
 
     /// Logs in (or reuses the token): checks URL, app id and credentials.
     pub async fn check_login(&self) -> Result<(), IpamError> {
-        let (_, token) = self.token().await?;
-        if matches!(self.credentials, Credentials::AppCode(_)) {
+        self.token().await?;
+        if matches!(
+            self.credentials,
+            Credentials::AppCode(_) | Credentials::AppCodeFile(_)
+        ) {
             // No login call for app codes: prove the code with a read.
+            let call = "GET addresses/tags";
             let r = self
-                .send(
-                    Method::GET,
-                    "addresses/tags/",
-                    None,
-                    Some(&token),
-                    None,
-                    "GET addresses/tags",
-                )
+                .call(Method::GET, "addresses/tags/", None, call)
                 .await?;
             if r.status != 200 {
-                return Err(classify("GET addresses/tags", r.status, &r.message));
+                return Err(classify(call, r.status, &r.message));
             }
         }
         Ok(())
@@ -887,29 +1309,111 @@ impl PhpIpamBackend {
         }
     }
 
-    /// Our owner (this cluster's marker) of an address object, if any.
-    fn our_owner(&self, a: &Value) -> Option<Owner> {
-        let owner = Owner::from_marker(a.get("description")?.as_str()?)?;
-        (owner.cluster == self.cluster).then_some(owner)
+    /// Every address entry of a subnet, whoever made it, lowest first (for
+    /// `overlayctl ipam check`). Entries without a readable id or address
+    /// are skipped.
+    pub async fn subnet_entries(&self, id: u64) -> Result<Vec<AddressEntry>, IpamError> {
+        let mut out: Vec<AddressEntry> = self
+            .subnet_addresses(id)
+            .await?
+            .iter()
+            .filter_map(|a| address_entry(a, id))
+            .collect();
+        out.sort_by_key(|e| (e.ip, e.id));
+        Ok(out)
     }
 
-    fn found(a: &Value, subnet: u64) -> Option<Found> {
+    /// One address entry by id; `None` when it does not exist.
+    async fn get_entry(&self, id: u64) -> Result<Option<AddressEntry>, IpamError> {
+        let call = format!("GET addresses/{id}");
+        let r = self
+            .call(Method::GET, &format!("addresses/{id}/"), None, &call)
+            .await?;
+        match (r.status, r.data) {
+            (200, Some(d)) => address_entry(&d, 0)
+                .map(Some)
+                .ok_or_else(|| rejected(&call, "reply lacks id or ip")),
+            (404, _) => Ok(None),
+            (s, _) => Err(classify(&call, s, &r.message)),
+        }
+    }
+
+    /// Sets an entry's description; `false` when the entry is gone.
+    async fn set_description(&self, id: u64, description: &str) -> Result<bool, IpamError> {
+        let call = format!("PATCH addresses/{id}");
+        let r = self
+            .call(
+                Method::PATCH,
+                &format!("addresses/{id}/"),
+                Some(&json!({ "description": description })),
+                &call,
+            )
+            .await?;
+        match r.status {
+            200 => Ok(true),
+            404 if r.message == "Address does not exist" => Ok(false),
+            s => Err(classify(&call, s, &r.message)),
+        }
+    }
+
+    // --- owner markers and the owner index ------------------------------------
+
+    /// This cluster's marker on an address object, if any.
+    fn our_marker(&self, a: &Value) -> Option<Marker> {
+        let m = Marker::parse(a.get("description")?.as_str()?)?;
+        (m.owner().cluster == self.cluster).then_some(m)
+    }
+
+    fn found(a: &Value, subnet: u64, marker: &Marker) -> Option<Found> {
         Some(Found {
             id: a.get("id").and_then(as_id)?,
             ip: a.get("ip").and_then(as_ip)?,
             subnet: a.get("subnetId").and_then(as_id).unwrap_or(subnet),
+            held_until: marker.held_until(),
         })
     }
 
+    /// Every live and held entry of `owner`, in any subnet (also subnets no
+    /// longer configured), lowest address first: one hostname search.
+    async fn search_owner(&self, owner: &Owner) -> Result<Vec<Found>, IpamError> {
+        let call = "GET addresses/search_hostname";
+        let path = format!("addresses/search_hostname/{}/", encode_segment(&owner.node));
+        let r = self.call(Method::GET, &path, None, call).await?;
+        let hits = match (r.status, r.data) {
+            (200, Some(Value::Array(a))) => a,
+            (404, _) => return Ok(Vec::new()),
+            (200, _) => return Err(rejected(call, "reply data is not a list")),
+            (s, _) => return Err(classify(call, s, &r.message)),
+        };
+        let mut out: Vec<Found> = hits
+            .iter()
+            .filter_map(|a| {
+                let m = self.our_marker(a)?;
+                (m.owner() == owner)
+                    .then(|| Self::found(a, 0, &m))
+                    .flatten()
+            })
+            .filter(|f| f.subnet != 0)
+            .collect();
+        sort_found(&mut out);
+        Ok(out)
+    }
+
     async fn load_index(&self, zone: &Zone, subnets: &[u64]) -> Result<OwnerIndex, IpamError> {
-        let mut entries = HashMap::new();
+        let mut entries: HashMap<Owner, Vec<Found>> = HashMap::new();
         for &sid in subnets {
             for a in self.subnet_addresses(sid).await? {
-                if let (Some(owner), Some(f)) = (self.our_owner(&a), Self::found(&a, sid)) {
-                    entries.entry(owner).or_insert(f);
+                if let Some(m) = self.our_marker(&a)
+                    && let Some(f) = Self::found(&a, sid, &m)
+                {
+                    let v = entries.entry(m.owner().clone()).or_default();
+                    if !v.iter().any(|x| x.id == f.id) {
+                        v.push(f);
+                    }
                 }
             }
         }
+        entries.values_mut().for_each(|v| sort_found(v));
         tracing::debug!(backend = BACKEND, zone = %zone, owners = entries.len(), "owner index loaded");
         Ok(OwnerIndex {
             loaded_at: Instant::now(),
@@ -975,6 +1479,102 @@ impl PhpIpamBackend {
         }
     }
 
+    /// Applies `f` to the entries of every loaded zone index.
+    fn each_index(&self, mut f: impl FnMut(&Zone, &mut HashMap<Owner, Vec<Found>>)) {
+        for (zone, st) in &self.zone_state {
+            if let Some(i) = lock(&st.index).as_mut() {
+                f(zone, &mut i.entries);
+            }
+        }
+    }
+
+    /// Drops entry `id` from every index (it is gone).
+    fn forget(&self, id: u64) {
+        self.each_index(|_, entries| {
+            entries.retain(|_, v| {
+                v.retain(|f| f.id != id);
+                !v.is_empty()
+            });
+        });
+    }
+
+    /// Drops entry `id` from `owner`'s entries only (it is no longer the
+    /// owner's; whose it is now, the next reload tells).
+    fn forget_for(&self, owner: &Owner, id: u64) {
+        self.each_index(|_, entries| {
+            if let Some(v) = entries.get_mut(owner) {
+                v.retain(|f| f.id != id);
+                if v.is_empty() {
+                    entries.remove(owner);
+                }
+            }
+        });
+    }
+
+    /// Marks entry `id` held (`Some`) or live (`None`) in every index.
+    fn set_held(&self, id: u64, held_until: Option<SystemTime>) {
+        self.each_index(|_, entries| {
+            for f in entries.values_mut().flatten().filter(|f| f.id == id) {
+                f.held_until = held_until;
+            }
+        });
+    }
+
+    /// Records a new entry of `owner` in the index of every zone listing
+    /// its subnet.
+    fn remember(&self, owner: &Owner, f: &Found) {
+        self.each_index(|zone, entries| {
+            if self
+                .zones
+                .get(zone)
+                .is_some_and(|ids| ids.contains(&f.subnet))
+            {
+                let v = entries.entry(owner.clone()).or_default();
+                v.retain(|x| x.id != f.id);
+                v.push(f.clone());
+                sort_found(v);
+            }
+        });
+    }
+
+    /// Replaces what the indexes know of `owner` with a fresh search result.
+    fn replace_owner(&self, owner: &Owner, found: &[Found]) {
+        self.each_index(|zone, entries| {
+            let ids = self.zones.get(zone).map(Vec::as_slice).unwrap_or_default();
+            let mine: Vec<Found> = found
+                .iter()
+                .filter(|f| ids.contains(&f.subnet))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                entries.remove(owner);
+            } else {
+                entries.insert(owner.clone(), mine);
+            }
+        });
+    }
+
+    /// The zone of a reservation in `subnet`: `asked` when it lists the
+    /// subnet, else the first zone that does, else [`unmapped_zone`].
+    fn zone_for(&self, subnet: u64, asked: Option<&Zone>) -> Result<Zone, IpamError> {
+        if let Some(z) = asked
+            && self.zones.get(z).is_some_and(|ids| ids.contains(&subnet))
+        {
+            return Ok(z.clone());
+        }
+        match self.zone_of_subnet(subnet) {
+            Some(z) => Ok(z.clone()),
+            None => unmapped_zone(subnet),
+        }
+    }
+
+    fn zone_of_subnet(&self, sid: u64) -> Option<&Zone> {
+        self.zones
+            .iter()
+            .find(|(_, ids)| ids.contains(&sid))
+            .map(|(z, _)| z)
+    }
+
     async fn reservation(
         &self,
         owner: &Owner,
@@ -999,9 +1599,11 @@ impl PhpIpamBackend {
             subnet_id: f.subnet.to_string(),
             handle: f.id.to_string(),
             owner: owner.clone(),
-            held_until: None,
+            held_until: f.held_until,
         })
     }
+
+    // --- reserve ----------------------------------------------------------------
 
     fn owner_lock(&self, owner: &Owner) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.owner_locks)
@@ -1018,15 +1620,79 @@ impl PhpIpamBackend {
         }
     }
 
+    /// The allocation call of `owner` failed in a way that leaves open
+    /// whether the server committed it.
+    fn ambiguous(&self, owner: &Owner, zone: &Zone, call: &str, why: &str) {
+        tracing::warn!(backend = BACKEND, owner = %owner, zone = %zone, call, why, "allocation outcome unknown; the owner's next reserve looks it up in phpIPAM first");
+        lock(&self.suspects).insert(owner.clone());
+        // Others' reservations may have been made behind our back too.
+        self.mark_stale(zone);
+    }
+
+    /// Makes `owner`'s held entry `f` live again; `None` when it is gone
+    /// or no longer the owner's.
+    async fn revive(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+        f: &Found,
+    ) -> Result<Option<Reservation>, IpamError> {
+        let entry = self.get_entry(f.id).await?;
+        let marker = entry
+            .as_ref()
+            .filter(|e| e.ip == f.ip)
+            .and_then(|e| e.description.as_deref())
+            .and_then(Marker::parse);
+        match marker {
+            Some(Marker::Held { owner: o, .. }) if &o == owner => {
+                if !self.set_description(f.id, &owner.marker()).await? {
+                    self.forget(f.id);
+                    return Ok(None);
+                }
+                tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, address = %f.ip, id = f.id, "held address taken back by its owner");
+            }
+            Some(Marker::Live(o)) if &o == owner => {}
+            _ if entry.is_none() => {
+                self.forget(f.id);
+                return Ok(None);
+            }
+            _ => {
+                self.forget_for(owner, f.id);
+                return Ok(None);
+            }
+        }
+        self.set_held(f.id, None);
+        let live = Found {
+            held_until: None,
+            ..f.clone()
+        };
+        self.reservation(owner, zone, &live).await.map(Some)
+    }
+
     async fn reserve_locked(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
         let subnets = self.zone_subnets(zone)?.to_vec();
         self.ensure_index(zone, &subnets).await?;
+        if lock(&self.suspects).contains(owner) {
+            // The last allocation may have committed although its reply was
+            // lost: ask phpIPAM, not the index.
+            let found = self.search_owner(owner).await?;
+            tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, found = found.len(), "looked the owner up again after an ambiguous allocation");
+            self.replace_owner(owner, &found);
+            lock(&self.suspects).remove(owner);
+        }
         let st = self.zone_state(zone)?;
-        let known = lock(&st.index)
+        let known: Vec<Found> = lock(&st.index)
             .as_ref()
-            .and_then(|i| i.entries.get(owner).cloned());
-        if let Some(f) = known {
-            return self.reservation(owner, zone, &f).await;
+            .and_then(|i| i.entries.get(owner).cloned())
+            .unwrap_or_default();
+        // Lowest live address first (the entries are sorted).
+        if let Some(f) = known.iter().find(|f| f.held_until.is_none()) {
+            return self.reservation(owner, zone, f).await;
+        }
+        for f in known.iter().filter(|f| f.held_until.is_some()) {
+            if let Some(r) = self.revive(owner, zone, f).await? {
+                return Ok(r);
+            }
         }
         let body = json!({
             "hostname": owner.node,
@@ -1063,9 +1729,10 @@ impl PhpIpamBackend {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        // The server may have allocated before the failure:
-                        // reload the index before the next reserve.
-                        self.mark_stale(zone);
+                        // The server may have allocated before the failure.
+                        if !self.is_blocked() {
+                            self.ambiguous(owner, zone, &call, &e.to_string());
+                        }
                         return Err(e);
                     }
                 };
@@ -1074,17 +1741,16 @@ impl PhpIpamBackend {
                         let id = r.id.as_ref().and_then(as_id);
                         let ip = r.data.as_ref().and_then(as_ip);
                         let (Some(id), Some(ip)) = (id, ip) else {
-                            self.mark_stale(zone);
+                            self.ambiguous(owner, zone, &call, "201 reply lacks id or address");
                             return Err(rejected(&call, "201 reply lacks id or address"));
                         };
                         let f = Found {
                             id,
                             ip,
                             subnet: sid,
+                            held_until: None,
                         };
-                        if let Some(i) = lock(&st.index).as_mut() {
-                            i.entries.insert(owner.clone(), f.clone());
-                        }
+                        self.remember(owner, &f);
                         tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
                         return self.reservation(owner, zone, &f).await;
                     }
@@ -1101,7 +1767,13 @@ impl PhpIpamBackend {
                     {
                         continue;
                     }
-                    s => return Err(classify(&call, s, &r.message)),
+                    s => {
+                        // A 5xx (a PHP fatal, say) may come after the insert.
+                        if s >= 500 && !r.message.contains("has been blocked") {
+                            self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
+                        }
+                        return Err(classify(&call, s, &r.message));
+                    }
                 }
             }
         }
@@ -1111,22 +1783,9 @@ impl PhpIpamBackend {
         })
     }
 
-    fn zone_of_subnet(&self, sid: u64) -> Option<&Zone> {
-        self.zones
-            .iter()
-            .find(|(_, ids)| ids.contains(&sid))
-            .map(|(z, _)| z)
-    }
+    // --- release ------------------------------------------------------------------
 
-    fn forget(&self, id: u64) {
-        for st in self.zone_state.values() {
-            if let Some(i) = lock(&st.index).as_mut() {
-                i.entries.retain(|_, f| f.id != id);
-            }
-        }
-    }
-
-    async fn delete_id(&self, id: u64) -> Result<(), IpamError> {
+    async fn delete_id(&self, id: u64, subnet: u64) -> Result<(), IpamError> {
         let call = format!("DELETE addresses/{id}");
         let r = self
             .call(Method::DELETE, &format!("addresses/{id}/"), None, &call)
@@ -1137,8 +1796,108 @@ impl PhpIpamBackend {
             s => return Err(classify(&call, s, &r.message)),
         }
         self.forget(id);
+        // An address was freed: the subnet is worth trying first again.
+        lock(&self.full).remove(&subnet);
         Ok(())
     }
+
+    /// Releases entry `id` of reservation `r`, if it still carries the
+    /// owner's marker (see [`IpamBackend::release`]).
+    async fn release_entry(
+        &self,
+        r: &Reservation,
+        id: u64,
+        hold: Duration,
+    ) -> Result<(), IpamError> {
+        let Some(entry) = self.get_entry(id).await? else {
+            self.forget(id);
+            tracing::debug!(backend = BACKEND, owner = %r.owner, address = %r.address, id, "already gone");
+            return Ok(());
+        };
+        let marker = entry.description.as_deref().and_then(Marker::parse);
+        let live = match &marker {
+            Some(m) if entry.ip == r.address.ip() && m.owner() == &r.owner => {
+                matches!(m, Marker::Live(_))
+            }
+            _ => {
+                tracing::warn!(backend = BACKEND, owner = %r.owner, address = %r.address, id, description = ?entry.description, "not released: the phpIPAM entry no longer carries this owner's marker; left alone");
+                return Ok(());
+            }
+        };
+        if hold.is_zero() {
+            if live && r.is_held() {
+                tracing::info!(backend = BACKEND, owner = %r.owner, address = %r.address, id, "not freed: its owner took the held address back since");
+                return Ok(());
+            }
+            self.delete_id(id, entry.subnet_id).await?;
+            tracing::info!(backend = BACKEND, owner = %r.owner, address = %r.address, id, "released");
+        } else if live {
+            let until = hold_end(hold);
+            if self
+                .set_description(id, &r.owner.held_marker(until))
+                .await?
+            {
+                self.set_held(id, Some(until));
+                tracing::info!(backend = BACKEND, owner = %r.owner, address = %r.address, id, until = %humantime::format_rfc3339_seconds(until), "released; held back from other owners");
+            } else {
+                self.forget(id);
+            }
+        } else {
+            tracing::debug!(backend = BACKEND, owner = %r.owner, address = %r.address, id, "already held; left as it is");
+        }
+        Ok(())
+    }
+}
+
+/// The end of a hold-down starting now, in whole seconds (as the marker
+/// stores it), at most ten years ahead.
+fn hold_end(hold: Duration) -> SystemTime {
+    const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+    let end = SystemTime::now()
+        .checked_add(hold.min(MAX))
+        .unwrap_or_else(SystemTime::now);
+    let secs = end
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn sort_found(v: &mut [Found]) {
+    v.sort_by_key(|f| (f.ip, f.id));
+}
+
+fn address_entry(a: &Value, subnet: u64) -> Option<AddressEntry> {
+    let text = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(AddressEntry {
+        id: a.get("id").and_then(as_id)?,
+        ip: a.get("ip").and_then(as_ip)?,
+        subnet_id: a.get("subnetId").and_then(as_id).unwrap_or(subnet),
+        hostname: text("hostname"),
+        description: text("description"),
+        is_gateway: a.get("is_gateway").and_then(as_id).is_some_and(|g| g == 1),
+    })
+}
+
+/// The error for a 3xx: never followed, so the token stays here.
+fn redirected(call: &str, status: u16, location: &str) -> IpamError {
+    let hint = location
+        .find("/api/")
+        .map(|i| &location[..i])
+        .filter(|p| p.starts_with("http://") || p.starts_with("https://"))
+        .map(|p| format!(" (here probably {p})"))
+        .unwrap_or_default();
+    let target = if location.is_empty() {
+        "(no Location header)"
+    } else {
+        location
+    };
+    rejected(
+        call,
+        format!(
+            "HTTP {status} redirect to {target}: redirects are not followed, so that the credentials and the token go to no other address; set phpIPAM.url to the final address{hint}"
+        ),
+    )
 }
 
 fn without_url(e: &reqwest::Error) -> String {
@@ -1173,27 +1932,25 @@ impl IpamBackend for PhpIpamBackend {
         result
     }
 
-    async fn release(
-        &self,
-        reservation: &Reservation,
-        hold: std::time::Duration,
-    ) -> Result<(), IpamError> {
-        let _ = hold;
-        if let Ok(sid) = reservation.subnet_id.parse::<u64>() {
-            lock(&self.full).remove(&sid);
+    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
+        if !hold.is_zero() && reservation.is_held() {
+            // Held already: leave the hold as it is.
+            return Ok(());
         }
-        if let Ok(id) = reservation.handle.trim().parse::<u64>() {
-            self.delete_id(id).await?;
-        } else if let Some(r) = self
-            .lookup(&reservation.owner, Some(&reservation.zone))
-            .await?
-            && r.address.ip() == reservation.address.ip()
-            && let Ok(id) = r.handle.parse::<u64>()
-        {
-            self.delete_id(id).await?;
-        }
-        tracing::info!(backend = BACKEND, owner = %reservation.owner, address = %reservation.address, "released");
-        Ok(())
+        let id = match reservation.handle.trim().parse::<u64>() {
+            Ok(id) => id,
+            // No handle (rebuilt from a NodeOverlayIp status): find the entry.
+            Err(_) => match self
+                .search_owner(&reservation.owner)
+                .await?
+                .into_iter()
+                .find(|f| f.ip == reservation.address.ip())
+            {
+                Some(f) => f.id,
+                None => return Ok(()),
+            },
+        };
+        self.release_entry(reservation, id, hold).await
     }
 
     async fn lookup(
@@ -1201,33 +1958,33 @@ impl IpamBackend for PhpIpamBackend {
         owner: &Owner,
         zone: Option<&Zone>,
     ) -> Result<Option<Reservation>, IpamError> {
-        let allowed: Vec<u64> = match zone {
-            Some(z) => self.zone_subnets(z)?.to_vec(),
-            None => self.zones.values().flatten().copied().collect(),
+        let allowed = match zone {
+            Some(z) => Some(self.zone_subnets(z)?.to_vec()),
+            None => None,
         };
-        let call = "GET addresses/search_hostname";
-        let path = format!("addresses/search_hostname/{}/", encode_segment(&owner.node));
-        let r = self.call(Method::GET, &path, None, call).await?;
-        let hits = match (r.status, r.data) {
-            (200, Some(Value::Array(a))) => a,
-            (404, _) => return Ok(None),
-            (200, _) => return Err(rejected(call, "reply data is not a list")),
-            (s, _) => return Err(classify(call, s, &r.message)),
+        let found = self.search_owner(owner).await?;
+        // Sorted: the first live one is the lowest address.
+        let Some(f) = found.iter().find(|f| {
+            f.held_until.is_none() && allowed.as_ref().is_none_or(|a| a.contains(&f.subnet))
+        }) else {
+            return Ok(None);
         };
-        for a in &hits {
-            if self.our_owner(a).as_ref() != Some(owner) {
-                continue;
-            }
-            let Some(f) = Self::found(a, 0) else { continue };
-            if !allowed.contains(&f.subnet) {
-                continue;
-            }
-            let Some(z) = zone.or_else(|| self.zone_of_subnet(f.subnet)) else {
-                continue;
-            };
-            return self.reservation(owner, z, &f).await.map(Some);
+        let z = self.zone_for(f.subnet, zone)?;
+        self.reservation(owner, &z, f).await.map(Some)
+    }
+
+    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
+        let mut out = Vec::new();
+        for f in self
+            .search_owner(owner)
+            .await?
+            .iter()
+            .filter(|f| f.held_until.is_none())
+        {
+            let z = self.zone_for(f.subnet, None)?;
+            out.push(self.reservation(owner, &z, f).await?);
         }
-        Ok(None)
+        Ok(out)
     }
 
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
@@ -1240,8 +1997,10 @@ impl IpamBackend for PhpIpamBackend {
                 }
                 seen.push(sid);
                 for a in self.subnet_addresses(sid).await? {
-                    if let (Some(owner), Some(f)) = (self.our_owner(&a), Self::found(&a, sid)) {
-                        out.push(self.reservation(&owner, zone, &f).await?);
+                    if let Some(m) = self.our_marker(&a)
+                        && let Some(f) = Self::found(&a, sid, &m)
+                    {
+                        out.push(self.reservation(m.owner(), zone, &f).await?);
                     }
                 }
             }
@@ -1300,6 +2059,65 @@ mod tests {
         assert!(!classify("c", 400, "Invalid application id").is_retryable());
         assert!(!classify("c", 503, "SSL connection is required for API").is_retryable());
         assert!(!classify("c", 400, "Invalid subnet Id (999)").is_retryable());
+    }
+
+    #[test]
+    fn security_warnings_say_what_is_exposed() {
+        let https = PhpIpamConfig::new("https://ipam.example.invalid", "iks");
+        assert!(https.security_warnings().is_empty());
+
+        let http = PhpIpamConfig::new("http://ipam.example.invalid", "iks");
+        let w = http.security_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        for what in [
+            "http://ipam.example.invalid",
+            "password",
+            "token",
+            "clear text",
+        ] {
+            assert!(w[0].contains(what), "{what}: {w:?}");
+        }
+        let upper = PhpIpamConfig::new("HTTP://ipam.example.invalid", "iks");
+        assert_eq!(upper.security_warnings().len(), 1);
+
+        let mut unchecked = https.clone();
+        unchecked.insecure_skip_tls_verify = true;
+        let w = unchecked.security_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        for what in [
+            "insecureSkipTLSVerify",
+            "certificate is not checked",
+            "pose as phpIPAM",
+        ] {
+            assert!(w[0].contains(what), "{what}: {w:?}");
+        }
+
+        let mut both = http.clone();
+        both.insecure_skip_tls_verify = true;
+        assert_eq!(both.security_warnings().len(), 2);
+    }
+
+    #[test]
+    fn unmapped_subnets_get_a_zone_of_their_own() {
+        assert_eq!(unmapped_zone(7).unwrap().as_str(), "unmapped-subnet-7");
+    }
+
+    #[test]
+    fn redirect_errors_name_the_location_and_the_fix() {
+        let e = redirected("login", 301, "https://ipam.example.invalid/api/iks/user/");
+        let t = e.to_string();
+        assert!(!e.is_retryable());
+        assert!(t.contains("HTTP 301"), "{t}");
+        assert!(
+            t.contains("https://ipam.example.invalid/api/iks/user/"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(here probably https://ipam.example.invalid)"),
+            "{t}"
+        );
+        let t = redirected("login", 302, "").to_string();
+        assert!(t.contains("no Location header"), "{t}");
     }
 
     #[test]

@@ -27,7 +27,9 @@ async fn check_reports_each_zone() {
             .with_zone("nogw", [2])
             .with_zone("missing", [1, 999]),
     );
-    let report = check(&cfg, creds("ApiUser-Test-1")).await.unwrap();
+    let report = check(&cfg, creds("ApiUser-Test-1"), Some("c1"))
+        .await
+        .unwrap();
     assert_eq!(report.connection, Verdict::Ok);
     let by_zone = |z: &str| report.zones.iter().find(|c| c.zone == z).unwrap();
     assert_eq!(by_zone("gw").verdict, Verdict::Ok);
@@ -44,7 +46,7 @@ async fn check_reports_each_zone() {
     // Read-only: nothing was reserved.
     assert_eq!(emu.count("POST /addresses/first_free/{}/"), 0);
 
-    let bad = check(&cfg, creds("wrong")).await.unwrap();
+    let bad = check(&cfg, creds("wrong"), Some("c1")).await.unwrap();
     assert!(
         matches!(&bad.connection, Verdict::Failed(e) if e.contains("authentication")),
         "{bad}"
@@ -59,7 +61,7 @@ async fn check_counts_embedded_pools() {
         PoolsConfig::new().with_pool("dal10", PoolConfig::parse("192.0.2.0/29").unwrap()),
         None,
     );
-    let report = check(&cfg, None).await.unwrap();
+    let report = check(&cfg, None, None).await.unwrap();
     assert!(report.passed(), "{report}");
     assert_eq!(report.zones[0].subnets[0].free, Some(5));
     assert_eq!(
@@ -109,4 +111,114 @@ async fn conformance_on_a_scratch_zone_cleans_up() {
         .await
         .unwrap_err();
     assert_eq!(err.field, "--zone");
+}
+
+#[tokio::test]
+async fn check_sorts_the_entries_of_each_subnet() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let entries = [
+        ("192.0.2.10", "n1", "overlay-owner:c1/n1"),
+        ("192.0.2.11", "n2", "overlay-owner:c1/n2"),
+        (
+            "192.0.2.12",
+            "n3",
+            "overlay-held:c1/n3 until=2099-01-01T00:00:00Z",
+        ),
+        (
+            "192.0.2.13",
+            "n4",
+            "overlay-held:c1/n4 until=2020-01-01T00:00:00Z",
+        ),
+        ("192.0.2.20", "m1", "overlay-owner:c2/m1"),
+        (
+            "192.0.2.21",
+            "m2",
+            "overlay-held:c2/m2 until=2099-01-01T00:00:00Z",
+        ),
+        ("192.0.2.22", "k1", "overlay-owner:c3/k1"),
+        ("192.0.2.30", "printer", "made by hand"),
+        ("192.0.2.40", "x", "overlay-owner:c1"),
+        ("192.0.2.41", "y", "overlay-held:c1/y until=soon"),
+    ];
+    for (ip, host, d) in entries {
+        emu.create_address(1, ip.parse().unwrap(), host, d).unwrap();
+    }
+    let cfg = ControllerConfig::php_ipam(
+        "c1",
+        PhpIpamConfig::new(emu.url(), "overlay").with_zone("gw", [1]),
+    );
+    let report = check(&cfg, creds("ApiUser-Test-1"), Some("c1"))
+        .await
+        .unwrap();
+    let e = report.zones[0].subnets[0].entries.clone().unwrap();
+    assert_eq!(e.cluster.as_deref(), Some("c1"));
+    assert_eq!(e.live, 2);
+    let held: Vec<(String, String)> = e
+        .held
+        .iter()
+        .map(|h| (h.address.to_string(), h.node.clone()))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            ("192.0.2.12".to_string(), "n3".to_string()),
+            ("192.0.2.13".to_string(), "n4".to_string())
+        ]
+    );
+    assert_eq!(
+        e.clusters,
+        [("c2".to_string(), 2), ("c3".to_string(), 1)].into()
+    );
+    // The gateway and the printer.
+    assert_eq!(e.unmarked, 2);
+    assert_eq!(
+        e.unparseable,
+        [
+            (
+                "192.0.2.40".parse().unwrap(),
+                "overlay-owner:c1".to_string()
+            ),
+            (
+                "192.0.2.41".parse().unwrap(),
+                "overlay-held:c1/y until=soon".to_string()
+            )
+        ]
+    );
+    let text = report.to_string();
+    for line in [
+        "entries: this cluster (c1): 2 live, 2 held; other clusters: c2 2, c3 1; unmarked 2; unparseable overlay- markers 2",
+        "held 192.0.2.12 (n3) until 2099-01-01T00:00:00Z\n",
+        "held 192.0.2.13 (n4) until 2020-01-01T00:00:00Z (expired)",
+        "unparseable 192.0.2.40: \"overlay-owner:c1\"",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    // The emulator speaks plain http: the report says what that exposes.
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(text.contains("WARNING: phpIPAM.url http://"), "{text}");
+    assert!(text.contains("clear text"), "{text}");
+
+    // Without a cluster id: every cluster seen, none singled out.
+    let report = check(&cfg, creds("ApiUser-Test-1"), None).await.unwrap();
+    let e = report.zones[0].subnets[0].entries.clone().unwrap();
+    assert_eq!((e.live, e.held.len()), (0, 0));
+    assert_eq!(
+        e.clusters,
+        [
+            ("c1".to_string(), 4),
+            ("c2".to_string(), 2),
+            ("c3".to_string(), 1)
+        ]
+        .into()
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("clusters seen: c1 4, c2 2, c3 1;"),
+        "{report}"
+    );
+    // Read-only.
+    assert_eq!(emu.count("POST /addresses/first_free/{}/"), 0);
+    assert_eq!(emu.count("PATCH /addresses/{}/"), 0);
+    assert_eq!(emu.count("DELETE /addresses/{}/"), 0);
 }

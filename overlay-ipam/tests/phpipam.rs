@@ -10,7 +10,7 @@ use overlay_ipam::conformance::{Fixture, Outcome, ZoneCapacity, run_all};
 use overlay_ipam::emulator::{
     App, AppPermissions, AppSecurity, Emulator, EmulatorConfig, Fault, SubnetSpec,
 };
-use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
+use overlay_ipam::phpipam::{CredentialSource, Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
 
 const CLUSTER: &str = "c1";
 
@@ -451,14 +451,24 @@ fn credentials_from_env_or_files() {
             password: Secret::new("envpass")
         }
     );
-    // Files (as a mounted Secret), trailing newline stripped.
+    // Files (as a mounted Secret): checked now, read again at every login
+    // (see credential_files_are_read_again_at_every_login).
     cfg.username_file = Some(dir.path().join("username"));
     cfg.password_file = Some(dir.path().join("password"));
     assert_eq!(
         Credentials::resolve_with(&cfg, |_| None).unwrap(),
-        Credentials::User {
-            username: "apiuser".into(),
-            password: Secret::new("s3cret")
+        Credentials::UserFrom {
+            username: CredentialSource::File(dir.path().join("username")),
+            password: CredentialSource::File(dir.path().join("password")),
+        }
+    );
+    // Mixed: the user name from the environment, the password from a file.
+    let only_user = |k: &str| (k == "PHPIPAM_USERNAME").then(|| "envuser".to_string());
+    assert_eq!(
+        Credentials::resolve_with(&cfg, only_user).unwrap(),
+        Credentials::UserFrom {
+            username: CredentialSource::Value(Secret::new("envuser")),
+            password: CredentialSource::File(dir.path().join("password")),
         }
     );
     cfg.password_file = Some(dir.path().join("missing"));

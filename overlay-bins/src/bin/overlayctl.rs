@@ -62,11 +62,19 @@ enum Cmd {
 enum IpamCmd {
     /// Read-only check against the real IPAM: login works, every subnet
     /// exists, has a gateway, and how many addresses are free; a verdict per
-    /// zone. Credentials: PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or the files).
+    /// zone; and each subnet's entries by owner: this cluster's (live and
+    /// held), other clusters', unmarked ones and markers that do not parse
+    /// (never released by the controller). Credentials:
+    /// PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or the files).
     Check {
         /// The controller config.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// The cluster id to compare markers with (default: `clusterId` in
+        /// the config; a derived id is shown by `overlayctl status`).
+        /// Without either, every cluster id seen is listed.
+        #[arg(long, env = "CLUSTER_ID")]
+        cluster_id: Option<String>,
     },
     /// Run the IPAM conformance suite against the real server, in one zone
     /// whose subnets are scratch space: it reserves and releases addresses
@@ -314,13 +322,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| format!("invalid configuration: {e}"))?;
             print!("{}", describe_config(&cfg));
         }
-        Cmd::Ipam(IpamCmd::Check { config }) => {
+        Cmd::Ipam(IpamCmd::Check { config, cluster_id }) => {
             let cfg = overlay_ipam::config::ControllerConfig::load(&config)
                 .map_err(|e| format!("invalid configuration: {e}"))?;
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
             let report = rt
-                .block_on(overlay_ipam::check::check(&cfg, None))
+                .block_on(overlay_ipam::check::check(
+                    &cfg,
+                    None,
+                    cluster_id.as_deref().or(cfg.cluster_id.as_deref()),
+                ))
                 .map_err(|e| e.to_string())?;
             print!("{report}");
             if !report.passed() {
