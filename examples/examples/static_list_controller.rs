@@ -76,7 +76,13 @@ impl Setup {
         let overlay_ips = MemoryOverlayIps::new();
         let events = MemoryEvents::new();
         let controller = Arc::new(Controller::new(
-            ControllerConfig::new(CLUSTER),
+            ControllerConfig {
+                // This example hands a released address out again at once;
+                // keep the default 5 min hold-down where a node that went
+                // away may still have the address configured.
+                hold_down: Duration::ZERO,
+                ..ControllerConfig::new(CLUSTER)
+            },
             Arc::new(nodes.clone()),
             ipam.clone(),
             Arc::new(overlay_ips.clone()),

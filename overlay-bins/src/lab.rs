@@ -780,7 +780,9 @@ pub async fn ipam_for(
             Ok((Arc::new(b), Some(Box::new(emu))))
         }
         IpamChoice::Phpipam => {
-            let cfg = phpipam_config(opts)?;
+            let mut cfg = phpipam_config(opts)?;
+            // The lab's controller writes the owner marker `lab/<node>`.
+            cfg.cluster_id = Some("lab".into());
             cfg.build().map(|b| (b, None)).map_err(|e| e.to_string())
         }
     }

@@ -99,6 +99,9 @@ pub struct InvalidObject {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
+    /// The cluster id in the IPAM owner markers, and where it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<ClusterId>,
     /// Nodes (every Node, with or without a NodeOverlayIp).
     pub nodes: Vec<NodeStatus>,
     /// StaticRoutes.
@@ -106,6 +109,49 @@ pub struct ClusterStatus {
     /// Objects overlay cannot fully read; empty when all are fine.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<InvalidObject>,
+}
+
+/// The cluster id and its source.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterId {
+    /// The id.
+    pub id: String,
+    /// Where it was read: the running controller's Lease, or derived here
+    /// from the kube-system Namespace (what a controller without
+    /// `clusterId` uses).
+    pub source: String,
+}
+
+/// The cluster id: as the running controller announces it on its Lease
+/// ([`overlay_core::k8s::CLUSTER_ID_ANNOTATION`]), else derived the way a
+/// controller without `clusterId` does.
+pub async fn cluster_id(client: &kube::Client) -> Option<ClusterId> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let lp = ListParams::default().fields("metadata.name=overlay-controller");
+    if let Ok(leases) = Api::<Lease>::all(client.clone()).list(&lp).await {
+        for l in leases.items {
+            if let Some(id) = l
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(overlay_core::k8s::CLUSTER_ID_ANNOTATION))
+            {
+                let ns = l.metadata.namespace.unwrap_or_default();
+                return Some(ClusterId {
+                    id: id.clone(),
+                    source: format!("Lease {ns}/overlay-controller of the running controller"),
+                });
+            }
+        }
+    }
+    overlay_core::k8s::cluster_uid(client.clone())
+        .await
+        .ok()
+        .map(|id| ClusterId {
+            id,
+            source: "kube-system Namespace UID (no running controller announced one; a clusterId in its config would win)".into(),
+        })
 }
 
 /// Builds the status from the objects.
@@ -203,6 +249,9 @@ pub fn render(s: &ClusterStatus, output: Output) -> Result<String, String> {
         Output::Table | Output::Wide => {
             let wide = output == Output::Wide;
             let mut t = String::new();
+            if let Some(c) = &s.cluster_id {
+                let _ = writeln!(t, "CLUSTER ID: {} ({})\n", c.id, c.source);
+            }
             let _ = write!(
                 t,
                 "{:<24} {:<10} {:<20} {:<16} {:<10}",
@@ -361,6 +410,7 @@ pub async fn fetch(client: kube::Client) -> Result<ClusterStatus, String> {
     .map_err(|e| format!("listing StaticRoutes: {e}"))?;
     let mut status = collect(&nodes.items, &ips, &routes);
     status.invalid = invalid;
+    status.cluster_id = cluster_id(&client).await;
     Ok(status)
 }
 

@@ -467,7 +467,10 @@ fn controller_rbac_is_exactly_what_it_calls() {
     assert_eq!(
         grants(find(&docs, "ClusterRole", "overlay-controller")),
         expect(&[
-            ("", "nodes", &[], &["list", "watch"]),
+            // get: the orphan collection's live read before a release.
+            ("", "nodes", &[], &["get", "list", "watch"]),
+            // The derived cluster id: the kube-system Namespace UID.
+            ("", "namespaces", &["kube-system"], &["get"]),
             (
                 "iks.ibm.com",
                 "nodeoverlayips",
@@ -496,8 +499,11 @@ fn controller_rbac_is_exactly_what_it_calls() {
                 "coordination.k8s.io",
                 "leases",
                 &["overlay-controller"],
-                &["get", "patch"]
+                // update: renewals are replaces guarded by resourceVersion.
+                &["get", "update"]
             ),
+            // Events on the controller's Pod (IpamLoginBlocked).
+            ("", "events", &[], &["create", "patch"]),
         ])
     );
     // Events of cluster-scoped objects land in `default`.

@@ -306,9 +306,8 @@ fn env(
 /// Reconciles `name` until it settles or `rounds` run out.
 async fn settle(e: &Env, name: &str, rounds: usize) {
     for _ in 0..rounds {
-        match e.ctl.reconcile_node(name).await {
-            Ok(NodeOutcome::Ready | NodeOutcome::Gone) => return,
-            _ => {}
+        if let Ok(NodeOutcome::Ready | NodeOutcome::Gone) = e.ctl.reconcile_node(name).await {
+            return;
         }
     }
 }

@@ -294,7 +294,9 @@ pub async fn check(
     // A read-only check needs no cluster id of its own: it only compares
     // markers with `cluster`.
     let mut config = config.clone();
-    config.cluster_id.get_or_insert_with(|| "overlay-check".into());
+    config
+        .cluster_id
+        .get_or_insert_with(|| "overlay-check".into());
     let config = &config;
     if let (Some(p), Some(backend)) = (&config.php_ipam, config.build_phpipam(credentials)?) {
         let mut report = check_phpipam(&backend, cluster).await;

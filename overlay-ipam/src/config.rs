@@ -285,8 +285,8 @@ impl ControllerConfig {
             None => Credentials::resolve(p)
                 .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?,
         };
-        let backend = PhpIpamBackend::new(p, cluster, creds)
-            .map_err(|e| self.ipam_error("phpIPAM", e))?;
+        let backend =
+            PhpIpamBackend::new(p, cluster, creds).map_err(|e| self.ipam_error("phpIPAM", e))?;
         Ok(Some(Arc::new(backend)))
     }
 
@@ -408,7 +408,7 @@ mod tests {
     fn missing_credentials_are_named() {
         let cfg = ControllerConfig::from_yaml(
             "cfg.yaml",
-            "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, usernameFile: /nonexistent/u, passwordFile: /nonexistent/p}",
+            "clusterId: c1\nphpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, usernameFile: /nonexistent/u, passwordFile: /nonexistent/p}",
         )
         .unwrap();
         // With the env vars unset this reads the files, which are missing.

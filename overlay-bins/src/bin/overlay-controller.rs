@@ -16,7 +16,7 @@ use overlay_bins::{
 };
 use overlay_core::IpamBackend;
 use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::events::EventRecorder;
+use overlay_core::events::{Event, EventRecorder, EventType};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
@@ -25,6 +25,7 @@ use overlay_core::k8s::{
 use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, LeaderElector};
 use overlay_core::metrics::{ControllerMetrics, InstrumentedIpam};
 use overlay_ipam::config::{parse_duration, validate_cluster_id};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{error, info, warn};
 
@@ -202,6 +203,17 @@ async fn run(args: Args) -> Result<(), Failure> {
     let metrics = ControllerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let blocked_gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    registry.register(
+        "overlay_ipam_login_blocked",
+        "1 while phpIPAM blocks this client's IP after failed logins (no request is sent until the block ends)",
+        blocked_gauge.clone(),
+    );
+    if let Some(p) = &file.php_ipam {
+        for w in p.security_warnings() {
+            warn!(warning = %w, "phpIPAM connection");
+        }
+    }
     let events: Arc<dyn EventRecorder> =
         Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER));
     // The controller sees every NodeOverlayIp and StaticRoute: it raises the
@@ -251,7 +263,16 @@ async fn run(args: Args) -> Result<(), Failure> {
         _ = fence.acquired() => {}
     }
     metrics.leader.set(1);
-    let backend = file.build().map_err(|e| Failure::Config(e.to_string()))?;
+    let backend = match file
+        .build_phpipam(None)
+        .map_err(|e| Failure::Config(e.to_string()))?
+    {
+        Some(php) => {
+            watch_login_blocks(&php, events.clone(), &args, &blocked_gauge);
+            php as Arc<dyn IpamBackend>
+        }
+        None => file.build().map_err(|e| Failure::Config(e.to_string()))?,
+    };
     let ipam: Arc<dyn IpamBackend> = Arc::new(FencedIpam::new(
         Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
         fence.clone(),
@@ -299,6 +320,44 @@ async fn run(args: Args) -> Result<(), Failure> {
         return Err(Failure::Runtime("lost leadership".into()));
     }
     Ok(())
+}
+
+/// phpIPAM blocked this client's IP (too many failed logins): an Event on
+/// the controller's Pod and a gauge, once per block; the backend itself
+/// sends nothing until the block ends, and logs it once.
+fn watch_login_blocks(
+    php: &overlay_ipam::phpipam::PhpIpamBackend,
+    events: Arc<dyn EventRecorder>,
+    args: &Args,
+    gauge: &Gauge<i64, std::sync::atomic::AtomicI64>,
+) {
+    let mut rx = php.blocked();
+    let gauge = gauge.clone();
+    let pod = args.identity.clone();
+    let namespace = args.lease_namespace.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let block = rx.borrow_and_update().clone();
+            gauge.set(i64::from(block.is_some()));
+            let (Some(b), Some(pod)) = (block, pod.as_ref()) else {
+                continue;
+            };
+            events
+                .record(Event {
+                    kind: "Pod".into(),
+                    namespace: Some(namespace.clone()),
+                    name: pod.clone(),
+                    type_: EventType::Warning,
+                    reason: "IpamLoginBlocked".into(),
+                    message: format!(
+                        "phpIPAM blocked this client's IP until {}: {}; no request is sent until then. Check the credentials (PHPIPAM_USERNAME/PHPIPAM_PASSWORD or the files)",
+                        humantime::format_rfc3339_seconds(b.until),
+                        b.message
+                    ),
+                })
+                .await;
+        }
+    });
 }
 
 type Elector = Option<(
