@@ -452,6 +452,27 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_id_leads_the_table_and_is_in_json() {
+        let (n, i, r) = fixtures();
+        let mut s = collect(&n, &i, &r);
+        assert!(!render(&s, Output::Table).unwrap().contains("CLUSTER ID"));
+        s.cluster_id = Some(ClusterId {
+            id: "0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001".into(),
+            source: "Lease overlay-system/overlay-controller of the running controller".into(),
+        });
+        let t = render(&s, Output::Table).unwrap();
+        assert!(
+            t.starts_with(
+                "CLUSTER ID: 0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001 (Lease overlay-system/"
+            ),
+            "{t}"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&s, Output::Json).unwrap()).unwrap();
+        assert_eq!(j["clusterId"]["id"], "0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001");
+    }
+
+    #[test]
     fn listed_objects_convert_one_by_one_and_a_bad_one_is_kept_as_a_stub() {
         // List items may come without apiVersion/kind.
         let good: DynamicObject = serde_json::from_value(json!({

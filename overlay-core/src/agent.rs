@@ -338,6 +338,15 @@ impl Agent {
                 return Err(self.report_failure(live, e).await);
             }
         };
+        if let Some(a) = apply.address_added {
+            info!(node = %name, interface = %self.cfg.interface_label, address = %a, "overlay address configured");
+        }
+        for a in &apply.addresses_removed {
+            // Not the desired address: a released one (which may be handed
+            // to another node after its hold-down) or one left by other
+            // tooling.
+            info!(node = %name, interface = %self.cfg.interface_label, address = %a, "removed an address that is not this node's overlay address");
+        }
         let outcome: HashMap<_, _> = apply
             .routes
             .iter()

@@ -9,7 +9,14 @@
 //! - an address is released only while the NodeOverlayIp carries our
 //!   finalizer, and the finalizer comes off only after the release succeeded;
 //! - an IPAM outage never releases anything; one node's failure (unknown
-//!   zone, full pool) never blocks the others.
+//!   zone, full pool) never blocks the others;
+//! - without a record, a reservation is released only by the orphan
+//!   collection, when it is provably ours and provably dead (see
+//!   [`Controller::collect_orphans`]);
+//! - every release holds the address back for [`ControllerConfig::hold_down`]
+//!   so that a node that may still have it configured gets no twin;
+//! - behind a [`crate::leader::FencedIpam`], nothing is written to the IPAM
+//!   once this replica is not sure it leads.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

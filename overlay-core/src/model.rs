@@ -405,7 +405,8 @@ pub struct DiscoveredRoute {
 pub enum DriftEvent {
     /// One of our routes disappeared or changed.
     Route(RouteSpec),
-    /// The overlay address disappeared or changed.
+    /// The overlay address disappeared or changed, or another address
+    /// appeared on the overlay interface (it is removed by the repair).
     Address(IpNetwork),
     /// The overlay interface or its parent changed state.
     Link(InterfaceName),

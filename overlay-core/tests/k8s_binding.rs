@@ -15,9 +15,10 @@ use futures::StreamExt;
 use overlay_core::events::{Event, EventRecorder, EventType};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
-    KubeConfigMapRoutes, KubeEvents, KubeNodes, KubeOverlayIps, KubeStaticRoutes,
-    node_field_manager,
+    CLUSTER_ID_ANNOTATION, KubeConfigMapRoutes, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
+    KubeStaticRoutes, cluster_uid, node_field_manager,
 };
+use overlay_core::leader::{LeaderConfig, LeaderElector, LeaseStore};
 use overlay_core::memory::MemoryEvents;
 use overlay_core::{
     AgentStatus, FINALIZER, LegacyRouteSource, NodeRouteStatus, NodeSource, OverlayIpMeta,
@@ -584,4 +585,107 @@ async fn the_api_server_refuses_what_the_crds_forbid() {
     s.device = "tmp0".into();
     s.message = "y".repeat(4000);
     store.set_node_status("onprem", &s).await.unwrap();
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/overlay-system/leases";
+
+#[tokio::test]
+async fn the_lease_is_created_then_renewed_by_replace_with_its_resource_version() {
+    let (server, client) = FakeApiServer::start();
+    let store = Arc::new(KubeLease::new(
+        client.clone(),
+        "overlay-system",
+        "overlay-controller",
+        [(CLUSTER_ID_ANNOTATION.to_owned(), "uid-1".to_owned())].into(),
+    ));
+    let (mut a, fence) = LeaderElector::new(store.clone(), LeaderConfig::new("pod-a"));
+    assert!(a.try_once().await, "acquires a Lease that does not exist");
+    assert!(fence.check().is_ok());
+    let lease = server.object(LEASES, "overlay-controller").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+    assert_eq!(
+        lease["metadata"]["annotations"][CLUSTER_ID_ANNOTATION],
+        "uid-1"
+    );
+    let first_renew = lease["spec"]["renewTime"].clone();
+    assert!(first_renew.is_string(), "{lease}");
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(a.try_once().await, "renews");
+    let put = server.find("PUT", "leases/overlay-controller");
+    assert_eq!(
+        put.body["metadata"]["resourceVersion"], lease["metadata"]["resourceVersion"],
+        "the renewal is guarded by the version it read"
+    );
+    let renewed = server.object(LEASES, "overlay-controller").unwrap();
+    assert_ne!(renewed["spec"]["renewTime"], first_renew);
+
+    // A writer with a stale version is refused with Conflict.
+    let stale = overlay_core::leader::LeaseRecord {
+        holder: Some("pod-b".into()),
+        version: lease["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .into(),
+        ..Default::default()
+    };
+    let err = store.update(&stale).await.unwrap_err();
+    assert!(
+        matches!(err, overlay_core::StoreError::Conflict { .. }),
+        "{err}"
+    );
+    // A second replica sees a live holder and stays standby.
+    let (mut b, fence_b) = LeaderElector::new(store.clone(), LeaderConfig::new("pod-b"));
+    assert!(!b.try_once().await);
+    assert!(fence_b.check().is_err());
+    assert_eq!(
+        server.object(LEASES, "overlay-controller").unwrap()["spec"]["holderIdentity"],
+        "pod-a"
+    );
+    // Shutdown hands it over at once.
+    a.release().await;
+    let released = server.object(LEASES, "overlay-controller").unwrap();
+    assert!(released["spec"]["holderIdentity"].is_null(), "{released}");
+    assert!(
+        b.try_once().await,
+        "a released Lease is taken without waiting"
+    );
+}
+
+#[tokio::test]
+async fn the_cluster_id_is_the_kube_system_namespace_uid() {
+    let (server, client) = FakeApiServer::start();
+    let err = cluster_uid(client.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("kube-system"), "{err}");
+    server.put(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "kube-system", "uid": "0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001"}}),
+    );
+    assert_eq!(
+        cluster_uid(client).await.unwrap(),
+        "0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001"
+    );
+}
+
+#[tokio::test]
+async fn the_orphan_check_reads_the_node_live_not_from_the_cache() {
+    let (server, client) = FakeApiServer::start();
+    let nodes = KubeNodes::new(
+        client,
+        None,
+        InvalidObjects::new(Arc::new(MemoryEvents::new())),
+    );
+    assert!(nodes.list().await.unwrap().is_empty());
+    server.put(NODES, node_json("late"));
+    let live = nodes.get_live("late").await.unwrap();
+    assert_eq!(live.map(|n| n.name).as_deref(), Some("late"));
+    assert!(
+        server
+            .find("GET", "/api/v1/nodes/late")
+            .uri
+            .contains("nodes/late")
+    );
+    assert!(nodes.get_live("never").await.unwrap().is_none());
 }

@@ -87,6 +87,8 @@ async fn two_clusters_never_release_each_others_or_hand_made_addresses() {
     for name in ["worker-1", "worker-2"] {
         a.ctl.reconcile_node(name).await.unwrap();
     }
+    let a_worker2 = a.ctl.reconcile_node("worker-2").await.unwrap();
+    assert_eq!(a_worker2, overlay_core::controller::NodeOutcome::Ready);
     for name in ["worker-1", "worker-2", "worker-3"] {
         b.ctl.reconcile_node(name).await.unwrap();
     }
@@ -120,10 +122,26 @@ async fn two_clusters_never_release_each_others_or_hand_made_addresses() {
             .all(|(_, d)| d.contains(&format!("{CLUSTER_A}/worker-2"))),
         "{changed:?}"
     );
+    let held_ip = after
+        .iter()
+        .find(|(_, d)| d.starts_with(&format!("overlay-held:{CLUSTER_A}/worker-2 until=")))
+        .map(|(ip, _)| ip.clone())
+        .unwrap_or_else(|| panic!("no held entry: {after:?}"));
+
+    // worker-2 comes back within the hold-down: it gets its old address.
+    a.nodes.upsert(node("worker-2"));
+    a.ctl.reconcile_node("worker-2").await.unwrap();
+    let back = entries(&emu);
     assert!(
-        after
-            .iter()
-            .any(|(_, d)| d.starts_with(&format!("overlay-held:{CLUSTER_A}/worker-2 until="))),
-        "{after:?}"
+        back.contains(&(
+            held_ip.clone(),
+            format!("overlay-owner:{CLUSTER_A}/worker-2")
+        )),
+        "worker-2 did not get {held_ip} back: {back:?}"
+    );
+    assert_eq!(
+        back.len(),
+        before.len(),
+        "a new address was allocated: {back:?}"
     );
 }

@@ -247,7 +247,54 @@ impl FakeApiServer {
                 Some(o) => Response::builder().body(full(o)).unwrap(),
                 None => status(404, "NotFound", &format!("{n} not found")),
             },
+            // Leases are created and replaced like a real server does:
+            // AlreadyExists on a second create, Conflict on a replace with a
+            // stale resourceVersion.
+            ("POST", None) if collection.ends_with("/leases") => {
+                let n = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if st
+                    .objects
+                    .get(&collection)
+                    .is_some_and(|m| m.contains_key(&n))
+                {
+                    status(
+                        409,
+                        "AlreadyExists",
+                        &format!("leases.coordination.k8s.io \"{n}\" already exists"),
+                    )
+                } else {
+                    Self::store(&mut st, &collection, body, true);
+                    let stored = st.objects[&collection][&n].clone();
+                    Response::builder().status(201).body(full(&stored)).unwrap()
+                }
+            }
             ("POST", _) => Response::builder().body(full(&body)).unwrap(),
+            ("PUT", Some(n)) => {
+                match st.objects.get(&collection).and_then(|m| m.get(&n)).cloned() {
+                    None => status(404, "NotFound", &format!("{n} not found")),
+                    Some(cur) => {
+                        let sent = body["metadata"]["resourceVersion"].as_str();
+                        if sent
+                            .is_some_and(|v| Some(v) != cur["metadata"]["resourceVersion"].as_str())
+                        {
+                            status(
+                                409,
+                                "Conflict",
+                                &format!(
+                                    "Operation cannot be fulfilled on {n}: the object has been modified; please apply your changes to the latest version and try again"
+                                ),
+                            )
+                        } else {
+                            Self::store(&mut st, &collection, body, false);
+                            let stored = st.objects[&collection][&n].clone();
+                            Response::builder().body(full(&stored)).unwrap()
+                        }
+                    }
+                }
+            }
             ("PATCH", Some(n)) => Self::patch(&mut st, &collection, &n, sub, &content_type, &body),
             ("DELETE", Some(n)) => Self::delete(&mut st, &collection, &n),
             _ => status(405, "MethodNotAllowed", "not scripted"),
