@@ -209,11 +209,6 @@ async fn run(args: Args) -> Result<(), Failure> {
         "1 while phpIPAM blocks this client's IP after failed logins (no request is sent until the block ends)",
         blocked_gauge.clone(),
     );
-    if let Some(p) = &file.php_ipam {
-        for w in p.security_warnings() {
-            warn!(warning = %w, "phpIPAM connection");
-        }
-    }
     let events: Arc<dyn EventRecorder> =
         Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER));
     // The controller sees every NodeOverlayIp and StaticRoute: it raises the
