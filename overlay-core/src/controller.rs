@@ -132,6 +132,22 @@ impl ControllerError {
     }
 }
 
+/// `map_err` adapters naming the node (empty for whole-cluster passes).
+fn on_ipam(node: &str) -> impl Fn(IpamError) -> ControllerError + Copy + '_ {
+    move |source| ControllerError::Ipam {
+        node: node.to_owned(),
+        source,
+    }
+}
+
+/// See [`on_ipam`].
+fn on_store(node: &str) -> impl Fn(StoreError) -> ControllerError + Copy + '_ {
+    move |source| ControllerError::Store {
+        node: node.to_owned(),
+        source,
+    }
+}
+
 /// What one reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeOutcome {
@@ -244,14 +260,8 @@ impl Controller {
     /// Reconciles one node by name: reserve and record its address, or
     /// release it when the node or its NodeOverlayIp goes.
     pub async fn reconcile_node(&self, name: &str) -> Result<NodeOutcome, ControllerError> {
-        let store_err = |source| ControllerError::Store {
-            node: name.to_owned(),
-            source,
-        };
-        let ipam_err = |source| ControllerError::Ipam {
-            node: name.to_owned(),
-            source,
-        };
+        let store_err = on_store(name);
+        let ipam_err = on_ipam(name);
         let node = self.nodes.get(name).await.map_err(store_err)?;
         let record = self.overlay_ips.get(name).await.map_err(store_err)?;
         let owner = self.owner(name);
@@ -337,10 +347,7 @@ impl Controller {
         rec: Option<OverlayIpRecord>,
     ) -> Result<NodeOutcome, ControllerError> {
         let name = node.name.as_str();
-        let store_err = |source| ControllerError::Store {
-            node: name.to_owned(),
-            source,
-        };
+        let store_err = on_store(name);
         let meta = OverlayIpMeta {
             name: name.to_owned(),
             labels: overlay_ip_labels(node),
@@ -434,34 +441,8 @@ impl Controller {
     /// refuses it once this replica is not sure it leads). Entries of other
     /// clusters, unmarked or unparseable entries are never listed here.
     pub async fn collect_orphans(&self) -> Result<OrphanReport, ControllerError> {
-        let store_err = |source| ControllerError::Store {
-            node: String::new(),
-            source,
-        };
-        // Reservations first, nodes second: a node created in between has
-        // no reservation in the first list, so it cannot be mistaken for an
-        // orphan.
-        let all = self
-            .ipam
-            .list()
-            .await
-            .map_err(|source| ControllerError::Ipam {
-                node: String::new(),
-                source,
-            })?;
-        let ours: Vec<Reservation> = all
-            .into_iter()
-            .filter(|r| r.owner.cluster == self.cfg.cluster_id)
-            .collect();
-        let records = self.overlay_ips.list().await.map_err(store_err)?;
-        let nodes: HashSet<String> = self
-            .nodes
-            .list()
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
+        let (ours, nodes) = self.reservations_then_nodes().await?;
+        let records = self.overlay_ips.list().await.map_err(on_store(""))?;
         let mut report = OrphanReport::default();
         let (held, live): (Vec<&Reservation>, Vec<&Reservation>) =
             ours.iter().partition(|r| r.is_held());
@@ -474,15 +455,39 @@ impl Controller {
             .await?;
         self.report_unreserved(&live, &records, &nodes, &mut report)
             .await;
-        let released: HashSet<&String> = report.released.iter().chain(&report.duplicates).collect();
+        // Each released orphan or duplicate was one live reservation.
         let still_live = live
-            .iter()
-            .filter(|r| !released.contains(&r.owner.node))
-            .count();
+            .len()
+            .saturating_sub(report.released.len() + report.duplicates.len());
         self.metrics
             .reservations_held
             .set(i64::try_from(still_live).unwrap_or(i64::MAX));
         Ok(report)
+    }
+
+    /// This cluster's reservations (live and held), then the names of the
+    /// nodes. In that order: a node created in between has no reservation
+    /// in the first list, so it cannot be mistaken for an orphan.
+    async fn reservations_then_nodes(
+        &self,
+    ) -> Result<(Vec<Reservation>, HashSet<String>), ControllerError> {
+        let ours: Vec<Reservation> = self
+            .ipam
+            .list()
+            .await
+            .map_err(on_ipam(""))?
+            .into_iter()
+            .filter(|r| r.owner.cluster == self.cfg.cluster_id)
+            .collect();
+        let nodes = self
+            .nodes
+            .list()
+            .await
+            .map_err(on_store(""))?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        Ok((ours, nodes))
     }
 
     /// Frees held addresses whose hold-down has run out.
@@ -504,10 +509,7 @@ impl Controller {
             self.ipam
                 .release(r, Duration::ZERO)
                 .await
-                .map_err(|source| ControllerError::Ipam {
-                    node: node.to_owned(),
-                    source,
-                })?;
+                .map_err(on_ipam(node))?;
             info!(node, address = %r.address, "hold-down ended; address freed");
             report.purged.push(node.to_owned());
         }
@@ -541,14 +543,7 @@ impl Controller {
             }
             // The last word goes to the API server itself, not a cache
             // that may lag behind a node created a moment ago.
-            let exists =
-                self.nodes
-                    .get_live(node)
-                    .await
-                    .map_err(|source| ControllerError::Store {
-                        node: node.to_owned(),
-                        source,
-                    })?;
+            let exists = self.nodes.get_live(node).await.map_err(on_store(node))?;
             if exists.is_some() {
                 suspects.remove(&key);
                 continue;
@@ -560,10 +555,7 @@ impl Controller {
             self.ipam
                 .release(r, self.cfg.hold_down)
                 .await
-                .map_err(|source| ControllerError::Ipam {
-                    node: node.to_owned(),
-                    source,
-                })?;
+                .map_err(on_ipam(node))?;
             suspects.remove(&key);
             warn!(node, address = %r.address, hold_down_s = self.cfg.hold_down.as_secs(), "released orphaned reservation");
             self.metrics.orphan("reservation");
@@ -616,10 +608,7 @@ impl Controller {
                 self.ipam
                     .release(extra, self.cfg.hold_down)
                     .await
-                    .map_err(|source| ControllerError::Ipam {
-                        node: node.to_owned(),
-                        source,
-                    })?;
+                    .map_err(on_ipam(node))?;
                 warn!(node, kept = %ip, released = %extra.address, "node held two addresses; released the one not recorded");
                 self.metrics.error("duplicate_reservation");
                 self.event(
@@ -661,10 +650,7 @@ impl Controller {
             self.overlay_ips
                 .delete(&rec.name)
                 .await
-                .map_err(|source| ControllerError::Store {
-                    node: rec.name.clone(),
-                    source,
-                })?;
+                .map_err(on_store(&rec.name))?;
             self.metrics.orphan("record");
             report.deleted.push(rec.name.clone());
         }
@@ -717,37 +703,14 @@ impl Controller {
     /// with an id set by hand, these suggest another cluster uses the same
     /// id.
     pub async fn reservations_of_unknown_nodes(&self) -> Result<Vec<Reservation>, ControllerError> {
-        let store_err = |source| ControllerError::Store {
-            node: String::new(),
-            source,
-        };
-        let all = self
-            .ipam
-            .list()
-            .await
-            .map_err(|source| ControllerError::Ipam {
-                node: String::new(),
-                source,
-            })?;
-        let nodes: HashSet<String> = self
-            .nodes
-            .list()
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
+        let (ours, nodes) = self.reservations_then_nodes().await?;
         let mut out = Vec::new();
-        for r in all.into_iter().filter(|r| {
-            r.owner.cluster == self.cfg.cluster_id && !r.is_held() && !nodes.contains(&r.owner.node)
-        }) {
-            if self
-                .nodes
-                .get_live(&r.owner.node)
-                .await
-                .map_err(store_err)?
-                .is_none()
-            {
+        for r in ours
+            .into_iter()
+            .filter(|r| !r.is_held() && !nodes.contains(&r.owner.node))
+        {
+            let live = self.nodes.get_live(&r.owner.node).await;
+            if live.map_err(on_store(&r.owner.node))?.is_none() {
                 out.push(r);
             }
         }
@@ -760,10 +723,7 @@ impl Controller {
     /// reports the route.
     pub async fn reconcile_route(&self, route: &StaticRouteRecord) -> Result<(), ControllerError> {
         let name = route.name.as_str();
-        let store_err = |source| ControllerError::Store {
-            node: name.to_owned(),
-            source,
-        };
+        let store_err = on_store(name);
         let has_finalizer = route.finalizers.iter().any(|f| f == FINALIZER);
         if !route.deleting {
             if !has_finalizer && !self.cfg.dry_run {
@@ -824,14 +784,7 @@ impl Controller {
     }
 
     async fn reconcile_route_by_name(&self, name: &str) -> Result<(), ControllerError> {
-        let routes = self
-            .routes
-            .list()
-            .await
-            .map_err(|source| ControllerError::Store {
-                node: name.to_owned(),
-                source,
-            })?;
+        let routes = self.routes.list().await.map_err(on_store(name))?;
         match routes.into_iter().find(|r| r.name == name) {
             Some(r) => self.reconcile_route(&r).await,
             None => Ok(()),
@@ -890,6 +843,16 @@ impl Controller {
 
     fn on_error(&self, e: &ControllerError) -> Next {
         self.metrics.error(e.kind());
+        if let ControllerError::Ipam {
+            source: IpamError::NotLeader { .. },
+            ..
+        } = e
+        {
+            // Not this node's problem: the replica is stepping down (the
+            // binary says so once); the next leader takes the key over.
+            debug!(error = %e, "reconcile stopped: not leading");
+            return Next::Done;
+        }
         if e.is_retryable() {
             warn!(error = %e, "reconcile failed; retrying with backoff");
             Next::Backoff

@@ -130,19 +130,15 @@ impl LeaderConfig {
 #[derive(Debug, Clone)]
 pub struct Fence {
     rx: watch::Receiver<Option<Instant>>,
-    /// Keeps the sender of an [`Fence::always`] fence alive.
-    _always: Option<Arc<watch::Sender<Option<Instant>>>>,
+    /// Keeps the sender of a fixed fence ([`Fence::until`]) alive.
+    _fixed: Option<Arc<watch::Sender<Option<Instant>>>>,
 }
 
 impl Fence {
     /// A fence that never closes: for a single replica run without
     /// election, and for embedding without a Lease.
     pub fn always() -> Self {
-        let (tx, rx) = watch::channel(Some(far_future()));
-        Self {
-            rx,
-            _always: Some(Arc::new(tx)),
-        }
+        Self::until(far_future())
     }
 
     /// A fence that closes at `deadline`: for embedding with a leadership
@@ -151,7 +147,7 @@ impl Fence {
         let (tx, rx) = watch::channel(Some(deadline));
         Self {
             rx,
-            _always: Some(Arc::new(tx)),
+            _fixed: Some(Arc::new(tx)),
         }
     }
 
@@ -160,10 +156,11 @@ impl Fence {
         *self.rx.borrow()
     }
 
-    /// `Ok` while this replica leads by its own clock; otherwise why not.
-    pub fn check(&self) -> Result<(), String> {
+    /// The deadline while this replica leads by its own clock; otherwise
+    /// why not.
+    pub fn check(&self) -> Result<Instant, String> {
         match self.deadline() {
-            Some(d) if Instant::now() < d => Ok(()),
+            Some(d) if Instant::now() < d => Ok(d),
             Some(_) => Err("the Lease was not renewed before the local deadline".into()),
             None => Err("this replica does not hold the Lease".into()),
         }
@@ -237,7 +234,7 @@ impl LeaderElector {
                 tx,
                 observed: None,
             },
-            Fence { rx, _always: None },
+            Fence { rx, _fixed: None },
         )
     }
 
@@ -406,10 +403,7 @@ impl FencedIpam {
             call: call.to_owned(),
             reason,
         };
-        self.fence.check().map_err(refused)?;
-        let Some(deadline) = self.fence.deadline() else {
-            return Err(refused("this replica does not hold the Lease".into()));
-        };
+        let deadline = self.fence.check().map_err(refused)?;
         match tokio::time::timeout_at(deadline, f).await {
             Ok(r) => r,
             Err(_) => Err(refused(

@@ -143,6 +143,17 @@ impl Fixture {
         }
     }
 
+    /// The smallest zone a check may fill: at least `min` and at most
+    /// [`MAX_FILL`] free addresses; otherwise why the check is skipped.
+    fn fillable_zone(&self, min: usize) -> Result<(Zone, usize), String> {
+        self.zones
+            .iter()
+            .filter(|z| z.total() >= min && z.total() <= MAX_FILL)
+            .min_by_key(|z| z.total())
+            .map(|z| (z.zone.clone(), z.total()))
+            .ok_or_else(|| format!("no zone with at most {MAX_FILL} free addresses"))
+    }
+
     fn owner(&self, check: &str, i: usize) -> Owner {
         Owner::new(self.cluster.clone(), format!("{check}-{i}"))
     }
@@ -243,27 +254,40 @@ impl<'a> Scratch<'a> {
         self.fixture.backend.reserve(owner, zone).await
     }
 
+    /// Fills `zone` (`total` free addresses) with owners `<check>-0..`;
+    /// returns the last reservation.
+    async fn fill(
+        &mut self,
+        check: &str,
+        zone: &Zone,
+        total: usize,
+    ) -> Result<Option<Reservation>, Failure> {
+        let mut last = None;
+        for i in 0..total {
+            let owner = self.fixture.owner(check, i);
+            last = Some(
+                self.reserve(&owner, zone)
+                    .await
+                    .map_err(|e| call_failed(&format!("reserve {} of {total}", i + 1), &e))?,
+            );
+        }
+        Ok(last)
+    }
+
     /// Releases everything owned by the check's owners; returns the first
     /// error.
     async fn cleanup(self) -> Result<(), Failure> {
         let mut first = None;
         for owner in &self.owners {
-            // An owner may hold addresses in several zones: release until none.
-            for _ in 0..8 {
-                match self
-                    .fixture
-                    .backend
-                    .release_owner(owner, Duration::ZERO)
-                    .await
-                {
-                    Ok(v) if !v.is_empty() => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        first
-                            .get_or_insert_with(|| call_failed(&format!("cleanup of {owner}"), &e));
-                        break;
-                    }
-                }
+            // Every zone's address of the owner (checked by
+            // `release_owner_all`).
+            if let Err(e) = self
+                .fixture
+                .backend
+                .release_owner(owner, Duration::ZERO)
+                .await
+            {
+                first.get_or_insert_with(|| call_failed(&format!("cleanup of {owner}"), &e));
             }
         }
         if self.held {
@@ -563,28 +587,12 @@ pub async fn release_then_reserve(f: &Fixture) -> Result<(), Failure> {
 /// Filling a zone yields [`IpamError::Exhausted`] naming the zone, and a
 /// release makes room again.
 pub async fn exhaustion(f: &Fixture) -> Result<Option<String>, Failure> {
-    let Some(z) = f
-        .zones
-        .iter()
-        .filter(|z| z.total() <= MAX_FILL)
-        .min_by_key(|z| z.total())
-    else {
-        return Ok(Some(format!(
-            "no zone with at most {MAX_FILL} free addresses"
-        )));
+    let (zone, total) = match f.fillable_zone(0) {
+        Ok(z) => z,
+        Err(skip) => return Ok(Some(skip)),
     };
-    let zone = z.zone.clone();
-    let total = z.total();
     with_scratch(f, async |s| {
-        let mut last = None;
-        for i in 0..total {
-            let owner = f.owner("fill", i);
-            last = Some(
-                s.reserve(&owner, &zone)
-                    .await
-                    .map_err(|e| call_failed(&format!("reserve {} of {total}", i + 1), &e))?,
-            );
-        }
+        let last = s.fill("fill", &zone, total).await?;
         let extra = f.owner("fill", total);
         match s.reserve(&extra, &zone).await {
             Err(IpamError::Exhausted { zone: named, .. }) if named == zone.as_str() => {}
@@ -879,29 +887,12 @@ pub async fn hold_down(f: &Fixture) -> Result<(), Failure> {
 /// ([`IpamError::Exhausted`]) but comes back to its owner; a zero release
 /// of the held entry frees it for another owner.
 pub async fn hold_down_when_full(f: &Fixture) -> Result<Option<String>, Failure> {
-    let Some(z) = f
-        .zones
-        .iter()
-        .filter(|z| z.total() > 0 && z.total() <= MAX_FILL)
-        .min_by_key(|z| z.total())
-    else {
-        return Ok(Some(format!(
-            "no zone with at most {MAX_FILL} free addresses"
-        )));
+    let (zone, total) = match f.fillable_zone(1) {
+        Ok(z) => z,
+        Err(skip) => return Ok(Some(skip)),
     };
-    let zone = z.zone.clone();
-    let total = z.total();
     with_scratch(f, async |s| {
-        let mut last = None;
-        for i in 0..total {
-            let owner = f.owner("heldfull", i);
-            last = Some(
-                s.reserve(&owner, &zone)
-                    .await
-                    .map_err(|e| call_failed(&format!("reserve {} of {total}", i + 1), &e))?,
-            );
-        }
-        let Some(last) = last else {
+        let Some(last) = s.fill("heldfull", &zone, total).await? else {
             return Ok(());
         };
         let owner = last.owner.clone();

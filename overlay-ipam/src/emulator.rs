@@ -129,6 +129,20 @@ pub struct EmulatorConfig {
     pub login_block: Duration,
 }
 
+/// The user of the default configuration.
+pub const USER: &str = "apiuser";
+/// [`USER`]'s password in the default configuration.
+pub const PASSWORD: &str = "ApiUser-Test-1";
+
+/// Credentials of [`USER`] with `password` ([`PASSWORD`], or a wrong one
+/// to test refusals).
+pub fn user_credentials(password: &str) -> crate::phpipam::Credentials {
+    crate::phpipam::Credentials::User {
+        username: USER.into(),
+        password: crate::phpipam::Secret::new(password),
+    }
+}
+
 impl Default for EmulatorConfig {
     /// The transcript's server: app `overlay` (admin, security none), apps
     /// `overlay_ro` (read-only), `overlay_ssl` (ssl_token), `overlay_user`
@@ -159,7 +173,7 @@ impl Default for EmulatorConfig {
                     security: AppSecurity::User,
                 },
             ],
-            users: vec![("apiuser".into(), "ApiUser-Test-1".into())],
+            users: vec![(USER.into(), PASSWORD.into())],
             subnets: vec![
                 SubnetSpec {
                     id: 1,

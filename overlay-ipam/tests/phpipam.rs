@@ -8,7 +8,8 @@ use std::sync::Arc;
 use overlay_core::{IpamBackend, IpamError, Owner, Zone};
 use overlay_ipam::conformance::{Fixture, Outcome, ZoneCapacity, run_all};
 use overlay_ipam::emulator::{
-    App, AppPermissions, AppSecurity, Emulator, EmulatorConfig, Fault, SubnetSpec,
+    App, AppPermissions, AppSecurity, Emulator, EmulatorConfig, Fault, PASSWORD, SubnetSpec,
+    user_credentials as user,
 };
 use overlay_ipam::phpipam::{CredentialSource, Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
 
@@ -42,15 +43,8 @@ fn config(emu: &Emulator, app: &str) -> PhpIpamConfig {
         .with_zone("tiny", [2, 4])
 }
 
-fn user(password: &str) -> Credentials {
-    Credentials::User {
-        username: "apiuser".into(),
-        password: Secret::new(password),
-    }
-}
-
 fn backend(emu: &Emulator) -> PhpIpamBackend {
-    PhpIpamBackend::new(&config(emu, "overlay"), CLUSTER, user("ApiUser-Test-1")).unwrap()
+    PhpIpamBackend::new(&config(emu, "overlay"), CLUSTER, user(PASSWORD)).unwrap()
 }
 
 fn zone(z: &str) -> Zone {
@@ -329,8 +323,7 @@ async fn blocked_ip_is_retryable() {
 #[tokio::test]
 async fn read_only_app_is_a_permission_error_not_a_token_problem() {
     let emu = emulator().await;
-    let ipam =
-        PhpIpamBackend::new(&config(&emu, "overlay_ro"), CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let ipam = PhpIpamBackend::new(&config(&emu, "overlay_ro"), CLUSTER, user(PASSWORD)).unwrap();
     let err = ipam.reserve(&owner("n"), &zone("big")).await.unwrap_err();
     assert!(matches!(err, IpamError::Permission { .. }), "{err:?}");
     assert!(!err.is_retryable());
@@ -344,14 +337,13 @@ async fn read_only_app_is_a_permission_error_not_a_token_problem() {
 #[tokio::test]
 async fn unknown_app_and_subnet_are_permanent() {
     let emu = emulator().await;
-    let ipam =
-        PhpIpamBackend::new(&config(&emu, "nosuchapp"), CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let ipam = PhpIpamBackend::new(&config(&emu, "nosuchapp"), CLUSTER, user(PASSWORD)).unwrap();
     let err = ipam.reserve(&owner("n"), &zone("big")).await.unwrap_err();
     assert!(matches!(err, IpamError::Rejected { .. }), "{err:?}");
     assert!(err.to_string().contains("appID"), "{err}");
 
     let cfg = PhpIpamConfig::new(emu.url(), "overlay").with_zone("z", [999]);
-    let ipam = PhpIpamBackend::new(&cfg, CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let ipam = PhpIpamBackend::new(&cfg, CLUSTER, user(PASSWORD)).unwrap();
     let err = ipam.reserve(&owner("n"), &zone("z")).await.unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
     assert!(err.to_string().contains("999"), "{err}");
@@ -377,7 +369,7 @@ async fn outages_are_retryable_and_recover() {
         l.local_addr().unwrap().port()
     };
     let cfg = PhpIpamConfig::new(format!("http://127.0.0.1:{port}"), "overlay").with_zone("z", [1]);
-    let down = PhpIpamBackend::new(&cfg, CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let down = PhpIpamBackend::new(&cfg, CLUSTER, user(PASSWORD)).unwrap();
     let err = down.reserve(&owner("n"), &zone("z")).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
@@ -506,7 +498,7 @@ async fn a_slow_server_times_out_as_retryable() {
     let emu = emulator().await;
     let mut cfg = config(&emu, "overlay");
     cfg.timeout_seconds = 1;
-    let ipam = PhpIpamBackend::new(&cfg, CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let ipam = PhpIpamBackend::new(&cfg, CLUSTER, user(PASSWORD)).unwrap();
     emu.inject(Fault::Slow(std::time::Duration::from_secs(5)), 1);
     let err = ipam.reserve(&owner("n"), &zone("big")).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");

@@ -7,32 +7,14 @@
 //! emulator included) runs on a current-thread runtime on that thread, so
 //! no other test can have cached the call sites as uninteresting.
 
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::Duration;
 
 use overlay_core::{IpamBackend, Owner, Zone};
-use overlay_ipam::emulator::{Emulator, EmulatorConfig};
-use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use overlay_ipam::emulator::{Emulator, EmulatorConfig, PASSWORD, user_credentials as user};
+use overlay_ipam::phpipam::{PhpIpamBackend, PhpIpamConfig};
+use support::Captured;
 
 #[test]
 fn one_error_line_per_block() {
@@ -56,15 +38,7 @@ fn one_error_line_per_block() {
         .await
         .unwrap();
         let cfg = PhpIpamConfig::new(emu.url(), "overlay").with_zone("big", [3]);
-        let ipam = PhpIpamBackend::new(
-            &cfg,
-            "c1",
-            Credentials::User {
-                username: "apiuser".into(),
-                password: Secret::new("ApiUser-Test-1"),
-            },
-        )
-        .unwrap();
+        let ipam = PhpIpamBackend::new(&cfg, "c1", user(PASSWORD)).unwrap();
         let zone = Zone::parse("zone", "big").unwrap();
         let http = reqwest::Client::new();
         for _ in 0..11 {
@@ -90,7 +64,7 @@ fn one_error_line_per_block() {
             .await
             .unwrap();
     });
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let errors: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("ERROR") && l.contains("blocked this client's IP address"))

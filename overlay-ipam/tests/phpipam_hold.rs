@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, Owner, Zone};
-use overlay_ipam::emulator::{EmulatedAddress, Emulator, EmulatorConfig, Fault};
-use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
+use overlay_ipam::emulator::{
+    EmulatedAddress, Emulator, EmulatorConfig, Fault, PASSWORD, user_credentials as user,
+};
+use overlay_ipam::phpipam::{PhpIpamBackend, PhpIpamConfig};
 
 const CLUSTER: &str = "c1";
 const HOLD: Duration = Duration::from_secs(300);
@@ -24,15 +26,8 @@ fn config(emu: &Emulator) -> PhpIpamConfig {
         .with_zone("big", [3])
 }
 
-fn user() -> Credentials {
-    Credentials::User {
-        username: "apiuser".into(),
-        password: Secret::new("ApiUser-Test-1"),
-    }
-}
-
 fn backend_with(cfg: &PhpIpamConfig) -> PhpIpamBackend {
-    PhpIpamBackend::new(cfg, CLUSTER, user()).unwrap()
+    PhpIpamBackend::new(cfg, CLUSTER, user(PASSWORD)).unwrap()
 }
 
 fn backend(emu: &Emulator) -> PhpIpamBackend {

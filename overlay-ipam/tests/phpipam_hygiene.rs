@@ -10,20 +10,15 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use overlay_core::{IpamBackend, IpamError, Owner, Zone};
-use overlay_ipam::emulator::{App, AppPermissions, AppSecurity, Emulator, EmulatorConfig};
+use overlay_ipam::emulator::{
+    App, AppPermissions, AppSecurity, Emulator, EmulatorConfig, PASSWORD, user_credentials as user,
+};
 use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
 
 const CLUSTER: &str = "c1";
 
 fn config(url: &str) -> PhpIpamConfig {
     PhpIpamConfig::new(url, "overlay").with_zone("big", [3])
-}
-
-fn user(password: &str) -> Credentials {
-    Credentials::User {
-        username: "apiuser".into(),
-        password: Secret::new(password),
-    }
 }
 
 fn zone() -> Zone {
@@ -54,7 +49,7 @@ async fn an_ip_block_stops_every_request_and_login_until_it_ends() {
     })
     .await
     .unwrap();
-    let ipam = PhpIpamBackend::new(&config(&emu.url()), CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let ipam = PhpIpamBackend::new(&config(&emu.url()), CLUSTER, user(PASSWORD)).unwrap();
     ipam.reserve(&owner("warm"), &zone()).await.unwrap();
     let mut blocked = ipam.blocked();
     assert!(blocked.borrow().is_none());
@@ -98,7 +93,7 @@ async fn an_ip_block_stops_every_request_and_login_until_it_ends() {
 
     // A backend without a token: its one login runs into the block, then
     // it stays quiet too.
-    let fresh = PhpIpamBackend::new(&config(&emu.url()), CLUSTER, user("ApiUser-Test-1")).unwrap();
+    let fresh = PhpIpamBackend::new(&config(&emu.url()), CLUSTER, user(PASSWORD)).unwrap();
     for _ in 0..10 {
         fresh.reserve(&owner("f"), &zone()).await.unwrap_err();
     }
@@ -180,7 +175,7 @@ async fn redirects_are_not_followed_and_the_token_stays_home() {
     .await;
     for creds in [
         Credentials::AppCode(Secret::new("app-code-0123456789")),
-        user("ApiUser-Test-1"),
+        user(PASSWORD),
     ] {
         let ipam = PhpIpamBackend::new(&config(&front), CLUSTER, creds).unwrap();
         let err = ipam.reserve(&owner("n"), &zone()).await.unwrap_err();

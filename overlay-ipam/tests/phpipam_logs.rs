@@ -9,38 +9,12 @@
 //! random. Here the subscriber is the process's global default, installed
 //! before any call site is hit, and nothing runs beside this test.
 
-use std::sync::{Arc, Mutex};
+mod support;
 
 use overlay_core::{IpamBackend, Owner, Zone};
-use overlay_ipam::emulator::{Emulator, EmulatorConfig};
-use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-fn user(password: &str) -> Credentials {
-    Credentials::User {
-        username: "apiuser".into(),
-        password: Secret::new(password),
-    }
-}
+use overlay_ipam::emulator::{Emulator, EmulatorConfig, PASSWORD, user_credentials as user};
+use overlay_ipam::phpipam::{PhpIpamBackend, PhpIpamConfig};
+use support::Captured;
 
 #[test]
 fn logs_never_contain_tokens_or_passwords() {
@@ -61,7 +35,7 @@ fn logs_never_contain_tokens_or_passwords() {
     let token = rt.block_on(async {
         let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
         let cfg = PhpIpamConfig::new(emu.url(), "overlay").with_zone("big", [3]);
-        let ipam = PhpIpamBackend::new(&cfg, "c1", user("ApiUser-Test-1")).unwrap();
+        let ipam = PhpIpamBackend::new(&cfg, "c1", user(PASSWORD)).unwrap();
         let zone = Zone::parse("zone", "big").unwrap();
         let r = ipam
             .reserve(&Owner::new("c1", "node-a"), &zone)
@@ -88,7 +62,7 @@ fn logs_never_contain_tokens_or_passwords() {
             .unwrap();
         token["data"]["token"].as_str().unwrap().to_string()
     });
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("logging in to phpIPAM"), "{text}");
     assert!(text.contains("reserved"), "{text}");
     assert!(text.contains("login refused"), "{text}");

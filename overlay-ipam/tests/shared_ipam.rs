@@ -13,8 +13,8 @@ use overlay_core::controller::{Controller, ControllerConfig};
 use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::metrics::ControllerMetrics;
 use overlay_core::{IpamBackend, NodeInfo};
-use overlay_ipam::emulator::{Emulator, EmulatorConfig};
-use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
+use overlay_ipam::emulator::{Emulator, EmulatorConfig, PASSWORD, user_credentials as user};
+use overlay_ipam::phpipam::{PhpIpamBackend, PhpIpamConfig};
 
 /// Two kube-system Namespace UIDs.
 const CLUSTER_A: &str = "0b7e5c52-5d0e-4a8e-9a57-1d6f3c2a0001";
@@ -27,10 +27,7 @@ struct Cluster {
 
 fn cluster(emu: &Emulator, id: &str) -> Cluster {
     let cfg = PhpIpamConfig::new(emu.url(), "overlay").with_zone("dal10", [3]);
-    let creds = Credentials::User {
-        username: "apiuser".into(),
-        password: Secret::new("ApiUser-Test-1"),
-    };
+    let creds = user(PASSWORD);
     let ipam: Arc<dyn IpamBackend> = Arc::new(PhpIpamBackend::new(&cfg, id, creds).unwrap());
     let nodes = MemoryNodes::new();
     let ctl = Arc::new(Controller::new(

@@ -138,26 +138,45 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, Failure> {
     Ok(cfg)
 }
 
+/// Where the cluster id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdSource {
+    Flag,
+    Config,
+    /// The kube-system Namespace UID: unique to the cluster.
+    Derived,
+}
+
+impl IdSource {
+    fn describe(self) -> &'static str {
+        match self {
+            IdSource::Flag => "--cluster-id/CLUSTER_ID",
+            IdSource::Config => "clusterId in the config",
+            IdSource::Derived => "kube-system Namespace UID",
+        }
+    }
+}
+
 /// The cluster id, and where it came from.
 async fn cluster_id(
     args: &Args,
     file: &overlay_ipam::config::ControllerConfig,
     client: &kube::Client,
-) -> Result<(String, &'static str), Failure> {
+) -> Result<(String, IdSource), Failure> {
     if let Some(id) = &args.cluster_id {
         validate_cluster_id(id)
             .map_err(|e| Failure::Config(format!("--cluster-id/CLUSTER_ID: {e}")))?;
-        return Ok((id.clone(), "CLUSTER_ID"));
+        return Ok((id.clone(), IdSource::Flag));
     }
     if let Some(id) = &file.cluster_id {
-        return Ok((id.clone(), "clusterId in the config"));
+        return Ok((id.clone(), IdSource::Config));
     }
     let uid = cluster_uid(client.clone()).await.map_err(|e| {
         Failure::Runtime(format!(
             "deriving the cluster id from the kube-system Namespace UID: {e}; grant get on namespaces/kube-system, or set clusterId"
         ))
     })?;
-    Ok((uid, "kube-system Namespace UID"))
+    Ok((uid, IdSource::Derived))
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
@@ -199,7 +218,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     // once this replica leads, so a standby never works from state read
     // before it took over.
     drop(file.build().map_err(|e| Failure::Config(e.to_string()))?);
-    info!(cluster_id = %cluster, source = id_source, orphan_grace_s = orphan_grace.as_secs(), hold_down_s = hold_down.as_secs(), "cluster identity");
+    info!(cluster_id = %cluster, source = id_source.describe(), orphan_grace_s = orphan_grace.as_secs(), hold_down_s = hold_down.as_secs(), "cluster identity");
     let metrics = ControllerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -293,7 +312,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         metrics.clone(),
     ));
     let _ = active.set(controller.clone());
-    if id_source != "kube-system Namespace UID" {
+    if id_source != IdSource::Derived {
         warn_if_id_is_shared(&controller, &cluster).await;
     }
     let lost = Arc::new(AtomicBool::new(false));
