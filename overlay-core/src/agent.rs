@@ -327,6 +327,7 @@ impl Agent {
             overlay: overlay.clone(),
             routes: planned.iter().filter_map(|p| p.route.clone()).collect(),
             keep_unlisted,
+            scope: Default::default(),
         };
         let apply = match self.programmer.apply(&desired).await {
             Ok(a) => a,
@@ -434,6 +435,8 @@ impl Agent {
             configured: false,
             reason: reason.into(),
             message,
+            routes: Vec::new(),
+            gateways: Vec::new(),
         }
     }
 
@@ -652,36 +655,10 @@ impl Agent {
         planned: &[Planned],
         report: &mut AgentReport,
     ) {
-        let Some(store) = &self.routes else {
-            return;
-        };
-        let me = &self.cfg.node_name;
+        let _ = all;
         for p in planned {
             let Some(owner) = &p.owner else { continue };
-            let current = all
-                .iter()
-                .find(|r| &r.name == owner)
-                .and_then(|r| r.node_status.iter().find(|e| &e.hostname == me));
-            if current != Some(&p.status)
-                && let Err(e) = store.set_node_status(owner, &p.status).await
-            {
-                warn!(node = %me, route = %owner, error = %e, "writing route status failed");
-            }
             report.statuses.insert(owner.clone(), p.status.clone());
-        }
-        // Entries of routes that no longer select us, or are being deleted:
-        // the route is gone from the kernel now, so drop our entry.
-        for r in all {
-            let ours = r.node_status.iter().any(|e| &e.hostname == me);
-            let planned_here = planned.iter().any(|p| p.owner.as_ref() == Some(&r.name));
-            if ours
-                && !planned_here
-                && let Err(e) = store
-                    .remove_node_status(&r.name, std::slice::from_ref(me))
-                    .await
-            {
-                warn!(node = %me, route = %r.name, error = %e, "removing route status failed");
-            }
         }
     }
 
@@ -693,6 +670,8 @@ impl Agent {
     ) {
         let status = match (overlay, address_problem) {
             (Some(o), None) => AgentStatus {
+                routes: Vec::new(),
+                gateways: Vec::new(),
                 interface: o.parent.to_string(),
                 interface_label: o.name.to_string(),
                 configured: true,

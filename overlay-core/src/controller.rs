@@ -36,7 +36,7 @@ use crate::model::{NodeInfo, Owner, Reservation, overlay_ip_labels};
 use crate::queue::{Backoff, Next, WorkQueue};
 use crate::traits::{
     FINALIZER, IpamBackend, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
-    StaticRouteRecord, StaticRouteStore, StoreEvent,
+    RouteSummary, StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
 /// Controller settings.
@@ -763,8 +763,17 @@ impl Controller {
         }
         if !dead.is_empty() {
             info!(route = name, nodes = ?dead, "pruning status entries of nodes that no longer exist");
+            let summary = RouteSummary {
+                node_status: route
+                    .node_status
+                    .iter()
+                    .filter(|e| !dead.contains(&e.hostname))
+                    .cloned()
+                    .collect(),
+                ..route.summary.clone().unwrap_or_default()
+            };
             self.routes
-                .remove_node_status(name, &dead)
+                .set_summary(name, &summary)
                 .await
                 .map_err(store_err)?;
         }

@@ -564,6 +564,8 @@ fn overlay_ip_record(
     let agent = match (&interface, &interface_label, configured) {
         (None, None, None) => None,
         (i, l, c) => Some(AgentStatus {
+            routes: Vec::new(),
+            gateways: Vec::new(),
             interface: i.clone().unwrap_or_default(),
             interface_label: l.clone().unwrap_or_default(),
             configured: c.is_some_and(|c| c.status == "True"),
@@ -659,6 +661,7 @@ fn static_route_record(
         });
     }
     let record = StaticRouteRecord {
+        summary: None,
         name: meta.name.clone().unwrap_or_default(),
         spec,
         finalizers: meta.finalizers.clone().unwrap_or_default(),

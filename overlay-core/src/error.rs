@@ -169,6 +169,13 @@ pub enum ProgrammerError {
         /// Detail.
         message: String,
     },
+    /// The programmer does not offer this call (or not yet: an
+    /// incremental update before the first full apply).
+    #[error("{call} is not supported by this programmer now; do a full apply")]
+    Unsupported {
+        /// The call.
+        call: String,
+    },
     /// Any other kernel error.
     #[error("{call} failed: {message}")]
     Kernel {

@@ -43,8 +43,8 @@ use crate::model::NodeInfo;
 use crate::parse::Cidr;
 use crate::repeats::Repeats;
 use crate::traits::{
-    AgentStatus, LegacyRouteSource, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord,
-    OverlayIpStore, StaticRouteRecord, StaticRouteStore, StoreEvent,
+    AgentStatus, LegacyRouteSource, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
+    RouteSummary, StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
 /// Field manager of the controller's writes.
@@ -454,10 +454,11 @@ pub fn agent_status_body(name: &str, s: &AgentStatus, since: Time) -> serde_json
 }
 
 /// The server-side apply body of one node's StaticRoute status entry.
-pub fn node_status_body(name: &str, s: &NodeRouteStatus) -> serde_json::Value {
+pub fn route_summary_body(name: &str, s: &RouteSummary) -> serde_json::Value {
+    let entries: Vec<NodeStatusEntry> = s.node_status.iter().map(NodeStatusEntry::from).collect();
     json!({
         "apiVersion": API_VERSION, "kind": "StaticRoute", "metadata": {"name": name},
-        "status": {"nodeStatus": [NodeStatusEntry::from(s)]},
+        "status": {"nodeStatus": entries},
     })
 }
 
@@ -639,60 +640,13 @@ impl StaticRouteStore for KubeStaticRoutes {
         ignore_not_found(remove_finalizer(&self.api, "StaticRoute", name, finalizer).await)
     }
 
-    async fn set_node_status(&self, name: &str, s: &NodeRouteStatus) -> Result<(), StoreError> {
+    async fn set_summary(&self, name: &str, summary: &RouteSummary) -> Result<(), StoreError> {
         let pp = PatchParams::apply(&self.field_manager).force();
         self.api
-            .patch_status(name, &pp, &Patch::Apply(node_status_body(name, s)))
+            .patch_status(name, &pp, &Patch::Apply(route_summary_body(name, summary)))
             .await
             .map(|_| ())
             .map_err(|e| api_err("StaticRoute", name, e))
-    }
-
-    async fn remove_node_status(&self, name: &str, hostnames: &[String]) -> Result<(), StoreError> {
-        let Some(obj) = self
-            .api
-            .get_opt(name)
-            .await
-            .map_err(|e| api_err("StaticRoute", name, e))?
-        else {
-            return Ok(());
-        };
-        // Entries are matched by their raw hostname, so that one malformed
-        // entry does not stop the removal of the others.
-        let entries = obj
-            .data
-            .get("status")
-            .and_then(|s| s.get("nodeStatus"))
-            .and_then(|l| l.as_array())
-            .cloned()
-            .unwrap_or_default();
-        let mut ops = Vec::new();
-        for (i, e) in entries.iter().enumerate().rev() {
-            let Some(h) = e.get("hostname").and_then(|h| h.as_str()) else {
-                continue;
-            };
-            if hostnames.iter().any(|x| x == h) {
-                let path = format!("/status/nodeStatus/{i}");
-                ops.push(json!({"op": "test", "path": format!("{path}/hostname"), "value": h}));
-                ops.push(json!({"op": "remove", "path": path}));
-            }
-        }
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-            .map_err(|e| StoreError::Rejected {
-                kind: "StaticRoute".into(),
-                name: name.into(),
-                message: e.to_string(),
-            })?;
-        ignore_not_found(
-            self.api
-                .patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map(|_| ())
-                .map_err(|e| api_err("StaticRoute", name, e)),
-        )
     }
 
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>> {

@@ -38,11 +38,12 @@ pub mod k8s;
 pub use error::{IpamError, ProgrammerError, StoreError};
 pub use model::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, Marker, NodeInfo, OverlayInterface,
-    Owner, Reservation, RouteOutcome, RouteResult, RouteSpec, RouteState,
+    Owner, Reservation, RouteChanges, RouteOutcome, RouteResult, RouteScope, RouteSpec, RouteState,
 };
 pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
 pub use traits::{
-    AgentStatus, FINALIZER, GatewayChoice, IpamBackend, LegacyRouteSource, NodeRouteStatus,
-    NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteProgrammer, StaticRouteRecord,
-    StaticRouteSpecModel, StaticRouteStore, StoreEvent,
+    AgentStatus, FINALIZER, GatewayChoice, IpamBackend, KnownGateway, LegacyRouteSource,
+    NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteProgrammer,
+    RouteReport, RouteSummary, StaticRouteRecord, StaticRouteSpecModel, StaticRouteStore,
+    StoreEvent,
 };

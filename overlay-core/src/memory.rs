@@ -18,7 +18,7 @@ use crate::error::StoreError;
 use crate::events::{Event, EventRecorder};
 use crate::model::NodeInfo;
 use crate::traits::{
-    AgentStatus, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
+    AgentStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteSummary,
     StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
@@ -264,6 +264,7 @@ impl MemoryStaticRoutes {
                     finalizers: vec![],
                     deleting: false,
                     node_status: vec![],
+                    summary: None,
                 });
             rec.spec = spec;
             rec.clone()
@@ -334,26 +335,10 @@ impl StaticRouteStore for MemoryStaticRoutes {
         }
     }
 
-    async fn set_node_status(
-        &self,
-        name: &str,
-        status: &NodeRouteStatus,
-    ) -> Result<(), StoreError> {
-        self.modify(name, |r| {
-            match r
-                .node_status
-                .iter_mut()
-                .find(|e| e.hostname == status.hostname)
-            {
-                Some(e) => *e = status.clone(),
-                None => r.node_status.push(status.clone()),
-            }
-        })
-    }
-
-    async fn remove_node_status(&self, name: &str, hostnames: &[String]) -> Result<(), StoreError> {
+    async fn set_summary(&self, name: &str, summary: &RouteSummary) -> Result<(), StoreError> {
         match self.modify(name, |r| {
-            r.node_status.retain(|e| !hostnames.contains(&e.hostname))
+            r.node_status = summary.node_status.clone();
+            r.summary = Some(summary.clone());
         }) {
             Err(StoreError::NotFound { .. }) => Ok(()),
             other => other,
@@ -416,6 +401,63 @@ pub struct KernelState {
     pub writes: u64,
     /// Route deletions so far.
     pub deletions: u64,
+    /// Tables and devices of the routes installed so far (where stale
+    /// routes may be removed).
+    pub programmed: crate::RouteScope,
+    /// The last full apply (what `update` changes).
+    pub desired: Option<crate::DesiredNodeState>,
+}
+
+impl KernelState {
+    /// Installs `r` (or reports why not); counts the write.
+    fn install(&mut self, r: &crate::RouteSpec) -> crate::model::RouteOutcome {
+        use crate::model::{RouteOutcome, RouteResult};
+        let result = if self.failing.contains(&r.destination) {
+            RouteResult::Failed(format!("kernel refused {r}"))
+        } else {
+            self.programmed.add_route(r);
+            match self.routes.get(&r.key()) {
+                Some(cur) if cur == r => RouteResult::Unchanged,
+                Some(_) => {
+                    self.routes.insert(r.key(), r.clone());
+                    self.writes += 1;
+                    RouteResult::Replaced
+                }
+                None => {
+                    self.routes.insert(r.key(), r.clone());
+                    self.writes += 1;
+                    RouteResult::Added
+                }
+            }
+        };
+        let device = match result {
+            RouteResult::Failed(_) => None,
+            _ => r.device.clone(),
+        };
+        RouteOutcome {
+            route: r.clone(),
+            result,
+            device,
+        }
+    }
+
+    /// Removes our route with `key` when `scope` allows; whether it did.
+    fn uninstall(
+        &mut self,
+        key: &(crate::Cidr, u32, u32),
+        scope: &crate::RouteScope,
+    ) -> Option<crate::RouteSpec> {
+        let r = self.routes.get(key)?;
+        if r.destination.prefix() == 0
+            || !scope.allows(key.1, r.device.as_ref().map(crate::InterfaceName::as_str))
+        {
+            return None;
+        }
+        let r = self.routes.remove(key)?;
+        self.writes += 1;
+        self.deletions += 1;
+        Some(r)
+    }
 }
 
 impl MemoryProgrammer {
@@ -436,7 +478,6 @@ impl crate::RouteProgrammer for MemoryProgrammer {
         &self,
         desired: &crate::DesiredNodeState,
     ) -> Result<crate::ApplyReport, crate::ProgrammerError> {
-        use crate::model::{RouteOutcome, RouteResult};
         let mut k = lock(&self.state);
         let mut report = crate::ApplyReport::default();
         let start = k.writes;
@@ -458,6 +499,9 @@ impl crate::RouteProgrammer for MemoryProgrammer {
             k.interface = Some(o.clone());
         }
         let wanted: BTreeMap<_, _> = desired.routes.iter().map(|r| (r.key(), r)).collect();
+        let mut scope = desired.scope.clone();
+        scope.extend(&k.programmed);
+        desired.routes.iter().for_each(|r| scope.add_route(r));
         let stale: Vec<_> = k
             .routes
             .keys()
@@ -465,35 +509,15 @@ impl crate::RouteProgrammer for MemoryProgrammer {
             .cloned()
             .collect();
         for key in stale {
-            if let Some(r) = k.routes.remove(&key) {
+            if let Some(r) = k.uninstall(&key, &scope) {
                 report.routes_removed.push(r);
-                k.writes += 1;
-                k.deletions += 1;
             }
         }
         for r in &desired.routes {
-            let result = if k.failing.contains(&r.destination) {
-                RouteResult::Failed(format!("kernel refused {r}"))
-            } else {
-                match k.routes.get(&r.key()) {
-                    Some(cur) if cur == r => RouteResult::Unchanged,
-                    Some(_) => {
-                        k.routes.insert(r.key(), r.clone());
-                        k.writes += 1;
-                        RouteResult::Replaced
-                    }
-                    None => {
-                        k.routes.insert(r.key(), r.clone());
-                        k.writes += 1;
-                        RouteResult::Added
-                    }
-                }
-            };
-            report.routes.push(RouteOutcome {
-                route: r.clone(),
-                result,
-            });
+            let outcome = k.install(r);
+            report.routes.push(outcome);
         }
+        k.desired = Some(desired.clone());
         report.kernel_writes = k.writes - start;
         Ok(report)
     }
@@ -534,6 +558,39 @@ impl crate::RouteProgrammer for MemoryProgrammer {
 
     fn drift(&self) -> BoxStream<'static, crate::DriftEvent> {
         futures::stream::pending().boxed()
+    }
+
+    async fn update(
+        &self,
+        changes: &crate::RouteChanges,
+    ) -> Result<crate::ApplyReport, crate::ProgrammerError> {
+        let mut guard = lock(&self.state);
+        let k = &mut *guard;
+        let Some(mut desired) = k.desired.take() else {
+            return Err(crate::ProgrammerError::Unsupported {
+                call: "update before the first apply".into(),
+            });
+        };
+        let start = k.writes;
+        let mut report = crate::ApplyReport::default();
+        let mut scope = k.programmed.clone();
+        scope.extend(&desired.scope);
+        for r in &changes.remove {
+            desired.routes.retain(|d| d != r);
+            let replaced = changes.upsert.iter().any(|u| u.key() == r.key());
+            if !replaced && let Some(gone) = k.uninstall(&r.key(), &scope) {
+                report.routes_removed.push(gone);
+            }
+        }
+        for r in &changes.upsert {
+            desired.routes.retain(|d| d.key() != r.key());
+            desired.routes.push(r.clone());
+            let outcome = k.install(r);
+            report.routes.push(outcome);
+        }
+        k.desired = Some(desired);
+        report.kernel_writes = k.writes - start;
+        Ok(report)
     }
 
     async fn interface_with_address(

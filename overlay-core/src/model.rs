@@ -330,6 +330,69 @@ pub struct DesiredNodeState {
     /// `ipAddr`, a malformed route list), so what it would have listed is
     /// unknown: add and fix what is known, remove nothing.
     pub keep_unlisted: bool,
+    /// Where routes no longer desired may be removed, besides the tables
+    /// and devices of the routes listed now and of those the programmer
+    /// installed earlier in this process: typically what the agent reported
+    /// before a restart. Routes outside it are never removed, whatever
+    /// their protocol; default routes are never removed at all.
+    pub scope: RouteScope,
+}
+
+/// Tables and devices in which a programmer may remove routes it no longer
+/// wants. A route is removed only when it carries the programmer's
+/// protocol, is not a default route, and both its table and its device
+/// are in scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteScope {
+    /// Routing tables (254 is main).
+    pub tables: std::collections::BTreeSet<u32>,
+    /// Output devices.
+    pub devices: std::collections::BTreeSet<InterfaceName>,
+}
+
+impl RouteScope {
+    /// Adds the table and device of `route` (the main table when it names
+    /// none; its device when it names one).
+    pub fn add_route(&mut self, route: &RouteSpec) {
+        self.tables.insert(route.table.unwrap_or(MAIN_TABLE));
+        if let Some(d) = &route.device {
+            self.devices.insert(d.clone());
+        }
+    }
+
+    /// True when a route in `table` on `device` may be removed. A route
+    /// whose device is not known (an in-memory kernel) is judged by its
+    /// table alone.
+    pub fn allows(&self, table: u32, device: Option<&str>) -> bool {
+        self.tables.contains(&table)
+            && device.is_none_or(|d| self.devices.iter().any(|x| x.as_str() == d))
+    }
+
+    /// Adds everything in `other`.
+    pub fn extend(&mut self, other: &RouteScope) {
+        self.tables.extend(other.tables.iter().copied());
+        self.devices.extend(other.devices.iter().cloned());
+    }
+}
+
+/// An incremental change to the routes of the last full apply: `remove`
+/// first, then `upsert`. The programmer writes only these routes, without
+/// reading the whole routing table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteChanges {
+    /// Routes to stop having (removed from the kernel when we installed
+    /// them; another program's routes are never touched).
+    pub remove: Vec<RouteSpec>,
+    /// Routes to add, or to replace when a route with the same key
+    /// (destination, table, metric) is ours.
+    pub upsert: Vec<RouteSpec>,
+}
+
+impl RouteChanges {
+    /// True when there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.upsert.is_empty()
+    }
 }
 
 /// What happened to one desired route during an apply.
@@ -352,6 +415,9 @@ pub struct RouteOutcome {
     pub route: RouteSpec,
     /// What happened.
     pub result: RouteResult,
+    /// The device the route goes out of: the one the spec names, or the
+    /// one the kernel resolves the gateway on. `None` when not installed.
+    pub device: Option<InterfaceName>,
 }
 
 /// What an apply changed.

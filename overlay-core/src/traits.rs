@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IpamError, ProgrammerError, StoreError};
 use crate::model::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, Owner, Reservation,
-    RouteState,
+    RouteChanges, RouteState,
 };
 use crate::parse::{Cidr, InterfaceName, LabelSelector, Zone};
 
@@ -113,6 +113,22 @@ pub trait RouteProgrammer: Send + Sync {
     /// Notifications of drift: something outside overlay changed what we
     /// programmed. Each call returns a new subscription.
     fn drift(&self) -> BoxStream<'static, DriftEvent>;
+    /// Applies `changes` on top of the last [`RouteProgrammer::apply`]
+    /// without reading the whole routing table: one StaticRoute added,
+    /// changed or removed costs its own writes only. The programmer's
+    /// desired state (for drift repair and resync) follows the change. The
+    /// report holds outcomes for `upsert`, in order, and the removed
+    /// routes.
+    ///
+    /// The default answers [`ProgrammerError::Unsupported`]; callers then
+    /// fall back to a full `apply`. It is also the answer before the first
+    /// full apply.
+    async fn update(&self, changes: &RouteChanges) -> Result<ApplyReport, ProgrammerError> {
+        let _ = changes;
+        Err(ProgrammerError::Unsupported {
+            call: "update".into(),
+        })
+    }
 
     /// The interface holding `address` (used to find the node's private
     /// interface from its InternalIP). The default finds nothing.
@@ -212,6 +228,42 @@ pub struct AgentStatus {
     pub reason: String,
     /// Human-readable detail.
     pub message: String,
+    /// The result of every StaticRoute that selects the node (by route
+    /// name). The controller sums these up into each StaticRoute's status.
+    pub routes: Vec<RouteReport>,
+    /// The last gateways found by discovery (`gatewayFrom`, legacy mode),
+    /// kept so a discovery failure right after a restart removes nothing.
+    pub gateways: Vec<KnownGateway>,
+}
+
+/// One StaticRoute's result on one node, in that node's NodeOverlayIp
+/// status (`status.routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// The StaticRoute's name.
+    pub route: String,
+    /// Output device (empty when not known).
+    pub device: String,
+    /// Gateway used (empty when not known).
+    pub gateway: String,
+    /// Routing table, when not main.
+    pub table: Option<u32>,
+    /// State.
+    pub state: RouteState,
+    /// Why Failed or Pending.
+    pub message: String,
+}
+
+/// A gateway found by discovery: the kernel route covering `from` went via
+/// `gateway` on `device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownGateway {
+    /// The prefix looked up (e.g. `10.0.0.0/8`).
+    pub from: Cidr,
+    /// The gateway found.
+    pub gateway: IpAddr,
+    /// Its device.
+    pub device: InterfaceName,
 }
 
 /// The metadata the controller creates a NodeOverlayIp with.
@@ -279,6 +331,27 @@ pub struct StaticRouteSpecModel {
     pub selector: LabelSelector,
 }
 
+/// A StaticRoute's status as the controller sums it up from the nodes'
+/// reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSummary {
+    /// Nodes reporting the route Applied.
+    pub applied: u32,
+    /// Nodes reporting it Failed.
+    pub failed: u32,
+    /// Nodes reporting it Pending.
+    pub pending: u32,
+    /// Per-node entries: failing nodes first, then pending, then applied,
+    /// each by name, at most [`RouteSummary::MAX_NODE_STATUS`].
+    pub node_status: Vec<NodeRouteStatus>,
+}
+
+impl RouteSummary {
+    /// The most `nodeStatus` entries a StaticRoute carries; the counts
+    /// cover every node.
+    pub const MAX_NODE_STATUS: usize = 100;
+}
+
 /// One node's entry in a StaticRoute's `status.nodeStatus`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRouteStatus {
@@ -307,6 +380,9 @@ pub struct StaticRouteRecord {
     pub deleting: bool,
     /// Per-node status entries.
     pub node_status: Vec<NodeRouteStatus>,
+    /// The status as last summed up by the controller (`None` before
+    /// the first summary, or in objects of the original agents).
+    pub summary: Option<RouteSummary>,
 }
 
 /// Storage of StaticRoute records.
@@ -318,11 +394,9 @@ pub trait StaticRouteStore: Send + Sync {
     async fn add_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError>;
     /// Removes one finalizer; absent is success.
     async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError>;
-    /// Writes one node's status entry (and only that entry).
-    async fn set_node_status(&self, name: &str, status: &NodeRouteStatus)
-    -> Result<(), StoreError>;
-    /// Removes the entries of `hostnames`.
-    async fn remove_node_status(&self, name: &str, hostnames: &[String]) -> Result<(), StoreError>;
+    /// Writes the status the controller summed up (counts and
+    /// `nodeStatus`), replacing what was there.
+    async fn set_summary(&self, name: &str, summary: &RouteSummary) -> Result<(), StoreError>;
     /// Changes from now on.
     fn watch(&self) -> BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>>;
 }

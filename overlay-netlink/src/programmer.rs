@@ -488,6 +488,7 @@ impl Inner {
             .map(|(route, result)| RouteOutcome {
                 route: route.clone(),
                 result: result.unwrap_or(RouteResult::Unchanged),
+                device: route.device.clone(),
             })
             .collect();
 
