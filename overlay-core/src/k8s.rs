@@ -780,17 +780,24 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
             .await
             .map_err(|e| api_err("ConfigMap", &self.name, e))?;
         let id = format!("{}/{}", self.namespace, self.name);
+        // A ConfigMap that is gone, or has lost its key, is unreadable, not
+        // an empty list: the agent keeps the last good routes.
         let Some(cm) = cm else {
-            // No ConfigMap: no legacy routes.
-            self.invalid.forget("ConfigMap", &id);
-            return Ok(Vec::new());
+            return Err(StoreError::Unavailable {
+                kind: "ConfigMap".into(),
+                name: id,
+                message: "it does not exist (deleted?); recreate it with key `routes` (a JSON array of subnets; `[]` for none)".into(),
+            });
         };
-        let json = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get("routes"))
-            .map(String::as_str)
-            .unwrap_or("[]");
+        let Some(json) = cm.data.as_ref().and_then(|d| d.get("routes")) else {
+            let problem = FieldProblem::new("data.routes", "missing: the agent keeps the last good routes");
+            self.invalid.observe("ConfigMap", &id, Some(&problem));
+            return Err(StoreError::Rejected {
+                kind: "ConfigMap".into(),
+                name: id,
+                message: "it has no key `routes`; set it to a JSON array of subnets (`[]` for none)".into(),
+            });
+        };
         let parsed = crate::agent::parse_legacy_routes(json);
         let problem = parsed.as_ref().err().map(|e| {
             FieldProblem::new(

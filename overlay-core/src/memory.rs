@@ -395,12 +395,21 @@ pub struct KernelState {
     pub covering: Vec<crate::DiscoveredRoute>,
     /// Addresses on interfaces (for `interface_with_address`).
     pub addresses: BTreeMap<IpAddr, crate::InterfaceName>,
+    /// Prefix lengths of those addresses, where given (for
+    /// `address_network`).
+    pub prefixes: BTreeMap<IpAddr, u8>,
     /// Destinations whose install fails (simulated kernel refusal).
     pub failing: Vec<crate::Cidr>,
     /// Kernel writes so far.
     pub writes: u64,
     /// Route deletions so far.
     pub deletions: u64,
+    /// Gateway discoveries so far.
+    pub discoveries: u64,
+    /// Full applies so far.
+    pub applies: u64,
+    /// Incremental updates so far.
+    pub updates: u64,
     /// Tables and devices of the routes installed so far (where stale
     /// routes may be removed).
     pub programmed: crate::RouteScope,
@@ -479,6 +488,7 @@ impl crate::RouteProgrammer for MemoryProgrammer {
         desired: &crate::DesiredNodeState,
     ) -> Result<crate::ApplyReport, crate::ProgrammerError> {
         let mut k = lock(&self.state);
+        k.applies += 1;
         let mut report = crate::ApplyReport::default();
         let start = k.writes;
         if let Some(o) = &desired.overlay {
@@ -544,7 +554,8 @@ impl crate::RouteProgrammer for MemoryProgrammer {
         &self,
         prefix: &crate::Cidr,
     ) -> Result<crate::DiscoveredRoute, crate::ProgrammerError> {
-        let k = lock(&self.state);
+        let mut k = lock(&self.state);
+        k.discoveries += 1;
         k.covering
             .iter()
             .filter(|d| d.destination.contains_net(prefix))
@@ -571,6 +582,7 @@ impl crate::RouteProgrammer for MemoryProgrammer {
                 call: "update before the first apply".into(),
             });
         };
+        k.updates += 1;
         let start = k.writes;
         let mut report = crate::ApplyReport::default();
         let mut scope = k.programmed.clone();
@@ -598,5 +610,15 @@ impl crate::RouteProgrammer for MemoryProgrammer {
         address: IpAddr,
     ) -> Result<Option<crate::InterfaceName>, crate::ProgrammerError> {
         Ok(lock(&self.state).addresses.get(&address).cloned())
+    }
+
+    async fn address_network(
+        &self,
+        address: IpAddr,
+    ) -> Result<Option<IpNetwork>, crate::ProgrammerError> {
+        let k = lock(&self.state);
+        Ok(k.prefixes
+            .get(&address)
+            .and_then(|p| IpNetwork::new(address, *p).ok()))
     }
 }

@@ -139,6 +139,14 @@ pub trait RouteProgrammer: Send + Sync {
         let _ = address;
         Ok(None)
     }
+    /// The kernel address holding `address`, with its prefix (the node's
+    /// InternalIP with the prefix of its subnet), so an overlay address
+    /// overlapping the node's own network can be refused. The default
+    /// knows none.
+    async fn address_network(&self, address: IpAddr) -> Result<Option<IpNetwork>, ProgrammerError> {
+        let _ = address;
+        Ok(None)
+    }
 }
 
 /// Where the nodes of the cluster come from (the Kubernetes API, a static

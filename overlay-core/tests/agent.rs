@@ -11,7 +11,8 @@ use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, Memo
 use overlay_core::metrics::AgentMetrics;
 use overlay_core::{
     Cidr, DiscoveredRoute, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo,
-    OverlayIpRecord, OverlayIpStore, RouteState, StaticRouteSpecModel, StoreError,
+    OverlayIpRecord, OverlayIpStore, RouteReport, RouteState, StaticRouteSpecModel, StoreError,
+    StoreEvent,
 };
 
 const ME: &str = "node-a";
@@ -81,9 +82,17 @@ fn env() -> Env {
     let mut cfg = AgentConfig::new(ME).unwrap();
     cfg.protected = vec![cidr("198.51.100.128/25")];
     cfg.legacy_gateway_from = cidr("198.18.0.0/15");
+    // The controller creates every node's NodeOverlayIp; its address comes
+    // later.
+    let ips = MemoryOverlayIps::new();
+    ips.insert(OverlayIpRecord {
+        name: ME.into(),
+        finalizers: vec![FINALIZER.into()],
+        ..Default::default()
+    });
     Env {
         nodes,
-        ips: MemoryOverlayIps::new(),
+        ips,
         routes: MemoryStaticRoutes::new(),
         kernel,
         legacy: Arc::new(FakeLegacy::default()),
@@ -128,12 +137,16 @@ impl Env {
         self.kernel
             .with(|k| k.routes.values().map(|r| r.to_string()).collect())
     }
-    fn entry(&self, route: &str) -> Option<overlay_core::NodeRouteStatus> {
-        self.routes
-            .get(route)?
-            .node_status
+    /// This node's report of `route`, in its NodeOverlayIp status.
+    fn entry(&self, route: &str) -> Option<RouteReport> {
+        self.ips
+            .snapshot()
             .into_iter()
-            .find(|e| e.hostname == ME)
+            .find(|r| r.name == ME)?
+            .agent?
+            .routes
+            .into_iter()
+            .find(|e| e.route == route)
     }
 }
 
@@ -161,7 +174,7 @@ async fn overlay_address_and_a_route_through_the_overlay_gateway() {
         (RouteState::Applied, "tmp0", "192.0.2.1")
     );
     assert!(rep.apply.kernel_writes > 0);
-    let rec = e.ips.snapshot().remove(0);
+    let rec = e.ips.snapshot().into_iter().find(|r| r.name == ME).unwrap();
     let agent = rec.agent.unwrap();
     assert!(agent.configured);
     assert_eq!(
@@ -402,7 +415,8 @@ async fn losing_the_overlay_ip_removes_the_interface_and_dependent_routes_only()
         e.kernel_routes(),
         ["198.51.100.128/25 via 203.0.113.1 dev eth0"]
     );
-    assert_eq!(e.entry("via-overlay").unwrap().state, RouteState::Pending);
+    // No NodeOverlayIp to report in any more: the pass still says it.
+    assert_eq!(rep.reports["via-overlay"].state, RouteState::Pending);
 }
 
 #[tokio::test]
@@ -604,9 +618,296 @@ async fn a_missing_parent_interface_shows_in_the_configured_condition() {
     e.kernel.with(|k| k.addresses.clear());
     let err = e.agent(false).reconcile().await.unwrap_err();
     assert!(err.to_string().contains("INTERFACE"), "{err}");
-    let agent = e.ips.snapshot().remove(0).agent.unwrap();
+    let agent = condition(&e);
     assert!(!agent.configured);
     assert_eq!(agent.reason, "ApplyFailed");
     assert!(agent.message.contains("INTERFACE"), "{}", agent.message);
     assert!(e.kernel.with(|k| k.interface.is_none()));
+}
+
+fn set_address(e: &Env, ip: &str, gw: &str) {
+    e.ips.insert(OverlayIpRecord {
+        name: ME.into(),
+        finalizers: vec![FINALIZER.into()],
+        ip_addr: Some(ip.parse().unwrap()),
+        gateway: Some(gw.parse().unwrap()),
+        ..Default::default()
+    });
+}
+
+#[tokio::test]
+async fn an_ip_addr_the_agent_should_not_configure_is_refused_and_the_last_good_kept() {
+    let e = env();
+    // The node's InternalIP sits in 203.0.113.0/24 on eth0.
+    e.kernel.with(|k| {
+        k.prefixes.insert("203.0.113.10".parse().unwrap(), 24);
+    });
+    e.give_overlay_ip();
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    for (ip, gw, why) in [
+        // What a hostile agent wrote on a real API server.
+        ("198.51.100.7/1", "198.51.100.1", "shorter than /8"),
+        ("2001:db8::7/16", "2001:db8::1", "shorter than /32"),
+        ("203.0.113.20/24", "203.0.113.1", "InternalIP 203.0.113.10"),
+        ("203.0.113.200/29", "203.0.113.201", "subnet 203.0.113.0/24"),
+        ("192.0.2.30/24", "198.51.100.1", "outside the overlay subnet"),
+    ] {
+        set_address(&e, ip, gw);
+        a.reconcile().await.unwrap();
+        let iface = e.kernel.with(|k| k.interface.clone()).unwrap();
+        assert_eq!(iface.address.to_string(), "192.0.2.20/24", "{ip}: kept");
+        assert_eq!(
+            e.kernel_routes(),
+            ["198.51.100.0/25 via 192.0.2.1 dev tmp0"],
+            "{ip}: the route via the last good gateway stays"
+        );
+        let c = condition(&e);
+        assert!(!c.configured, "{ip}");
+        assert_eq!(c.reason, "InvalidAddress", "{ip}");
+        assert!(c.message.contains(why), "{ip}: {}", c.message);
+        assert!(c.message.contains("keeping the last good address"), "{}", c.message);
+    }
+    // A fresh agent that never had a good address configures nothing.
+    let fresh = env();
+    set_address(&fresh, "198.51.100.7/1", "198.51.100.1");
+    fresh.agent(false).reconcile().await.unwrap();
+    assert!(fresh.kernel.with(|k| k.interface.is_none()));
+    assert!(condition(&fresh).message.contains("/8"));
+}
+
+#[tokio::test]
+async fn an_overlay_interface_named_like_its_parent_is_refused() {
+    let e = env();
+    e.give_overlay_ip();
+    // Detected parent: the interface holding the InternalIP is called tmp0.
+    e.kernel.with(|k| {
+        k.addresses
+            .insert("203.0.113.10".parse().unwrap(), "tmp0".parse().unwrap());
+    });
+    let err = e.agent(false).reconcile().await.unwrap_err();
+    assert!(err.to_string().contains("INTERFACE_LABEL"), "{err}");
+    assert!(e.kernel.with(|k| k.interface.is_none()));
+    assert_eq!(condition(&e).reason, "ApplyFailed");
+    // Given explicitly, it is a configuration error before anything runs.
+    let mut cfg = e.cfg.clone();
+    cfg.interface = Some("tmp0".parse().unwrap());
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.field, "INTERFACE_LABEL");
+    let mut cfg = e.cfg.clone();
+    cfg.resync = std::time::Duration::ZERO;
+    assert_eq!(cfg.validate().unwrap_err().field, "RESYNC_SECONDS");
+}
+
+#[tokio::test]
+async fn a_zero_resync_period_stops_the_agent_instead_of_panicking() {
+    let e = env();
+    let mut cfg = e.cfg.clone();
+    cfg.resync = std::time::Duration::ZERO;
+    let a = Arc::new(Agent::new(
+        cfg,
+        Arc::new(e.kernel.clone()),
+        Arc::new(e.nodes.clone()),
+        Arc::new(e.ips.clone()),
+        None,
+        None,
+        AgentMetrics::default(),
+    ));
+    // Returns at once (no shutdown needed), having changed nothing.
+    a.clone().run(futures::future::pending()).await;
+    assert!(!a.is_ready());
+}
+
+#[tokio::test]
+async fn the_discovered_gateway_survives_a_restart() {
+    let e = env();
+    e.legacy.set(Ok(vec![cidr("192.0.2.0/24")]));
+    e.agent(true).reconcile().await.unwrap();
+    let kept = condition(&e).gateways;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].gateway.to_string(), "203.0.113.1");
+    // Restart, and discovery fails at once: the persisted gateway is used,
+    // nothing is removed.
+    e.kernel.with(|k| k.covering.clear());
+    e.agent(true).reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes(), ["192.0.2.0/24 via 203.0.113.1 dev eth0"]);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+}
+
+#[tokio::test]
+async fn legacy_mode_discovers_the_gateway_once_per_pass() {
+    let e = env();
+    let subnets: Vec<Cidr> = (0..200u32)
+        .map(|i| cidr(&format!("198.19.{}.{}/30", i / 64, (i % 64) * 4)))
+        .collect();
+    e.legacy.set(Ok(subnets));
+    let a = e.agent(true);
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 200);
+    assert_eq!(e.kernel.with(|k| k.discoveries), 1);
+    let rep = a.reconcile().await.unwrap();
+    assert_eq!(rep.apply.kernel_writes, 0);
+    assert_eq!(e.kernel.with(|k| k.discoveries), 2);
+}
+
+#[tokio::test]
+async fn stale_routes_go_only_in_tables_the_agent_used() {
+    let e = env();
+    let in_table = |name: &str, subnet: &str, table: u32| {
+        e.routes.apply(
+            name,
+            Ok(StaticRouteSpecModel {
+                subnet: cidr(subnet),
+                gateway: GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
+                table: Some(table),
+                metric: None,
+                selector: LabelSelector::default(),
+            }),
+        );
+    };
+    in_table("t100", "198.51.100.0/26", 100);
+    e.agent(false).reconcile().await.unwrap();
+    // Another tool's route with our protocol in table 77, and a default
+    // route with our protocol: neither is ever ours to remove.
+    e.kernel.with(|k| {
+        for (dest, table) in [("198.19.0.0/24", 77), ("0.0.0.0/0", 254)] {
+            let r = overlay_core::RouteSpec {
+                destination: cidr(dest),
+                gateway: Some("203.0.113.1".parse().unwrap()),
+                device: None,
+                table: Some(table),
+                metric: None,
+            };
+            k.routes.insert(r.key(), r);
+        }
+    });
+    // The route is deleted while the agent is down; the restarted agent
+    // knows table 100 from its own earlier report and removes it there.
+    e.routes.delete("t100");
+    e.agent(false).reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        ["0.0.0.0/0 via 203.0.113.1 table 254", "198.19.0.0/24 via 203.0.113.1 table 77"]
+    );
+}
+
+#[tokio::test]
+async fn a_static_route_change_is_applied_incrementally() {
+    let e = env();
+    e.give_overlay_ip();
+    for i in 0..100u32 {
+        let subnet = format!("198.18.{}.{}/30", i / 64, (i % 64) * 4);
+        e.route(&format!("r{i:03}"), &subnet, GatewayChoice::Overlay, "");
+    }
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    let writes = e.kernel.with(|k| k.writes);
+    // Added.
+    e.route("new", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let added = e.routes.get("new").unwrap();
+    let rep = a
+        .apply_route_changes(&[StoreEvent::Applied(added)])
+        .await
+        .unwrap()
+        .expect("incremental");
+    assert_eq!(rep.apply.kernel_writes, 1);
+    assert_eq!(e.kernel.with(|k| k.writes), writes + 1);
+    assert!(rep.status_written);
+    assert_eq!(e.entry("new").unwrap().state, RouteState::Applied);
+    // Changed: replaced in place.
+    e.route(
+        "new",
+        "198.51.100.0/25",
+        GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
+        "",
+    );
+    let changed = e.routes.get("new").unwrap();
+    let rep = a
+        .apply_route_changes(&[StoreEvent::Applied(changed.clone())])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rep.apply.kernel_writes, 1);
+    assert!(e.kernel_routes().contains(&"198.51.100.0/25 via 203.0.113.254".to_owned()));
+    // The same object again (a status or finalizer change): nothing written.
+    let rep = a
+        .apply_route_changes(&[StoreEvent::Applied(changed)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rep.apply.kernel_writes, 0);
+    assert!(!rep.status_written);
+    // Deleted.
+    e.routes.delete("new");
+    let rep = a
+        .apply_route_changes(&[StoreEvent::Deleted("new".into())])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rep.apply.routes_removed.len(), 1);
+    assert!(e.entry("new").is_none());
+    assert_eq!(e.kernel_routes().len(), 100);
+    // A full pass afterwards finds nothing to do.
+    assert_eq!(a.reconcile().await.unwrap().apply.kernel_writes, 0);
+}
+
+#[tokio::test]
+async fn a_contested_destination_falls_back_to_the_full_pass() {
+    let e = env();
+    let fixed = |g: &str| GatewayChoice::Fixed(g.parse().unwrap());
+    e.route("a-first", "198.51.100.0/26", fixed("203.0.113.254"), "");
+    e.route("b-second", "198.51.100.0/26", fixed("203.0.113.253"), "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    // Removing the winner must hand the destination to the loser: only the
+    // full pass sees both.
+    assert!(
+        a.apply_route_changes(&[StoreEvent::Deleted("a-first".into())])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Before any full pass there is nothing to change incrementally.
+    let fresh = e.agent(false);
+    let rec = e.routes.get("a-first").unwrap();
+    assert!(
+        fresh
+            .apply_route_changes(&[StoreEvent::Applied(rec)])
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_running_agent_applies_a_new_route_once_without_a_full_pass() {
+    let e = env();
+    e.give_overlay_ip();
+    let a = Arc::new(e.agent(false));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(a.clone().run(async {
+        let _ = stopped.await;
+    }));
+    wait_for(|| a.is_ready()).await;
+    let applies = e.kernel.with(|k| k.applies);
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    wait_for(|| e.entry("onprem").is_some_and(|r| r.state == RouteState::Applied)).await;
+    assert_eq!(e.kernel_routes(), ["198.51.100.0/25 via 192.0.2.1 dev tmp0"]);
+    // One incremental update; the agent's own status write woke it, but
+    // no full pass ran.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(e.kernel.with(|k| (k.applies, k.updates)), (applies, 1));
+    stop.send(()).unwrap();
+    run.await.unwrap();
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not met in 5 s");
 }

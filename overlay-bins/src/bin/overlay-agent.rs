@@ -2,6 +2,7 @@
 //! only). Puts the node's overlay address on a macvlan sub-interface and
 //! programs the StaticRoutes that select the node.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use overlay_core::metrics::AgentMetrics;
 use overlay_core::{Cidr, InterfaceName, LegacyRouteSource, StaticRouteStore};
 use overlay_netlink::{DEFAULT_ROUTE_PROTOCOL, NetlinkProgrammer, ProgrammerConfig};
 use prometheus_client::registry::Registry;
-use tracing::info;
+use tracing::{info, warn};
 
 /// The overlay node agent: overlay address on a macvlan interface, and the
 /// StaticRoutes that select this node, kept in place against drift.
@@ -68,12 +69,23 @@ struct Args {
     /// (5-255). Routes with another protocol are never touched.
     #[arg(long, env = "ROUTE_PROTOCOL", default_value_t = DEFAULT_ROUTE_PROTOCOL)]
     route_protocol: u8,
-    /// Address for /healthz, /readyz and /metrics, or `off`. The agent runs
-    /// with host networking, so the default port is an uncommon one.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9877")]
-    metrics_addr: String,
+    /// Addresses for /healthz, /readyz and /metrics (comma-separated
+    /// HOST:PORT), or `off`. Default: 127.0.0.1 and the pod IP (POD_IP) on
+    /// METRICS_PORT. The agent runs with host networking, so it does not
+    /// listen on every address of the node unless told to (`0.0.0.0:9877`).
+    #[arg(long, env = "METRICS_ADDR", value_delimiter = ',', value_name = "HOST:PORT,...|off")]
+    metrics_addr: Vec<String>,
+    /// Port of the default listen addresses (an uncommon one: host network).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9877)]
+    metrics_port: u16,
+    /// This pod's IP (downward API `status.podIP`; with host networking the
+    /// node's IP): the default listen address besides 127.0.0.1, where the
+    /// kubelet's probes and Prometheus connect.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// Seconds between full resyncs (a safety net; drift is repaired from
-    /// kernel notifications right away).
+    /// kernel notifications right away, and StaticRoute changes are applied
+    /// as they come). At least 1.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
     /// Kubeconfig file (default: in-cluster, then KUBECONFIG, then ~/.kube/config).
@@ -112,7 +124,8 @@ fn config(args: &Args) -> Result<AgentConfig, String> {
         .map_err(|e| e.to_string())?;
     cfg.legacy_gateway_from =
         Cidr::parse("LEGACY_GATEWAY_FROM", &args.legacy_gateway_from).map_err(|e| e.to_string())?;
-    cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
+    cfg.resync = Duration::from_secs(args.resync_seconds);
+    cfg.validate().map_err(|e| e.to_string())?;
     if args.route_protocol < 5 {
         return Err(format!(
             "invalid ROUTE_PROTOCOL {}: 0-4 belong to the kernel and iproute2; use 5-255",
@@ -122,9 +135,36 @@ fn config(args: &Args) -> Result<AgentConfig, String> {
     Ok(cfg)
 }
 
+/// Where to serve /healthz, /readyz and /metrics: METRICS_ADDR, else
+/// 127.0.0.1 and the pod IP on METRICS_PORT.
+fn listen_addrs(args: &Args) -> Result<Vec<SocketAddr>, String> {
+    let given: Vec<&str> = args
+        .metrics_addr
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if given.is_empty() {
+        let mut out = vec![SocketAddr::from(([127, 0, 0, 1], args.metrics_port))];
+        if let Some(ip) = args.pod_ip.filter(|ip| !ip.is_loopback()) {
+            out.push(SocketAddr::new(ip, args.metrics_port));
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    for s in given {
+        match parse_metrics_addr(s)? {
+            Some(a) => out.push(a),
+            None if out.is_empty() && args.metrics_addr.len() == 1 => return Ok(Vec::new()),
+            None => return Err("METRICS_ADDR: `off` cannot be combined with addresses".into()),
+        }
+    }
+    Ok(out)
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let cfg = config(&args)?;
-    let metrics_addr = parse_metrics_addr(&args.metrics_addr)?;
+    let listen = listen_addrs(&args)?;
     let client = kube_client(args.kubeconfig.clone()).await?;
     let node = cfg.node_name.clone();
     let programmer = NetlinkProgrammer::new(
@@ -188,10 +228,16 @@ async fn run(args: Args) -> Result<(), String> {
         legacy,
         metrics,
     ));
-    if let Some(addr) = metrics_addr {
+    let registry = Arc::new(registry);
+    for addr in &listen {
         let a = agent.clone();
-        let bound = serve_health(addr, Arc::new(move || a.is_ready()), Arc::new(registry)).await?;
+        let bound = serve_health(*addr, Arc::new(move || a.is_ready()), registry.clone()).await?;
         info!(%bound, "serving /healthz, /readyz, /metrics");
+    }
+    if args.metrics_addr.is_empty() && args.pod_ip.is_none() {
+        warn!(
+            "POD_IP is not set: serving /healthz, /readyz and /metrics on 127.0.0.1 only, where the kubelet's probes cannot reach; set POD_IP from the downward API (status.podIP)"
+        );
     }
     info!(node = %node, "overlay-agent started");
     agent.run(shutdown_signal()).await;
@@ -233,5 +279,34 @@ mod tests {
         );
         let e = parse(&["--route-protocol", "2"]).unwrap_err();
         assert!(e.contains("ROUTE_PROTOCOL"), "{e}");
+        let e = parse(&["--resync-seconds", "0"]).unwrap_err();
+        assert!(e.contains("RESYNC_SECONDS"), "{e}");
+        let e = parse(&["--interface", "eth1", "--interface-label", "eth1"]).unwrap_err();
+        assert!(e.contains("INTERFACE_LABEL"), "{e}");
+    }
+
+    #[test]
+    fn listens_on_loopback_and_the_pod_ip_by_default() {
+        let addrs = |argv: &[&str]| {
+            let mut all = vec!["overlay-agent", "--node-name", "n1"];
+            all.extend_from_slice(argv);
+            listen_addrs(&Args::parse_from(all))
+        };
+        let s = |v: Vec<SocketAddr>| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(s(addrs(&[]).unwrap()), ["127.0.0.1:9877"]);
+        assert_eq!(
+            s(addrs(&["--pod-ip", "198.51.100.10"]).unwrap()),
+            ["127.0.0.1:9877", "198.51.100.10:9877"]
+        );
+        assert_eq!(
+            s(addrs(&["--pod-ip", "2001:db8::10", "--metrics-port", "9000"]).unwrap()),
+            ["127.0.0.1:9000", "[2001:db8::10]:9000"]
+        );
+        assert_eq!(
+            s(addrs(&["--metrics-addr", "0.0.0.0:9877", "--pod-ip", "198.51.100.10"]).unwrap()),
+            ["0.0.0.0:9877"]
+        );
+        assert!(addrs(&["--metrics-addr", "off"]).unwrap().is_empty());
+        assert!(addrs(&["--metrics-addr", "off,127.0.0.1:1"]).is_err());
     }
 }

@@ -1,0 +1,312 @@
+//! Planning: what each StaticRoute (or legacy subnet) asks of this node,
+//! checked before anything reaches the programmer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use super::{AgentConfig, LastPass, checks};
+use crate::model::{DiscoveredRoute, NodeInfo, OverlayInterface, RouteChanges, RouteOutcome};
+use crate::model::{RouteResult, RouteSpec, RouteState};
+use crate::parse::Cidr;
+use crate::traits::{GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteSpecModel};
+
+/// The kernel's identity of a route: destination, table, metric.
+pub(super) type RouteKey = (Cidr, u32, u32);
+
+/// Gateway discovery results of one pass, by prefix.
+pub(super) type Discovery = HashMap<Cidr, Result<DiscoveredRoute, String>>;
+
+/// A route's state on this node, as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Outcome {
+    pub device: String,
+    pub gateway: String,
+    pub state: RouteState,
+    pub message: String,
+}
+
+impl Outcome {
+    fn failed(message: String) -> Self {
+        Self {
+            device: String::new(),
+            gateway: String::new(),
+            state: RouteState::Failed,
+            message,
+        }
+    }
+}
+
+/// One route the node should have (or why not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PlannedRoute {
+    pub table: Option<u32>,
+    pub status: Outcome,
+    /// The route to program; `None` when refused, failed or pending.
+    pub route: Option<RouteSpec>,
+}
+
+/// A StaticRoute not planned yet.
+pub(super) struct Unplanned {
+    spec: Result<StaticRouteSpecModel, String>,
+    deleting: bool,
+}
+
+impl PlannedRoute {
+    /// A StaticRoute to plan.
+    pub fn unplanned(r: &StaticRouteRecord) -> Unplanned {
+        Unplanned {
+            spec: r.spec.clone(),
+            deleting: r.deleting,
+        }
+    }
+}
+
+/// What one route asks for.
+pub(super) struct RouteRequest {
+    pub subnet: Cidr,
+    pub gateway: GatewayChoice,
+    pub table: Option<u32>,
+    pub metric: Option<u32>,
+}
+
+impl RouteRequest {
+    /// A legacy subnet: main table, via the gateway covering `from`.
+    pub fn legacy(subnet: Cidr, from: Cidr) -> Self {
+        Self {
+            subnet,
+            gateway: GatewayChoice::Discover(from),
+            table: None,
+            metric: None,
+        }
+    }
+}
+
+impl Unplanned {
+    /// The request, `Err` with a Failed plan for an invalid spec, `None`
+    /// when the route does not concern this node (not selected, or being
+    /// deleted).
+    pub fn into_request(self, ctx: &PlanContext<'_>) -> Option<Result<RouteRequest, PlannedRoute>> {
+        if self.deleting {
+            return None;
+        }
+        let spec = match self.spec {
+            Ok(s) => s,
+            Err(msg) => {
+                return Some(Err(PlannedRoute {
+                    table: None,
+                    status: Outcome::failed(format!("invalid spec: {msg}")),
+                    route: None,
+                }));
+            }
+        };
+        if !spec.selector.matches(&ctx.node.labels) {
+            return None;
+        }
+        Some(Ok(RouteRequest {
+            subnet: spec.subnet,
+            gateway: spec.gateway,
+            table: spec.table,
+            metric: spec.metric,
+        }))
+    }
+}
+
+/// What planning needs to know about the node.
+pub(super) struct PlanContext<'a> {
+    pub cfg: &'a AgentConfig,
+    pub node: &'a NodeInfo,
+    pub overlay: Option<&'a OverlayInterface>,
+    pub gateway: Option<IpAddr>,
+}
+
+impl PlanContext<'_> {
+    /// Plans one route; `found` is the discovery result for a
+    /// `gatewayFrom` route.
+    pub fn plan(
+        &self,
+        req: RouteRequest,
+        found: Option<Result<DiscoveredRoute, String>>,
+    ) -> PlannedRoute {
+        let refuse = |status| PlannedRoute {
+            table: req.table,
+            status,
+            route: None,
+        };
+        if let Some(why) =
+            checks::refuse_route(&req.subnet, self.node, self.overlay, &self.cfg.protected)
+        {
+            return refuse(Outcome::failed(format!("refused: {why}")));
+        }
+        let (gateway, device) = match (&req.gateway, self.overlay, self.gateway) {
+            (GatewayChoice::Overlay, Some(o), Some(g)) => (g, Some(o.name.clone())),
+            (GatewayChoice::Overlay, Some(_), None) => {
+                return refuse(Outcome {
+                    device: self.cfg.interface_label.to_string(),
+                    ..Outcome::failed("the overlay subnet has no gateway; set spec.gateway or give the IPAM subnet a gateway".into())
+                });
+            }
+            (GatewayChoice::Overlay, None, _) => {
+                return refuse(Outcome {
+                    state: RouteState::Pending,
+                    ..Outcome::failed("waiting for this node's overlay IP (NodeOverlayIp)".into())
+                });
+            }
+            (GatewayChoice::Fixed(g), _, _) => (*g, None),
+            (GatewayChoice::Discover(_), _, _) => match found {
+                Some(Ok(d)) => (d.gateway, Some(d.device)),
+                Some(Err(e)) => return refuse(Outcome::failed(e)),
+                None => return refuse(Outcome::failed("gateway discovery did not run".into())),
+            },
+        };
+        PlannedRoute {
+            table: req.table,
+            status: Outcome {
+                device: device.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                gateway: gateway.to_string(),
+                state: RouteState::Applied,
+                message: String::new(),
+            },
+            route: Some(RouteSpec {
+                destination: req.subnet,
+                gateway: Some(gateway),
+                device,
+                table: req.table,
+                metric: req.metric,
+            }),
+        }
+    }
+}
+
+/// One kernel route per (destination, table, metric): the first
+/// StaticRoute by name wins and later ones are reported; legacy routes
+/// yield to StaticRoutes silently. Returns the keys claimed more than once.
+pub(super) fn settle_duplicates(
+    planned: &mut BTreeMap<String, PlannedRoute>,
+    legacy: &mut [PlannedRoute],
+) -> BTreeSet<RouteKey> {
+    let mut seen: HashMap<RouteKey, String> = HashMap::new();
+    let mut contested = BTreeSet::new();
+    for (name, p) in planned.iter_mut() {
+        let Some(r) = &p.route else { continue };
+        let key = r.key();
+        if let Some(first) = seen.get(&key) {
+            p.status = Outcome {
+                state: RouteState::Failed,
+                message: format!("{} is already routed by {first}", r.destination),
+                ..p.status.clone()
+            };
+            p.route = None;
+            contested.insert(key);
+        } else {
+            seen.insert(key, name.clone());
+        }
+    }
+    for p in legacy.iter_mut() {
+        let Some(r) = &p.route else { continue };
+        let key = r.key();
+        if seen.contains_key(&key) {
+            p.route = None;
+            contested.insert(key);
+        } else {
+            seen.insert(key, "static-routes ConfigMap".into());
+        }
+    }
+    contested
+}
+
+/// Routes waiting for a usable overlay address say that the address is
+/// invalid and the route in place is kept.
+pub(super) fn mark_kept(planned: &mut BTreeMap<String, PlannedRoute>, why: &str) {
+    planned.values_mut().for_each(|p| mark_kept_one(p, why));
+}
+
+/// [`mark_kept`] for one route.
+pub(super) fn mark_kept_one(p: &mut PlannedRoute, why: &str) {
+    if p.status.state == RouteState::Pending {
+        p.status.message = format!(
+            "this node's NodeOverlayIp address is invalid ({why}); the route in place is kept"
+        );
+    }
+}
+
+/// Takes the programmer's outcome into each planned route's status: the
+/// kernel's refusal, or the device the route really uses.
+pub(super) fn record_outcomes<'a>(
+    planned: impl Iterator<Item = &'a mut PlannedRoute>,
+    outcomes: &[RouteOutcome],
+) {
+    let by_route: HashMap<&RouteSpec, &RouteOutcome> =
+        outcomes.iter().map(|o| (&o.route, o)).collect();
+    for p in planned {
+        let Some(o) = p.route.as_ref().and_then(|r| by_route.get(r)) else {
+            continue;
+        };
+        match &o.result {
+            RouteResult::Failed(msg) => {
+                p.status.state = RouteState::Failed;
+                p.status.message = msg.clone();
+            }
+            _ => {
+                if let Some(d) = &o.device {
+                    p.status.device = d.to_string();
+                }
+            }
+        }
+    }
+}
+
+/// The reports of the StaticRoutes' plans, by route name.
+pub(super) fn reports(planned: &BTreeMap<String, PlannedRoute>) -> BTreeMap<String, RouteReport> {
+    planned
+        .iter()
+        .map(|(name, p)| {
+            let report = RouteReport {
+                route: name.clone(),
+                device: p.status.device.clone(),
+                gateway: p.status.gateway.clone(),
+                table: p.table,
+                state: p.status.state,
+                message: p.status.message.clone(),
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+/// The kernel changes that take `last` to `plans` (new plans by route name;
+/// `None`: the route no longer concerns the node). `None` when they need a
+/// full pass: a key claimed by another route, now or before.
+pub(super) fn changes(
+    last: &LastPass,
+    plans: &BTreeMap<String, Option<PlannedRoute>>,
+) -> Option<RouteChanges> {
+    let mut out = RouteChanges::default();
+    let mut claimed: HashMap<RouteKey, &str> = HashMap::new();
+    for (name, p) in &last.routes {
+        if let Some(r) = &p.route
+            && !plans.contains_key(name)
+        {
+            claimed.insert(r.key(), name);
+        }
+    }
+    for (name, plan) in plans {
+        let old = last.routes.get(name).and_then(|p| p.route.as_ref());
+        let new = plan.as_ref().and_then(|p| p.route.as_ref());
+        for r in old.iter().chain(new.iter()) {
+            if last.contested.contains(&r.key()) {
+                return None;
+            }
+        }
+        if let Some(r) = new {
+            let key = r.key();
+            if last.legacy_keys.contains(&key) || claimed.insert(key, name).is_some() {
+                return None;
+            }
+        }
+        if old != new {
+            out.remove.extend(old.cloned());
+            out.upsert.extend(new.cloned());
+        }
+    }
+    Some(out)
+}
