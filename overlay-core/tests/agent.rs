@@ -911,3 +911,23 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met in 5 s");
 }
+
+#[tokio::test]
+async fn a_kernel_refusal_stays_reported_when_the_object_changes_only_in_status() {
+    let e = env();
+    e.give_overlay_ip();
+    e.kernel
+        .with(|k| k.failing.push(cidr("198.51.100.0/25")));
+    e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
+    let a = e.agent(false);
+    a.reconcile().await.unwrap();
+    assert_eq!(e.entry("onprem").unwrap().state, RouteState::Failed);
+    let rec = e.routes.get("onprem").unwrap();
+    a.apply_route_changes(&[StoreEvent::Applied(rec)])
+        .await
+        .unwrap()
+        .unwrap();
+    let st = e.entry("onprem").unwrap();
+    assert_eq!(st.state, RouteState::Failed);
+    assert!(st.message.contains("kernel refused"), "{}", st.message);
+}

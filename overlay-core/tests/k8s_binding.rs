@@ -365,6 +365,25 @@ async fn the_legacy_configmap_is_read_by_name_and_a_malformed_list_is_reported()
 }
 
 #[tokio::test]
+async fn a_deleted_legacy_configmap_or_a_lost_key_is_unreadable_not_empty() {
+    let (api, client) = FakeApiServer::start();
+    let (invalid, _events) = tracker();
+    let src = KubeConfigMapRoutes::new(client, "kube-system", "static-routes", invalid.clone());
+    // Never created, or deleted: unknown, so the agent keeps its routes.
+    let err = src.subnets().await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    api.put(
+        &configmaps("kube-system"),
+        json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":"static-routes","namespace":"kube-system"},
+            "data":{"other": "x"}}),
+    );
+    let err = src.subnets().await.unwrap_err();
+    assert!(err.to_string().contains("no key `routes`"), "{err}");
+    assert_eq!(invalid.count("ConfigMap"), 1);
+}
+
+#[tokio::test]
 async fn watches_deliver_added_modified_deleted_and_survive_bookmarks() {
     let (api, client) = FakeApiServer::start();
     let store = KubeStaticRoutes::new(

@@ -444,7 +444,14 @@ impl Agent {
                     if let (Some(why), None) = (&last.overlay.problem, &last.overlay.iface) {
                         plan::mark_kept_one(&mut p, why);
                     }
-                    plan::record_outcomes(std::iter::once(&mut p), &apply.routes);
+                    match last.routes.get(&name) {
+                        // Not rewritten: what the kernel said last time
+                        // still holds (a failure is retried by the resync).
+                        Some(old) if p.route.is_some() && old.route == p.route => {
+                            p.status = old.status.clone();
+                        }
+                        _ => plan::record_outcomes(std::iter::once(&mut p), &apply.routes),
+                    }
                     last.routes.insert(name, p);
                 }
                 None => {
