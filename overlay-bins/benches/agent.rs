@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use overlay_core::agent::{Agent, AgentConfig};
 use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::metrics::AgentMetrics;
-use futures::{FutureExt, StreamExt};
 use overlay_core::{
     Cidr, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo, OverlayIpRecord,
     OverlayIpStore, RouteState, StaticRouteSpecModel, StoreError, StoreEvent,
@@ -181,7 +181,11 @@ async fn bench() {
         .iter()
         .filter(|l| l.starts_with("198.18."))
         .count();
-    assert_eq!(kernel_routes, ROUTES + NEW_ROUTES, "every route in the kernel");
+    assert_eq!(
+        kernel_routes,
+        ROUTES + NEW_ROUTES,
+        "every route in the kernel"
+    );
     let p50 = percentile(&mut lat.clone(), 0.5);
     let p99 = percentile(&mut lat, 0.99);
     println!(
@@ -234,7 +238,11 @@ async fn legacy_noop() -> f64 {
         vec!["198.51.100.10".parse().unwrap()],
     ));
     let subnets: Vec<Cidr> = (0..ROUTES)
-        .map(|i| format!("198.19.{}.{}/30", i / 64, (i % 64) * 4).parse().unwrap())
+        .map(|i| {
+            format!("198.19.{}.{}/30", i / 64, (i % 64) * 4)
+                .parse()
+                .unwrap()
+        })
         .collect();
     let mut cfg = AgentConfig::new("n1").unwrap();
     cfg.legacy_gateway_from = "198.18.0.0/15".parse().unwrap();

@@ -790,12 +790,17 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
             });
         };
         let Some(json) = cm.data.as_ref().and_then(|d| d.get("routes")) else {
-            let problem = FieldProblem::new("data.routes", "missing: the agent keeps the last good routes");
+            let problem = FieldProblem::new(
+                "data.routes",
+                "missing: the agent keeps the last good routes",
+            );
             self.invalid.observe("ConfigMap", &id, Some(&problem));
             return Err(StoreError::Rejected {
                 kind: "ConfigMap".into(),
                 name: id,
-                message: "it has no key `routes`; set it to a JSON array of subnets (`[]` for none)".into(),
+                message:
+                    "it has no key `routes`; set it to a JSON array of subnets (`[]` for none)"
+                        .into(),
             });
         };
         let parsed = crate::agent::parse_legacy_routes(json);

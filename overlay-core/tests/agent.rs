@@ -652,7 +652,11 @@ async fn an_ip_addr_the_agent_should_not_configure_is_refused_and_the_last_good_
         ("2001:db8::7/16", "2001:db8::1", "shorter than /32"),
         ("203.0.113.20/24", "203.0.113.1", "InternalIP 203.0.113.10"),
         ("203.0.113.200/29", "203.0.113.201", "subnet 203.0.113.0/24"),
-        ("192.0.2.30/24", "198.51.100.1", "outside the overlay subnet"),
+        (
+            "192.0.2.30/24",
+            "198.51.100.1",
+            "outside the overlay subnet",
+        ),
     ] {
         set_address(&e, ip, gw);
         a.reconcile().await.unwrap();
@@ -667,7 +671,11 @@ async fn an_ip_addr_the_agent_should_not_configure_is_refused_and_the_last_good_
         assert!(!c.configured, "{ip}");
         assert_eq!(c.reason, "InvalidAddress", "{ip}");
         assert!(c.message.contains(why), "{ip}: {}", c.message);
-        assert!(c.message.contains("keeping the last good address"), "{}", c.message);
+        assert!(
+            c.message.contains("keeping the last good address"),
+            "{}",
+            c.message
+        );
     }
     // A fresh agent that never had a good address configures nothing.
     let fresh = env();
@@ -788,7 +796,10 @@ async fn stale_routes_go_only_in_tables_the_agent_used() {
     e.agent(false).reconcile().await.unwrap();
     assert_eq!(
         e.kernel_routes(),
-        ["0.0.0.0/0 via 203.0.113.1 table 254", "198.19.0.0/24 via 203.0.113.1 table 77"]
+        [
+            "0.0.0.0/0 via 203.0.113.1 table 254",
+            "198.19.0.0/24 via 203.0.113.1 table 77"
+        ]
     );
 }
 
@@ -829,7 +840,10 @@ async fn a_static_route_change_is_applied_incrementally() {
         .unwrap()
         .unwrap();
     assert_eq!(rep.apply.kernel_writes, 1);
-    assert!(e.kernel_routes().contains(&"198.51.100.0/25 via 203.0.113.254".to_owned()));
+    assert!(
+        e.kernel_routes()
+            .contains(&"198.51.100.0/25 via 203.0.113.254".to_owned())
+    );
     // The same object again (a status or finalizer change): nothing written.
     let rep = a
         .apply_route_changes(&[StoreEvent::Applied(changed)])
@@ -892,8 +906,15 @@ async fn the_running_agent_applies_a_new_route_once_without_a_full_pass() {
     wait_for(|| a.is_ready()).await;
     let applies = e.kernel.with(|k| k.applies);
     e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
-    wait_for(|| e.entry("onprem").is_some_and(|r| r.state == RouteState::Applied)).await;
-    assert_eq!(e.kernel_routes(), ["198.51.100.0/25 via 192.0.2.1 dev tmp0"]);
+    wait_for(|| {
+        e.entry("onprem")
+            .is_some_and(|r| r.state == RouteState::Applied)
+    })
+    .await;
+    assert_eq!(
+        e.kernel_routes(),
+        ["198.51.100.0/25 via 192.0.2.1 dev tmp0"]
+    );
     // One incremental update; the agent's own status write woke it, but
     // no full pass ran.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -916,8 +937,7 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
 async fn a_kernel_refusal_stays_reported_when_the_object_changes_only_in_status() {
     let e = env();
     e.give_overlay_ip();
-    e.kernel
-        .with(|k| k.failing.push(cidr("198.51.100.0/25")));
+    e.kernel.with(|k| k.failing.push(cidr("198.51.100.0/25")));
     e.route("onprem", "198.51.100.0/25", GatewayChoice::Overlay, "");
     let a = e.agent(false);
     a.reconcile().await.unwrap();

@@ -73,7 +73,12 @@ struct Args {
     /// HOST:PORT), or `off`. Default: 127.0.0.1 and the pod IP (POD_IP) on
     /// METRICS_PORT. The agent runs with host networking, so it does not
     /// listen on every address of the node unless told to (`0.0.0.0:9877`).
-    #[arg(long, env = "METRICS_ADDR", value_delimiter = ',', value_name = "HOST:PORT,...|off")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_delimiter = ',',
+        value_name = "HOST:PORT,...|off"
+    )]
     metrics_addr: Vec<String>,
     /// Port of the default listen addresses (an uncommon one: host network).
     #[arg(long, env = "METRICS_PORT", default_value_t = 9877)]
@@ -303,7 +308,13 @@ mod tests {
             ["127.0.0.1:9000", "[2001:db8::10]:9000"]
         );
         assert_eq!(
-            s(addrs(&["--metrics-addr", "0.0.0.0:9877", "--pod-ip", "198.51.100.10"]).unwrap()),
+            s(addrs(&[
+                "--metrics-addr",
+                "0.0.0.0:9877",
+                "--pod-ip",
+                "198.51.100.10"
+            ])
+            .unwrap()),
             ["0.0.0.0:9877"]
         );
         assert!(addrs(&["--metrics-addr", "off"]).unwrap().is_empty());

@@ -310,10 +310,9 @@ impl Agent {
         let mut planned = self
             .plan_static_routes(&mut mem, &ctx, &inputs.routes, &mut discovery)
             .await;
-        let legacy = self
+        let mut legacy = self
             .plan_legacy(&mut mem, &ctx, inputs.legacy.as_deref(), &mut discovery)
             .await;
-        let mut legacy = legacy;
         let contested = plan::settle_duplicates(&mut planned, &mut legacy);
         if let (Some(why), None) = (&overlay.problem, &overlay.iface) {
             plan::mark_kept(&mut planned, why);
@@ -337,7 +336,6 @@ impl Agent {
             }
         };
         self.log_address_changes(&apply);
-        let mut legacy = legacy;
         plan::record_outcomes(planned.values_mut(), &apply.routes);
         plan::record_outcomes(legacy.iter_mut(), &apply.routes);
         if overlay.problem.is_none()
@@ -359,14 +357,19 @@ impl Agent {
             (rec, s)
         });
         if let Some((rec, s)) = &status {
-            report.status_written = self.put_agent_status(&rec.name, rec.agent.as_ref(), s).await;
+            report.status_written = self
+                .put_agent_status(&rec.name, rec.agent.as_ref(), s)
+                .await;
         }
         mem.last = Some(LastPass {
             node: inputs.node,
             overlay,
             record: live.map(|r| r.name.clone()),
             routes: planned,
-            legacy_keys: legacy.iter().filter_map(|p| p.route.as_ref().map(|r| r.key())).collect(),
+            legacy_keys: legacy
+                .iter()
+                .filter_map(|p| p.route.as_ref().map(|r| r.key()))
+                .collect(),
             contested,
             status: status.map(|(_, s)| s),
         });
@@ -415,10 +418,7 @@ impl Agent {
         let mut plans: BTreeMap<String, Option<PlannedRoute>> = BTreeMap::new();
         for (name, rec) in next {
             let plan = match rec {
-                Some(p) => {
-                    self.plan_one(&mut mem, &ctx, p, &mut discovery)
-                        .await
-                }
+                Some(p) => self.plan_one(&mut mem, &ctx, p, &mut discovery).await,
                 None => None,
             };
             plans.insert(name, plan);

@@ -204,11 +204,11 @@ pub(super) fn settle_duplicates(
     for p in legacy.iter_mut() {
         let Some(r) = &p.route else { continue };
         let key = r.key();
-        if seen.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(key) {
+            v.insert("static-routes ConfigMap".into());
+        } else {
             p.route = None;
             contested.insert(key);
-        } else {
-            seen.insert(key, "static-routes ConfigMap".into());
         }
     }
     contested
