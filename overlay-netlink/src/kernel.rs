@@ -803,6 +803,35 @@ mod tests {
     }
 
     #[test]
+    fn kernel_managed_addresses_are_link_local_or_not_permanent_ipv6() {
+        let addr = |s: &str, flags: AddressFlags| {
+            let mut m = AddressMessage::default();
+            m.header.prefix_len = if s.contains(':') { 64 } else { 24 };
+            m.attributes
+                .push(AddressAttribute::Address(s.parse().unwrap()));
+            m.attributes.push(AddressAttribute::Flags(flags));
+            parse_addr(&m).unwrap()
+        };
+        assert!(addr("2001:db8::9", AddressFlags::empty()).kernel_managed());
+        assert!(!addr("2001:db8::9", AddressFlags::Permanent).kernel_managed());
+        assert!(addr("fe80::9", AddressFlags::Permanent).kernel_managed());
+        // IPv4 is never the kernel's own, lifetimes or not.
+        assert!(!addr("198.51.100.9", AddressFlags::empty()).kernel_managed());
+    }
+
+    #[test]
+    fn links_carry_their_alias() {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName("tmp0".into()));
+        assert!(!parse_link(&m).is_ours());
+        m.attributes
+            .push(LinkAttribute::IfAlias(crate::OWNED_LINK_ALIAS.into()));
+        let l = parse_link(&m);
+        assert!(l.is_ours(), "{l:?}");
+        assert!(l.describe().contains("alias"));
+    }
+
+    #[test]
     fn ipv6_link_local_is_fe80_slash_10() {
         let ll = |s: &str| is_ipv6_link_local(&s.parse().unwrap());
         assert!(ll("fe80::1/64"));

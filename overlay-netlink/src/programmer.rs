@@ -1379,8 +1379,8 @@ fn route_oif(
 }
 
 /// The device of the most specific direct route holding `gw`, in `table`
-/// or the main table (the route's own table first on a tie), as the kernel
-/// resolves a gateway without a device. IPv6 link-local gateways need a
+/// or the main table (the route's own table first on a tie, then the lowest
+/// device index), as the kernel resolves a gateway without a device. IPv6 link-local gateways need a
 /// device: `None`.
 fn gateway_oif(gw: IpAddr, table: u32, direct: &[Direct]) -> Option<u32> {
     if let IpAddr::V6(v6) = gw
@@ -1396,7 +1396,7 @@ fn gateway_oif(gw: IpAddr, table: u32, direct: &[Direct]) -> Option<u32> {
                 && net.is_ipv4() == gw.is_ipv4()
                 && net.contains(gw)
         })
-        .max_by_key(|(net, _, t)| (net.prefix(), *t == table))
+        .max_by_key(|(net, o, t)| (net.prefix(), *t == table, std::cmp::Reverse(*o)))
         .and_then(|(_, o, _)| *o)
 }
 
@@ -1535,6 +1535,49 @@ mod tests {
         // IPv6 link-local: on-link when the device is given.
         assert!(on_link(ip("fe80::1"), Some(2), MAIN_TABLE, &direct));
         assert!(!on_link(ip("fe80::1"), None, MAIN_TABLE, &direct));
+    }
+
+    #[test]
+    fn a_gateway_resolves_to_the_most_specific_connected_network() {
+        let direct: Vec<Direct> = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("192.0.2.128/25".parse().unwrap(), Some(3), MAIN_TABLE),
+            ("198.51.100.0/24".parse().unwrap(), Some(4), 100),
+            ("2001:db8::/64".parse().unwrap(), Some(2), MAIN_TABLE),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(gateway_oif(ip("192.0.2.1"), MAIN_TABLE, &direct), Some(2));
+        assert_eq!(gateway_oif(ip("192.0.2.129"), MAIN_TABLE, &direct), Some(3));
+        assert_eq!(gateway_oif(ip("198.51.100.1"), MAIN_TABLE, &direct), None);
+        assert_eq!(gateway_oif(ip("198.51.100.1"), 100, &direct), Some(4));
+        assert_eq!(gateway_oif(ip("2001:db8::1"), MAIN_TABLE, &direct), Some(2));
+        assert_eq!(gateway_oif(ip("fe80::1"), MAIN_TABLE, &direct), None);
+
+        let spec = RouteSpec {
+            destination: "203.0.113.0/24".parse().unwrap(),
+            gateway: Some(ip("192.0.2.1")),
+            device: None,
+            table: None,
+            metric: None,
+        };
+        let key = kernel::spec_key(&spec);
+        // Our route in place on another device where the gateway is
+        // on-link too keeps its device (no churn).
+        let k = installed_route(key, &spec, Some(3), 250);
+        let direct2: Vec<Direct> = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("192.0.2.0/24".parse().unwrap(), Some(3), MAIN_TABLE),
+        ];
+        assert_eq!(
+            route_oif(&spec, &key, None, &direct2, Some(&k)),
+            Ok(Some(3))
+        );
+        assert_eq!(route_oif(&spec, &key, None, &direct2, None), Ok(Some(2)));
+        assert!(
+            route_oif(&spec, &key, Some(9), &direct2, None)
+                .unwrap_err()
+                .contains("not on-link")
+        );
     }
 
     #[test]
