@@ -169,6 +169,27 @@ pub enum ProgrammerError {
         /// Detail.
         message: String,
     },
+    /// An interface with the overlay interface's name exists but overlay
+    /// did not create it (it lacks overlay's mark): overlay leaves it
+    /// alone, neither deleting, recreating nor configuring it.
+    #[error(
+        "interface {interface} was not created by overlay, so overlay leaves it alone: {message}"
+    )]
+    NotOurs {
+        /// The interface name.
+        interface: String,
+        /// What was found and what to do.
+        message: String,
+    },
+    /// The route protocol number that would mark overlay's routes is
+    /// reserved or used by other software.
+    #[error("route protocol {protocol} cannot mark overlay's routes: {message}")]
+    InvalidProtocol {
+        /// The number configured.
+        protocol: u8,
+        /// Who uses it and which number to pick instead.
+        message: String,
+    },
     /// The programmer does not offer this call (or not yet: an
     /// incremental update before the first full apply).
     #[error("{call} is not supported by this programmer now; do a full apply")]

@@ -6,12 +6,17 @@
 //! sample of 1,000 is timed and multiplied by 10), (c) with one
 //! `ip -batch` run; then a no-op re-apply of 10,000 routes, and the
 //! drift-repair latency over 100 external deletions (from sending the
-//! delete on another netlink socket to the programmer's `Repaired` event).
+//! delete on another netlink socket to the programmer's `Repaired` event);
+//! and the incremental figure: with 1,000 routes in place, the latency of
+//! one [`RouteProgrammer::update`] adding one route (a new StaticRoute:
+//! from the call to the kernel's acknowledgement, no dumps), against one
+//! `ip route add` process per route in the same namespace.
 //!
 //! Ratios are speed-ups of the programmer over the baseline measured in the
 //! same run: `ratio_vs_exec = exec_ms / programmer_ms`,
 //! `ratio_vs_batch = batch_ms / programmer_ms` (≥ 0.67 means within 1.5× of
-//! `ip -batch`).
+//! `ip -batch`), `update_ratio_vs_exec = exec p50 / update p50` (printed as
+//! `ratio_vs_exec=` on the incremental line).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::io::Write;
@@ -23,7 +28,9 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPaylo
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
-use overlay_core::{Cidr, DesiredNodeState, DriftEvent, RouteProgrammer, RouteSpec};
+use overlay_core::{
+    Cidr, DesiredNodeState, DriftEvent, RouteChanges, RouteProgrammer, RouteResult, RouteSpec,
+};
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{Netns, privileged};
 
@@ -39,21 +46,64 @@ fn dest(i: usize) -> Ipv4Addr {
     )
 }
 
-fn desired(n: usize) -> DesiredNodeState {
+/// The route to the i-th /32 via the gateway.
+fn spec(i: usize) -> RouteSpec {
     let gw: IpAddr = GW.parse().unwrap();
+    RouteSpec {
+        destination: Cidr::parse("bench", &format!("{}/32", dest(i))).unwrap(),
+        gateway: Some(gw),
+        device: None,
+        table: None,
+        metric: None,
+    }
+}
+
+fn desired(n: usize) -> DesiredNodeState {
     DesiredNodeState {
         overlay: None,
-        routes: (0..n)
-            .map(|i| RouteSpec {
-                destination: Cidr::parse("bench", &format!("{}/32", dest(i))).unwrap(),
-                gateway: Some(gw),
-                device: None,
-                table: None,
-                metric: None,
-            })
-            .collect(),
+        routes: (0..n).map(spec).collect(),
         ..Default::default()
     }
+}
+
+/// Samples of the incremental figure.
+const UPDATE_SAMPLES: usize = 200;
+
+/// With 1,000 routes in place: p50 of `update` adding one route, and p50
+/// of one `ip route add` process per route, in ms.
+async fn incremental() -> (f64, f64) {
+    let (ns, _peer) = node("bench-u");
+    let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
+        .await
+        .unwrap();
+    p.apply(&desired(1_000)).await.unwrap();
+    let before = p.counters();
+    let mut lat = Vec::with_capacity(UPDATE_SAMPLES);
+    for k in 0..UPDATE_SAMPLES {
+        let changes = RouteChanges {
+            remove: vec![],
+            upsert: vec![spec(1_000 + k)],
+        };
+        let t = Instant::now();
+        let r = p.update(&changes).await.unwrap();
+        lat.push(ms(t.elapsed()));
+        assert_eq!(r.routes[0].result, RouteResult::Added, "{r:?}");
+        assert_eq!(r.kernel_writes, 1);
+    }
+    let after = p.counters();
+    assert_eq!(after.dumps, before.dumps, "update dumped");
+    assert!(count_routes(&ns) >= 1_000 + UPDATE_SAMPLES);
+    let mut exec = Vec::with_capacity(UPDATE_SAMPLES);
+    for k in 0..UPDATE_SAMPLES {
+        let d = format!("{}/32", dest(2_000 + k));
+        let t = Instant::now();
+        overlay_testbed::ip(&["-n", ns.name(), "route", "add", &d, "via", GW]).unwrap();
+        exec.push(ms(t.elapsed()));
+    }
+    assert!(count_routes(&ns) >= 1_000 + 2 * UPDATE_SAMPLES);
+    lat.sort_by(f64::total_cmp);
+    exec.sort_by(f64::total_cmp);
+    (percentile(&lat, 0.5), percentile(&exec, 0.5))
 }
 
 /// A namespace with `eth0` (192.0.2.2/24) wired to a peer holding the
@@ -158,6 +208,13 @@ async fn run() {
         batch[0] / prog[0]
     );
 
+    // Incremental: one new route with 1,000 in place.
+    let (update_p50, exec_p50) = incremental().await;
+    let update_ratio = exec_p50 / update_p50;
+    println!(
+        "incremental (1000 routes in place, {UPDATE_SAMPLES} samples): update_p50_ms={update_p50:.3} exec_p50_ms={exec_p50:.3} ratio_vs_exec={update_ratio:.1}"
+    );
+
     // No-op re-apply and repair latency, on 10,000 routes.
     let (ns, _peer) = node("bench-n");
     let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
@@ -236,7 +293,7 @@ async fn run() {
     let programmer_ms = prog[1];
     let batch_ms = batch[1];
     println!(
-        "BENCH netlink-apply routes=10000 programmer_ms={programmer_ms:.1} exec_ms={exec_10000:.1} batch_ms={batch_ms:.1} ratio_vs_exec={:.1} ratio_vs_batch={:.2} noop_ms={noop_ms:.1} noop_writes={noop_writes} repair_p50_ms={p50:.3} repair_p99_ms={p99:.3}",
+        "BENCH netlink-apply routes=10000 programmer_ms={programmer_ms:.1} exec_ms={exec_10000:.1} batch_ms={batch_ms:.1} ratio_vs_exec={:.1} ratio_vs_batch={:.2} noop_ms={noop_ms:.1} noop_writes={noop_writes} repair_p50_ms={p50:.3} repair_p99_ms={p99:.3} update_p50_ms={update_p50:.3} update_exec_p50_ms={exec_p50:.3} update_ratio_vs_exec={update_ratio:.1}",
         exec_10000 / programmer_ms,
         batch_ms / programmer_ms
     );

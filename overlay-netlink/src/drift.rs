@@ -4,11 +4,19 @@
 //! - One of our routes changed (still ours, other attributes): replaced.
 //! - Overlay interface, its parent or a route's device deleted, recreated
 //!   or set up/down; the overlay address deleted; another address added to
-//!   the overlay interface (IPv6 link-local excepted); notifications lost
-//!   (`ENOBUFS`): the last desired state is re-applied in full.
+//!   the overlay interface (IPv6 link-local and autoconfigured addresses
+//!   excepted); notifications lost (`ENOBUFS`): the last desired state is
+//!   re-applied in full. That re-apply follows every rule of an apply: it
+//!   never recreates or touches a link overlay did not create (an unmarked
+//!   interface that took the overlay interface's name is reported, not
+//!   replaced), and never deletes a default route.
 //! - While some desired routes failed (e.g. their gateway's network was
 //!   down), a new connected route or address re-applies too, so routes come
 //!   back when their network does.
+//! - Every route notification also keeps what incremental updates work
+//!   from current: the connected networks (for on-link checks) and which
+//!   keys hold our routes (a foreign route on a key makes an update refuse
+//!   it instead of replacing it).
 //!
 //! Notifications carrying our request socket's port id were caused by our
 //! own writes and are skipped before they are even decoded.
@@ -24,7 +32,7 @@ use netlink_sys::{AsyncSocketExt, TokioSocket};
 use overlay_core::{DriftEvent, RouteResult};
 
 use crate::kernel::{self, CREATE_EXCL, CREATE_REPLACE, EEXIST, ENOBUFS, RouteKey};
-use crate::programmer::{Inner, State, matches_spec};
+use crate::programmer::{Inner, State, as_direct, matches_spec};
 
 const BUF: usize = 1 << 16;
 
@@ -117,18 +125,35 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
     for msg in msgs {
         match msg {
             RouteNetlinkMessage::DelRoute(m) => {
-                if let Some(r) = kernel::parse_route(&m)
-                    && r.protocol == inner.protocol
-                    && let Some(p) = state.plan.get(&r.key)
-                {
-                    events.push(DriftEvent::Route(p.spec.clone()));
-                    readd.push(r.key);
+                let Some(r) = kernel::parse_route(&m) else {
+                    continue;
+                };
+                // Keep what updates work from (without a dump) current.
+                if let Some(d) = as_direct(&r) {
+                    state.direct_gone(&d);
+                }
+                if r.protocol == inner.protocol {
+                    state.ours.remove(&r.key);
+                    if let Some(p) = state.plan.get(&r.key) {
+                        events.push(DriftEvent::Route(p.spec.clone()));
+                        readd.push(r.key);
+                    }
                 }
             }
             RouteNetlinkMessage::NewRoute(m) => {
                 let Some(r) = kernel::parse_route(&m) else {
                     continue;
                 };
+                if let Some(d) = as_direct(&r) {
+                    state.direct_added(d);
+                }
+                if r.protocol == inner.protocol {
+                    state.ours.insert(r.key, r.clone());
+                } else {
+                    // A foreign route on the key: an update must not
+                    // replace it (CREATE_EXCL answers EEXIST instead).
+                    state.ours.remove(&r.key);
+                }
                 if let Some(p) = state.plan.get(&r.key) {
                     if r.protocol == inner.protocol && !matches_spec(&r, &p.spec, p.oif) {
                         events.push(DriftEvent::Route(p.spec.clone()));
@@ -160,11 +185,12 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
                 if let Some(a) = kernel::parse_addr(&m)
                     && Some(a.index) == state.overlay_index
                     && desired.overlay.as_ref().is_some_and(|o| o.address != a.net)
-                    && !kernel::is_ipv6_link_local(&a.net)
+                    && !a.kernel_managed()
                 {
                     // Another address on the overlay interface (added by
                     // hand, by other tooling): the re-apply removes it, as
-                    // every apply does, marked or not.
+                    // every apply does, marked or not. Addresses the kernel
+                    // manages (IPv6 link-local, autoconfigured) stay.
                     events.push(DriftEvent::Address(a.net));
                     full = true;
                 } else if has_failures {
@@ -215,17 +241,39 @@ async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>
             .map(|k| (k, CREATE_EXCL))
             .chain(replace.into_iter().map(|k| (k, CREATE_REPLACE)))
             .collect();
-        let futs = ops.iter().filter_map(|(key, flags)| {
-            let p = state.plan.get(key)?;
+        let planned: Vec<(RouteKey, u16, crate::kernel::KernelRoute)> = ops
+            .iter()
+            .filter_map(|(key, flags)| {
+                let p = state.plan.get(key)?;
+                Some((
+                    *key,
+                    *flags,
+                    crate::kernel::KernelRoute {
+                        key: *key,
+                        gateway: p.spec.gateway,
+                        oif: p.oif,
+                        protocol: inner.protocol,
+                        kind: RouteType::Unicast,
+                        multipath: false,
+                    },
+                ))
+            })
+            .collect();
+        let futs = planned.iter().map(|(key, flags, k)| {
             let msg = RouteNetlinkMessage::NewRoute(kernel::route_message(
                 key,
-                p.spec.gateway,
-                p.oif,
+                k.gateway,
+                k.oif,
                 inner.protocol,
             ));
-            Some(kernel::write(&inner.handle, msg, *flags))
+            kernel::write(&inner.handle, msg, *flags)
         });
         let results = futures::future::join_all(futs).await;
+        for ((key, _, k), r) in planned.iter().zip(&results) {
+            if r.is_ok() {
+                state.ours.insert(*key, k.clone());
+            }
+        }
         writes += results.len() as u64;
         inner
             .counters

@@ -14,7 +14,8 @@ use netlink_packet_core::{
     NLMSG_ERROR, NetlinkBuffer, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
+    AddressScope,
 };
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
@@ -160,6 +161,29 @@ pub(crate) struct Link {
     pub kind: Option<InfoKind>,
     pub parent: Option<u32>,
     pub macvlan_mode: Option<MacVlanMode>,
+    /// `IFLA_IFALIAS`: overlay marks the links it creates with
+    /// [`crate::OWNED_LINK_ALIAS`].
+    pub alias: Option<String>,
+}
+
+impl Link {
+    /// True when overlay created this link (it carries our alias).
+    pub(crate) fn is_ours(&self) -> bool {
+        self.alias.as_deref() == Some(crate::OWNED_LINK_ALIAS)
+    }
+
+    /// What the link is, for messages: kind and alias.
+    pub(crate) fn describe(&self) -> String {
+        let kind = self
+            .kind
+            .as_ref()
+            .map(|k| format!("kind {k:?}"))
+            .unwrap_or_else(|| "no kind".into());
+        match &self.alias {
+            Some(a) => format!("{kind}, alias {a:?}"),
+            None => format!("{kind}, no alias"),
+        }
+    }
 }
 
 pub(crate) fn parse_link(m: &LinkMessage) -> Link {
@@ -170,10 +194,12 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Link {
         kind: None,
         parent: None,
         macvlan_mode: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
             LinkAttribute::Link(p) => l.parent = Some(*p),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
@@ -194,6 +220,22 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Link {
         }
     }
     l
+}
+
+/// The link named `name`, asked for alone (`RTM_GETLINK` by name, not a
+/// dump); `None` when there is none.
+pub(crate) async fn get_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<Link>, ProgrammerError> {
+    let mut s = handle.link().get().match_name(name.to_owned()).execute();
+    match s.try_next().await {
+        Ok(m) => Ok(m.as_ref().map(parse_link)),
+        Err(e) => match rtnl_errno(e) {
+            ENODEV => Ok(None),
+            errno => Err(errno_error(&format!("get link {name}"), errno)),
+        },
+    }
 }
 
 /// All links by name.
@@ -227,17 +269,34 @@ pub(crate) struct Addr {
     /// `IFA_PROTO`; `None` when the address carries no mark (added without
     /// one, or on a kernel before 6.3, which ignores it).
     pub protocol: Option<u8>,
+    /// `IFA_F_PERMANENT`: configured, not managed by the kernel (IPv6
+    /// addresses autoconfigured from router advertisements, or added with
+    /// lifetimes, lack it).
+    pub permanent: bool,
+}
+
+impl Addr {
+    /// True for an address the kernel manages itself: IPv6 link-local
+    /// (fe80::/10), or IPv6 without `IFA_F_PERMANENT` (autoconfigured from
+    /// router advertisements, expiring). Overlay leaves these on the
+    /// overlay interface.
+    pub(crate) fn kernel_managed(&self) -> bool {
+        is_ipv6_link_local(&self.net) || (self.net.is_ipv6() && !self.permanent)
+    }
 }
 
 pub(crate) fn parse_addr(m: &AddressMessage) -> Option<Addr> {
     let mut local = None;
     let mut address = None;
     let mut protocol = None;
+    let mut permanent = m.header.flags.contains(AddressHeaderFlags::Permanent);
     for a in &m.attributes {
         match a {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
             AddressAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
+            // IFA_FLAGS holds all flags; the header only the low byte.
+            AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
             _ => {}
         }
     }
@@ -248,6 +307,7 @@ pub(crate) fn parse_addr(m: &AddressMessage) -> Option<Addr> {
         net,
         peer: address.filter(|a| *a != ip),
         protocol,
+        permanent,
     })
 }
 
@@ -404,9 +464,10 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
 
 /// The message deleting our route with `key`: any scope and type, only
 /// with our protocol (the kernel matches it), so a foreign route with the
-/// same key is never deleted.
-pub(crate) fn route_delete_message(key: &RouteKey, protocol: u8) -> RouteMessage {
-    let mut m = route_message(key, None, None, protocol);
+/// same key is never deleted; with `oif`, only a route out of that device
+/// (the kernel matches it too).
+pub(crate) fn route_delete_message(key: &RouteKey, oif: Option<u32>, protocol: u8) -> RouteMessage {
+    let mut m = route_message(key, None, oif, protocol);
     m.header.scope = RouteScope::NoWhere;
     m.header.kind = RouteType::Unspec;
     m
@@ -699,7 +760,7 @@ mod tests {
     #[test]
     fn deletes_carry_our_protocol_and_wildcard_scope() {
         let key = spec_key(&spec("203.0.113.0/24", None, None, None));
-        let m = route_delete_message(&key, 250);
+        let m = route_delete_message(&key, None, 250);
         assert_eq!(u8::from(m.header.protocol), 250);
         assert_eq!(m.header.scope, RouteScope::NoWhere);
     }
@@ -739,6 +800,35 @@ mod tests {
         let a = parse_addr(&msg(None, "2001:db8::9", 64)).unwrap();
         assert_eq!(a.peer, None);
         assert_eq!(parse_addr(&addr_delete_message(&a)).unwrap(), a);
+    }
+
+    #[test]
+    fn kernel_managed_addresses_are_link_local_or_not_permanent_ipv6() {
+        let addr = |s: &str, flags: AddressFlags| {
+            let mut m = AddressMessage::default();
+            m.header.prefix_len = if s.contains(':') { 64 } else { 24 };
+            m.attributes
+                .push(AddressAttribute::Address(s.parse().unwrap()));
+            m.attributes.push(AddressAttribute::Flags(flags));
+            parse_addr(&m).unwrap()
+        };
+        assert!(addr("2001:db8::9", AddressFlags::empty()).kernel_managed());
+        assert!(!addr("2001:db8::9", AddressFlags::Permanent).kernel_managed());
+        assert!(addr("fe80::9", AddressFlags::Permanent).kernel_managed());
+        // IPv4 is never the kernel's own, lifetimes or not.
+        assert!(!addr("198.51.100.9", AddressFlags::empty()).kernel_managed());
+    }
+
+    #[test]
+    fn links_carry_their_alias() {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName("tmp0".into()));
+        assert!(!parse_link(&m).is_ours());
+        m.attributes
+            .push(LinkAttribute::IfAlias(crate::OWNED_LINK_ALIAS.into()));
+        let l = parse_link(&m);
+        assert!(l.is_ours(), "{l:?}");
+        assert!(l.describe().contains("alias"));
     }
 
     #[test]

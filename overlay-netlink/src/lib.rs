@@ -5,20 +5,33 @@
 //! kernel:
 //!
 //! - a macvlan sub-interface (mode bridge, up) of the parent interface,
-//!   recreated when it is missing or sits on the wrong parent;
+//!   marked as overlay's with the alias [`OWNED_LINK_ALIAS`], recreated
+//!   when it is missing or (marked) sits on the wrong parent;
 //! - exactly the desired overlay address on it: every other IPv4 and IPv6
 //!   address on the overlay interface is removed, whoever added it (kernels
 //!   before 6.3 drop the protocol mark, and the original tooling never set
-//!   one); only IPv6 link-local addresses (fe80::/10) stay;
+//!   one); only IPv6 link-local addresses (fe80::/10) and IPv6 addresses
+//!   the kernel manages itself (not permanent: autoconfigured from router
+//!   advertisements, with lifetimes) stay;
 //! - the desired routes (IPv4 and IPv6; gateway, device, table, metric);
-//! - removal of routes we installed earlier that are no longer desired.
+//! - removal of routes we installed earlier that are no longer desired,
+//!   within the tables and devices overlay works in, never a default route.
 //!
-//! ## Ownership: the route protocol number
+//! ## Ownership: the interface alias and the route protocol number
+//!
+//! The programmer creates the overlay interface with the alias
+//! [`OWNED_LINK_ALIAS`] and only ever deletes, recreates or brings up a
+//! link carrying it. An interface with the overlay interface's name that
+//! lacks the mark (created by hand, by other software, or by an overlay
+//! version before the mark) is left completely alone: `apply` answers
+//! [`ProgrammerError::NotOurs`] and `remove_interface` answers `false`.
 //!
 //! Every route and address overlay writes carries the route protocol number
 //! [`ProgrammerConfig::route_protocol`] (default [`DEFAULT_ROUTE_PROTOCOL`] =
 //! 250; `ip route show proto 250` lists them, and
 //! `/etc/iproute2/rt_protos.d/overlay.conf` with `250 overlay` names them).
+//! [`NetlinkProgrammer::new`] refuses 0–4 and numbers that iproute2's
+//! protocol files name for other software ([`check_route_protocol`]).
 //! Only routes with this number are ever replaced or deleted, so ownership
 //! survives restarts without local state, and routes anybody else installed
 //! are never touched. A desired route whose destination, table and metric
@@ -28,12 +41,25 @@
 //! on other interfaces are never touched.
 //! Pick another number when two overlay installations share a node.
 //!
+//! Removal is narrower still: a route of ours that is no longer desired is
+//! deleted only when it is not a default route and its table and device
+//! are in scope: [`DesiredNodeState::scope`], the tables and devices of the
+//! desired routes, and those of every route this programmer installed or
+//! found in place since it started. Routes elsewhere stay, whatever their
+//! protocol.
+//!
 //! ## Writes only differences
 //!
 //! Each apply dumps links, addresses and routes, compares them with the
 //! desired state, and sends only the differences, many route requests per
 //! system call. A second identical apply sends nothing
 //! ([`ApplyReport::kernel_writes`] is 0).
+//!
+//! [`RouteProgrammer::update`] changes single routes on top of the last
+//! full apply without any dump: it works from what that apply found
+//! (links, connected networks, our routes), kept up to date by the drift
+//! watcher, so a StaticRoute added, changed or removed costs its own writes
+//! only. The full apply stays the safety net that resyncs everything.
 //!
 //! ## Drift repair
 //!
@@ -68,6 +94,7 @@
 mod drift;
 mod kernel;
 mod programmer;
+mod protocols;
 
 use std::path::PathBuf;
 
@@ -76,6 +103,34 @@ pub use overlay_core::{
     RouteProgrammer, RouteResult, RouteSpec,
 };
 pub use programmer::{DriftCounters, NetlinkProgrammer};
+pub use protocols::check_route_protocol;
+
+/// The interface alias (`IFLA_IFALIAS`, shown by `ip link show` as
+/// `alias ...`) that marks a link as created by overlay. Only links
+/// carrying it are ever deleted, recreated or brought up; a link with the
+/// overlay interface's name but without it is left alone.
+pub const OWNED_LINK_ALIAS: &str = "overlay: created by overlay-agent";
+
+/// The name overlay's route protocol number may carry in iproute2's
+/// protocol files (`250 overlay` in `/etc/iproute2/rt_protos.d/overlay.conf`)
+/// unless configured otherwise.
+pub const DEFAULT_PROTOCOL_NAME: &str = "overlay";
+
+/// iproute2's protocol name files, where distributions and routing daemons
+/// name the protocol numbers they use: `rt_protos` and every `*.conf` in
+/// `rt_protos.d/`, under `/etc/iproute2`, `/usr/share/iproute2` and
+/// `/usr/lib/iproute2`.
+pub fn default_protocol_files() -> Vec<PathBuf> {
+    ["/etc/iproute2", "/usr/share/iproute2", "/usr/lib/iproute2"]
+        .iter()
+        .flat_map(|d| {
+            [
+                PathBuf::from(d).join("rt_protos"),
+                PathBuf::from(d).join("rt_protos.d"),
+            ]
+        })
+        .collect()
+}
 
 /// The route protocol number overlay marks its routes and addresses with
 /// unless configured otherwise (250; numbers 0–4 belong to the kernel and
@@ -94,8 +149,17 @@ pub struct ProgrammerConfig {
     pub netns: Option<PathBuf>,
     /// Route protocol number that marks routes as ours (default
     /// [`DEFAULT_ROUTE_PROTOCOL`]); the addresses we add carry it too. Must
-    /// be 5 or more.
+    /// be 5 or more and not named by other software in
+    /// [`ProgrammerConfig::protocol_files`] (see [`check_route_protocol`]).
     pub route_protocol: u8,
+    /// The name `route_protocol` may carry in the protocol files (default
+    /// [`DEFAULT_PROTOCOL_NAME`]); any other name there means another
+    /// program uses the number.
+    pub protocol_name: String,
+    /// iproute2 protocol name files to check `route_protocol` against;
+    /// a directory stands for its `*.conf` files, missing ones are skipped
+    /// (default [`default_protocol_files`]).
+    pub protocol_files: Vec<PathBuf>,
     /// Subscribe to kernel notifications and repair drift (default true).
     pub drift_repair: bool,
     /// Route requests packed into one `sendmsg` during an apply (default
@@ -118,6 +182,8 @@ impl Default for ProgrammerConfig {
         Self {
             netns: None,
             route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            protocol_name: DEFAULT_PROTOCOL_NAME.to_owned(),
+            protocol_files: default_protocol_files(),
             drift_repair: true,
             requests_per_send: DEFAULT_REQUESTS_PER_SEND,
             notification_buffer: DEFAULT_NOTIFICATION_BUFFER,
@@ -135,6 +201,13 @@ impl ProgrammerConfig {
     /// Uses `protocol` to mark our routes and addresses.
     pub fn with_route_protocol(mut self, protocol: u8) -> Self {
         self.route_protocol = protocol;
+        self
+    }
+
+    /// Checks the route protocol against `files` (iproute2 protocol name
+    /// files or `rt_protos.d`-style directories) instead of the defaults.
+    pub fn with_protocol_files(mut self, files: Vec<PathBuf>) -> Self {
+        self.protocol_files = files;
         self
     }
 

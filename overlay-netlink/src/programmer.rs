@@ -15,8 +15,9 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, TokioSocket};
 use overlay_core::model::MAIN_TABLE;
 use overlay_core::{
-    ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName, ParseError,
-    ProgrammerError, RouteOutcome, RouteProgrammer, RouteResult, RouteSpec,
+    ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName,
+    ProgrammerError, RouteChanges, RouteOutcome, RouteProgrammer, RouteResult, RouteScope,
+    RouteSpec,
 };
 use rtnetlink::{LinkMacVlan, LinkUnspec};
 use tokio::sync::{Mutex, broadcast};
@@ -48,6 +49,11 @@ pub struct DriftCounters {
     pub resyncs: u64,
     /// Notification overruns (`ENOBUFS`), each followed by a resync.
     pub overruns: u64,
+    /// Incremental updates requested through [`RouteProgrammer::update`].
+    pub updates: u64,
+    /// Dumps of the kernel's routes, links or addresses (each one counts):
+    /// full applies dump, [`RouteProgrammer::update`] never does.
+    pub dumps: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +65,8 @@ pub(crate) struct Counters {
     pub repair_writes: AtomicU64,
     pub resyncs: AtomicU64,
     pub overruns: AtomicU64,
+    pub updates: AtomicU64,
+    pub dumps: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +80,8 @@ impl Counters {
             repair_writes: g(&self.repair_writes),
             resyncs: g(&self.resyncs),
             overruns: g(&self.overruns),
+            updates: g(&self.updates),
+            dumps: g(&self.dumps),
         }
     }
 }
@@ -83,15 +93,62 @@ pub(crate) struct Planned {
     pub oif: Option<u32>,
 }
 
-/// What the last apply wanted and found; drift repair works from it.
+/// A direct (connected) unicast route: network, output device, table.
+pub(crate) type Direct = (IpNetwork, Option<u32>, u32);
+
+/// What the last apply wanted and found; drift repair and incremental
+/// updates work from it.
 #[derive(Default)]
 pub(crate) struct State {
+    /// The last full apply's desired state, changed by updates since.
     pub desired: Option<DesiredNodeState>,
     pub plan: HashMap<RouteKey, Planned>,
     /// Links that matter (overlay, parent, route devices): name → (index, up).
     pub links: HashMap<String, (u32, bool)>,
     pub overlay_index: Option<u32>,
+    /// The outcome of every desired route as of the last apply or update.
     pub last_report: Option<ApplyReport>,
+    /// True when the last full apply got through its routes, so that the
+    /// caches below describe the kernel and updates may use them.
+    pub synced: bool,
+    /// Every link the last full apply saw (and links updates looked up).
+    pub all_links: HashMap<String, Link>,
+    /// Direct routes (for on-link checks without a dump).
+    pub direct: Vec<Direct>,
+    /// Our routes in the kernel, as last seen or written.
+    pub ours: HashMap<RouteKey, KernelRoute>,
+    /// Tables and devices of every route this programmer installed or
+    /// found in place since it started: where stale routes may go.
+    pub scope: RouteScope,
+}
+
+impl State {
+    /// Name of link `index` among the links last seen.
+    fn link_name(&self, index: u32) -> Option<&str> {
+        self.all_links
+            .values()
+            .find(|l| l.index == index)
+            .map(|l| l.name.as_str())
+    }
+
+    /// Forgets a direct route that is gone.
+    pub(crate) fn direct_gone(&mut self, d: &Direct) {
+        self.direct.retain(|x| x != d);
+    }
+
+    /// Notes a direct route that appeared.
+    pub(crate) fn direct_added(&mut self, d: Direct) {
+        if !self.direct.contains(&d) {
+            self.direct.push(d);
+        }
+    }
+}
+
+/// The direct-route entry of a kernel route, when it is one (unicast,
+/// without a gateway, single path).
+pub(crate) fn as_direct(r: &KernelRoute) -> Option<Direct> {
+    (r.gateway.is_none() && !r.multipath && r.kind == RouteType::Unicast)
+        .then(|| (r.key.0.network(), r.oif, r.key.1))
 }
 
 pub(crate) struct Inner {
@@ -157,16 +214,16 @@ fn set_rcvbuf(sock: &netlink_sys::Socket, bytes: usize) {
 }
 
 impl NetlinkProgrammer {
-    /// Opens the netlink sockets in the configured namespace and starts the
+    /// Checks the route protocol ([`crate::check_route_protocol`]: not 0–4,
+    /// not named for other software in the configured protocol files),
+    /// opens the netlink sockets in the configured namespace and starts the
     /// drift watcher. Must be called inside a tokio runtime.
     pub async fn new(config: ProgrammerConfig) -> Result<Self, ProgrammerError> {
-        if config.route_protocol < 5 {
-            return Err(ProgrammerError::InvalidName(ParseError::new(
-                "route_protocol",
-                &config.route_protocol.to_string(),
-                "protocols 0-4 belong to the kernel and iproute2; use 5-255 (default 250)",
-            )));
-        }
+        crate::check_route_protocol(
+            config.route_protocol,
+            &config.protocol_name,
+            &config.protocol_files,
+        )?;
         let rt = tokio::runtime::Handle::try_current().map_err(|_| ProgrammerError::Namespace {
             namespace: namespace_label(&config),
             message: "NetlinkProgrammer::new must be called inside a tokio runtime".into(),
@@ -241,6 +298,8 @@ fn namespace_label(config: &ProgrammerConfig) -> String {
 struct Op {
     /// Index of the desired route, or `None` for a removal.
     route: Option<usize>,
+    /// The route's key.
+    key: RouteKey,
     msg: RouteNetlinkMessage,
     flags: u16,
     result: RouteResult,
@@ -265,11 +324,24 @@ async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
 impl Inner {
     /// All routes, from the bulk socket (off the async threads).
     async fn dump_routes(&self) -> Result<Vec<KernelRoute>, ProgrammerError> {
+        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
         let bulk = self.bulk.clone();
         match tokio::task::spawn_blocking(move || bulk.dump_routes()).await {
             Ok(r) => r.map_err(|e| errno_error("dump routes", e)),
             Err(_) => Err(errno_error("dump routes", kernel::CONNECTION_CLOSED)),
         }
+    }
+
+    /// All links by name (a dump).
+    async fn dump_links(&self) -> Result<HashMap<String, Link>, ProgrammerError> {
+        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+        kernel::dump_links(&self.handle).await
+    }
+
+    /// All addresses (a dump).
+    async fn dump_addrs(&self) -> Result<Vec<Addr>, ProgrammerError> {
+        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+        kernel::dump_addrs(&self.handle).await
     }
 
     fn count_writes(&self, n: u64) {
@@ -298,6 +370,9 @@ impl Inner {
         desired: &DesiredNodeState,
     ) -> Result<ApplyReport, ProgrammerError> {
         state.desired = Some(desired.clone());
+        // Until this apply got through its routes, the caches do not
+        // describe the kernel for the desired state: no updates.
+        state.synced = false;
         let mut report = ApplyReport::default();
         let mut writes = 0u64;
         let result = self
@@ -320,7 +395,7 @@ impl Inner {
         report: &mut ApplyReport,
         writes: &mut u64,
     ) -> Result<(), ProgrammerError> {
-        let mut links = kernel::dump_links(&self.handle).await?;
+        let mut links = self.dump_links().await?;
         let mut overlay_index = None;
         if let Some(ov) = &desired.overlay {
             overlay_index = Some(self.apply_overlay(ov, &mut links, report, writes).await?);
@@ -330,12 +405,16 @@ impl Inner {
         let routes = self.dump_routes().await?;
         let names: HashMap<u32, String> =
             links.values().map(|l| (l.index, l.name.clone())).collect();
+        let name_of = |oif: Option<u32>| -> Option<InterfaceName> {
+            oif.and_then(|i| names.get(&i))
+                .and_then(|n| InterfaceName::parse("device", n).ok())
+        };
         let mut ours: HashMap<RouteKey, KernelRoute> = HashMap::new();
         let mut foreign: HashMap<RouteKey, u8> = HashMap::new();
-        let mut direct: Vec<(IpNetwork, Option<u32>, u32)> = Vec::new();
+        let mut direct: Vec<Direct> = Vec::new();
         for r in routes {
-            if r.gateway.is_none() && !r.multipath && r.kind == RouteType::Unicast {
-                direct.push((r.key.0.network(), r.oif, r.key.1));
+            if let Some(d) = as_direct(&r) {
+                direct.push(d);
             }
             if r.protocol == self.protocol {
                 ours.insert(r.key, r);
@@ -344,56 +423,74 @@ impl Inner {
             }
         }
 
+        // Where stale routes may be removed: what the caller names, what
+        // this process installed or found before, and (below) the tables
+        // and devices of the desired routes.
+        let mut scope = desired.scope.clone();
+        scope.extend(&state.scope);
+
         let n = desired.routes.len();
         let mut results: Vec<Option<RouteResult>> = vec![None; n];
+        let mut oifs: Vec<Option<u32>> = vec![None; n];
         let mut seen: HashMap<RouteKey, usize> = HashMap::with_capacity(n);
         let mut plan: HashMap<RouteKey, Planned> = HashMap::with_capacity(n);
         let mut adds: Vec<Op> = Vec::new();
         for (i, spec) in desired.routes.iter().enumerate() {
+            scope.add_route(spec);
             let key = kernel::spec_key(spec);
             if let Some(&j) = seen.get(&key) {
-                results[i] = Some(RouteResult::Failed(format!(
-                    "route {spec} has the same destination, table and metric as {}; the kernel keeps one route per key: drop one or give it another metric",
-                    desired.routes[j]
-                )));
+                results[i] = Some(RouteResult::Failed(clash_message(spec, &desired.routes[j])));
                 continue;
             }
             seen.insert(key, i);
-            if let Some(gw) = spec.gateway
-                && gw.is_ipv4() != spec.destination.is_ipv4()
-            {
-                results[i] = Some(RouteResult::Failed(format!(
-                    "gateway {gw} is not of the address family of {}; use an IPv{} gateway",
-                    spec.destination,
-                    if spec.destination.is_ipv4() { 4 } else { 6 }
-                )));
+            if let Err(m) = check_family(spec) {
+                results[i] = Some(RouteResult::Failed(m));
                 continue;
             }
-            let oif = match &spec.device {
+            let dev_oif = match &spec.device {
                 Some(d) => match links.get(d.as_str()) {
                     Some(l) => Some(l.index),
                     None => {
-                        results[i] = Some(RouteResult::Failed(format!(
-                            "device {d} of route {spec} does not exist; create it, or leave the device unset so the kernel picks the on-link interface"
-                        )));
+                        results[i] = Some(RouteResult::Failed(missing_device(spec, d)));
                         continue;
                     }
                 },
                 None => None,
             };
+            let existing = ours.get(&key);
+            let planned = match existing {
+                Some(k) if matches_spec(k, spec, dev_oif) => {
+                    results[i] = Some(RouteResult::Unchanged);
+                    k.oif
+                }
+                _ => match route_oif(spec, &key, dev_oif, &direct, existing) {
+                    Ok(oif) => oif,
+                    Err(m) => {
+                        plan.insert(
+                            key,
+                            Planned {
+                                spec: spec.clone(),
+                                oif: dev_oif,
+                            },
+                        );
+                        results[i] = Some(RouteResult::Failed(m));
+                        continue;
+                    }
+                },
+            };
             plan.insert(
                 key,
                 Planned {
                     spec: spec.clone(),
-                    oif,
+                    oif: planned,
                 },
             );
-            let existing = ours.get(&key);
-            if let Some(k) = existing
-                && matches_spec(k, spec, oif)
-            {
-                results[i] = Some(RouteResult::Unchanged);
-                continue;
+            oifs[i] = planned;
+            if let Some(d) = name_of(planned) {
+                scope.devices.insert(d);
+            }
+            if results[i].is_some() {
+                continue; // unchanged
             }
             if existing.is_none()
                 && let Some(p) = foreign.get(&key)
@@ -404,18 +501,6 @@ impl Inner {
                 )));
                 continue;
             }
-            if let Some(gw) = spec.gateway
-                && !on_link(gw, oif, key.1, &direct)
-            {
-                results[i] = Some(RouteResult::Failed(
-                    ProgrammerError::GatewayUnreachable {
-                        destination: spec.destination.to_string(),
-                        gateway: gw.to_string(),
-                    }
-                    .to_string(),
-                ));
-                continue;
-            }
             let (flags, result) = if existing.is_some() {
                 (CREATE_REPLACE, RouteResult::Replaced)
             } else {
@@ -423,10 +508,11 @@ impl Inner {
             };
             adds.push(Op {
                 route: Some(i),
+                key,
                 msg: RouteNetlinkMessage::NewRoute(kernel::route_message(
                     &key,
                     spec.gateway,
-                    oif,
+                    planned,
                     self.protocol,
                 )),
                 flags,
@@ -435,30 +521,67 @@ impl Inner {
         }
 
         // Removals of our routes no longer desired (none when the caller
-        // could not tell which routes are no longer desired).
+        // could not tell which routes are no longer desired), only in
+        // scope, never a default route.
         let mut dels = Vec::new();
         let mut removed_specs = Vec::new();
+        let (mut defaults_kept, mut out_of_scope) = (0usize, 0usize);
         for (key, r) in &ours {
-            if !desired.keep_unlisted && !seen.contains_key(key) {
-                dels.push(Op {
-                    route: None,
-                    msg: RouteNetlinkMessage::DelRoute(kernel::route_delete_message(
-                        key,
-                        self.protocol,
-                    )),
-                    flags: REQUEST_ACK,
-                    result: RouteResult::Unchanged,
-                });
-                removed_specs.push(kernel::kernel_route_spec(r, &names));
+            if desired.keep_unlisted || seen.contains_key(key) {
+                continue;
             }
+            if key.0.prefix() == 0 {
+                defaults_kept += 1;
+                continue;
+            }
+            let device = match r.oif {
+                None => None,
+                Some(i) => match names.get(&i) {
+                    Some(n) => Some(n.as_str()),
+                    // A device we cannot name cannot be judged in scope.
+                    None => {
+                        out_of_scope += 1;
+                        continue;
+                    }
+                },
+            };
+            if !scope.allows(key.1, device) {
+                out_of_scope += 1;
+                continue;
+            }
+            dels.push(Op {
+                route: None,
+                key: *key,
+                msg: RouteNetlinkMessage::DelRoute(kernel::route_delete_message(
+                    key,
+                    r.oif,
+                    self.protocol,
+                )),
+                flags: REQUEST_ACK,
+                result: RouteResult::Unchanged,
+            });
+            removed_specs.push(kernel::kernel_route_spec(r, &names));
+        }
+        if defaults_kept + out_of_scope > 0 {
+            tracing::debug!(
+                defaults_kept,
+                out_of_scope,
+                "left routes of ours that are no longer desired in place: default routes are never removed, and routes are removed only in the tables and devices overlay works in"
+            );
         }
         *writes += (dels.len() + adds.len()) as u64;
         self.count_writes((dels.len() + adds.len()) as u64);
         let del_results = send_all(self, dels).await;
-        for ((_, r), spec) in del_results.into_iter().zip(removed_specs) {
+        for ((op, r), spec) in del_results.into_iter().zip(removed_specs) {
             match r {
-                Ok(()) => report.routes_removed.push(spec),
-                Err(ESRCH) | Err(ENOENT) => report.routes_removed.push(spec),
+                Ok(()) | Err(ESRCH) | Err(ENOENT) => {
+                    if let Some(gone) = ours.remove(&op.key)
+                        && let Some(d) = as_direct(&gone)
+                    {
+                        direct.retain(|x| *x != d);
+                    }
+                    report.routes_removed.push(spec);
+                }
                 Err(e) if e == EPERM || e == kernel::EACCES => {
                     return Err(errno_error(&format!("delete route {spec}"), e));
                 }
@@ -474,7 +597,14 @@ impl Inner {
             let Some(i) = op.route else { continue };
             let spec = &desired.routes[i];
             results[i] = Some(match r {
-                Ok(()) => op.result,
+                Ok(()) => {
+                    let k = installed_route(op.key, spec, oifs[i], self.protocol);
+                    if let Some(d) = as_direct(&k) {
+                        direct.push(d);
+                    }
+                    ours.insert(op.key, k);
+                    op.result
+                }
                 Err(e) if e == EPERM || e == kernel::EACCES => {
                     return Err(errno_error(&format!("add route {spec}"), e));
                 }
@@ -485,14 +615,33 @@ impl Inner {
             .routes
             .iter()
             .zip(results)
-            .map(|(route, result)| RouteOutcome {
-                route: route.clone(),
-                result: result.unwrap_or(RouteResult::Unchanged),
-                device: route.device.clone(),
+            .zip(oifs)
+            .map(|((route, result), oif)| {
+                let result = result.unwrap_or(RouteResult::Unchanged);
+                let device = match result {
+                    RouteResult::Failed(_) => None,
+                    _ => route.device.clone().or_else(|| name_of(oif)),
+                };
+                RouteOutcome {
+                    route: route.clone(),
+                    result,
+                    device,
+                }
             })
             .collect();
+        for o in &report.routes {
+            if !matches!(o.result, RouteResult::Failed(_)) {
+                state
+                    .scope
+                    .tables
+                    .insert(o.route.table.unwrap_or(MAIN_TABLE));
+                if let Some(d) = &o.device {
+                    state.scope.devices.insert(d.clone());
+                }
+            }
+        }
 
-        // Remember what drift repair needs.
+        // Remember what drift repair and updates need.
         let mut relevant: HashSet<&str> = HashSet::new();
         if let Some(ov) = &desired.overlay {
             relevant.insert(ov.name.as_str());
@@ -509,7 +658,313 @@ impl Inner {
             .collect();
         state.plan = plan;
         state.overlay_index = overlay_index;
+        state.all_links = links;
+        state.direct = direct;
+        state.ours = ours;
+        state.synced = true;
         Ok(())
+    }
+
+    /// Applies `changes` on top of the last full apply without dumping
+    /// anything; the caller holds the state lock.
+    pub(crate) async fn update_locked(
+        &self,
+        state: &mut State,
+        changes: &RouteChanges,
+    ) -> Result<ApplyReport, ProgrammerError> {
+        let unsupported = || ProgrammerError::Unsupported {
+            call: "update before the first successful full apply".into(),
+        };
+        if !state.synced {
+            return Err(unsupported());
+        }
+        let Some(mut desired) = state.desired.take() else {
+            return Err(unsupported());
+        };
+        let mut report = ApplyReport::default();
+        let result = self
+            .update_inner(state, &mut desired, changes, &mut report)
+            .await;
+        state.desired = Some(desired);
+        result.map(|()| report)
+    }
+
+    async fn update_inner(
+        &self,
+        state: &mut State,
+        desired: &mut DesiredNodeState,
+        changes: &RouteChanges,
+        report: &mut ApplyReport,
+    ) -> Result<(), ProgrammerError> {
+        let upsert_keys: HashSet<RouteKey> = changes.upsert.iter().map(kernel::spec_key).collect();
+        let mut scope = desired.scope.clone();
+        scope.extend(&state.scope);
+
+        // Removals first. A removal whose key comes back in `upsert` is a
+        // replace: the upsert writes over it.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut removed_specs: Vec<RouteSpec> = Vec::new();
+        for r in &changes.remove {
+            let key = kernel::spec_key(r);
+            let before = desired.routes.len();
+            desired.routes.retain(|d| d != r);
+            if desired.routes.len() != before {
+                // It was desired: its table and device are in scope.
+                scope.add_route(r);
+                if let Some(n) = state
+                    .plan
+                    .get(&key)
+                    .and_then(|p| p.oif)
+                    .and_then(|o| state.link_name(o))
+                    .and_then(|n| InterfaceName::parse("device", n).ok())
+                {
+                    scope.devices.insert(n);
+                }
+            }
+            if upsert_keys.contains(&key)
+                || desired.routes.iter().any(|d| kernel::spec_key(d) == key)
+            {
+                continue;
+            }
+            state.plan.remove(&key);
+            let Some(k) = state.ours.get(&key) else {
+                continue; // nothing of ours there
+            };
+            if key.0.prefix() == 0 {
+                tracing::debug!(route = %r, "not removing a default route: overlay never removes one");
+                continue;
+            }
+            let device = match k.oif {
+                None => None,
+                Some(i) => match state.link_name(i) {
+                    Some(n) => Some(n),
+                    None => {
+                        tracing::debug!(route = %r, "not removing a route out of a device overlay cannot name");
+                        continue;
+                    }
+                },
+            };
+            if !scope.allows(key.1, device) {
+                tracing::debug!(route = %r, "not removing a route outside the tables and devices overlay works in");
+                continue;
+            }
+            let names: HashMap<u32, String> = k
+                .oif
+                .zip(device)
+                .map(|(i, n)| (i, n.to_owned()))
+                .into_iter()
+                .collect();
+            removed_specs.push(kernel::kernel_route_spec(k, &names));
+            ops.push(Op {
+                route: None,
+                key,
+                msg: RouteNetlinkMessage::DelRoute(kernel::route_delete_message(
+                    &key,
+                    k.oif,
+                    self.protocol,
+                )),
+                flags: REQUEST_ACK,
+                result: RouteResult::Unchanged,
+            });
+        }
+        let n_dels = ops.len();
+
+        // Upserts, validated like a full apply against what it found.
+        let n = changes.upsert.len();
+        let mut results: Vec<Option<RouteResult>> = vec![None; n];
+        let mut oifs: Vec<Option<u32>> = vec![None; n];
+        let mut seen: HashMap<RouteKey, usize> = HashMap::with_capacity(n);
+        for (i, spec) in changes.upsert.iter().enumerate() {
+            let key = kernel::spec_key(spec);
+            if let Some(&j) = seen.get(&key) {
+                // Kept beside the first, as a full apply would report it.
+                desired.routes.push(spec.clone());
+                results[i] = Some(RouteResult::Failed(clash_message(spec, &changes.upsert[j])));
+                continue;
+            }
+            seen.insert(key, i);
+            desired.routes.retain(|d| kernel::spec_key(d) != key);
+            desired.routes.push(spec.clone());
+            if let Err(m) = check_family(spec) {
+                state.plan.remove(&key);
+                results[i] = Some(RouteResult::Failed(m));
+                continue;
+            }
+            let dev_oif = match &spec.device {
+                Some(d) => match self.cached_link(state, d).await? {
+                    Some(l) => {
+                        state.links.insert(d.to_string(), (l.index, l.up));
+                        Some(l.index)
+                    }
+                    None => {
+                        state.plan.remove(&key);
+                        results[i] = Some(RouteResult::Failed(missing_device(spec, d)));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let existing = state.ours.get(&key);
+            let planned = match existing {
+                Some(k) if matches_spec(k, spec, dev_oif) => {
+                    results[i] = Some(RouteResult::Unchanged);
+                    k.oif
+                }
+                _ => match route_oif(spec, &key, dev_oif, &state.direct, existing) {
+                    Ok(oif) => oif,
+                    Err(m) => {
+                        state.plan.insert(
+                            key,
+                            Planned {
+                                spec: spec.clone(),
+                                oif: dev_oif,
+                            },
+                        );
+                        results[i] = Some(RouteResult::Failed(m));
+                        continue;
+                    }
+                },
+            };
+            oifs[i] = planned;
+            let (flags, result) = if existing.is_some() {
+                (CREATE_REPLACE, RouteResult::Replaced)
+            } else {
+                // Not ours: a foreign route on the key answers EEXIST.
+                (CREATE_EXCL, RouteResult::Added)
+            };
+            state.plan.insert(
+                key,
+                Planned {
+                    spec: spec.clone(),
+                    oif: planned,
+                },
+            );
+            if results[i].is_some() {
+                continue; // unchanged
+            }
+            ops.push(Op {
+                route: Some(i),
+                key,
+                msg: RouteNetlinkMessage::NewRoute(kernel::route_message(
+                    &key,
+                    spec.gateway,
+                    planned,
+                    self.protocol,
+                )),
+                flags,
+                result,
+            });
+        }
+
+        report.kernel_writes = ops.len() as u64;
+        self.count_writes(ops.len() as u64);
+        let mut removed_specs = removed_specs.into_iter();
+        for (k, (op, r)) in send_all(self, ops).await.into_iter().enumerate() {
+            if k < n_dels {
+                let Some(spec) = removed_specs.next() else {
+                    continue;
+                };
+                match r {
+                    Ok(()) | Err(ESRCH) | Err(ENOENT) => {
+                        if let Some(gone) = state.ours.remove(&op.key)
+                            && let Some(d) = as_direct(&gone)
+                        {
+                            state.direct_gone(&d);
+                        }
+                        report.routes_removed.push(spec);
+                    }
+                    Err(e) if e == EPERM || e == kernel::EACCES => {
+                        return Err(errno_error(&format!("delete route {spec}"), e));
+                    }
+                    Err(e) => tracing::warn!(
+                        route = %spec,
+                        error = %errno_message(e),
+                        "could not remove a route overlay installed"
+                    ),
+                }
+                continue;
+            }
+            let Some(i) = op.route else { continue };
+            let spec = &changes.upsert[i];
+            results[i] = Some(match r {
+                Ok(()) => {
+                    let k = installed_route(op.key, spec, oifs[i], self.protocol);
+                    if let Some(d) = as_direct(&k) {
+                        state.direct_added(d);
+                    }
+                    state.ours.insert(op.key, k);
+                    op.result
+                }
+                Err(e) if e == EPERM || e == kernel::EACCES => {
+                    return Err(errno_error(&format!("add route {spec}"), e));
+                }
+                Err(e) => RouteResult::Failed(route_failure(spec, e)),
+            });
+        }
+        report.routes = changes
+            .upsert
+            .iter()
+            .zip(results)
+            .zip(oifs)
+            .map(|((route, result), oif)| {
+                let result = result.unwrap_or(RouteResult::Unchanged);
+                let device = match result {
+                    RouteResult::Failed(_) => None,
+                    _ => route.device.clone().or_else(|| {
+                        oif.and_then(|o| state.link_name(o))
+                            .and_then(|n| InterfaceName::parse("device", n).ok())
+                    }),
+                };
+                RouteOutcome {
+                    route: route.clone(),
+                    result,
+                    device,
+                }
+            })
+            .collect();
+        for o in &report.routes {
+            if !matches!(o.result, RouteResult::Failed(_)) {
+                state
+                    .scope
+                    .tables
+                    .insert(o.route.table.unwrap_or(MAIN_TABLE));
+                if let Some(d) = &o.device {
+                    state.scope.devices.insert(d.clone());
+                }
+            }
+        }
+
+        // The last report follows: outcomes of the routes desired now.
+        if let Some(last) = &mut state.last_report {
+            last.routes
+                .retain(|o| !upsert_keys.contains(&kernel::spec_key(&o.route)));
+            last.routes.retain(|o| !changes.remove.contains(&o.route));
+            last.routes.extend(report.routes.iter().cloned());
+            last.routes_removed = report.routes_removed.clone();
+            last.kernel_writes = report.kernel_writes;
+            last.interface_created = false;
+            last.interface_up = false;
+            last.address_added = None;
+            last.addresses_removed.clear();
+        }
+        Ok(())
+    }
+
+    /// The link named `name` as the last full apply saw it, or asked for
+    /// alone (not a dump) when it has appeared since.
+    async fn cached_link(
+        &self,
+        state: &mut State,
+        name: &InterfaceName,
+    ) -> Result<Option<Link>, ProgrammerError> {
+        if let Some(l) = state.all_links.get(name.as_str()) {
+            return Ok(Some(l.clone()));
+        }
+        let l = kernel::get_link(&self.handle, name.as_str()).await?;
+        if let Some(l) = &l {
+            state.all_links.insert(l.name.clone(), l.clone());
+        }
+        Ok(l)
     }
 
     /// Creates or fixes the overlay interface and its address; returns its
@@ -527,7 +982,7 @@ impl Inner {
                 parent: ov.parent.to_string(),
             }
         })?;
-        let addrs = kernel::dump_addrs(&self.handle).await?;
+        let addrs = self.dump_addrs().await?;
         let mut current = links.get(name).cloned();
         let current_index = current.as_ref().map(|l| l.index);
         if let Some(a) = addrs
@@ -545,15 +1000,17 @@ impl Inner {
             });
         }
         if let Some(l) = &current {
+            // Only a link we created is ours to delete, recreate, bring up
+            // or configure; the name alone proves nothing.
+            if !l.is_ours() {
+                return Err(not_ours(l));
+            }
             if l.kind != Some(InfoKind::MacVlan) {
                 return Err(ProgrammerError::Kernel {
                     call: format!("create macvlan {name}"),
                     message: format!(
                         "an interface named {name} exists and is not a macvlan ({}); overlay does not delete it: rename or delete it, or choose another INTERFACE_LABEL",
-                        l.kind
-                            .as_ref()
-                            .map(|k| format!("kind {k:?}"))
-                            .unwrap_or_else(|| "no kind".into())
+                        l.describe()
                     ),
                 });
             }
@@ -592,6 +1049,9 @@ impl Inner {
                 l.index
             }
             None => {
+                // Created (up, as drift repair expects to see it), then
+                // marked: the kernel ignores IFLA_IFALIAS in an RTM_NEWLINK
+                // that creates a link, so the mark takes a second request.
                 let msg = LinkMacVlan::new(name, parent.index, MacVlanMode::Bridge)
                     .up()
                     .build();
@@ -606,16 +1066,37 @@ impl Inner {
                         },
                         e => errno_error(&format!("create macvlan {name} on {}", ov.parent), e),
                     })?;
+                let vanished = || ProgrammerError::Kernel {
+                    call: format!("create macvlan {name}"),
+                    message: "the interface vanished right after it was created".into(),
+                };
+                let mut l = kernel::get_link(&self.handle, name)
+                    .await?
+                    .ok_or_else(vanished)?;
+                let mark = LinkUnspec::new_with_index(l.index)
+                    .alias(crate::OWNED_LINK_ALIAS)
+                    .build();
+                if let Err(e) = self
+                    .must_write(
+                        format!("mark link {name} as overlay's"),
+                        RouteNetlinkMessage::SetLink(mark),
+                        REQUEST_ACK,
+                        writes,
+                    )
+                    .await
+                {
+                    // Unmarked, the link would never be ours again: take
+                    // back what we just created.
+                    let mut m = LinkMessage::default();
+                    m.header.index = l.index;
+                    let _ =
+                        kernel::write(&self.handle, RouteNetlinkMessage::DelLink(m), REQUEST_ACK)
+                            .await;
+                    return Err(e);
+                }
                 report.interface_created = true;
                 report.interface_up = true;
-                let fresh = kernel::dump_links(&self.handle).await?;
-                let l = fresh
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| ProgrammerError::Kernel {
-                        call: format!("create macvlan {name}"),
-                        message: "the interface vanished right after it was created".into(),
-                    })?;
+                l.alias = Some(crate::OWNED_LINK_ALIAS.to_owned());
                 let idx = l.index;
                 links.insert(name.to_owned(), l);
                 idx
@@ -629,7 +1110,10 @@ impl Inner {
         // never does. The interface is ours, and a stale address on it may
         // have been released for a deleted node and given to another node
         // since. IPv6 link-local addresses stay: the kernel adds them and
-        // the interface needs them.
+        // the interface needs them; so do IPv6 addresses without
+        // IFA_F_PERMANENT, which the kernel manages itself (autoconfigured
+        // from router advertisements): removing them would only make them
+        // flap. An overlay address is always permanent.
         let on_iface: Vec<&Addr> = if report.interface_created {
             Vec::new()
         } else {
@@ -638,7 +1122,7 @@ impl Inner {
         let mut have = on_iface.iter().any(|a| a.net == ov.address);
         let mut removed_v4 = false;
         for a in on_iface {
-            if a.net == ov.address || kernel::is_ipv6_link_local(&a.net) {
+            if a.net == ov.address || a.kernel_managed() {
                 continue;
             }
             *writes += 1;
@@ -672,7 +1156,8 @@ impl Inner {
         if have && removed_v4 && ov.address.is_ipv4() {
             // Without promote_secondaries, deleting a primary IPv4 address
             // deletes its secondaries too: the desired one may be gone.
-            have = kernel::dump_addrs(&self.handle)
+            have = self
+                .dump_addrs()
                 .await?
                 .iter()
                 .any(|a| a.index == index && a.net == ov.address);
@@ -694,7 +1179,8 @@ impl Inner {
         Ok(index)
     }
 
-    /// Deletes link `name`; whether it existed.
+    /// Deletes link `name` when overlay created it (it carries our alias);
+    /// whether it did. A link of that name without the mark is left alone.
     pub(crate) async fn remove_interface(
         &self,
         name: &InterfaceName,
@@ -712,14 +1198,21 @@ impl Inner {
         if state.links.remove(name.as_str()).is_some() {
             state.overlay_index = None;
         }
-        let links = kernel::dump_links(&self.handle).await?;
-        let Some(l) = links.get(name.as_str()) else {
+        let Some(l) = kernel::get_link(&self.handle, name.as_str()).await? else {
             return Ok(false);
         };
+        if !l.is_ours() {
+            tracing::warn!(
+                interface = %name,
+                link = %l.describe(),
+                "not deleting the interface: overlay did not create it (it lacks overlay's alias); delete it by hand if it should go"
+            );
+            return Ok(false);
+        }
         let mut m = LinkMessage::default();
         m.header.index = l.index;
         let mut writes = 0;
-        match self
+        let deleted = match self
             .must_write(
                 format!("delete link {name}"),
                 RouteNetlinkMessage::DelLink(m),
@@ -728,12 +1221,17 @@ impl Inner {
             )
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => true,
             Err(ProgrammerError::Kernel { message, .. }) if message == errno_message(ENODEV) => {
-                Ok(false)
+                false
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        // The kernel took the link's routes along.
+        state.all_links.remove(name.as_str());
+        state.ours.retain(|_, r| r.oif != Some(l.index));
+        state.direct.retain(|(_, o, _)| *o != Some(l.index));
+        Ok(deleted)
     }
 
     pub(crate) async fn discover_gateway(
@@ -758,7 +1256,7 @@ impl Inner {
                 message: "no route in the main table covers it (not even a default route); add one or configure the gateway explicitly".into(),
             });
         };
-        let links = kernel::dump_links(&self.handle).await?;
+        let links = self.dump_links().await?;
         let device_name = best
             .oif
             .and_then(|i| links.values().find(|l| l.index == i))
@@ -800,15 +1298,124 @@ pub(crate) fn matches_spec(k: &KernelRoute, spec: &RouteSpec, oif: Option<u32>) 
         && (oif.is_none() || k.oif == oif)
 }
 
+/// The error for a link named like the overlay interface that overlay did
+/// not create.
+fn not_ours(l: &Link) -> ProgrammerError {
+    let name = &l.name;
+    ProgrammerError::NotOurs {
+        interface: name.clone(),
+        message: format!(
+            "it exists ({}) without the alias {:?} that marks the interfaces overlay creates; delete or rename it (`ip link del {name}`) to let overlay create its own, or set INTERFACE_LABEL to another name",
+            l.describe(),
+            crate::OWNED_LINK_ALIAS
+        ),
+    }
+}
+
+/// Why `spec` clashes with `first`, an earlier desired route.
+fn clash_message(spec: &RouteSpec, first: &RouteSpec) -> String {
+    format!(
+        "route {spec} has the same destination, table and metric as {first}; the kernel keeps one route per key: drop one or give it another metric"
+    )
+}
+
+/// A gateway of the other address family is refused.
+fn check_family(spec: &RouteSpec) -> Result<(), String> {
+    match spec.gateway {
+        Some(gw) if gw.is_ipv4() != spec.destination.is_ipv4() => Err(format!(
+            "gateway {gw} is not of the address family of {}; use an IPv{} gateway",
+            spec.destination,
+            if spec.destination.is_ipv4() { 4 } else { 6 }
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The message of a route whose device does not exist.
+fn missing_device(spec: &RouteSpec, device: &InterfaceName) -> String {
+    format!(
+        "device {device} of route {spec} does not exist; create it, or leave the device unset so the kernel picks the on-link interface"
+    )
+}
+
+/// The device `spec` goes out of: its own (`dev_oif`), else the one its
+/// gateway is on-link on (the device of `existing`, our route in place,
+/// when the gateway is on-link there; else the most specific connected
+/// network holding the gateway). The message of
+/// [`ProgrammerError::GatewayUnreachable`] when the gateway is on no
+/// connected network.
+fn route_oif(
+    spec: &RouteSpec,
+    key: &RouteKey,
+    dev_oif: Option<u32>,
+    direct: &[Direct],
+    existing: Option<&KernelRoute>,
+) -> Result<Option<u32>, String> {
+    let Some(gw) = spec.gateway else {
+        return Ok(dev_oif);
+    };
+    let unreachable = || {
+        ProgrammerError::GatewayUnreachable {
+            destination: spec.destination.to_string(),
+            gateway: gw.to_string(),
+        }
+        .to_string()
+    };
+    if dev_oif.is_some() {
+        return if on_link(gw, dev_oif, key.1, direct) {
+            Ok(dev_oif)
+        } else {
+            Err(unreachable())
+        };
+    }
+    if let Some(o) = existing.and_then(|k| k.oif)
+        && on_link(gw, Some(o), key.1, direct)
+    {
+        return Ok(Some(o));
+    }
+    gateway_oif(gw, key.1, direct)
+        .map(Some)
+        .ok_or_else(unreachable)
+}
+
+/// The device of the most specific direct route holding `gw`, in `table`
+/// or the main table (the route's own table first on a tie, then the lowest
+/// device index), as the kernel resolves a gateway without a device. IPv6 link-local gateways need a
+/// device: `None`.
+fn gateway_oif(gw: IpAddr, table: u32, direct: &[Direct]) -> Option<u32> {
+    if let IpAddr::V6(v6) = gw
+        && (v6.segments()[0] & 0xffc0) == 0xfe80
+    {
+        return None;
+    }
+    direct
+        .iter()
+        .filter(|(net, o, t)| {
+            o.is_some()
+                && (*t == MAIN_TABLE || *t == table)
+                && net.is_ipv4() == gw.is_ipv4()
+                && net.contains(gw)
+        })
+        .max_by_key(|(net, o, t)| (net.prefix(), *t == table, std::cmp::Reverse(*o)))
+        .and_then(|(_, o, _)| *o)
+}
+
+/// The kernel route that writing `spec` with `oif` installed.
+fn installed_route(key: RouteKey, spec: &RouteSpec, oif: Option<u32>, protocol: u8) -> KernelRoute {
+    KernelRoute {
+        key,
+        gateway: spec.gateway,
+        oif,
+        protocol,
+        kind: RouteType::Unicast,
+        multipath: false,
+    }
+}
+
 /// True when `gw` is reachable on a connected network (a direct route in the
 /// main table or the route's own table, on `oif` when given). IPv6
 /// link-local gateways are on-link on the given device.
-fn on_link(
-    gw: IpAddr,
-    oif: Option<u32>,
-    table: u32,
-    direct: &[(IpNetwork, Option<u32>, u32)],
-) -> bool {
+fn on_link(gw: IpAddr, oif: Option<u32>, table: u32, direct: &[Direct]) -> bool {
     if let IpAddr::V6(v6) = gw
         && (v6.segments()[0] & 0xffc0) == 0xfe80
     {
@@ -860,6 +1467,12 @@ impl RouteProgrammer for NetlinkProgrammer {
         self.inner.remove_interface(name).await
     }
 
+    async fn update(&self, changes: &RouteChanges) -> Result<ApplyReport, ProgrammerError> {
+        self.inner.counters.updates.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.inner.state.lock().await;
+        self.inner.update_locked(&mut state, changes).await
+    }
+
     async fn discover_gateway(&self, prefix: &Cidr) -> Result<DiscoveredRoute, ProgrammerError> {
         self.inner.discover_gateway(prefix).await
     }
@@ -869,7 +1482,7 @@ impl RouteProgrammer for NetlinkProgrammer {
         address: IpAddr,
     ) -> Result<Option<InterfaceName>, ProgrammerError> {
         let _state = self.inner.state.lock().await;
-        let addrs = kernel::dump_addrs(&self.inner.handle).await?;
+        let addrs = self.inner.dump_addrs().await?;
         let Some(index) = addrs
             .iter()
             .find(|a| a.net.ip() == address)
@@ -877,7 +1490,7 @@ impl RouteProgrammer for NetlinkProgrammer {
         else {
             return Ok(None);
         };
-        let links = kernel::dump_links(&self.inner.handle).await?;
+        let links = self.inner.dump_links().await?;
         links
             .values()
             .find(|l| l.index == index)
@@ -922,6 +1535,49 @@ mod tests {
         // IPv6 link-local: on-link when the device is given.
         assert!(on_link(ip("fe80::1"), Some(2), MAIN_TABLE, &direct));
         assert!(!on_link(ip("fe80::1"), None, MAIN_TABLE, &direct));
+    }
+
+    #[test]
+    fn a_gateway_resolves_to_the_most_specific_connected_network() {
+        let direct: Vec<Direct> = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("192.0.2.128/25".parse().unwrap(), Some(3), MAIN_TABLE),
+            ("198.51.100.0/24".parse().unwrap(), Some(4), 100),
+            ("2001:db8::/64".parse().unwrap(), Some(2), MAIN_TABLE),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(gateway_oif(ip("192.0.2.1"), MAIN_TABLE, &direct), Some(2));
+        assert_eq!(gateway_oif(ip("192.0.2.129"), MAIN_TABLE, &direct), Some(3));
+        assert_eq!(gateway_oif(ip("198.51.100.1"), MAIN_TABLE, &direct), None);
+        assert_eq!(gateway_oif(ip("198.51.100.1"), 100, &direct), Some(4));
+        assert_eq!(gateway_oif(ip("2001:db8::1"), MAIN_TABLE, &direct), Some(2));
+        assert_eq!(gateway_oif(ip("fe80::1"), MAIN_TABLE, &direct), None);
+
+        let spec = RouteSpec {
+            destination: "203.0.113.0/24".parse().unwrap(),
+            gateway: Some(ip("192.0.2.1")),
+            device: None,
+            table: None,
+            metric: None,
+        };
+        let key = kernel::spec_key(&spec);
+        // Our route in place on another device where the gateway is
+        // on-link too keeps its device (no churn).
+        let k = installed_route(key, &spec, Some(3), 250);
+        let direct2: Vec<Direct> = vec![
+            ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
+            ("192.0.2.0/24".parse().unwrap(), Some(3), MAIN_TABLE),
+        ];
+        assert_eq!(
+            route_oif(&spec, &key, None, &direct2, Some(&k)),
+            Ok(Some(3))
+        );
+        assert_eq!(route_oif(&spec, &key, None, &direct2, None), Ok(Some(2)));
+        assert!(
+            route_oif(&spec, &key, Some(9), &direct2, None)
+                .unwrap_err()
+                .contains("not on-link")
+        );
     }
 
     #[test]

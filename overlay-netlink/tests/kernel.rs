@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use overlay_core::{
-    Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteProgrammer,
-    RouteResult, RouteSpec,
+    Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteChanges,
+    RouteProgrammer, RouteResult, RouteSpec,
 };
-use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig, overlay_interface};
+use overlay_netlink::{NetlinkProgrammer, OWNED_LINK_ALIAS, ProgrammerConfig, overlay_interface};
 use overlay_testbed::{Netns, privileged};
 
 /// A node namespace with `eth0` (192.0.2.10/24, 2001:db8::10/64) wired to a
@@ -97,6 +97,17 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Marks `dev` as created by overlay, as the programmer does.
+fn mark_ours(ns: &Netns, dev: &str) {
+    ns.ip(&["link", "set", dev, "alias", OWNED_LINK_ALIAS])
+        .unwrap();
+}
+
+/// `ip -d link show dev`.
+fn link_details(ns: &Netns, dev: &str) -> String {
+    String::from_utf8(ns.ip(&["-d", "link", "show", dev]).unwrap().stdout).unwrap()
+}
+
 fn addrs(ns: &Netns, dev: &str) -> String {
     ns.ip(&["-o", "addr", "show", "dev", dev])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -137,6 +148,15 @@ async fn apply_creates_everything_then_reapply_writes_nothing() {
         String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
     assert!(link.contains("macvlan mode bridge"), "{link}");
     assert!(link.contains("tmp0@eth0"), "{link}");
+    assert!(
+        link.contains(&format!("alias {OWNED_LINK_ALIAS}")),
+        "{link}"
+    );
+    // Routes without a device name the device they go out of.
+    assert!(
+        r.routes.iter().all(|o| o.device == Some(name("eth0"))),
+        "{r:?}"
+    );
     assert!(addrs(&b.node, "tmp0").contains("198.51.100.5/24"));
 
     let again = p.apply(&desired()).await.unwrap();
@@ -355,9 +375,10 @@ async fn unmarked_addresses_on_the_overlay_interface_are_removed() {
     assert!(again.addresses_removed.is_empty(), "{again:?}");
 }
 
-/// An overlay interface left by the original tooling (or by overlay on a
-/// kernel before 6.3): its unmarked address was released for a deleted
-/// node, this node now gets another one. The old address goes, also when
+/// An overlay interface overlay created earlier (it carries the mark),
+/// with an unmarked address (overlay on a kernel before 6.3, or an address
+/// of the original tooling) that was released for a deleted node; this
+/// node now gets another one. The old address goes, also when
 /// it is the primary address of the new one's subnet and the kernel takes
 /// the new one with it (promote_secondaries off, the kernel default).
 #[tokio::test]
@@ -376,6 +397,7 @@ async fn unmarked_address_left_by_earlier_tooling_is_replaced() {
                 "link", "add", "tmp0", "link", "eth0", "type", "macvlan", "mode", "bridge",
             ])
             .unwrap();
+        mark_ours(&b.node, "tmp0");
         b.node.set_up("tmp0", true).unwrap();
         b.node
             .exec(
@@ -494,6 +516,8 @@ async fn macvlan_on_the_wrong_parent_is_recreated_and_interface_removal_works() 
             "link", "add", "tmp0", "link", "br1", "type", "macvlan", "mode", "private",
         ])
         .unwrap();
+    // Ours (marked), from an earlier configuration with another parent.
+    mark_ours(&b.node, "tmp0");
     let p = programmer(&b.node).await;
     let r = p.apply(&desired()).await.unwrap();
     assert!(r.interface_created, "{r:?}");
@@ -501,6 +525,10 @@ async fn macvlan_on_the_wrong_parent_is_recreated_and_interface_removal_works() 
         String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
     assert!(
         link.contains("tmp0@eth0") && link.contains("mode bridge"),
+        "{link}"
+    );
+    assert!(
+        link.contains(&format!("alias {OWNED_LINK_ALIAS}")),
         "{link}"
     );
 
@@ -642,7 +670,10 @@ async fn typed_errors() {
     let e = NetlinkProgrammer::new(ProgrammerConfig::default().with_route_protocol(3))
         .await
         .unwrap_err();
-    assert!(matches!(e, ProgrammerError::InvalidName(_)), "{e}");
+    assert!(
+        matches!(e, ProgrammerError::InvalidProtocol { protocol: 3, .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -925,4 +956,584 @@ async fn the_interface_holding_an_address_is_found() {
         p.interface_with_address(ip("192.0.2.99")).await.unwrap(),
         None
     );
+}
+
+/// Issue 12: a link named like the overlay interface that overlay did not
+/// create (no alias mark) is never deleted, recreated, brought up or given
+/// addresses: not by apply, not by drift repair, not by remove_interface.
+#[tokio::test]
+async fn a_link_overlay_did_not_create_is_left_alone() {
+    if !privileged("a_link_overlay_did_not_create_is_left_alone") {
+        return;
+    }
+    let b = bed("notours");
+    // Somebody's own macvlan, on the right parent in the right mode even,
+    // down, with an address of theirs.
+    b.node
+        .ip(&[
+            "link", "add", "tmp0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+        ])
+        .unwrap();
+    b.node
+        .ip(&["addr", "add", "203.0.113.50/24", "dev", "tmp0"])
+        .unwrap();
+    let before = link_details(&b.node, "tmp0");
+    let addrs_before = addrs(&b.node, "tmp0");
+    let p = programmer(&b.node).await;
+    let e = p.apply(&desired()).await.unwrap_err();
+    match &e {
+        ProgrammerError::NotOurs { interface, message } => {
+            assert_eq!(interface, "tmp0");
+            assert!(message.contains("INTERFACE_LABEL"), "{message}");
+            assert!(message.contains(OWNED_LINK_ALIAS), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    // Drift repair sees the link change state and re-applies: still
+    // refused, still untouched.
+    let resyncs = p.counters().resyncs;
+    b.node.set_up("eth0", false).unwrap();
+    b.node.set_up("eth0", true).unwrap();
+    wait_for("a resync", || p.counters().resyncs > resyncs).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = link_details(&b.node, "tmp0");
+    assert_eq!(
+        after.lines().next(),
+        before.lines().next(),
+        "same index, still down"
+    );
+    assert!(!after.contains("alias"), "{after}");
+    assert_eq!(addrs(&b.node, "tmp0"), addrs_before);
+    assert!(!addrs(&b.node, "tmp0").contains("198.51.100.5"));
+
+    // remove_interface leaves it too.
+    assert!(!p.remove_interface(&name("tmp0")).await.unwrap());
+    assert!(b.node.links().unwrap().contains(&"tmp0".to_string()));
+
+    // Another kind (a bridge) under the name: refused the same way.
+    b.node.ip(&["link", "del", "tmp0"]).unwrap();
+    b.node.add_bridge("tmp0").unwrap();
+    let e = p.apply(&desired()).await.unwrap_err();
+    assert!(matches!(e, ProgrammerError::NotOurs { .. }), "{e}");
+    assert!(!p.remove_interface(&name("tmp0")).await.unwrap());
+    assert!(b.node.links().unwrap().contains(&"tmp0".to_string()));
+
+    // Once it is gone, overlay creates its own, marked, and removes it.
+    b.node.ip(&["link", "del", "tmp0"]).unwrap();
+    let r = p.apply(&desired()).await.unwrap();
+    assert!(r.interface_created, "{r:?}");
+    assert!(
+        link_details(&b.node, "tmp0").contains(&format!("alias {OWNED_LINK_ALIAS}")),
+        "{}",
+        link_details(&b.node, "tmp0")
+    );
+    assert!(p.remove_interface(&name("tmp0")).await.unwrap());
+    assert!(!b.node.links().unwrap().contains(&"tmp0".to_string()));
+}
+
+/// Issue 12: overlay never deletes a default route, even one carrying its
+/// protocol that is not desired (any more), in apply and update alike.
+#[tokio::test]
+async fn default_routes_are_never_removed() {
+    if !privileged("default_routes_are_never_removed") {
+        return;
+    }
+    let b = bed("default");
+    // A default route with our protocol, e.g. installed by hand with the
+    // wrong number, or by an earlier configuration.
+    b.node
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.1",
+            "proto",
+            "250",
+        ])
+        .unwrap();
+    let p = programmer_without_repair(&b.node).await;
+    let mut d = DesiredNodeState {
+        overlay: None,
+        routes: vec![
+            route("203.0.113.0/24", Some("192.0.2.1")),
+            RouteSpec {
+                table: Some(100),
+                ..route("0.0.0.0/0", Some("192.0.2.1"))
+            },
+            RouteSpec {
+                table: Some(100),
+                ..route("::/0", Some("2001:db8::1"))
+            },
+        ],
+        ..Default::default()
+    };
+    let r = p.apply(&d).await.unwrap();
+    assert!(r.failures().next().is_none(), "{r:?}");
+    // Nothing desired any more: only the non-default route goes.
+    d.routes.clear();
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert_eq!(r.routes_removed[0].destination, cidr("203.0.113.0/24"));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "default via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &["table", "100"],
+        "default via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &["-6", "table", "100"],
+        "default via 2001:db8::1 dev eth0 proto 250"
+    ));
+    // An update removing one does not remove it either.
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![RouteSpec {
+                table: Some(100),
+                ..route("0.0.0.0/0", Some("192.0.2.1"))
+            }],
+            upsert: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(r.routes_removed.is_empty() && r.kernel_writes == 0, "{r:?}");
+    assert!(has_route(
+        &b.node,
+        &["table", "100"],
+        "default via 192.0.2.1 dev eth0 proto 250"
+    ));
+}
+
+/// A node namespace with a second uplink `eth1` (198.51.100.10/24 to
+/// 198.51.100.1 in another namespace).
+fn second_uplink(b: &Bed) -> Netns {
+    let other = Netns::new("uplink2").unwrap();
+    b.node.add_veth("eth1", &other, "up0").unwrap();
+    b.node.add_addr("eth1", "198.51.100.10/24").unwrap();
+    other.add_addr("up0", "198.51.100.1/24").unwrap();
+    other
+}
+
+/// Issue 12: routes of ours no longer desired are removed only in the
+/// tables and devices overlay works in; `DesiredNodeState::scope` widens
+/// that after a restart.
+#[tokio::test]
+async fn stale_routes_are_removed_only_in_scope() {
+    if !privileged("stale_routes_are_removed_only_in_scope") {
+        return;
+    }
+    let b = bed("scope");
+    let _up = second_uplink(&b);
+    // Left by an earlier run (or by hand with our number): one in the main
+    // table on eth0, one in table 200, one in the main table on eth1.
+    for args in [
+        &[
+            "route",
+            "add",
+            "198.18.0.0/16",
+            "via",
+            "192.0.2.1",
+            "proto",
+            "250",
+        ][..],
+        &[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            "192.0.2.1",
+            "table",
+            "200",
+            "proto",
+            "250",
+        ][..],
+        &[
+            "route",
+            "add",
+            "203.0.113.128/25",
+            "via",
+            "198.51.100.1",
+            "proto",
+            "250",
+        ][..],
+    ] {
+        b.node.ip(args).unwrap();
+    }
+    let p = programmer_without_repair(&b.node).await;
+    let d = DesiredNodeState {
+        overlay: None,
+        routes: vec![route("203.0.113.0/25", Some("192.0.2.1"))],
+        ..Default::default()
+    };
+    let r = p.apply(&d).await.unwrap();
+    // Main table, eth0 (the desired route's resolved device): removed.
+    assert_eq!(
+        r.routes_removed
+            .iter()
+            .map(|s| s.destination)
+            .collect::<Vec<_>>(),
+        vec![cidr("198.18.0.0/16")],
+        "{r:?}"
+    );
+    assert!(!has_route(&b.node, &[], "198.18.0.0/16"));
+    // Table 200 and device eth1 are outside the scope: they stay.
+    assert!(has_route(
+        &b.node,
+        &["table", "200"],
+        "198.19.0.0/16 via 192.0.2.1"
+    ));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.128/25 via 198.51.100.1 dev eth1"
+    ));
+    assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
+
+    // A restart: a new programmer that knows (from the agent's last
+    // report) that table 200 and eth1 were its own.
+    drop(p);
+    let p = programmer_without_repair(&b.node).await;
+    let mut d = d.clone();
+    d.scope.tables.extend([200, 254]);
+    d.scope.devices.insert(name("eth0"));
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(
+        r.routes_removed
+            .iter()
+            .map(|s| s.destination)
+            .collect::<Vec<_>>(),
+        vec![cidr("198.19.0.0/16")],
+        "{r:?}"
+    );
+    assert!(!has_route(&b.node, &["table", "200"], "198.19.0.0/16"));
+    // eth1 is still not in scope.
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.128/25 via 198.51.100.1 dev eth1"
+    ));
+    d.scope.devices.insert(name("eth1"));
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert!(!has_route(&b.node, &[], "203.0.113.128/25"));
+}
+
+/// Issue 12: a route without a device reports the device it goes out of
+/// (the one its gateway is on-link on), and the kernel has it on exactly
+/// that device; after a restart the device comes from the kernel.
+#[tokio::test]
+async fn route_outcomes_name_the_resolved_device() {
+    if !privileged("route_outcomes_name_the_resolved_device") {
+        return;
+    }
+    let b = bed("device");
+    let _up = second_uplink(&b);
+    let d = DesiredNodeState {
+        overlay: None,
+        routes: vec![
+            route("203.0.113.0/24", Some("192.0.2.1")),
+            route("198.18.0.0/16", Some("198.51.100.1")),
+            route("2001:db8:1::/48", Some("2001:db8::1")),
+            RouteSpec {
+                device: Some(name("eth1")),
+                ..route("198.19.0.0/16", None)
+            },
+            route("198.19.0.0/24", Some("203.0.113.1")),
+        ],
+        ..Default::default()
+    };
+    let devices = |r: &overlay_core::ApplyReport| {
+        r.routes
+            .iter()
+            .map(|o| o.device.as_ref().map(|d| d.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![
+        Some("eth0".to_string()),
+        Some("eth1".to_string()),
+        Some("eth0".to_string()),
+        Some("eth1".to_string()),
+        None, // failed: its gateway is on no connected network
+    ];
+    let p = programmer_without_repair(&b.node).await;
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(devices(&r), want, "{r:?}");
+    assert!(
+        matches!(r.routes[4].result, RouteResult::Failed(_)),
+        "{r:?}"
+    );
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
+    ));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "198.18.0.0/16 via 198.51.100.1 dev eth1 proto 250"
+    ));
+    let again = p.apply(&d).await.unwrap();
+    assert_eq!(again.kernel_writes, 0, "{again:?}");
+    assert_eq!(devices(&again), want);
+    drop(p);
+    let p = programmer_without_repair(&b.node).await;
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert_eq!(devices(&r), want, "{r:?}");
+}
+
+/// Issue 12: `update` writes exactly the changed routes, without a dump;
+/// the next full apply of the same set writes nothing.
+#[tokio::test]
+async fn update_changes_only_the_given_routes_without_dumps() {
+    if !privileged("update_changes_only_the_given_routes_without_dumps") {
+        return;
+    }
+    let b = bed("update");
+    let p = programmer(&b.node).await;
+    let a = route("203.0.113.0/24", Some("192.0.2.1"));
+    let bb = RouteSpec {
+        metric: Some(50),
+        table: Some(1000),
+        device: Some(name("eth0")),
+        ..route("198.18.0.0/16", Some("192.0.2.1"))
+    };
+    // Before any full apply: the caller must do one.
+    let e = p
+        .update(&RouteChanges {
+            remove: vec![],
+            upsert: vec![a.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProgrammerError::Unsupported { .. }), "{e}");
+    assert!(!has_route(&b.node, &[], "203.0.113.0/24"));
+
+    let mut d = desired();
+    d.routes = vec![a.clone(), bb.clone()];
+    p.apply(&d).await.unwrap();
+    let start = p.counters();
+
+    // Add one.
+    let c = route("198.19.0.0/16", Some("192.0.2.1"));
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![],
+            upsert: vec![c.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes.len(), 1);
+    assert_eq!(r.routes[0].result, RouteResult::Added);
+    assert_eq!(r.routes[0].device, Some(name("eth0")));
+    assert!(has_route(
+        &b.node,
+        &[],
+        "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250"
+    ));
+
+    // Change one (remove + upsert of the same key: a replace).
+    let a2 = route("203.0.113.0/24", Some("192.0.2.2"));
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![a.clone()],
+            upsert: vec![a2.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert!(has_route(
+        &b.node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250"
+    ));
+
+    // Remove one.
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![bb.clone()],
+            upsert: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert_eq!(r.routes_removed[0].destination, bb.destination);
+    assert!(!has_route(&b.node, &["table", "1000"], "198.18.0.0/16"));
+
+    // Upserting what is there writes nothing.
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![],
+            upsert: vec![c.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Unchanged);
+
+    // A foreign route holds the key: reported, not replaced.
+    b.node
+        .add_route("203.0.113.128/25", Some("192.0.2.1"), None)
+        .unwrap();
+    let f = route("203.0.113.128/25", Some("192.0.2.2"));
+    let v6 = route("2001:db8:7::/48", Some("2001:db8::1"));
+    let r = p
+        .update(&RouteChanges {
+            remove: vec![],
+            upsert: vec![f.clone(), v6.clone()],
+        })
+        .await
+        .unwrap();
+    match &r.routes[0].result {
+        RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.routes[0].device, None);
+    assert_eq!(r.routes[1].result, RouteResult::Added, "{r:?}");
+    let foreign: Vec<String> = b
+        .node
+        .routes(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("203.0.113.128/25"))
+        .collect();
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    assert!(
+        foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
+        "{foreign:?}"
+    );
+    assert!(has_route(
+        &b.node,
+        &["-6"],
+        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250"
+    ));
+
+    let end = p.counters();
+    assert_eq!(
+        end.dumps, start.dumps,
+        "update dumped: {start:?} -> {end:?}"
+    );
+    assert_eq!(end.updates - start.updates, 5);
+    assert_eq!(end.writes - start.writes, 5, "{start:?} -> {end:?}");
+    assert_eq!(end.repairs, start.repairs, "our own writes caused repairs");
+
+    // The full apply of the same set finds nothing to do.
+    d.routes = vec![a2, c, f, v6];
+    let r = p.apply(&d).await.unwrap();
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert!(p.counters().dumps > end.dumps);
+    assert_eq!(r.failures().count(), 1, "{r:?}");
+}
+
+/// Issue 12: IPv6 addresses the kernel manages itself (not permanent, as
+/// configured from router advertisements) stay on the overlay interface;
+/// a stale permanent one goes.
+#[tokio::test]
+async fn dynamic_ipv6_addresses_on_the_overlay_interface_stay() {
+    if !privileged("dynamic_ipv6_addresses_on_the_overlay_interface_stay") {
+        return;
+    }
+    let b = bed("slaac");
+    let p = programmer(&b.node).await;
+    p.apply(&desired()).await.unwrap();
+    // Let the notifications of our own apply pass.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resyncs = p.counters().resyncs;
+    b.node
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:6::9/64",
+            "dev",
+            "tmp0",
+            "valid_lft",
+            "300",
+            "preferred_lft",
+            "300",
+        ])
+        .unwrap();
+    assert!(addrs(&b.node, "tmp0").contains("dynamic"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.counters().resyncs, resyncs, "{:?}", p.counters());
+    // A permanent one added by hand goes; the dynamic one stays.
+    b.node.add_addr("tmp0", "2001:db8:5::9/64").unwrap();
+    wait_for("the permanent address to go", || {
+        !addrs(&b.node, "tmp0").contains("2001:db8:5::9")
+    })
+    .await;
+    assert!(addrs(&b.node, "tmp0").contains("2001:db8:6::9/64"));
+    let r = p.apply(&desired()).await.unwrap();
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert!(addrs(&b.node, "tmp0").contains("2001:db8:6::9/64"));
+}
+
+/// Issue 12: ROUTE_PROTOCOL numbers of the kernel (0-4) and numbers named
+/// for other software in iproute2's protocol files are refused, with the
+/// file that names them; the number named after overlay itself is fine.
+#[tokio::test]
+async fn route_protocols_named_by_other_software_are_refused() {
+    let dir = std::env::temp_dir().join(format!("overlay-rt-protos-{}", std::process::id()));
+    let d = dir.join("rt_protos.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        dir.join("rt_protos"),
+        "# reserved\n0\tunspec\n12 bird\n240 mydaemon\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("zebra.conf"), "0xf1 zebra2 # hex\n").unwrap();
+    std::fs::write(d.join("overlay.conf"), "250 overlay\n").unwrap();
+    std::fs::write(d.join("notes.txt"), "249 ignored\n").unwrap();
+    let files = vec![
+        dir.join("rt_protos"),
+        d.clone(),
+        dir.join("missing-rt_protos"),
+    ];
+    let new = |protocol: u8| {
+        NetlinkProgrammer::new(
+            ProgrammerConfig::default()
+                .with_route_protocol(protocol)
+                .with_protocol_files(files.clone())
+                .in_namespace("/nonexistent/netns"),
+        )
+    };
+    for p in 0..=4 {
+        let e = new(p).await.unwrap_err();
+        assert!(
+            matches!(e, ProgrammerError::InvalidProtocol { .. }),
+            "{p}: {e}"
+        );
+    }
+    let e = new(240).await.unwrap_err();
+    assert!(
+        matches!(e, ProgrammerError::InvalidProtocol { protocol: 240, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("rt_protos:4") && e.to_string().contains("mydaemon"),
+        "{e}"
+    );
+    let e = new(241).await.unwrap_err();
+    assert!(e.to_string().contains("zebra.conf:1"), "{e}");
+    assert!(e.to_string().contains("e.g. 250"), "{e}");
+    // Own name, a *.conf file only, and unnamed numbers are accepted
+    // (the namespace, checked next, is what fails here).
+    for p in [250, 249, 251] {
+        let e = new(p).await.unwrap_err();
+        assert!(matches!(e, ProgrammerError::Namespace { .. }), "{p}: {e}");
+    }
+    overlay_netlink::check_route_protocol(250, "overlay", &files).unwrap();
+    let e = overlay_netlink::check_route_protocol(250, "other", &files).unwrap_err();
+    assert!(e.to_string().contains("overlay.conf:1"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
