@@ -1152,14 +1152,26 @@ async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topol
     let rec_ok = r.ips.snapshot().iter().any(|x| {
         x.name == name && x.ip_addr.is_some() && x.agent.as_ref().is_some_and(|a| a.configured)
     });
-    let routes = r.routes.snapshot();
-    rec_ok
-        && routes.len() >= opts.routes
-        && routes.iter().all(|sr| {
-            sr.node_status
+    let routes = r.routes.snapshot().len();
+    rec_ok && routes >= opts.routes && applied_routes(r, name) == routes
+}
+
+/// How many StaticRoutes `node` reports Applied in its NodeOverlayIp.
+fn applied_routes(r: &Running, node: &str) -> usize {
+    let names: std::collections::BTreeSet<String> =
+        r.routes.snapshot().into_iter().map(|sr| sr.name).collect();
+    r.ips
+        .snapshot()
+        .into_iter()
+        .find(|x| x.name == node)
+        .and_then(|x| x.agent)
+        .map(|a| {
+            a.routes
                 .iter()
-                .any(|e| e.hostname == name && e.state == RouteState::Applied)
+                .filter(|rep| names.contains(&rep.route) && rep.state == RouteState::Applied)
+                .count()
         })
+        .unwrap_or(0)
 }
 
 /// Pings from every node. Each ping blocks for up to a second, so `stop`
@@ -1192,15 +1204,7 @@ async fn ping_all(
         let applied = if opts.legacy {
             usize::from(converged.contains_key(name))
         } else {
-            r.routes
-                .snapshot()
-                .iter()
-                .filter(|sr| {
-                    sr.node_status
-                        .iter()
-                        .any(|e| &e.hostname == name && e.state == RouteState::Applied)
-                })
-                .count()
+            applied_routes(r, name)
         };
         let total = if opts.legacy { 1 } else { opts.routes };
         stop.check()?;

@@ -1499,6 +1499,12 @@ impl RouteProgrammer for NetlinkProgrammer {
             .map_err(ProgrammerError::from)
     }
 
+    async fn address_network(&self, address: IpAddr) -> Result<Option<IpNetwork>, ProgrammerError> {
+        let _state = self.inner.state.lock().await;
+        let addrs = self.inner.dump_addrs().await?;
+        Ok(addrs.iter().find(|a| a.net.ip() == address).map(|a| a.net))
+    }
+
     fn drift(&self) -> BoxStream<'static, DriftEvent> {
         let rx = self.inner.events.subscribe();
         stream::unfold(rx, |mut rx| async move {

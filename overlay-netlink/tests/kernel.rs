@@ -956,6 +956,12 @@ async fn the_interface_holding_an_address_is_found() {
         p.interface_with_address(ip("192.0.2.99")).await.unwrap(),
         None
     );
+    // With its prefix: the agent refuses overlay addresses overlapping it.
+    assert_eq!(
+        p.address_network(ip("192.0.2.10")).await.unwrap(),
+        Some("192.0.2.10/24".parse().unwrap())
+    );
+    assert_eq!(p.address_network(ip("192.0.2.99")).await.unwrap(), None);
 }
 
 /// Issue 12: a link named like the overlay interface that overlay did not
