@@ -1,8 +1,18 @@
 //! The manifests under `deploy/` as a user would meet them: they parse,
 //! they agree with what the binaries read and with what the controller and
-//! agent call on the API, the agent is not privileged, RBAC grants no more
-//! than the code uses, and the samples are valid objects.
+//! agent call on the API, the agent is not privileged, RBAC grants exactly
+//! what the code calls (checked against the requests the binaries' own
+//! stores make to a scripted API server), and the samples are valid
+//! objects.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../../overlay-core/tests/support/mod.rs"]
+mod support;
+
+#[path = "deploy/calls.rs"]
+mod calls;
+#[path = "deploy/rbac.rs"]
+mod rbac;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -502,8 +512,9 @@ fn controller_rbac_is_exactly_what_it_calls() {
                 // update: renewals are replaces guarded by resourceVersion.
                 &["get", "update"]
             ),
-            // Events on the controller's Pod (IpamLoginBlocked).
-            ("", "events", &[], &["create", "patch"]),
+            // Events on the controller's Pod (IpamLoginBlocked), through
+            // kube's recorder: events.k8s.io/v1, like every Event it sends.
+            ("events.k8s.io", "events", &[], &["create", "patch"]),
         ])
     );
     // Events of cluster-scoped objects land in `default`.
@@ -520,22 +531,13 @@ fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
     let docs = all_docs();
     assert_eq!(
         grants(find(&docs, "ClusterRole", "overlay-agent")),
+        // Reads through watch-fed caches only (no get); the one write is its
+        // own NodeOverlayIp's status; no write to StaticRoutes at all.
         expect(&[
-            ("", "nodes", &[], &["get", "list", "watch"]),
-            (
-                "iks.ibm.com",
-                "nodeoverlayips",
-                &[],
-                &["get", "list", "watch"]
-            ),
+            ("", "nodes", &[], &["list", "watch"]),
+            ("iks.ibm.com", "nodeoverlayips", &[], &["list", "watch"]),
             ("iks.ibm.com", "nodeoverlayips/status", &[], &["patch"]),
-            (
-                "iks.ibm.com",
-                "staticroutes",
-                &[],
-                &["get", "list", "watch"]
-            ),
-            ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
+            ("iks.ibm.com", "staticroutes", &[], &["list", "watch"]),
         ])
     );
     let events = find(&docs, "Role", "overlay-agent-events");
@@ -748,5 +750,175 @@ fn containerfiles_build_the_binaries_the_workloads_run() {
             images.iter().any(|i| i == repo),
             "kustomization images: lacks {repo}"
         );
+    }
+}
+
+// --- RBAC against the API calls the binaries make ---------------------------
+
+/// The documents `kubectl apply -k deploy/` installs, plus those of the
+/// component `agent/legacy` with `legacy`.
+fn installed_docs(legacy: bool) -> Vec<Doc> {
+    let docs = all_docs();
+    let k = docs
+        .iter()
+        .find(|d| d.file == "kustomization.yaml")
+        .unwrap();
+    let mut files: BTreeSet<String> = strs(&k.value["resources"]).into_iter().collect();
+    if legacy {
+        let c = docs
+            .iter()
+            .find(|d| d.file == "agent/legacy/kustomization.yaml")
+            .unwrap();
+        files.extend(
+            strs(&c.value["resources"])
+                .into_iter()
+                .map(|r| format!("agent/legacy/{r}")),
+        );
+    }
+    docs.into_iter()
+        .filter(|d| files.contains(&d.file))
+        .collect()
+}
+
+fn calls_of(requests: &[(String, String)]) -> BTreeSet<rbac::Call> {
+    rbac::calls(requests.iter().map(|(m, u)| (m.as_str(), u.as_str())))
+}
+
+/// The agent's writes: its own NodeOverlayIp's status, and Events.
+fn assert_agent_writes_only_its_own_status(calls: &BTreeSet<rbac::Call>) {
+    for c in calls
+        .iter()
+        .filter(|c| !matches!(c.verb.as_str(), "get" | "list" | "watch"))
+    {
+        assert!(
+            c.resource == "events"
+                || (c.resource == "nodeoverlayips/status"
+                    && c.verb == "patch"
+                    && c.name.as_deref() == Some(calls::ME)),
+            "the agent of {} wrote {c}",
+            calls::ME
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rbac_is_exactly_what_the_agent_calls() {
+    let run = calls::agent_run(false).await;
+    let calls = calls_of(&run.requests);
+    let docs = installed_docs(false);
+    rbac::assert_exact(
+        "overlay-agent",
+        &calls,
+        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+    );
+    assert_agent_writes_only_its_own_status(&calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rbac_with_the_legacy_component_is_exactly_what_the_agent_calls() {
+    let run = calls::agent_run(true).await;
+    let calls = calls_of(&run.requests);
+    let docs = installed_docs(true);
+    rbac::assert_exact(
+        "overlay-agent with agent/legacy",
+        &calls,
+        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+    );
+    assert_agent_writes_only_its_own_status(&calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_rbac_is_exactly_what_the_controller_calls() {
+    let requests = calls::controller_run().await;
+    let docs = installed_docs(false);
+    rbac::assert_exact(
+        "overlay-controller",
+        &calls_of(&requests),
+        &rbac::grants_of(&docs, "overlay-system", "overlay-controller"),
+    );
+}
+
+#[test]
+fn rbac_attributes_are_read_like_the_api_server_reads_them() {
+    let c = rbac::call(
+        "GET",
+        "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-a&resourceVersion=0",
+    );
+    assert_eq!(
+        (c.verb.as_str(), c.resource.as_str(), c.name.as_deref()),
+        ("list", "nodes", Some("node-a"))
+    );
+    let c = rbac::call(
+        "GET",
+        "/api/v1/namespaces/overlay-system/configmaps?&watch=true&fieldSelector=metadata.name%3Dstatic-routes",
+    );
+    assert_eq!(c.verb, "watch");
+    assert_eq!(c.namespace.as_deref(), Some("overlay-system"));
+    assert_eq!(c.name.as_deref(), Some("static-routes"));
+    let c = rbac::call(
+        "PATCH",
+        "/apis/iks.ibm.com/v1alpha1/nodeoverlayips/node-b/status?&force=true&fieldManager=overlay-agent",
+    );
+    assert_eq!(
+        (c.group.as_str(), c.resource.as_str(), c.verb.as_str()),
+        ("iks.ibm.com", "nodeoverlayips/status", "patch")
+    );
+    assert_eq!(c.name.as_deref(), Some("node-b"));
+    let c = rbac::call("GET", "/api/v1/namespaces/kube-system");
+    assert_eq!(
+        (c.resource.as_str(), c.verb.as_str(), c.name.as_deref()),
+        ("namespaces", "get", Some("kube-system"))
+    );
+    let c = rbac::call("POST", "/apis/events.k8s.io/v1/namespaces/default/events?");
+    assert_eq!(
+        (
+            c.group.as_str(),
+            c.verb.as_str(),
+            c.namespace.as_deref(),
+            c.name
+        ),
+        ("events.k8s.io", "create", Some("default"), None)
+    );
+
+    // A Role grants in its namespace only; resourceNames never match a
+    // create.
+    let docs = installed_docs(false);
+    let grants = rbac::grants_of(&docs, "overlay-system", "overlay-controller");
+    let allowed = |c: &rbac::Call| grants.iter().any(|g| g.allows(c));
+    let lease = |verb: &str, name: Option<&str>, ns: &str| rbac::Call {
+        group: "coordination.k8s.io".into(),
+        resource: "leases".into(),
+        verb: verb.into(),
+        namespace: Some(ns.into()),
+        name: name.map(str::to_owned),
+    };
+    assert!(allowed(&lease(
+        "update",
+        Some("overlay-controller"),
+        "overlay-system"
+    )));
+    assert!(!allowed(&lease("update", Some("other"), "overlay-system")));
+    assert!(!allowed(&lease(
+        "update",
+        Some("overlay-controller"),
+        "kube-system"
+    )));
+    assert!(allowed(&lease("create", None, "overlay-system")));
+    // The agent may not write StaticRoutes, nor get a NodeOverlayIp.
+    let agent = rbac::grants_of(&docs, "overlay-system", "overlay-agent");
+    for (resource, verb) in [
+        ("staticroutes/status", "patch"),
+        ("staticroutes", "patch"),
+        ("nodeoverlayips", "patch"),
+        ("nodeoverlayips", "get"),
+    ] {
+        let c = rbac::Call {
+            group: "iks.ibm.com".into(),
+            resource: resource.into(),
+            verb: verb.into(),
+            namespace: None,
+            name: Some("x".into()),
+        };
+        assert!(!agent.iter().any(|g| g.allows(&c)), "agent may {c}");
     }
 }
