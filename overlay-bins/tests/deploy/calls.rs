@@ -94,6 +94,10 @@ async fn repeat_until_patched<F: std::future::Future<Output = ()>>(
 pub struct AgentRun {
     /// `(method, uri)` of every request the agent made.
     pub requests: Vec<(String, String)>,
+    /// The agent's own NodeOverlayIp before its reconcile and after (the
+    /// status it wrote).
+    pub before: Value,
+    pub after: Value,
 }
 
 /// Runs the agent of node [`ME`] as deployed: StaticRoutes on, and with
@@ -147,6 +151,7 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
         Arc::new(kernel.clone()),
         AgentMetrics::default(),
     );
+    let before = api.object(NOIPS, ME).unwrap();
     let report = agent.reconcile().await.unwrap();
     let after = api.object(NOIPS, ME).unwrap();
     let programmed = kernel.with(|k| k.routes.len());
@@ -189,6 +194,8 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
     }
     AgentRun {
         requests: requests(&api),
+        before,
+        after,
     }
 }
 
