@@ -267,6 +267,12 @@ fn agent_daemonset_has_host_network_and_only_net_admin() {
         env(c, "NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // Host network: the pod IP is the node's; the agent listens there and
+    // on 127.0.0.1 (not on every address of the node).
+    assert_eq!(
+        env(c, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
     // Probes on the agent's metrics port (host network: the node's port).
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path);
@@ -391,6 +397,12 @@ fn manifests_set_only_variables_the_binaries_read() {
     }
     assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
     for name in agent_env {
+        // POD_IP (downward API status.podIP) is where the agent listens
+        // besides 127.0.0.1 by default (--metrics-addr); accepted before
+        // the agent's --help names it.
+        if name == "POD_IP" {
+            continue;
+        }
         assert!(
             agent_vars.contains(&name),
             "the agent DaemonSet sets {name}, which overlay-agent does not read"
