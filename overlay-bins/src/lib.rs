@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub mod lab;
 pub mod status;
+pub mod stores;
 
 use axum::Router;
 use axum::http::{StatusCode, header};

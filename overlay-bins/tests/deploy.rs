@@ -1,15 +1,27 @@
 //! The manifests under `deploy/` as a user would meet them: they parse,
 //! they agree with what the binaries read and with what the controller and
-//! agent call on the API, the agent is not privileged, RBAC grants no more
-//! than the code uses, and the samples are valid objects.
+//! agent call on the API, the agent is not privileged, RBAC grants exactly
+//! what the code calls (checked against the requests the binaries' own
+//! stores make to a scripted API server), the admission policy keeps each
+//! agent to its own node's fields, and the samples are valid objects.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../../overlay-core/tests/support/mod.rs"]
+mod support;
+
+#[path = "deploy/admission.rs"]
+mod admission;
+#[path = "deploy/calls.rs"]
+mod calls;
+#[path = "deploy/rbac.rs"]
+mod rbac;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use overlay_core::crd::{NodeOverlayIp, StaticRoute, static_route_model};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -255,6 +267,12 @@ fn agent_daemonset_has_host_network_and_only_net_admin() {
         env(c, "NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // Host network: the pod IP is the node's; the agent listens there and
+    // on 127.0.0.1 (not on every address of the node).
+    assert_eq!(
+        env(c, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
     // Probes on the agent's metrics port (host network: the node's port).
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path);
@@ -379,6 +397,12 @@ fn manifests_set_only_variables_the_binaries_read() {
     }
     assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
     for name in agent_env {
+        // POD_IP (downward API status.podIP) is where the agent listens
+        // besides 127.0.0.1 by default (--metrics-addr); accepted before
+        // the agent's --help names it.
+        if name == "POD_IP" {
+            continue;
+        }
         assert!(
             agent_vars.contains(&name),
             "the agent DaemonSet sets {name}, which overlay-agent does not read"
@@ -502,8 +526,9 @@ fn controller_rbac_is_exactly_what_it_calls() {
                 // update: renewals are replaces guarded by resourceVersion.
                 &["get", "update"]
             ),
-            // Events on the controller's Pod (IpamLoginBlocked).
-            ("", "events", &[], &["create", "patch"]),
+            // Events on the controller's Pod (IpamLoginBlocked), through
+            // kube's recorder: events.k8s.io/v1, like every Event it sends.
+            ("events.k8s.io", "events", &[], &["create", "patch"]),
         ])
     );
     // Events of cluster-scoped objects land in `default`.
@@ -520,22 +545,14 @@ fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
     let docs = all_docs();
     assert_eq!(
         grants(find(&docs, "ClusterRole", "overlay-agent")),
+        // Reads through watch-fed caches only (no get); the one write is its
+        // own NodeOverlayIp's status, kept to its node and fields by the
+        // admission policy; no write to StaticRoutes at all.
         expect(&[
-            ("", "nodes", &[], &["get", "list", "watch"]),
-            (
-                "iks.ibm.com",
-                "nodeoverlayips",
-                &[],
-                &["get", "list", "watch"]
-            ),
+            ("", "nodes", &[], &["list", "watch"]),
+            ("iks.ibm.com", "nodeoverlayips", &[], &["list", "watch"]),
             ("iks.ibm.com", "nodeoverlayips/status", &[], &["patch"]),
-            (
-                "iks.ibm.com",
-                "staticroutes",
-                &[],
-                &["get", "list", "watch"]
-            ),
-            ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
+            ("iks.ibm.com", "staticroutes", &[], &["list", "watch"]),
         ])
     );
     let events = find(&docs, "Role", "overlay-agent-events");
@@ -749,4 +766,503 @@ fn containerfiles_build_the_binaries_the_workloads_run() {
             "kustomization images: lacks {repo}"
         );
     }
+}
+
+// --- RBAC against the API calls the binaries make ---------------------------
+
+/// The documents `kubectl apply -k deploy/` installs, plus those of the
+/// component `agent/legacy` with `legacy`.
+fn installed_docs(legacy: bool) -> Vec<Doc> {
+    let docs = all_docs();
+    let k = docs
+        .iter()
+        .find(|d| d.file == "kustomization.yaml")
+        .unwrap();
+    let mut files: BTreeSet<String> = strs(&k.value["resources"]).into_iter().collect();
+    if legacy {
+        let c = docs
+            .iter()
+            .find(|d| d.file == "agent/legacy/kustomization.yaml")
+            .unwrap();
+        files.extend(
+            strs(&c.value["resources"])
+                .into_iter()
+                .map(|r| format!("agent/legacy/{r}")),
+        );
+    }
+    docs.into_iter()
+        .filter(|d| files.contains(&d.file))
+        .collect()
+}
+
+fn calls_of(requests: &[(String, String)]) -> BTreeSet<rbac::Call> {
+    rbac::calls(requests.iter().map(|(m, u)| (m.as_str(), u.as_str())))
+}
+
+/// The agent's writes: its own NodeOverlayIp's status, and Events.
+fn assert_agent_writes_only_its_own_status(calls: &BTreeSet<rbac::Call>) {
+    for c in calls
+        .iter()
+        .filter(|c| !matches!(c.verb.as_str(), "get" | "list" | "watch"))
+    {
+        assert!(
+            c.resource == "events"
+                || (c.resource == "nodeoverlayips/status"
+                    && c.verb == "patch"
+                    && c.name.as_deref() == Some(calls::ME)),
+            "the agent of {} wrote {c}",
+            calls::ME
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rbac_is_exactly_what_the_agent_calls() {
+    let run = calls::agent_run(false).await;
+    let calls = calls_of(&run.requests);
+    let docs = installed_docs(false);
+    rbac::assert_exact(
+        "overlay-agent",
+        &calls,
+        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+    );
+    assert_agent_writes_only_its_own_status(&calls);
+    // The status it wrote passes the admission policy.
+    let request = admission::noip_request(
+        &admission::agent_on(calls::ME),
+        "UPDATE",
+        calls::ME,
+        "status",
+    );
+    assert_eq!(
+        agent_policy().admit(&request, &run.after, &run.before),
+        admission::Decision::Allowed,
+        "the agent's own status write is refused by the admission policy:\nbefore {}\nafter {}",
+        run.before,
+        run.after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rbac_with_the_legacy_component_is_exactly_what_the_agent_calls() {
+    let run = calls::agent_run(true).await;
+    let calls = calls_of(&run.requests);
+    let docs = installed_docs(true);
+    rbac::assert_exact(
+        "overlay-agent with agent/legacy",
+        &calls,
+        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+    );
+    assert_agent_writes_only_its_own_status(&calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_rbac_is_exactly_what_the_controller_calls() {
+    let requests = calls::controller_run().await;
+    let docs = installed_docs(false);
+    rbac::assert_exact(
+        "overlay-controller",
+        &calls_of(&requests),
+        &rbac::grants_of(&docs, "overlay-system", "overlay-controller"),
+    );
+}
+
+#[test]
+fn rbac_attributes_are_read_like_the_api_server_reads_them() {
+    let c = rbac::call(
+        "GET",
+        "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-a&resourceVersion=0",
+    );
+    assert_eq!(
+        (c.verb.as_str(), c.resource.as_str(), c.name.as_deref()),
+        ("list", "nodes", Some("node-a"))
+    );
+    let c = rbac::call(
+        "GET",
+        "/api/v1/namespaces/overlay-system/configmaps?&watch=true&fieldSelector=metadata.name%3Dstatic-routes",
+    );
+    assert_eq!(c.verb, "watch");
+    assert_eq!(c.namespace.as_deref(), Some("overlay-system"));
+    assert_eq!(c.name.as_deref(), Some("static-routes"));
+    let c = rbac::call(
+        "PATCH",
+        "/apis/iks.ibm.com/v1alpha1/nodeoverlayips/node-b/status?&force=true&fieldManager=overlay-agent",
+    );
+    assert_eq!(
+        (c.group.as_str(), c.resource.as_str(), c.verb.as_str()),
+        ("iks.ibm.com", "nodeoverlayips/status", "patch")
+    );
+    assert_eq!(c.name.as_deref(), Some("node-b"));
+    let c = rbac::call("GET", "/api/v1/namespaces/kube-system");
+    assert_eq!(
+        (c.resource.as_str(), c.verb.as_str(), c.name.as_deref()),
+        ("namespaces", "get", Some("kube-system"))
+    );
+    let c = rbac::call("POST", "/apis/events.k8s.io/v1/namespaces/default/events?");
+    assert_eq!(
+        (
+            c.group.as_str(),
+            c.verb.as_str(),
+            c.namespace.as_deref(),
+            c.name
+        ),
+        ("events.k8s.io", "create", Some("default"), None)
+    );
+
+    // A Role grants in its namespace only; resourceNames never match a
+    // create.
+    let docs = installed_docs(false);
+    let grants = rbac::grants_of(&docs, "overlay-system", "overlay-controller");
+    let allowed = |c: &rbac::Call| grants.iter().any(|g| g.allows(c));
+    let lease = |verb: &str, name: Option<&str>, ns: &str| rbac::Call {
+        group: "coordination.k8s.io".into(),
+        resource: "leases".into(),
+        verb: verb.into(),
+        namespace: Some(ns.into()),
+        name: name.map(str::to_owned),
+    };
+    assert!(allowed(&lease(
+        "update",
+        Some("overlay-controller"),
+        "overlay-system"
+    )));
+    assert!(!allowed(&lease("update", Some("other"), "overlay-system")));
+    assert!(!allowed(&lease(
+        "update",
+        Some("overlay-controller"),
+        "kube-system"
+    )));
+    assert!(allowed(&lease("create", None, "overlay-system")));
+    // The agent may not write StaticRoutes, nor get a NodeOverlayIp.
+    let agent = rbac::grants_of(&docs, "overlay-system", "overlay-agent");
+    for (resource, verb) in [
+        ("staticroutes/status", "patch"),
+        ("staticroutes", "patch"),
+        ("nodeoverlayips", "patch"),
+        ("nodeoverlayips", "get"),
+    ] {
+        let c = rbac::Call {
+            group: "iks.ibm.com".into(),
+            resource: resource.into(),
+            verb: verb.into(),
+            namespace: None,
+            name: Some("x".into()),
+        };
+        assert!(!agent.iter().any(|g| g.allows(&c)), "agent may {c}");
+    }
+}
+
+// --- The admission policy -----------------------------------------------------
+
+const POLICY: &str = "overlay-agent-node-scoped-writes";
+
+fn agent_policy() -> admission::Policy {
+    let docs = installed_docs(false);
+    admission::Policy::new(&find(&docs, "ValidatingAdmissionPolicy", POLICY).value["spec"])
+}
+
+/// node-a's NodeOverlayIp as the controller wrote it, changed by `f`.
+fn noip_with(name: &str, f: impl FnOnce(&mut Value)) -> Value {
+    let mut o = calls::noip(name, "192.0.2.20/24");
+    f(&mut o);
+    o
+}
+
+/// A change made to a NodeOverlayIp.
+type Change = Box<dyn Fn(&mut Value)>;
+
+fn update_status(user: &admission::User, old: &Value, new: &Value) -> admission::Decision {
+    let name = old["metadata"]["name"].as_str().unwrap();
+    agent_policy().admit(
+        &admission::noip_request(user, "UPDATE", name, "status"),
+        new,
+        old,
+    )
+}
+
+/// Everything the agent owns in its status, as it writes it.
+fn agent_fields(o: &mut Value) {
+    let status = o["status"].as_object_mut().unwrap();
+    status.insert("interface".into(), json!("eth0"));
+    status.insert("interfaceLabel".into(), json!("tmp0"));
+    status.insert(
+        "conditions".into(),
+        json!([{"type": "Configured", "status": "True", "reason": "AddressConfigured",
+            "message": "192.0.2.20/24 on tmp0 (parent eth0)",
+            "lastTransitionTime": "2026-11-27T12:00:00Z"}]),
+    );
+    status.insert(
+        "routes".into(),
+        json!([{"route": "onprem", "device": "tmp0", "gateway": "192.0.2.1",
+            "state": "Applied", "message": ""}]),
+    );
+    status.insert(
+        "gateways".into(),
+        json!([{"from": "10.0.0.0/8", "gateway": "10.1.0.1", "device": "eth0"}]),
+    );
+}
+
+#[test]
+fn admission_policy_is_installed_bound_and_fails_closed() {
+    let docs = installed_docs(false);
+    let policy = find(&docs, "ValidatingAdmissionPolicy", POLICY);
+    assert_eq!(policy.file, "agent/admission.yaml");
+    assert_eq!(
+        policy.value["apiVersion"], "admissionregistration.k8s.io/v1",
+        "v1: GA since Kubernetes 1.30"
+    );
+    let spec = &policy.value["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    let rules = spec["matchConstraints"]["resourceRules"]
+        .as_array()
+        .unwrap();
+    for resource in ["nodeoverlayips/status", "nodeoverlayips"] {
+        assert!(
+            rules
+                .iter()
+                .any(|r| strs(&r["apiGroups"]) == ["iks.ibm.com"]
+                    && strs(&r["resources"]).contains(&resource.to_owned())
+                    && strs(&r["operations"]).contains(&"UPDATE".to_owned())),
+            "the policy does not match UPDATE of {resource}"
+        );
+    }
+    for v in spec["validations"].as_array().unwrap() {
+        assert!(
+            v["message"].is_string() || v["messageExpression"].is_string(),
+            "a validation without a message: {v}"
+        );
+    }
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding", POLICY);
+    assert_eq!(
+        binding.value["apiVersion"],
+        "admissionregistration.k8s.io/v1"
+    );
+    assert_eq!(binding.value["spec"]["policyName"], POLICY);
+    assert_eq!(strs(&binding.value["spec"]["validationActions"]), ["Deny"]);
+    // Every expression compiles with CEL's standard library alone.
+    let _ = agent_policy();
+}
+
+#[test]
+fn an_agent_cannot_write_another_nodes_overlay_ip() {
+    let node_a = admission::agent_on("node-a");
+    let old = noip_with("node-b", |_| {});
+    // What a real API server let through without the policy
+    // (apiserver-facts.md): node-a's token rewriting node-b's address.
+    let new = noip_with("node-b", |o| {
+        o["status"]["ipAddr"] = json!("198.51.100.7/1")
+    });
+    let why = update_status(&node_a, &old, &new).denied();
+    assert!(
+        why.contains("overlay-agent of node node-a may not write NodeOverlayIp node-b"),
+        "{why}"
+    );
+    // Even fields the agent owns.
+    let new = noip_with("node-b", agent_fields);
+    assert!(
+        update_status(&node_a, &old, &new)
+            .denied()
+            .contains("node-b")
+    );
+    // Through the main resource too, should RBAC ever allow it.
+    let request = admission::noip_request(&node_a, "UPDATE", "node-b", "");
+    assert!(matches!(
+        agent_policy().admit(&request, &new, &old),
+        admission::Decision::Denied(_)
+    ));
+}
+
+#[test]
+fn an_agent_cannot_change_its_own_address_or_gateway() {
+    let me = admission::agent_on("node-a");
+    let old = noip_with("node-a", |_| {});
+    let cases: [(&str, Change, &str); 5] = [
+        (
+            "a new address",
+            Box::new(|o| o["status"]["ipAddr"] = json!("198.51.100.7/1")),
+            "status.ipAddr",
+        ),
+        (
+            "no address",
+            Box::new(|o| {
+                o["status"].as_object_mut().unwrap().remove("ipAddr");
+            }),
+            "status.ipAddr",
+        ),
+        (
+            "another gateway",
+            Box::new(|o| o["status"]["gateway"] = json!("192.0.2.254")),
+            "status.gateway",
+        ),
+        (
+            "no gateway",
+            Box::new(|o| {
+                o["status"].as_object_mut().unwrap().remove("gateway");
+            }),
+            "status.gateway",
+        ),
+        (
+            "its own fields and a new address",
+            Box::new(|o| {
+                agent_fields(o);
+                o["status"]["ipAddr"] = json!("192.0.2.99/24");
+            }),
+            "status.ipAddr",
+        ),
+    ];
+    for (what, change, field) in cases {
+        let new = noip_with("node-a", |o| change(o));
+        let why = update_status(&me, &old, &new).denied();
+        assert!(
+            why.contains(&format!("may not change {field} of NodeOverlayIp node-a")),
+            "{what}: {why}"
+        );
+    }
+    // Before the controller has recorded an address, the agent may not put
+    // one (or a gateway) there either.
+    let bare = noip_with("node-a", |o| {
+        o.as_object_mut().unwrap().remove("status");
+    });
+    for field in ["ipAddr", "gateway"] {
+        let new = noip_with("node-a", |o| {
+            o["status"] = json!({field: "192.0.2.20/24", "interfaceLabel": "tmp0"});
+        });
+        let why = update_status(&me, &bare, &new).denied();
+        assert!(why.contains(&format!("status.{field}")), "{why}");
+    }
+}
+
+#[test]
+fn an_agent_may_write_the_fields_it_owns_on_its_own_node() {
+    let me = admission::agent_on("node-a");
+    let old = noip_with("node-a", |_| {});
+    let new = noip_with("node-a", agent_fields);
+    assert_eq!(update_status(&me, &old, &new), admission::Decision::Allowed);
+    // And again, changing them (a route failed, another interface).
+    let newer = noip_with("node-a", |o| {
+        agent_fields(o);
+        o["status"]["routes"][0]["state"] = json!("Failed");
+        o["status"]["interface"] = json!("bond0");
+    });
+    assert_eq!(
+        update_status(&me, &new, &newer),
+        admission::Decision::Allowed
+    );
+    // Before the controller recorded an address: "waiting for an address".
+    let bare = noip_with("node-a", |o| {
+        o.as_object_mut().unwrap().remove("status");
+    });
+    let waiting = noip_with("node-a", |o| {
+        o["status"] = json!({"interface": "", "interfaceLabel": "tmp0",
+            "conditions": [{"type": "Configured", "status": "False",
+                "reason": "WaitingForAddress", "message": "status.ipAddr is not set yet",
+                "lastTransitionTime": "2026-11-27T12:00:00Z"}]});
+    });
+    assert_eq!(
+        update_status(&me, &bare, &waiting),
+        admission::Decision::Allowed
+    );
+}
+
+#[test]
+fn a_token_without_the_node_name_claim_is_refused() {
+    let old = noip_with("node-a", |_| {});
+    let new = noip_with("node-a", agent_fields);
+    let mut no_pod_binding = admission::service_account("overlay-system", "overlay-agent");
+    let mut other_extra = admission::agent_on("node-a");
+    other_extra.extra = Some(json!({"authentication.kubernetes.io/pod-name": ["x"]}));
+    let mut empty_claim = admission::agent_on("node-a");
+    empty_claim.extra = Some(json!({"authentication.kubernetes.io/node-name": []}));
+    for (what, user) in [
+        ("no extra", &mut no_pod_binding),
+        ("extra without the claim", &mut other_extra),
+        ("an empty claim", &mut empty_claim),
+    ] {
+        let why = update_status(user, &old, &new).denied();
+        assert!(why.contains("token carries no node name"), "{what}: {why}");
+    }
+}
+
+#[test]
+fn an_agent_cannot_create_delete_or_relabel_overlay_ips() {
+    let me = admission::agent_on("node-a");
+    let policy = agent_policy();
+    let own = noip_with("node-a", |_| {});
+    let why = policy
+        .admit(
+            &admission::noip_request(&me, "CREATE", "node-a", ""),
+            &own,
+            &Value::Null,
+        )
+        .denied();
+    assert!(why.contains("may not CREATE NodeOverlayIp node-a"), "{why}");
+    let why = policy
+        .admit(
+            &admission::noip_request(&me, "DELETE", "node-a", ""),
+            &Value::Null,
+            &own,
+        )
+        .denied();
+    assert!(why.contains("may not DELETE NodeOverlayIp node-a"), "{why}");
+    let changes: [Change; 4] = [
+        Box::new(|o| o["metadata"]["labels"]["zone"] = json!("dal12")),
+        Box::new(|o| o["metadata"]["finalizers"] = json!([])),
+        Box::new(|o| {
+            o["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ownerReferences");
+        }),
+        Box::new(|o| {
+            o["metadata"].as_object_mut().unwrap().remove("labels");
+        }),
+    ];
+    for change in changes {
+        let new = noip_with("node-a", |o| change(o));
+        let why = policy
+            .admit(
+                &admission::noip_request(&me, "UPDATE", "node-a", ""),
+                &new,
+                &own,
+            )
+            .denied();
+        assert!(
+            why.contains("may not change the labels, finalizers or ownerReferences"),
+            "{new}: {why}"
+        );
+    }
+}
+
+#[test]
+fn only_the_agent_is_held_by_the_admission_policy() {
+    let policy = agent_policy();
+    let old = noip_with("node-b", |_| {});
+    let new = noip_with("node-b", |o| o["status"]["ipAddr"] = json!("192.0.2.99/24"));
+    // The controller records addresses; people may fix things by hand.
+    let controller = admission::service_account("overlay-system", "overlay-controller");
+    let admin = admission::User {
+        username: "kubernetes-admin".into(),
+        groups: vec![
+            "kubeadm:cluster-admins".into(),
+            "system:authenticated".into(),
+        ],
+        extra: None,
+    };
+    for user in [controller, admin] {
+        let request = admission::noip_request(&user, "UPDATE", "node-b", "status");
+        assert_eq!(
+            policy.admit(&request, &new, &old),
+            admission::Decision::NotMatched,
+            "{}",
+            user.username
+        );
+    }
+    // An agent's request to anything but NodeOverlayIps is RBAC's business.
+    let mut request =
+        admission::noip_request(&admission::agent_on("node-a"), "UPDATE", "r1", "status");
+    request["resource"]["resource"] = json!("staticroutes");
+    assert_eq!(
+        policy.admit(&request, &new, &old),
+        admission::Decision::NotMatched
+    );
 }

@@ -9,18 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use overlay_bins::stores::{AgentInputOptions, agent_inputs};
 use overlay_bins::{
     Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
     shutdown_signal,
 };
-use overlay_core::agent::{Agent, AgentConfig};
-use overlay_core::invalid::InvalidObjects;
-use overlay_core::k8s::{
-    AGENT_MANAGER, FileRoutes, KubeConfigMapRoutes, KubeEvents, KubeNodes, KubeOverlayIps,
-    KubeStaticRoutes, node_field_manager,
-};
+use overlay_core::agent::AgentConfig;
 use overlay_core::metrics::AgentMetrics;
-use overlay_core::{Cidr, InterfaceName, LegacyRouteSource, StaticRouteStore};
+use overlay_core::{Cidr, InterfaceName};
 use overlay_netlink::{DEFAULT_ROUTE_PROTOCOL, NetlinkProgrammer, ProgrammerConfig};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -180,59 +176,17 @@ async fn run(args: Args) -> Result<(), String> {
     let metrics = AgentMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    // Objects that do not convert are logged and counted; Events are raised
-    // only for this node's own objects (its NodeOverlayIp, the legacy
-    // ConfigMap), not once per node for a shared StaticRoute: the controller
-    // raises those.
-    let events = Arc::new(KubeEvents::with_instance(
-        client.clone(),
-        AGENT_MANAGER,
-        Some(node.clone()),
-    ));
-    let invalid = InvalidObjects::new(events).with_event_kinds(&["NodeOverlayIp", "ConfigMap"]);
-    invalid.register(&mut registry);
-    let routes: Option<Arc<dyn StaticRouteStore>> = (!args.no_static_routes).then(|| {
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            node_field_manager(&node),
-            invalid.clone(),
-        )) as Arc<dyn StaticRouteStore>
-    });
-    let legacy: Option<Arc<dyn LegacyRouteSource>> = match (
-        &args.legacy_configmap,
-        &args.legacy_file,
-    ) {
-        (Some(cm), _) => {
-            let (ns, name) = cm
-                .split_once('/')
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| format!("invalid STATIC_ROUTES_CONFIGMAP {cm:?}: expected NAMESPACE/NAME such as kube-system/static-routes"))?;
-            Some(Arc::new(KubeConfigMapRoutes::new(
-                client.clone(),
-                ns,
-                name,
-                invalid.clone(),
-            )))
-        }
-        (None, Some(path)) => Some(Arc::new(FileRoutes::new(
-            path.clone(),
-            Duration::from_secs(5),
-        ))),
-        (None, None) => None,
-    };
-    let agent = Arc::new(Agent::new(
-        cfg,
-        Arc::new(programmer),
-        Arc::new(KubeNodes::new(client.clone(), Some(&node), invalid.clone())),
-        Arc::new(KubeOverlayIps::new(
-            client.clone(),
-            Some(&node),
-            invalid.clone(),
-        )),
-        routes,
-        legacy,
-        metrics,
-    ));
+    let inputs = agent_inputs(
+        client,
+        &node,
+        &AgentInputOptions {
+            static_routes: !args.no_static_routes,
+            legacy_configmap: args.legacy_configmap.clone(),
+            legacy_file: args.legacy_file.clone(),
+        },
+    )?;
+    inputs.invalid.register(&mut registry);
+    let agent = Arc::new(inputs.agent(cfg, Arc::new(programmer), metrics));
     let registry = Arc::new(registry);
     for addr in &listen {
         let a = agent.clone();

@@ -10,18 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use overlay_bins::stores::{
+    controller_events, controller_lease, controller_stores, ipam_login_blocked_event,
+};
 use overlay_bins::{
     Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
     shutdown_signal,
 };
 use overlay_core::IpamBackend;
 use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::events::{Event, EventRecorder, EventType};
+use overlay_core::events::EventRecorder;
 use overlay_core::invalid::InvalidObjects;
-use overlay_core::k8s::{
-    CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
-    KubeStaticRoutes, cluster_uid,
-};
+use overlay_core::k8s::cluster_uid;
 use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, LeaderElector};
 use overlay_core::metrics::{ControllerMetrics, InstrumentedIpam};
 use overlay_ipam::config::{parse_duration, validate_cluster_id};
@@ -228,8 +228,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         "1 while phpIPAM blocks this client's IP after failed logins (no request is sent until the block ends)",
         blocked_gauge.clone(),
     );
-    let events: Arc<dyn EventRecorder> =
-        Arc::new(KubeEvents::new(client.clone(), CONTROLLER_MANAGER));
+    let events = controller_events(client.clone());
     // The controller sees every NodeOverlayIp and StaticRoute: it raises the
     // Events for those that do not convert (the agents only log and count).
     let invalid = InvalidObjects::new(events.clone());
@@ -253,11 +252,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     let (fence, elector) = match leader {
         None => (Fence::always(), None),
         Some(cfg) => {
-            let store = KubeLease::new(
+            let store = controller_lease(
                 client.clone(),
                 &args.lease_namespace,
                 &args.lease_name,
-                [(CLUSTER_ID_ANNOTATION.to_owned(), cluster.clone())].into(),
+                &cluster,
             );
             info!(identity = %cfg.identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
             let (elector, fence) = LeaderElector::new(Arc::new(store), cfg);
@@ -291,6 +290,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
         fence.clone(),
     ));
+    let stores = controller_stores(client.clone(), &invalid);
     let controller = Arc::new(Controller::new(
         ControllerConfig {
             dry_run: args.dry_run,
@@ -300,14 +300,10 @@ async fn run(args: Args) -> Result<(), Failure> {
             hold_down,
             ..ControllerConfig::new(cluster.clone())
         },
-        Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+        stores.nodes,
         ipam,
-        Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            CONTROLLER_MANAGER.into(),
-            invalid.clone(),
-        )),
+        stores.overlay_ips,
+        stores.routes,
         events.clone(),
         metrics.clone(),
     ));
@@ -357,18 +353,7 @@ fn watch_login_blocks(
                 continue;
             };
             events
-                .record(Event {
-                    kind: "Pod".into(),
-                    namespace: Some(namespace.clone()),
-                    name: pod.clone(),
-                    type_: EventType::Warning,
-                    reason: "IpamLoginBlocked".into(),
-                    message: format!(
-                        "phpIPAM blocked this client's IP until {}: {}; no request is sent until then. Check the credentials (PHPIPAM_USERNAME/PHPIPAM_PASSWORD or the files)",
-                        humantime::format_rfc3339_seconds(b.until),
-                        b.message
-                    ),
-                })
+                .record(ipam_login_blocked_event(pod, &namespace, &b))
                 .await;
         }
     });
