@@ -397,12 +397,6 @@ fn manifests_set_only_variables_the_binaries_read() {
     }
     assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
     for name in agent_env {
-        // POD_IP (downward API status.podIP) is where the agent listens
-        // besides 127.0.0.1 by default (--metrics-addr); accepted before
-        // the agent's --help names it.
-        if name == "POD_IP" {
-            continue;
-        }
         assert!(
             agent_vars.contains(&name),
             "the agent DaemonSet sets {name}, which overlay-agent does not read"
