@@ -152,7 +152,8 @@ pub enum AgentError {
 pub struct AgentReport {
     /// The programmer's report.
     pub apply: ApplyReport,
-    /// The result of each StaticRoute selecting the node, by route name, as
+    /// The result of each StaticRoute selecting the node (of each one
+    /// concerned, for [`Agent::apply_route_changes`]), by route name, as
     /// written into the NodeOverlayIp status.
     pub reports: BTreeMap<String, RouteReport>,
     /// Whether the overlay interface was removed.
@@ -179,6 +180,10 @@ struct LastPass {
     record: Option<String>,
     /// Plans of the StaticRoutes that select the node (invalid ones too).
     routes: BTreeMap<String, PlannedRoute>,
+    /// Their reports, as in the status.
+    reports: BTreeMap<String, RouteReport>,
+    /// Route keys of the StaticRoute plans, by owner.
+    claims: std::collections::HashMap<RouteKey, String>,
     /// Kernel keys of the legacy routes.
     legacy_keys: BTreeSet<RouteKey>,
     /// Keys claimed by more than one route: changes to them need a full
@@ -345,9 +350,10 @@ impl Agent {
         }
         let interface_removed = self.remove_interface_if_unused(&overlay).await?;
         self.count_routes(&planned, &legacy, desired.routes.len());
+        let reports = plan::reports(&planned);
         let mut report = AgentReport {
             apply,
-            reports: plan::reports(&planned),
+            reports: reports.clone(),
             interface_removed,
             status_written: false,
         };
@@ -365,7 +371,9 @@ impl Agent {
             node: inputs.node,
             overlay,
             record: live.map(|r| r.name.clone()),
+            claims: plan::claims(&planned),
             routes: planned,
+            reports,
             legacy_keys: legacy
                 .iter()
                 .filter_map(|p| p.route.as_ref().map(|r| r.key()))
@@ -438,38 +446,55 @@ impl Agent {
                 Err(e) => return Err(self.program_err()(e)),
             }
         };
-        for (name, plan) in plans {
-            match plan {
-                Some(mut p) => {
-                    if let (Some(why), None) = (&last.overlay.problem, &last.overlay.iface) {
-                        plan::mark_kept_one(&mut p, why);
-                    }
-                    match last.routes.get(&name) {
-                        // Not rewritten: what the kernel said last time
-                        // still holds (a failure is retried by the resync).
-                        Some(old) if p.route.is_some() && old.route == p.route => {
-                            p.status = old.status.clone();
-                        }
-                        _ => plan::record_outcomes(std::iter::once(&mut p), &apply.routes),
-                    }
-                    last.routes.insert(name, p);
-                }
-                None => {
-                    last.routes.remove(&name);
-                }
-            }
-        }
         let mut report = AgentReport {
-            reports: plan::reports(&last.routes),
             apply,
             ..Default::default()
         };
-        if let (Some(name), Some(prev)) = (last.record.clone(), last.status.clone()) {
+        let mut changed = false;
+        for (name, plan) in plans {
+            let previous = last.routes.remove(&name);
+            if let Some(r) = previous.as_ref().and_then(|p| p.route.as_ref())
+                && last.claims.get(&r.key()) == Some(&name)
+            {
+                last.claims.remove(&r.key());
+            }
+            let new = plan.map(|mut p| {
+                if let (Some(why), None) = (&last.overlay.problem, &last.overlay.iface) {
+                    plan::mark_kept_one(&mut p, why);
+                }
+                match &previous {
+                    // Not rewritten: what the kernel said last time still
+                    // holds (a failure is retried by the resync).
+                    Some(old) if p.route.is_some() && old.route == p.route => {
+                        p.status = old.status.clone();
+                    }
+                    _ => plan::record_outcomes(std::iter::once(&mut p), &report.apply.routes),
+                }
+                let r = plan::report(&name, &p);
+                if let Some(route) = &p.route {
+                    last.claims.insert(route.key(), name.clone());
+                }
+                last.routes.insert(name.clone(), p);
+                r
+            });
+            if last.reports.get(&name) != new.as_ref() {
+                changed = true;
+                match &new {
+                    Some(r) => last.reports.insert(name.clone(), r.clone()),
+                    None => last.reports.remove(&name),
+                };
+            }
+            if let Some(r) = new {
+                report.reports.insert(name, r);
+            }
+        }
+        // One status write, only when a report changed.
+        if changed && let (Some(name), Some(prev)) = (last.record.clone(), last.status.take()) {
             let status = AgentStatus {
-                routes: report.reports.values().cloned().collect(),
-                ..prev.clone()
+                routes: last.reports.values().cloned().collect(),
+                ..prev
             };
-            report.status_written = self.put_agent_status(&name, Some(&prev), &status).await;
+            report.status_written = self.put_agent_status(&name, None, &status).await;
             last.status = Some(status);
         }
         self.metrics

@@ -255,21 +255,23 @@ pub(super) fn record_outcomes<'a>(
     }
 }
 
+/// The report of StaticRoute `name`'s plan.
+pub(super) fn report(name: &str, p: &PlannedRoute) -> RouteReport {
+    RouteReport {
+        route: name.to_owned(),
+        device: p.status.device.clone(),
+        gateway: p.status.gateway.clone(),
+        table: p.table,
+        state: p.status.state,
+        message: p.status.message.clone(),
+    }
+}
+
 /// The reports of the StaticRoutes' plans, by route name.
 pub(super) fn reports(planned: &BTreeMap<String, PlannedRoute>) -> BTreeMap<String, RouteReport> {
     planned
         .iter()
-        .map(|(name, p)| {
-            let report = RouteReport {
-                route: name.clone(),
-                device: p.status.device.clone(),
-                gateway: p.status.gateway.clone(),
-                table: p.table,
-                state: p.status.state,
-                message: p.status.message.clone(),
-            };
-            (name.clone(), report)
-        })
+        .map(|(name, p)| (name.clone(), report(name, p)))
         .collect()
 }
 
@@ -281,14 +283,7 @@ pub(super) fn changes(
     plans: &BTreeMap<String, Option<PlannedRoute>>,
 ) -> Option<RouteChanges> {
     let mut out = RouteChanges::default();
-    let mut claimed: HashMap<RouteKey, &str> = HashMap::new();
-    for (name, p) in &last.routes {
-        if let Some(r) = &p.route
-            && !plans.contains_key(name)
-        {
-            claimed.insert(r.key(), name);
-        }
-    }
+    let mut batch: HashMap<RouteKey, &str> = HashMap::new();
     for (name, plan) in plans {
         let old = last.routes.get(name).and_then(|p| p.route.as_ref());
         let new = plan.as_ref().and_then(|p| p.route.as_ref());
@@ -299,7 +294,13 @@ pub(super) fn changes(
         }
         if let Some(r) = new {
             let key = r.key();
-            if last.legacy_keys.contains(&key) || claimed.insert(key, name).is_some() {
+            // Claimed by a route outside this batch, by the legacy list, or
+            // by another route of this batch.
+            let other = last
+                .claims
+                .get(&key)
+                .is_some_and(|owner| owner != name && !plans.contains_key(owner));
+            if other || last.legacy_keys.contains(&key) || batch.insert(key, name).is_some() {
                 return None;
             }
         }
@@ -309,4 +310,12 @@ pub(super) fn changes(
         }
     }
     Some(out)
+}
+
+/// The route keys claimed by StaticRoute plans, by owner name.
+pub(super) fn claims(planned: &BTreeMap<String, PlannedRoute>) -> HashMap<RouteKey, String> {
+    planned
+        .iter()
+        .filter_map(|(name, p)| p.route.as_ref().map(|r| (r.key(), name.clone())))
+        .collect()
 }
