@@ -813,6 +813,12 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Stops validating writes to `collection` (a CRD of an earlier
+    /// version, whose bounds differ).
+    pub fn without_validation(&self, collection: &str) {
+        self.lock().schemas.remove(collection);
+    }
+
     /// Forgets the requests seen so far (a scale test's setup).
     pub fn forget_requests(&self) {
         self.lock().seen.clear();
