@@ -17,8 +17,15 @@
 //!   so that a node that may still have it configured gets no twin;
 //! - behind a [`crate::leader::FencedIpam`], nothing is written to the IPAM
 //!   once this replica is not sure it leads.
+//!
+//! StaticRoutes: the controller puts its finalizer on each one and sums up
+//! the agents' per-route reports (each agent writes them into its own
+//! NodeOverlayIp) into the StaticRoute's status ([`route_summaries`]): one
+//! writer per object, at most one write per StaticRoute per
+//! [`ControllerConfig::summary_period`]. A StaticRoute being deleted keeps
+//! the finalizer while a node that exists still reports the route.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,11 +39,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::error::{IpamError, StoreError};
 use crate::events::{Event, EventRecorder, EventType};
 use crate::metrics::ControllerMetrics;
-use crate::model::{NodeInfo, Owner, Reservation, overlay_ip_labels};
+use crate::model::{NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
 use crate::queue::{Backoff, Next, WorkQueue};
 use crate::traits::{
-    FINALIZER, IpamBackend, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore,
-    RouteSummary, StaticRouteRecord, StaticRouteStore, StoreEvent,
+    FINALIZER, IpamBackend, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord,
+    OverlayIpStore, RouteReport, RouteSummary, StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
 /// Controller settings.
@@ -64,11 +71,16 @@ pub struct ControllerConfig {
     /// holder may still have it configured); the same node gets it back if
     /// it returns within this time.
     pub hold_down: Duration,
+    /// The shortest time between two summary writes of one StaticRoute.
+    /// A report that changes a summary is written at the end of the window
+    /// it opens (trailing): a burst of reports within one window costs one
+    /// write, and a change shows within this time.
+    pub summary_period: Duration,
 }
 
 impl ControllerConfig {
     /// Defaults for `cluster_id`: 64 workers, 10 min resync and orphan
-    /// grace, 5 min hold-down.
+    /// grace, 5 min hold-down, a StaticRoute summary at most every second.
     pub fn new(cluster_id: impl Into<String>) -> Self {
         Self {
             cluster_id: cluster_id.into(),
@@ -79,6 +91,7 @@ impl ControllerConfig {
             permanent_retry: Duration::from_secs(300),
             orphan_grace: Duration::from_secs(600),
             hold_down: Duration::from_secs(300),
+            summary_period: Duration::from_secs(1),
         }
     }
 }
@@ -188,8 +201,98 @@ pub struct OrphanReport {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Node(String),
+    /// A StaticRoute's finalizer.
     Route(String),
+    /// The summaries of the StaticRoutes in [`Due`].
+    Summaries,
     Orphans,
+}
+
+/// One node's route reports, by route name.
+type Reports = BTreeMap<String, RouteReport>;
+
+/// StaticRoutes whose summary is due, and whether a pass is scheduled.
+#[derive(Debug, Default)]
+struct Due {
+    routes: BTreeSet<String>,
+    scheduled: bool,
+}
+
+/// The rank of a state in `nodeStatus`: failing nodes first.
+fn state_rank(s: RouteState) -> u8 {
+    match s {
+        RouteState::Failed => 0,
+        RouteState::Pending => 1,
+        RouteState::Applied => 2,
+    }
+}
+
+/// Sums up each StaticRoute in `routes` from the agents' reports in
+/// `records`, counting only nodes in `nodes` (reports of deleted nodes are
+/// ignored; a node reporting a route twice counts once). Counts cover every
+/// node; `node_status` lists Failed, then Pending, then Applied nodes, each
+/// by name, at most [`RouteSummary::MAX_NODE_STATUS`]. A route nobody
+/// reports gets the empty summary.
+pub fn route_summaries(
+    routes: &BTreeSet<String>,
+    records: &[OverlayIpRecord],
+    nodes: &HashSet<String>,
+) -> BTreeMap<String, RouteSummary> {
+    let mut out: BTreeMap<String, RouteSummary> = routes
+        .iter()
+        .map(|r| (r.clone(), RouteSummary::default()))
+        .collect();
+    for rec in records.iter().filter(|r| nodes.contains(&r.name)) {
+        let Some(agent) = &rec.agent else { continue };
+        let mut seen = HashSet::new();
+        for r in &agent.routes {
+            let Some(sum) = out.get_mut(&r.route) else {
+                continue;
+            };
+            if !seen.insert(r.route.as_str()) {
+                continue;
+            }
+            match r.state {
+                RouteState::Applied => sum.applied += 1,
+                RouteState::Failed => sum.failed += 1,
+                RouteState::Pending => sum.pending += 1,
+            }
+            sum.node_status.push(NodeRouteStatus {
+                hostname: rec.name.clone(),
+                device: r.device.clone(),
+                gateway: r.gateway.clone(),
+                state: r.state,
+                message: r.message.clone(),
+            });
+        }
+    }
+    for sum in out.values_mut() {
+        sum.node_status.sort_by(|a, b| {
+            (state_rank(a.state), &a.hostname).cmp(&(state_rank(b.state), &b.hostname))
+        });
+        sum.node_status.truncate(RouteSummary::MAX_NODE_STATUS);
+    }
+    out
+}
+
+/// Whether `new` needs writing over `recorded`: an empty summary is not
+/// written over none (a new StaticRoute costs no write before a node
+/// reports it).
+fn summary_changed(recorded: Option<&RouteSummary>, new: &RouteSummary) -> bool {
+    match recorded {
+        Some(r) => normalized(r) != normalized(new),
+        None => *new != RouteSummary::default(),
+    }
+}
+
+/// A summary with its entries in the controller's order, whatever order
+/// the API server kept them in.
+fn normalized(s: &RouteSummary) -> RouteSummary {
+    let mut s = s.clone();
+    s.node_status.sort_by(|a, b| {
+        (state_rank(a.state), &a.hostname).cmp(&(state_rank(b.state), &b.hostname))
+    });
+    s
 }
 
 /// The controller reconciler.
@@ -204,6 +307,12 @@ pub struct Controller {
     ready: AtomicBool,
     /// Reservations seen orphaned, and when first (orphan grace period).
     suspects: Mutex<HashMap<(String, IpAddr), Instant>>,
+    /// The reports of each node's agent at its last NodeOverlayIp event
+    /// (node → route → report): a report that changes or goes, or a node
+    /// that comes or goes, re-summarises the routes concerned.
+    reported: Mutex<HashMap<String, Reports>>,
+    /// StaticRoutes whose summary is due.
+    due: Mutex<Due>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +340,8 @@ impl Controller {
             metrics,
             ready: AtomicBool::new(false),
             suspects: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
+            due: Mutex::new(Due::default()),
         }
     }
 
@@ -717,10 +828,10 @@ impl Controller {
         Ok(out)
     }
 
-    /// The StaticRoute duties of the controller: put our finalizer on every
-    /// StaticRoute; when one is being deleted, prune status entries of nodes
-    /// that no longer exist and remove the finalizer once no existing node
-    /// reports the route.
+    /// The StaticRoute finalizer: put it on every StaticRoute; when one is
+    /// being deleted, remove it once no node that exists reports the route
+    /// in its NodeOverlayIp (an agent drops its report after removing the
+    /// route from its kernel; reports of deleted nodes hold nothing).
     pub async fn reconcile_route(&self, route: &StaticRouteRecord) -> Result<(), ControllerError> {
         let name = route.name.as_str();
         let store_err = on_store(name);
@@ -737,59 +848,169 @@ impl Controller {
         if !has_finalizer {
             return Ok(());
         }
-        let mut live = Vec::new();
-        let mut dead = Vec::new();
-        for e in &route.node_status {
-            if self
-                .nodes
-                .get(&e.hostname)
-                .await
-                .map_err(store_err)?
-                .is_some()
-            {
-                live.push(e.hostname.clone());
-            } else {
-                dead.push(e.hostname.clone());
-            }
+        let holders = self.nodes_reporting(name).await?;
+        if let Some(first) = holders.first() {
+            debug!(route = name, nodes = holders.len(), first = %first, "waiting for agents to remove the route");
+            return Ok(());
         }
         if self.cfg.dry_run {
             info!(
                 route = name,
-                ?dead,
-                ?live,
-                "dry run: would prune entries of missing nodes and remove the finalizer when none is live"
+                "dry run: no node reports the route; would remove the finalizer"
             );
             return Ok(());
         }
-        if !dead.is_empty() {
-            info!(route = name, nodes = ?dead, "pruning status entries of nodes that no longer exist");
-            let summary = RouteSummary {
-                node_status: route
-                    .node_status
-                    .iter()
-                    .filter(|e| !dead.contains(&e.hostname))
-                    .cloned()
-                    .collect(),
-                ..route.summary.clone().unwrap_or_default()
+        info!(
+            route = name,
+            "no node reports the route any more; removing finalizer"
+        );
+        self.routes
+            .remove_finalizer(name, FINALIZER)
+            .await
+            .map_err(store_err)
+    }
+
+    /// The names of the nodes (that exist) whose agent reports `route`.
+    async fn nodes_reporting(&self, route: &str) -> Result<Vec<String>, ControllerError> {
+        let records = self.overlay_ips.list().await.map_err(on_store(route))?;
+        let nodes = self.node_names(route).await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| nodes.contains(&r.name))
+            .filter(|r| {
+                r.agent
+                    .as_ref()
+                    .is_some_and(|a| a.routes.iter().any(|x| x.route == route))
+            })
+            .map(|r| r.name)
+            .collect())
+    }
+
+    async fn node_names(&self, object: &str) -> Result<HashSet<String>, ControllerError> {
+        let nodes = self.nodes.list().await.map_err(on_store(object))?;
+        Ok(nodes.into_iter().map(|n| n.name).collect())
+    }
+
+    /// Sums up each StaticRoute in `names` from the nodes' reports
+    /// ([`route_summaries`]) and writes the summaries that differ from the
+    /// recorded ones; returns how many it wrote. No rate limit here: the
+    /// running controller calls it at most once per
+    /// [`ControllerConfig::summary_period`]. A failed write fails the call
+    /// after the others were tried.
+    pub async fn summarize_routes(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<usize, ControllerError> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let routes = self.routes.list().await.map_err(on_store(""))?;
+        let records = self.overlay_ips.list().await.map_err(on_store(""))?;
+        let sums = route_summaries(names, &records, &self.node_names("").await?);
+        let (mut written, mut failed) = (0, None);
+        for route in routes.iter().filter(|r| names.contains(&r.name)) {
+            let Some(new) = sums.get(&route.name) else {
+                continue;
             };
-            self.routes
-                .set_summary(name, &summary)
-                .await
-                .map_err(store_err)?;
+            if !summary_changed(route.summary.as_ref(), new) {
+                continue;
+            }
+            if self.cfg.dry_run {
+                info!(route = %route.name, applied = new.applied, failed = new.failed, pending = new.pending, "dry run: would write the route summary");
+                continue;
+            }
+            match self.routes.set_summary(&route.name, new).await {
+                Ok(()) => {
+                    written += 1;
+                    debug!(route = %route.name, applied = new.applied, failed = new.failed, pending = new.pending, "route summary written");
+                }
+                Err(e) => {
+                    warn!(route = %route.name, error = %e, "writing the route summary failed");
+                    failed.get_or_insert(on_store(&route.name)(e));
+                }
+            }
         }
-        if live.is_empty() {
-            info!(
-                route = name,
-                "no node holds the route any more; removing finalizer"
-            );
-            self.routes
-                .remove_finalizer(name, FINALIZER)
-                .await
-                .map_err(store_err)?;
-        } else {
-            debug!(route = name, nodes = ?live, "waiting for agents to remove the route");
+        failed.map_or(Ok(written), Err)
+    }
+
+    /// Marks `routes` for summary and schedules a pass at the end of the
+    /// window, unless one is scheduled.
+    fn schedule_summaries(
+        &self,
+        queue: &WorkQueue<Key>,
+        routes: impl IntoIterator<Item = String>,
+        delay: Duration,
+    ) {
+        let mut due = lock(&self.due);
+        due.routes.extend(routes);
+        if !due.routes.is_empty() && !due.scheduled {
+            due.scheduled = true;
+            queue.add_after(Key::Summaries, delay);
         }
-        Ok(())
+    }
+
+    /// One summary pass over the due StaticRoutes; a failed pass is tried
+    /// again later (after the backoff's first delay, at least one period).
+    async fn summary_pass(&self, queue: &WorkQueue<Key>) -> Next {
+        let names = {
+            let mut due = lock(&self.due);
+            due.scheduled = false;
+            std::mem::take(&mut due.routes)
+        };
+        let r = self.summarize_routes(&names).await;
+        self.metrics.reconciled("route_summary", r.is_ok());
+        // Deleting StaticRoutes may wait on the reports that changed.
+        self.queue_deleting_routes(queue).await;
+        if let Err(e) = r {
+            let retry = match self.on_error(&e) {
+                Next::Done => return Next::Done,
+                Next::After(d) => d,
+                Next::Backoff => self.cfg.backoff.min,
+            };
+            self.schedule_summaries(queue, names, retry.max(self.cfg.summary_period));
+        }
+        Next::Done
+    }
+
+    /// Follows one NodeOverlayIp (`None`: deleted): the routes whose
+    /// report from this node came, changed or went are due for summary.
+    fn note_reports(&self, queue: &WorkQueue<Key>, name: &str, rec: Option<&OverlayIpRecord>) {
+        let now: Reports = rec
+            .and_then(|r| r.agent.as_ref())
+            .map(|a| {
+                a.routes
+                    .iter()
+                    .rev()
+                    .map(|r| (r.route.clone(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let before = {
+            let mut reported = lock(&self.reported);
+            if now.is_empty() {
+                reported.remove(name)
+            } else {
+                reported.insert(name.to_owned(), now.clone())
+            }
+        }
+        .unwrap_or_default();
+        let changed: Vec<String> = before
+            .keys()
+            .chain(now.keys())
+            .filter(|r| before.get(*r) != now.get(*r))
+            .cloned()
+            .collect();
+        self.schedule_summaries(queue, changed, self.cfg.summary_period);
+    }
+
+    /// The routes `node`'s agent reported (a node that comes or goes
+    /// changes their summaries) are due.
+    fn node_changed(&self, queue: &WorkQueue<Key>, node: &str) {
+        let routes: Vec<String> = lock(&self.reported)
+            .get(node)
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        self.schedule_summaries(queue, routes, self.cfg.summary_period);
     }
 
     async fn reconcile_route_by_name(&self, name: &str) -> Result<(), ControllerError> {
@@ -800,7 +1021,7 @@ impl Controller {
         }
     }
 
-    async fn handle(&self, key: Key) -> Next {
+    async fn handle(&self, key: Key, queue: &WorkQueue<Key>) -> Next {
         match key {
             Key::Node(name) => {
                 let span = info_span!("reconcile", node = %name);
@@ -825,6 +1046,7 @@ impl Controller {
                     Err(e) => self.on_error(&e),
                 }
             }
+            Key::Summaries => self.summary_pass(queue).await,
             Key::Orphans => match self.collect_orphans().await {
                 Ok(rep) => {
                     if rep != OrphanReport::default() {
@@ -880,11 +1102,13 @@ impl Controller {
             let this = self.clone();
             let q = queue.clone();
             tokio::spawn(async move {
-                q.run(move |k| {
-                    let this = this.clone();
-                    async move { this.handle(k).await }
-                })
-                .await
+                let runner = q.clone();
+                runner
+                    .run(move |k| {
+                        let (this, q) = (this.clone(), q.clone());
+                        async move { this.handle(k, &q).await }
+                    })
+                    .await
             })
         };
         let mut node_watch = self.nodes.watch();
@@ -900,40 +1124,117 @@ impl Controller {
                 _ = &mut shutdown => break,
                 _ = resync.tick() => self.full_pass(&queue).await,
                 ev = node_watch.next() => match ev {
-                    Some(Ok(StoreEvent::Applied(n))) => queue.add(Key::Node(n.name)),
-                    Some(Ok(StoreEvent::Deleted(name))) => {
-                        queue.add(Key::Node(name));
-                        // Deleting StaticRoutes may wait on this node.
-                        self.queue_deleting_routes(&queue).await;
-                    }
-                    Some(Ok(StoreEvent::Restarted(all))) => {
-                        for n in all { queue.add(Key::Node(n.name)); }
-                    }
-                    Some(Err(e)) => { warn!(error = %e, "node watch error; relisting"); self.full_pass(&queue).await; }
+                    Some(ev) => self.on_node_event(&queue, ev).await,
                     None => { node_watch = self.nodes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
                 ev = ip_watch.next() => match ev {
-                    Some(Ok(StoreEvent::Applied(r))) => queue.add(Key::Node(r.name)),
-                    Some(Ok(StoreEvent::Deleted(name))) => queue.add(Key::Node(name)),
-                    Some(Ok(StoreEvent::Restarted(all))) => {
-                        for r in all { queue.add(Key::Node(r.name)); }
-                    }
-                    Some(Err(e)) => { warn!(error = %e, "NodeOverlayIp watch error; relisting"); self.full_pass(&queue).await; }
+                    Some(ev) => self.on_overlay_ip_event(&queue, ev).await,
                     None => { ip_watch = self.overlay_ips.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
                 ev = route_watch.next() => match ev {
-                    Some(Ok(StoreEvent::Applied(r))) => queue.add(Key::Route(r.name)),
-                    Some(Ok(StoreEvent::Deleted(_))) => {}
-                    Some(Ok(StoreEvent::Restarted(all))) => {
-                        for r in all { queue.add(Key::Route(r.name)); }
-                    }
-                    Some(Err(e)) => { warn!(error = %e, "StaticRoute watch error; relisting"); self.full_pass(&queue).await; }
+                    Some(ev) => self.on_route_event(&queue, ev).await,
                     None => { route_watch = self.routes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
             }
         }
         worker.abort();
         info!("controller stopped");
+    }
+
+    async fn on_node_event(
+        &self,
+        queue: &WorkQueue<Key>,
+        ev: Result<StoreEvent<NodeInfo>, StoreError>,
+    ) {
+        match ev {
+            Ok(StoreEvent::Applied(n)) => {
+                self.node_changed(queue, &n.name);
+                queue.add(Key::Node(n.name));
+            }
+            Ok(StoreEvent::Deleted(name)) => {
+                self.node_changed(queue, &name);
+                queue.add(Key::Node(name));
+                // Deleting StaticRoutes may wait on this node.
+                self.queue_deleting_routes(queue).await;
+            }
+            Ok(StoreEvent::Restarted(all)) => {
+                for n in all {
+                    queue.add(Key::Node(n.name));
+                }
+                let every: Vec<String> = lock(&self.reported)
+                    .values()
+                    .flat_map(|r| r.keys().cloned())
+                    .collect();
+                self.schedule_summaries(queue, every, self.cfg.summary_period);
+            }
+            Err(e) => {
+                warn!(error = %e, "node watch error; relisting");
+                self.full_pass(queue).await;
+            }
+        }
+    }
+
+    async fn on_overlay_ip_event(
+        &self,
+        queue: &WorkQueue<Key>,
+        ev: Result<StoreEvent<OverlayIpRecord>, StoreError>,
+    ) {
+        match ev {
+            Ok(StoreEvent::Applied(r)) => {
+                self.note_reports(queue, &r.name, Some(&r));
+                queue.add(Key::Node(r.name));
+            }
+            Ok(StoreEvent::Deleted(name)) => {
+                self.note_reports(queue, &name, None);
+                queue.add(Key::Node(name));
+            }
+            Ok(StoreEvent::Restarted(all)) => self.restart_reports(queue, all),
+            Err(e) => {
+                warn!(error = %e, "NodeOverlayIp watch error; relisting");
+                self.full_pass(queue).await;
+            }
+        }
+    }
+
+    /// A NodeOverlayIp watch restart: the report index is rebuilt; every
+    /// route named before or now is due.
+    fn restart_reports(&self, queue: &WorkQueue<Key>, all: Vec<OverlayIpRecord>) {
+        let before = std::mem::take(&mut *lock(&self.reported));
+        let mut due: BTreeSet<String> = before.into_values().flat_map(Reports::into_keys).collect();
+        for r in all {
+            self.note_reports(queue, &r.name, Some(&r));
+            queue.add(Key::Node(r.name));
+        }
+        due.extend(
+            lock(&self.reported)
+                .values()
+                .flat_map(|r| r.keys().cloned()),
+        );
+        self.schedule_summaries(queue, due, self.cfg.summary_period);
+    }
+
+    async fn on_route_event(
+        &self,
+        queue: &WorkQueue<Key>,
+        ev: Result<StoreEvent<StaticRouteRecord>, StoreError>,
+    ) {
+        match ev {
+            Ok(StoreEvent::Applied(r)) => {
+                self.schedule_summaries(queue, [r.name.clone()], self.cfg.summary_period);
+                queue.add(Key::Route(r.name));
+            }
+            Ok(StoreEvent::Deleted(_)) => {}
+            Ok(StoreEvent::Restarted(all)) => {
+                for r in all {
+                    self.schedule_summaries(queue, [r.name.clone()], self.cfg.summary_period);
+                    queue.add(Key::Route(r.name));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "StaticRoute watch error; relisting");
+                self.full_pass(queue).await;
+            }
+        }
     }
 
     async fn queue_deleting_routes(&self, queue: &WorkQueue<Key>) {
@@ -950,13 +1251,20 @@ impl Controller {
             Err(e) => warn!(error = %e, "listing nodes failed"),
         }
         match self.overlay_ips.list().await {
-            Ok(recs) => recs.into_iter().for_each(|r| queue.add(Key::Node(r.name))),
+            Ok(recs) => {
+                for r in recs {
+                    self.note_reports(queue, &r.name, Some(&r));
+                    queue.add(Key::Node(r.name));
+                }
+            }
             Err(e) => warn!(error = %e, "listing NodeOverlayIps failed"),
         }
         match self.routes.list().await {
-            Ok(routes) => routes
-                .into_iter()
-                .for_each(|r| queue.add(Key::Route(r.name))),
+            Ok(routes) => {
+                let names: Vec<String> = routes.into_iter().map(|r| r.name).collect();
+                self.schedule_summaries(queue, names.clone(), self.cfg.summary_period);
+                names.into_iter().for_each(|n| queue.add(Key::Route(n)));
+            }
             Err(e) => warn!(error = %e, "listing StaticRoutes failed"),
         }
         queue.add(Key::Orphans);

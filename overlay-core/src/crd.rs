@@ -29,10 +29,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::invalid::FieldProblem;
 use crate::model::RouteState;
-use crate::parse::{Cidr, LabelSelector, ParseError, Requirement, parse_ip, parse_ip_with_prefix};
+use crate::parse::{
+    Cidr, InterfaceName, LabelSelector, ParseError, Requirement, parse_ip, parse_ip_with_prefix,
+};
 use crate::traits::{
-    AgentStatus, GatewayChoice, NodeRouteStatus, OverlayIpRecord, StaticRouteRecord,
-    StaticRouteSpecModel,
+    AgentStatus, GatewayChoice, KnownGateway, NodeRouteStatus, OverlayIpRecord, RouteReport,
+    RouteSummary, StaticRouteRecord, StaticRouteSpecModel,
 };
 
 /// Longest textual IP address (IPv6 with an embedded IPv4 address).
@@ -43,6 +45,16 @@ pub const CIDR_MAX_LEN: usize = IP_MAX_LEN + 4;
 pub const NODE_NAME_MAX_LEN: usize = 253;
 /// Most nodes one StaticRoute reports (the scale target).
 pub const MAX_NODES: usize = 5000;
+/// Most route reports one NodeOverlayIp carries (`status.routes`): the
+/// StaticRoutes that select one node. An agent with more writes the first
+/// ones by route name.
+pub const MAX_ROUTE_REPORTS: usize = 4096;
+/// Most discovered gateways one NodeOverlayIp keeps (`status.gateways`):
+/// one per distinct `gatewayFrom` prefix.
+pub const MAX_KNOWN_GATEWAYS: usize = 64;
+/// Largest count a StaticRoute's status carries (`applied`, `failed`,
+/// `pending`): well above the nodes one cluster has.
+pub const MAX_COUNT: u32 = 1_000_000;
 /// Longest message the agents write into a status (`nodeStatus[].message`,
 /// the `Configured` condition); longer ones are cut at a character boundary.
 pub const MESSAGE_MAX_LEN: usize = 1024;
@@ -224,6 +236,64 @@ pub struct NodeOverlayIpStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Option<Vec<Condition>>,
+    /// The agent's result of every StaticRoute that selects the node, keyed
+    /// by `route` (at most [`MAX_ROUTE_REPORTS`]). The controller sums them
+    /// up into each StaticRoute's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["route"]))]
+    pub routes: Option<Vec<RouteReportEntry>>,
+    /// The gateways the agent last discovered (`gatewayFrom`), keyed by
+    /// `from` (at most [`MAX_KNOWN_GATEWAYS`]); kept so that a discovery
+    /// failure right after a restart removes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["from"]))]
+    pub gateways: Option<Vec<KnownGatewayEntry>>,
+}
+
+/// One StaticRoute's result on the node, in `NodeOverlayIp.status.routes`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteReportEntry {
+    /// The StaticRoute's name (the list-map key).
+    #[schemars(length(max = 253))]
+    pub route: String,
+    /// Output device of the route (empty when not known).
+    #[serde(default)]
+    #[schemars(length(max = 15))]
+    pub device: String,
+    /// Gateway the route uses (empty when not known).
+    #[serde(default)]
+    #[schemars(length(max = 45))]
+    pub gateway: String,
+    /// Routing table, when not main.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967294u32), transform = no_format)]
+    pub table: Option<u32>,
+    /// `Applied`, `Failed` or `Pending`.
+    #[schemars(extend("enum" = ["Applied", "Failed", "Pending"]))]
+    pub state: String,
+    /// Why the route is not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
+/// A gateway found by discovery, in `NodeOverlayIp.status.gateways`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownGatewayEntry {
+    /// The prefix looked up (a StaticRoute's `gatewayFrom`; the list-map
+    /// key).
+    #[schemars(schema_with = "cidr_schema")]
+    pub from: String,
+    /// The gateway of the kernel route covering it.
+    #[schemars(schema_with = "ip_schema")]
+    pub gateway: String,
+    /// That route's device.
+    #[schemars(length(max = 15))]
+    pub device: String,
 }
 
 /// Desired state of a `StaticRoute`: route `subnet` on every selected node.
@@ -239,7 +309,8 @@ pub struct NodeOverlayIpStatus {
     doc = "A route to an on-premise subnet, programmed on every selected node.",
     printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".spec.subnet"}"#,
     printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".spec.gateway"}"#,
-    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodeStatus[*].hostname"}"#,
+    printcolumn = r#"{"name":"Applied","type":"integer","jsonPath":".status.applied"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Table","type":"integer","priority":1,"jsonPath":".spec.table"}"#
 )]
@@ -275,14 +346,31 @@ pub struct StaticRouteSpec {
     pub node_selector: Option<K8sSelector>,
 }
 
-/// Status of a `StaticRoute`: one entry per node, each written by that
-/// node's agent under its own field manager.
+/// Status of a `StaticRoute`, summed up by the controller from the nodes'
+/// reports (`NodeOverlayIp.status.routes`): counts per state over every
+/// node, and per-node entries, failing nodes first, at most
+/// [`RouteSummary::MAX_NODE_STATUS`](crate::RouteSummary::MAX_NODE_STATUS).
+/// Objects of the original agents carry only `nodeStatus`, one entry per
+/// node.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StaticRouteStatus {
-    /// Per-node state, keyed by `hostname`.
+    /// Nodes that report the route Applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000u32), transform = no_format)]
+    pub applied: Option<u32>,
+    /// Nodes that report the route Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000u32), transform = no_format)]
+    pub failed: Option<u32>,
+    /// Nodes that report the route Pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000u32), transform = no_format)]
+    pub pending: Option<u32>,
+    /// Per-node state, keyed by `hostname`: Failed, then Pending, then
+    /// Applied, each by name; at most 100 (the counts cover every node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 5000))]
+    #[schemars(length(max = 100))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["hostname"]))]
     pub node_status: Vec<NodeStatusEntry>,
 }
@@ -561,11 +649,13 @@ fn overlay_ip_record(
         })
         .unwrap_or_default();
     let configured = conditions.iter().find(|c| c.type_ == "Configured");
+    let routes = route_reports(field("routes"), &mut problem);
+    let gateways = known_gateways(field("gateways"), &mut problem);
     let agent = match (&interface, &interface_label, configured) {
-        (None, None, None) => None,
+        (None, None, None) if routes.is_empty() && gateways.is_empty() => None,
         (i, l, c) => Some(AgentStatus {
-            routes: Vec::new(),
-            gateways: Vec::new(),
+            routes,
+            gateways,
             interface: i.clone().unwrap_or_default(),
             interface_label: l.clone().unwrap_or_default(),
             configured: c.is_some_and(|c| c.status == "True"),
@@ -590,6 +680,107 @@ fn overlay_ip_record(
         agent,
     };
     (record, problem)
+}
+
+/// Reads the entries of a list leniently: a list that is not a list is
+/// one problem and no entries; an entry that does not convert is skipped
+/// and noted (as `path[i].field`).
+fn lenient_entries<T: DeserializeOwned>(
+    v: Option<&serde_json::Value>,
+    path: &str,
+    problem: &mut Option<FieldProblem>,
+) -> Vec<(String, T)> {
+    let entries: Vec<serde_json::Value> = read(v, path)
+        .unwrap_or_else(|p| {
+            note(problem, p);
+            None
+        })
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, v) in entries.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match read::<T>(Some(v), &at) {
+            Ok(Some(e)) => out.push((at, e)),
+            Ok(None) => {}
+            Err(p) => note(problem, p),
+        }
+    }
+    out
+}
+
+/// Reads a `state` field; absent is Applied (the original agents wrote
+/// none), unknown is Pending and noted.
+fn route_state(state: Option<&str>, path: &str, problem: &mut Option<FieldProblem>) -> RouteState {
+    match state {
+        None | Some("Applied") => RouteState::Applied,
+        Some("Failed") => RouteState::Failed,
+        Some("Pending") => RouteState::Pending,
+        Some(other) => {
+            note(
+                problem,
+                FieldProblem::new(
+                    format!("{path}.state"),
+                    format!("unknown state {other:?}; expected Applied, Failed or Pending"),
+                ),
+            );
+            RouteState::Pending
+        }
+    }
+}
+
+/// `status.routes` of a NodeOverlayIp, leniently.
+fn route_reports(
+    v: Option<&serde_json::Value>,
+    problem: &mut Option<FieldProblem>,
+) -> Vec<RouteReport> {
+    lenient_entries::<RouteReportEntry>(v, "status.routes", problem)
+        .into_iter()
+        .map(|(at, e)| RouteReport {
+            state: route_state(Some(&e.state), &at, problem),
+            route: e.route,
+            device: e.device,
+            gateway: e.gateway,
+            table: e.table,
+            message: e.message.unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// `status.gateways` of a NodeOverlayIp, leniently: an entry whose
+/// prefix, address or device does not parse is skipped and noted.
+fn known_gateways(
+    v: Option<&serde_json::Value>,
+    problem: &mut Option<FieldProblem>,
+) -> Vec<KnownGateway> {
+    let parse = |at: &str, e: &KnownGatewayEntry| -> Result<KnownGateway, ParseError> {
+        Ok(KnownGateway {
+            from: Cidr::parse(&format!("{at}.from"), &e.from)?,
+            gateway: parse_ip(&format!("{at}.gateway"), &e.gateway)?,
+            device: InterfaceName::parse(&format!("{at}.device"), &e.device)?,
+        })
+    };
+    lenient_entries::<KnownGatewayEntry>(v, "status.gateways", problem)
+        .into_iter()
+        .filter_map(|(at, e)| parse(&at, &e).map_err(|p| note(problem, p.into())).ok())
+        .collect()
+}
+
+/// A StaticRoute's counts (`applied`, `failed`, `pending`), when the
+/// controller has written them.
+fn route_counts(
+    status: Option<&serde_json::Value>,
+    problem: &mut Option<FieldProblem>,
+) -> Option<(u32, u32, u32)> {
+    let mut count = |name: &str| -> Option<u32> {
+        let v = status.and_then(|s| s.get(name));
+        read::<u32>(v, &format!("status.{name}")).unwrap_or_else(|p| {
+            note(problem, p);
+            None
+        })
+    };
+    let (a, f, p) = (count("applied"), count("failed"), count("pending"));
+    (a.is_some() || f.is_some() || p.is_some())
+        .then(|| (a.unwrap_or(0), f.unwrap_or(0), p.unwrap_or(0)))
 }
 
 /// Reads a `StaticRoute` leniently. A spec that does not convert (or fails
@@ -619,49 +810,30 @@ fn static_route_record(
         note(&mut problem, p);
         msg
     });
-    let entries = data.get("status").and_then(|s| s.get("nodeStatus"));
-    let entries: Vec<serde_json::Value> = read(entries, "status.nodeStatus")
-        .unwrap_or_else(|p| {
-            note(&mut problem, p);
-            None
-        })
-        .unwrap_or_default();
-    let mut node_status = Vec::with_capacity(entries.len());
-    for (i, v) in entries.iter().enumerate() {
-        let path = format!("status.nodeStatus[{i}]");
-        let e: NodeStatusEntry = match read(Some(v), &path) {
-            Ok(Some(e)) => e,
-            Ok(None) => continue,
-            Err(p) => {
-                note(&mut problem, p);
-                continue;
-            }
-        };
-        let state = match e.state.as_deref() {
-            None | Some("Applied") => RouteState::Applied,
-            Some("Failed") => RouteState::Failed,
-            Some("Pending") => RouteState::Pending,
-            Some(other) => {
-                note(
-                    &mut problem,
-                    FieldProblem::new(
-                        format!("{path}.state"),
-                        format!("unknown state {other:?}; expected Applied, Failed or Pending"),
-                    ),
-                );
-                RouteState::Pending
-            }
-        };
-        node_status.push(NodeRouteStatus {
-            hostname: e.hostname,
-            device: e.device,
-            gateway: e.gateway,
-            state,
-            message: e.message.unwrap_or_default(),
+    let status = data.get("status");
+    let node_status: Vec<NodeRouteStatus> = lenient_entries::<NodeStatusEntry>(
+        status.and_then(|s| s.get("nodeStatus")),
+        "status.nodeStatus",
+        &mut problem,
+    )
+    .into_iter()
+    .map(|(at, e)| NodeRouteStatus {
+        state: route_state(e.state.as_deref(), &at, &mut problem),
+        hostname: e.hostname,
+        device: e.device,
+        gateway: e.gateway,
+        message: e.message.unwrap_or_default(),
+    })
+    .collect();
+    let summary =
+        route_counts(status, &mut problem).map(|(applied, failed, pending)| RouteSummary {
+            applied,
+            failed,
+            pending,
+            node_status: node_status.clone(),
         });
-    }
     let record = StaticRouteRecord {
-        summary: None,
+        summary,
         name: meta.name.clone().unwrap_or_default(),
         spec,
         finalizers: meta.finalizers.clone().unwrap_or_default(),
@@ -706,6 +878,29 @@ impl From<&NodeRouteStatus> for NodeStatusEntry {
             gateway: s.gateway.clone(),
             state: Some(s.state.to_string()),
             message: (!s.message.is_empty()).then(|| truncate_message(&s.message, MESSAGE_MAX_LEN)),
+        }
+    }
+}
+
+impl From<&RouteReport> for RouteReportEntry {
+    fn from(r: &RouteReport) -> Self {
+        RouteReportEntry {
+            route: r.route.clone(),
+            device: r.device.clone(),
+            gateway: r.gateway.clone(),
+            table: r.table,
+            state: r.state.to_string(),
+            message: (!r.message.is_empty()).then(|| truncate_message(&r.message, MESSAGE_MAX_LEN)),
+        }
+    }
+}
+
+impl From<&KnownGateway> for KnownGatewayEntry {
+    fn from(g: &KnownGateway) -> Self {
+        KnownGatewayEntry {
+            from: g.from.to_string(),
+            gateway: g.gateway.to_string(),
+            device: g.device.to_string(),
         }
     }
 }

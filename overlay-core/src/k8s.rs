@@ -8,13 +8,20 @@
 //! `replace`), so a concurrent writer makes the patch fail instead of being
 //! overwritten.
 //!
+//! Watches wake their consumers only for changes that matter to them: a
+//! StaticRoute's spec, deletion or finalizers (not its status, which the
+//! controller rewrites as nodes report), a Node's [`NodeInfo`] (not the
+//! kubelet's heartbeats), and, for an agent, a NodeOverlayIp's changes
+//! other than the agent's own status ([`OverlayIpChanges`]). The caches
+//! behind `list`/`get` always hold the latest objects.
+//!
 //! Every object is read as a `DynamicObject` and converted field by field
 //! ([`crate::crd::decode_static_route`], [`crate::crd::decode_node_overlay_ip`]):
 //! one object that does not convert (stored before validation, or by
 //! another version) is reported through [`InvalidObjects`] and never fails
 //! the list or watch of the others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -33,7 +40,8 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::crd::{
-    MESSAGE_MAX_LEN, NodeOverlayIp, NodeStatusEntry, StaticRoute, decode_node_overlay_ip,
+    KnownGatewayEntry, MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS, MESSAGE_MAX_LEN,
+    NodeOverlayIp, NodeStatusEntry, RouteReportEntry, StaticRoute, decode_node_overlay_ip,
     decode_static_route, read, truncate_message,
 };
 use crate::error::StoreError;
@@ -52,8 +60,11 @@ pub const CONTROLLER_MANAGER: &str = "overlay-controller";
 /// Field manager of the agents' NodeOverlayIp status writes.
 pub const AGENT_MANAGER: &str = "overlay-agent";
 
-/// The per-node field manager an agent uses for its StaticRoute status
-/// entry (`overlay-agent/<node>`, at most 128 characters).
+/// The per-node field manager the original agents used for their
+/// StaticRoute status entry (`overlay-agent/<node>`, at most 128
+/// characters). Agents no longer write StaticRoutes (their reports go into
+/// their own NodeOverlayIp); a [`KubeStaticRoutes`] built with it only
+/// reads.
 pub fn node_field_manager(node: &str) -> String {
     let mut m = format!("{AGENT_MANAGER}/{node}");
     m.truncate(128);
@@ -126,6 +137,41 @@ fn dynamic_api<K: Resource<DynamicType = ()>>(client: Client) -> Api<DynamicObje
 /// Converts a raw object into a record, with the first problem found.
 type Decode<R> = fn(&DynamicObject) -> (R, Option<FieldProblem>);
 
+/// Whether an update (old entry, new entry) is worth an event. A filtered
+/// update still refreshes the cache.
+type Significant<R> = fn(&Entry<R>, &Entry<R>) -> bool;
+
+fn any_change<R>(_: &Entry<R>, _: &Entry<R>) -> bool {
+    true
+}
+
+/// A Node changed what overlay reads of it (labels, uid, addresses), not
+/// just the kubelet's heartbeat.
+fn node_info_changed(old: &Entry<NodeInfo>, new: &Entry<NodeInfo>) -> bool {
+    old.record != new.record
+}
+
+/// A StaticRoute's spec, deletion or finalizers changed; a status-only
+/// write (the controller's summary) is not worth an event.
+fn route_spec_changed(old: &Entry<StaticRouteRecord>, new: &Entry<StaticRouteRecord>) -> bool {
+    let (a, b) = (&old.raw, &new.raw);
+    a.data.get("spec") != b.data.get("spec")
+        || a.metadata.deletion_timestamp != b.metadata.deletion_timestamp
+        || a.metadata.finalizers != b.metadata.finalizers
+}
+
+/// A NodeOverlayIp changed in more than its agent-owned status.
+fn overlay_ip_changed_besides_agent(
+    old: &Entry<OverlayIpRecord>,
+    new: &Entry<OverlayIpRecord>,
+) -> bool {
+    let strip = |r: &OverlayIpRecord| OverlayIpRecord {
+        agent: None,
+        ..r.clone()
+    };
+    strip(&old.record) != strip(&new.record)
+}
+
 /// One cached object: as the API server sent it, and as a record.
 struct Entry<R> {
     raw: Arc<DynamicObject>,
@@ -167,7 +213,7 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
         api: Api<DynamicObject>,
         cfg: watcher::Config,
         kind: &'static str,
-        decode: Decode<R>,
+        (decode, significant): (Decode<R>, Significant<R>),
         invalid: InvalidObjects,
     ) -> Self {
         let entries: Entries<R> = Arc::default();
@@ -216,9 +262,11 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
                     }
                     Ok(watcher::Event::Apply(o)) => {
                         let (name, e) = entry(o);
-                        let record = e.record.clone();
-                        write_entries(&cache).insert(name, e);
-                        Ok(StoreEvent::Applied(record))
+                        let old = write_entries(&cache).insert(name, e.clone());
+                        if old.is_some_and(|old| !significant(&old, &e)) {
+                            continue;
+                        }
+                        Ok(StoreEvent::Applied(e.record.clone()))
                     }
                     Ok(watcher::Event::Delete(o)) => {
                         let name = o.name_any();
@@ -348,7 +396,13 @@ impl KubeNodes {
         let api = dynamic_api::<Node>(client);
         Self {
             api: api.clone(),
-            cache: Cache::start(api, watch_config(only), "Node", decode_node, invalid),
+            cache: Cache::start(
+                api,
+                watch_config(only),
+                "Node",
+                (decode_node, node_info_changed),
+                invalid,
+            ),
         }
     }
 }
@@ -379,6 +433,20 @@ impl NodeSource for KubeNodes {
     }
 }
 
+/// Which changes of a NodeOverlayIp its watch reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OverlayIpChanges {
+    /// Every change (the controller, which sums up the agents' route
+    /// reports).
+    #[default]
+    All,
+    /// Every change except those of the agent-owned status (interface,
+    /// condition, route reports, gateways): an agent, whose own status
+    /// writes must not wake it. It reads its status back from the cache,
+    /// which follows every change.
+    IgnoreAgentStatus,
+}
+
 /// NodeOverlayIps in the API server.
 pub struct KubeOverlayIps {
     api: Api<DynamicObject>,
@@ -386,15 +454,32 @@ pub struct KubeOverlayIps {
 }
 
 impl KubeOverlayIps {
-    /// All NodeOverlayIps (controller), or only the one named `only` (agent).
+    /// All NodeOverlayIps (controller), or only the one named `only`,
+    /// reporting every change.
     pub fn new(client: Client, only: Option<&str>, invalid: InvalidObjects) -> Self {
+        Self::with_changes(client, only, OverlayIpChanges::All, invalid)
+    }
+
+    /// All NodeOverlayIps, or only the one named `only`, whose watch
+    /// reports `changes`: an agent passes its node and
+    /// [`OverlayIpChanges::IgnoreAgentStatus`].
+    pub fn with_changes(
+        client: Client,
+        only: Option<&str>,
+        changes: OverlayIpChanges,
+        invalid: InvalidObjects,
+    ) -> Self {
         let api = dynamic_api::<NodeOverlayIp>(client);
+        let significant: Significant<OverlayIpRecord> = match changes {
+            OverlayIpChanges::All => any_change,
+            OverlayIpChanges::IgnoreAgentStatus => overlay_ip_changed_besides_agent,
+        };
         Self {
             cache: Cache::start(
                 api.clone(),
                 watch_config(only),
                 "NodeOverlayIp",
-                decode_node_overlay_ip,
+                (decode_node_overlay_ip, significant),
                 invalid,
             ),
             api,
@@ -436,8 +521,12 @@ pub fn overlay_ip_status_body(
 
 /// The server-side apply body of an agent's NodeOverlayIp status: only the
 /// agent's fields (`interface`, `interfaceLabel`, the `Configured`
-/// condition), never `ipAddr`/`gateway`. `since` is the condition's
-/// lastTransitionTime. The message is cut to what the CRD allows.
+/// condition, the route reports `routes` and the discovered `gateways`),
+/// never `ipAddr`/`gateway`. `since` is the condition's
+/// lastTransitionTime. Messages are cut to what the CRD allows; both lists
+/// are always sent (an empty one clears the agent's earlier entries), one
+/// entry per key (the first), sorted, at most [`MAX_ROUTE_REPORTS`] and
+/// [`MAX_KNOWN_GATEWAYS`].
 pub fn agent_status_body(name: &str, s: &AgentStatus, since: Time) -> serde_json::Value {
     let cond = Condition {
         type_: "Configured".into(),
@@ -449,17 +538,76 @@ pub fn agent_status_body(name: &str, s: &AgentStatus, since: Time) -> serde_json
     };
     json!({
         "apiVersion": API_VERSION, "kind": "NodeOverlayIp", "metadata": {"name": name},
-        "status": {"interface": s.interface, "interfaceLabel": s.interface_label, "conditions": [cond]},
+        "status": {"interface": s.interface, "interfaceLabel": s.interface_label, "conditions": [cond],
+            "routes": route_entries(s), "gateways": gateway_entries(s)},
     })
 }
 
-/// The server-side apply body of one node's StaticRoute status entry.
+/// The agent's route reports as list-map entries: one per route, by name.
+fn route_entries(s: &AgentStatus) -> Vec<RouteReportEntry> {
+    let mut by_route: BTreeMap<&str, RouteReportEntry> = BTreeMap::new();
+    for r in &s.routes {
+        by_route
+            .entry(r.route.as_str())
+            .or_insert_with(|| RouteReportEntry::from(r));
+    }
+    by_route.into_values().take(MAX_ROUTE_REPORTS).collect()
+}
+
+/// The agent's known gateways as list-map entries: one per prefix.
+fn gateway_entries(s: &AgentStatus) -> Vec<KnownGatewayEntry> {
+    let mut by_from: BTreeMap<String, KnownGatewayEntry> = BTreeMap::new();
+    for g in &s.gateways {
+        by_from
+            .entry(g.from.to_string())
+            .or_insert_with(|| KnownGatewayEntry::from(g));
+    }
+    by_from.into_values().take(MAX_KNOWN_GATEWAYS).collect()
+}
+
+/// The server-side apply body of the controller's StaticRoute status: the
+/// counts and `nodeStatus` (always sent, so that entries left out are
+/// removed; at most [`RouteSummary::MAX_NODE_STATUS`]).
 pub fn route_summary_body(name: &str, s: &RouteSummary) -> serde_json::Value {
-    let entries: Vec<NodeStatusEntry> = s.node_status.iter().map(NodeStatusEntry::from).collect();
+    let entries: Vec<NodeStatusEntry> = s
+        .node_status
+        .iter()
+        .take(RouteSummary::MAX_NODE_STATUS)
+        .map(NodeStatusEntry::from)
+        .collect();
     json!({
         "apiVersion": API_VERSION, "kind": "StaticRoute", "metadata": {"name": name},
-        "status": {"nodeStatus": entries},
+        "status": {"applied": s.applied.min(MAX_COUNT), "failed": s.failed.min(MAX_COUNT),
+            "pending": s.pending.min(MAX_COUNT), "nodeStatus": entries},
     })
+}
+
+/// The hostnames of a `nodeStatus` list.
+fn hostnames(v: Option<&serde_json::Value>) -> BTreeSet<&str> {
+    v.and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("hostname")?.as_str())
+        .collect()
+}
+
+/// When `stored` (the object after the controller's apply) carries
+/// `nodeStatus` entries the apply did not (written by the original agents,
+/// each under its own field manager, which an apply does not remove): a
+/// guarded JSON patch that replaces the list by `ours`. `None` otherwise.
+pub fn foreign_entries_patch(
+    stored: &serde_json::Value,
+    ours: &serde_json::Value,
+) -> Option<json_patch::Patch> {
+    let theirs = stored.get("status").and_then(|s| s.get("nodeStatus"))?;
+    if hostnames(Some(theirs)).is_subset(&hostnames(Some(ours))) {
+        return None;
+    }
+    serde_json::from_value(json!([
+        {"op": "test", "path": "/status/nodeStatus", "value": theirs},
+        {"op": "replace", "path": "/status/nodeStatus", "value": ours},
+    ]))
+    .ok()
 }
 
 /// A guarded JSON patch that removes `finalizer` from `current`: it fails
@@ -601,8 +749,9 @@ pub struct KubeStaticRoutes {
 }
 
 impl KubeStaticRoutes {
-    /// StaticRoutes, written under `field_manager` (the controller's, or an
-    /// agent's per-node manager from [`node_field_manager`]).
+    /// StaticRoutes, written under `field_manager` (the controller's). The
+    /// watch reports changes of spec, deletion and finalizers only; an agent
+    /// only reads (whatever manager it passes).
     pub fn new(client: Client, field_manager: String, invalid: InvalidObjects) -> Self {
         let api = dynamic_api::<StaticRoute>(client);
         Self {
@@ -610,7 +759,7 @@ impl KubeStaticRoutes {
                 api.clone(),
                 watcher::Config::default(),
                 "StaticRoute",
-                decode_static_route,
+                (decode_static_route, route_spec_changed),
                 invalid,
             ),
             api,
@@ -642,8 +791,21 @@ impl StaticRouteStore for KubeStaticRoutes {
 
     async fn set_summary(&self, name: &str, summary: &RouteSummary) -> Result<(), StoreError> {
         let pp = PatchParams::apply(&self.field_manager).force();
+        let body = route_summary_body(name, summary);
+        let stored = self
+            .api
+            .patch_status(name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|e| api_err("StaticRoute", name, e))?;
+        let Some(patch) = foreign_entries_patch(&stored.data, &body["status"]["nodeStatus"]) else {
+            return Ok(());
+        };
+        info!(
+            route = name,
+            "removing nodeStatus entries the original agents wrote"
+        );
         self.api
-            .patch_status(name, &pp, &Patch::Apply(route_summary_body(name, summary)))
+            .patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
             .map(|_| ())
             .map_err(|e| api_err("StaticRoute", name, e))

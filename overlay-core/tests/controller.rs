@@ -15,8 +15,9 @@ use overlay_core::controller::{Controller, ControllerConfig, ControllerError, No
 use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::metrics::ControllerMetrics;
 use overlay_core::{
-    AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, NodeRouteStatus, OverlayIpMeta,
-    OverlayIpRecord, OverlayIpStore, Owner, Reservation, RouteState, StoreError, StoreEvent, Zone,
+    AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpMeta, OverlayIpRecord,
+    OverlayIpStore, Owner, Reservation, RouteReport, RouteState, RouteSummary, StaticRouteRecord,
+    StaticRouteSpecModel, StaticRouteStore, StoreError, StoreEvent, Zone,
 };
 use tokio::sync::Notify;
 
@@ -548,62 +549,328 @@ async fn orphans_are_released_and_records_of_missing_nodes_deleted() {
     assert_eq!(owners.len(), 2);
 }
 
+fn route_spec() -> StaticRouteSpecModel {
+    StaticRouteSpecModel {
+        subnet: "203.0.113.0/24".parse().unwrap(),
+        gateway: Default::default(),
+        table: None,
+        metric: None,
+        selector: Default::default(),
+    }
+}
+
+/// An agent status reporting `routes`.
+fn reports(routes: &[(&str, RouteState)]) -> AgentStatus {
+    AgentStatus {
+        interface: "eth0".into(),
+        interface_label: "tmp0".into(),
+        configured: true,
+        reason: "AddressConfigured".into(),
+        message: String::new(),
+        routes: routes
+            .iter()
+            .map(|(r, state)| RouteReport {
+                route: (*r).into(),
+                device: "tmp0".into(),
+                gateway: "192.0.2.1".into(),
+                table: None,
+                state: *state,
+                message: if *state == RouteState::Applied {
+                    String::new()
+                } else {
+                    format!("{state} on purpose")
+                },
+            })
+            .collect(),
+        gateways: Vec::new(),
+    }
+}
+
+/// A NodeOverlayIp of `name` whose agent reports `routes`.
+fn reporting(name: &str, routes: &[(&str, RouteState)]) -> OverlayIpRecord {
+    OverlayIpRecord {
+        name: name.into(),
+        finalizers: vec![FINALIZER.into()],
+        agent: Some(reports(routes)),
+        ..Default::default()
+    }
+}
+
+fn names(s: &RouteSummary) -> Vec<String> {
+    s.node_status.iter().map(|e| e.hostname.clone()).collect()
+}
+
 #[tokio::test]
-async fn static_route_finalizer_comes_off_once_no_live_node_reports_it() {
+async fn a_summary_counts_every_node_and_lists_failing_nodes_first_up_to_the_cap() {
+    let e = env();
+    e.routes.apply("onprem", Ok(route_spec()));
+    e.routes.apply("other", Ok(route_spec()));
+    for i in 0..150 {
+        let name = format!("n{i:03}");
+        e.nodes.upsert(node(&name, Some("dal10")));
+        let state = match i % 10 {
+            0 => RouteState::Failed,
+            1 => RouteState::Pending,
+            _ => RouteState::Applied,
+        };
+        e.ips.insert(reporting(
+            &name,
+            &[("onprem", state), ("other", RouteState::Failed)],
+        ));
+    }
+    // A node that no longer exists: its report is ignored.
+    e.ips
+        .insert(reporting("gone", &[("onprem", RouteState::Failed)]));
+    let both = ["onprem".to_owned(), "other".to_owned()].into();
+    assert_eq!(e.ctl.summarize_routes(&both).await.unwrap(), 2);
+    let s = e.routes.get("onprem").unwrap().summary.unwrap();
+    assert_eq!(
+        (s.applied, s.failed, s.pending),
+        (120, 15, 15),
+        "counts cover every node"
+    );
+    assert_eq!(s.node_status.len(), RouteSummary::MAX_NODE_STATUS);
+    let failed: Vec<String> = (0..150).step_by(10).map(|i| format!("n{i:03}")).collect();
+    let pending: Vec<String> = (1..150).step_by(10).map(|i| format!("n{i:03}")).collect();
+    assert_eq!(names(&s)[..15], failed[..], "failing nodes first, by name");
+    assert_eq!(names(&s)[15..30], pending[..], "then pending ones");
+    assert!(
+        s.node_status[30..]
+            .iter()
+            .all(|e| e.state == RouteState::Applied)
+    );
+    assert_eq!(names(&s)[30], "n002");
+    assert_eq!(s.node_status[0].message, "Failed on purpose");
+    assert_eq!(s.node_status[0].device, "tmp0");
+    assert_eq!(s.node_status[0].gateway, "192.0.2.1");
+    let r = e.routes.get("onprem").unwrap();
+    assert_eq!(r.node_status, s.node_status, "nodeStatus keeps its shape");
+    let other = e.routes.get("other").unwrap().summary.unwrap();
+    assert_eq!((other.applied, other.failed), (0, 150));
+    // Unchanged: nothing written.
+    assert_eq!(e.ctl.summarize_routes(&both).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_route_nobody_reports_costs_no_summary_write() {
+    let e = env();
+    e.routes.apply("onprem", Ok(route_spec()));
+    let one = ["onprem".to_owned()].into();
+    assert_eq!(e.ctl.summarize_routes(&one).await.unwrap(), 0);
+    assert_eq!(e.routes.get("onprem").unwrap().summary, None);
+}
+
+#[tokio::test]
+async fn a_deleted_static_route_keeps_its_finalizer_while_a_live_node_reports_it() {
     let e = env();
     e.nodes.upsert(node("live", Some("dal10")));
-    e.routes.apply(
-        "onprem",
-        Ok(overlay_core::StaticRouteSpecModel {
-            subnet: "203.0.113.0/24".parse().unwrap(),
-            gateway: Default::default(),
-            table: None,
-            metric: None,
-            selector: Default::default(),
-        }),
-    );
-    let rec = e.routes.get("onprem").unwrap();
-    e.ctl.reconcile_route(&rec).await.unwrap();
+    e.nodes.upsert(node("bystander", Some("dal10")));
+    e.routes.apply("onprem", Ok(route_spec()));
+    e.ctl
+        .reconcile_route(&e.routes.get("onprem").unwrap())
+        .await
+        .unwrap();
     assert_eq!(e.routes.get("onprem").unwrap().finalizers, [FINALIZER]);
-    for h in ["live", "dead"] {
-        let s = NodeRouteStatus {
-            hostname: h.into(),
-            device: "tmp0".into(),
-            gateway: "192.0.2.1".into(),
-            state: RouteState::Applied,
-            message: String::new(),
+    e.ips
+        .insert(reporting("live", &[("onprem", RouteState::Applied)]));
+    e.ips
+        .insert(reporting("dead", &[("onprem", RouteState::Applied)]));
+    e.ips.insert(reporting(
+        "bystander",
+        &[("elsewhere", RouteState::Applied)],
+    ));
+    e.routes.delete("onprem");
+    let reconcile = async || {
+        let Some(r) = e.routes.get("onprem") else {
+            return;
         };
-        overlay_core::StaticRouteStore::set_node_status(&e.routes, "onprem", &s)
-            .await
-            .unwrap();
-    }
+        e.ctl.reconcile_route(&r).await.unwrap();
+    };
+    reconcile().await;
+    assert_eq!(
+        e.routes.get("onprem").unwrap().finalizers,
+        [FINALIZER],
+        "a live node still reports the route"
+    );
+    // The live node's agent removes the route from its kernel and drops
+    // the report; the dead node's report holds nothing.
+    e.ips
+        .set_agent_status("live", &reports(&[("other", RouteState::Applied)]))
+        .await
+        .unwrap();
+    reconcile().await;
+    assert!(e.routes.get("onprem").is_none(), "deletion completed");
+}
+
+#[tokio::test]
+async fn a_deleted_node_releases_a_deleted_static_route() {
+    let e = env();
+    e.nodes.upsert(node("live", Some("dal10")));
+    e.routes.apply("onprem", Ok(route_spec()));
+    e.ctl
+        .reconcile_route(&e.routes.get("onprem").unwrap())
+        .await
+        .unwrap();
+    e.ips
+        .insert(reporting("live", &[("onprem", RouteState::Failed)]));
     e.routes.delete("onprem");
     e.ctl
         .reconcile_route(&e.routes.get("onprem").unwrap())
         .await
         .unwrap();
-    let r = e.routes.get("onprem").unwrap();
-    assert_eq!(
-        r.node_status
-            .iter()
-            .map(|s| s.hostname.as_str())
-            .collect::<Vec<_>>(),
-        ["live"]
-    );
-    assert_eq!(
-        r.finalizers,
-        [FINALIZER],
-        "a live node still holds the route"
-    );
-    // The live node's agent removes its route and its entry.
-    overlay_core::StaticRouteStore::remove_node_status(&e.routes, "onprem", &["live".into()])
-        .await
-        .unwrap();
+    assert!(e.routes.get("onprem").is_some(), "held");
+    e.nodes.remove("live");
     e.ctl
         .reconcile_route(&e.routes.get("onprem").unwrap())
         .await
         .unwrap();
-    assert!(e.routes.get("onprem").is_none(), "deletion completed");
+    assert!(
+        e.routes.get("onprem").is_none(),
+        "a deleted node holds nothing"
+    );
+}
+
+/// A StaticRoute store that counts summary writes and when they happen.
+struct CountingRoutes {
+    inner: MemoryStaticRoutes,
+    writes: Mutex<Vec<(tokio::time::Instant, RouteSummary)>>,
+}
+
+#[async_trait]
+impl StaticRouteStore for CountingRoutes {
+    async fn list(&self) -> Result<Vec<StaticRouteRecord>, StoreError> {
+        self.inner.list().await
+    }
+    async fn add_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
+        self.inner.add_finalizer(name, finalizer).await
+    }
+    async fn remove_finalizer(&self, name: &str, finalizer: &str) -> Result<(), StoreError> {
+        self.inner.remove_finalizer(name, finalizer).await
+    }
+    async fn set_summary(&self, name: &str, summary: &RouteSummary) -> Result<(), StoreError> {
+        self.writes
+            .lock()
+            .unwrap()
+            .push((tokio::time::Instant::now(), summary.clone()));
+        self.inner.set_summary(name, summary).await
+    }
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>> {
+        self.inner.watch()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_within_one_period_cost_one_summary_write_and_the_finalizer_follows() {
+    let nodes = MemoryNodes::new();
+    let ips = MemoryOverlayIps::new();
+    let routes = Arc::new(CountingRoutes {
+        inner: MemoryStaticRoutes::new(),
+        writes: Mutex::new(Vec::new()),
+    });
+    let ctl = Arc::new(Controller::new(
+        ControllerConfig::new("c1"),
+        Arc::new(nodes.clone()),
+        Arc::new(FakeIpam::new()),
+        Arc::new(ips.clone()),
+        routes.clone(),
+        Arc::new(MemoryEvents::new()),
+        ControllerMetrics::default(),
+    ));
+    for n in ["n1", "n2", "n3"] {
+        nodes.upsert(node(n, Some("dal10")));
+    }
+    let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
+    routes.inner.apply("onprem", Ok(route_spec()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ips.snapshot().len(), 3, "the nodes got their records");
+    assert!(
+        routes.writes.lock().unwrap().is_empty(),
+        "nothing to report yet"
+    );
+    let write_count = || routes.writes.lock().unwrap().len();
+    let set = async |node: &str, state: RouteState| {
+        ips.set_agent_status(node, &reports(&[("onprem", state)]))
+            .await
+            .unwrap();
+    };
+
+    // A burst within one period: one write, at its end.
+    let start = tokio::time::Instant::now();
+    set("n1", RouteState::Applied).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set("n2", RouteState::Applied).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set("n3", RouteState::Failed).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let writes = routes.writes.lock().unwrap();
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        let (at, s) = &writes[0];
+        assert!(
+            *at - start <= Duration::from_millis(1100),
+            "latency {:?}",
+            *at - start
+        );
+        assert_eq!((s.applied, s.failed, s.pending), (2, 1, 0));
+        assert_eq!(names(s), ["n3", "n1", "n2"]);
+    }
+    // The same reports again: no write.
+    set("n1", RouteState::Applied).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(write_count(), 1);
+    // Two changes 0.5 s apart, right after a write: one more write, at
+    // least a period after the previous one.
+    set("n3", RouteState::Applied).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set("n2", RouteState::Pending).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let writes = routes.writes.lock().unwrap();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(writes[1].0 - writes[0].0 >= Duration::from_secs(1));
+        assert_eq!((writes[1].1.applied, writes[1].1.pending), (2, 1));
+    }
+
+    // Reports changing all the time: at most one write per period.
+    let before = write_count();
+    for i in 0..15 {
+        let state = if i % 2 == 0 {
+            RouteState::Failed
+        } else {
+            RouteState::Applied
+        };
+        set("n1", state).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let writes = routes.writes.lock().unwrap();
+        let burst = &writes[before - 1..];
+        assert!(burst.len() - 1 <= 4, "{} writes in 3 s", burst.len() - 1);
+        for w in burst.windows(2) {
+            assert!(
+                w[1].0 - w[0].0 >= Duration::from_secs(1),
+                "{:?}",
+                w[1].0 - w[0].0
+            );
+        }
+    }
+
+    // Deleted: held while the agents report the route, released once the
+    // last report goes.
+    routes.inner.delete("onprem");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(routes.inner.get("onprem").is_some());
+    for n in ["n1", "n2", "n3"] {
+        ips.set_agent_status(n, &reports(&[])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        routes.inner.get("onprem").is_none(),
+        "the finalizer came off"
+    );
+    run.abort();
 }
 
 #[tokio::test]

@@ -11,10 +11,12 @@ mod support;
 use std::path::Path;
 
 use overlay_core::crd::{
-    NodeOverlayIp, StaticRoute, StaticRouteSpec, cidr_pattern, crds_yaml, ip_pattern,
-    static_route_model,
+    MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS, NodeOverlayIp, StaticRoute, StaticRouteSpec,
+    cidr_pattern, crds_yaml, ip_pattern, static_route_model,
 };
-use overlay_core::{Cidr, GatewayChoice, OverlayIpRecord, RouteState, StaticRouteRecord};
+use overlay_core::{
+    Cidr, GatewayChoice, OverlayIpRecord, RouteState, RouteSummary, StaticRouteRecord,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::schema::validate_object;
@@ -197,6 +199,62 @@ fn metric_and_table_have_explicit_ranges_and_no_unknown_formats() {
 }
 
 #[test]
+fn status_lists_and_counts_have_the_documented_bounds() {
+    let noip = &schema("nodeoverlayips")["properties"]["status"]["properties"];
+    let routes = &noip["routes"];
+    assert_eq!(routes["maxItems"], json!(MAX_ROUTE_REPORTS));
+    assert_eq!(routes["x-kubernetes-list-map-keys"], json!(["route"]));
+    let item = &routes["items"]["properties"];
+    assert_eq!(item["route"]["maxLength"], json!(253));
+    assert_eq!(item["device"]["maxLength"], json!(15));
+    assert_eq!(item["gateway"]["maxLength"], json!(45));
+    assert_eq!(item["message"]["maxLength"], json!(1024));
+    assert_eq!(
+        item["state"]["enum"],
+        json!(["Applied", "Failed", "Pending"])
+    );
+    assert_eq!(item["table"]["minimum"], json!(1.0));
+    assert_eq!(item["table"]["maximum"], json!(4294967294.0));
+    let gateways = &noip["gateways"];
+    assert_eq!(gateways["maxItems"], json!(MAX_KNOWN_GATEWAYS));
+    assert_eq!(gateways["x-kubernetes-list-map-keys"], json!(["from"]));
+    assert_eq!(
+        gateways["items"]["properties"]["from"]["pattern"],
+        json!(cidr_pattern())
+    );
+    assert_eq!(
+        gateways["items"]["properties"]["gateway"]["pattern"],
+        json!(ip_pattern())
+    );
+    let sr = &schema("staticroutes")["properties"]["status"]["properties"];
+    assert_eq!(
+        sr["nodeStatus"]["maxItems"],
+        json!(RouteSummary::MAX_NODE_STATUS)
+    );
+    for count in ["applied", "failed", "pending"] {
+        assert_eq!(sr[count]["type"], "integer");
+        assert_eq!(sr[count]["minimum"], json!(0.0), "{count}");
+        assert_eq!(sr[count]["maximum"], json!(f64::from(MAX_COUNT)), "{count}");
+    }
+}
+
+#[test]
+fn static_routes_show_counts_not_one_column_entry_per_node() {
+    let columns = crd("staticroutes")["spec"]["versions"][0]["additionalPrinterColumns"].clone();
+    let names: Vec<&str> = columns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["Subnet", "Gateway", "Applied", "Failed", "Age", "Table"]
+    );
+    assert!(!columns.to_string().contains("nodeStatus"), "{columns}");
+}
+
+#[test]
 fn generated_crds_carry_validation_and_columns() {
     let all: String = crds_yaml().unwrap().into_iter().map(|(_, y)| y).collect();
     for needle in [
@@ -220,10 +278,13 @@ fn committed_crds_equal_the_generated_ones() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
     for (name, yaml) in crds_yaml().unwrap() {
         let path = dir.join(format!("{name}.yaml"));
+        if std::env::var_os("OVERLAY_WRITE_CRDS").is_some() {
+            std::fs::write(&path, &yaml).unwrap();
+        }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == yaml,
-            "{} differs from the Rust types; regenerate with `cargo run -p overlay-bins --bin overlayctl -- crds --out deploy/crds`",
+            "{} differs from the Rust types; regenerate with `cargo run -p overlay-bins --bin overlayctl -- crds --out deploy/crds` (or `OVERLAY_WRITE_CRDS=1 cargo test -p overlay-core --test crds committed_crds`)",
             path.display()
         );
         let v: Value = serde_yaml::from_str(&committed).unwrap();

@@ -16,13 +16,14 @@ use overlay_core::events::{Event, EventRecorder, EventType};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     CLUSTER_ID_ANNOTATION, KubeConfigMapRoutes, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
-    KubeStaticRoutes, cluster_uid, node_field_manager,
+    KubeStaticRoutes, OverlayIpChanges, cluster_uid, node_field_manager,
 };
 use overlay_core::leader::{LeaderConfig, LeaderElector, LeaseStore};
 use overlay_core::memory::MemoryEvents;
 use overlay_core::{
-    AgentStatus, FINALIZER, LegacyRouteSource, NodeRouteStatus, NodeSource, OverlayIpMeta,
-    OverlayIpStore, RouteState, StaticRouteStore, StoreEvent,
+    AgentStatus, FINALIZER, KnownGateway, LegacyRouteSource, NodeRouteStatus, NodeSource,
+    OverlayIpMeta, OverlayIpStore, RouteReport, RouteState, RouteSummary, StaticRouteStore,
+    StoreEvent,
 };
 use serde_json::{Value, json};
 use support::apiserver::{FakeApiServer, NODES, NOIPS, ROUTES, configmaps, wait_until};
@@ -156,6 +157,8 @@ async fn the_agent_status_apply_never_touches_the_controller_fields() {
         reason: "AddressConfigured".into(),
         // Longer than the CRD allows: cut, not refused.
         message: "x".repeat(5000),
+        routes: Vec::new(),
+        gateways: Vec::new(),
     };
     store.set_agent_status("n1", &s).await.unwrap();
     let p = api.find("PATCH", "/nodeoverlayips/n1/status");
@@ -211,63 +214,287 @@ async fn finalizer_removal_is_a_guarded_json_patch_that_keeps_other_finalizers()
     );
 }
 
-#[tokio::test]
-async fn each_agent_applies_only_its_own_list_map_entry() {
-    let (api, client) = FakeApiServer::start();
-    let mut route = route_json("onprem", json!({"subnet": "198.51.100.0/24"}));
-    route["status"] = json!({"nodeStatus":[{"hostname":"node-b","device":"tmp0","gateway":"192.0.2.1"},
-                                            {"hostname":"node-a","device":"tmp0","gateway":"192.0.2.1"}]});
-    api.put(ROUTES, route);
-    let store = KubeStaticRoutes::new(
-        client,
-        node_field_manager("node-a"),
-        InvalidObjects::default(),
-    );
-    let s = NodeRouteStatus {
-        hostname: "node-a".into(),
+fn report(route: &str, state: RouteState, message: &str) -> RouteReport {
+    RouteReport {
+        route: route.into(),
         device: "tmp0".into(),
         gateway: "192.0.2.1".into(),
-        state: RouteState::Applied,
-        message: String::new(),
+        table: None,
+        state,
+        message: message.into(),
+    }
+}
+
+fn agent_status(routes: Vec<RouteReport>, gateways: Vec<KnownGateway>) -> AgentStatus {
+    AgentStatus {
+        interface: "eth0".into(),
+        interface_label: "tmp0".into(),
+        configured: true,
+        reason: "AddressConfigured".into(),
+        message: "192.0.2.4/24 on tmp0".into(),
+        routes,
+        gateways,
+    }
+}
+
+#[tokio::test]
+async fn the_agent_writes_its_route_reports_and_gateways_into_its_own_status() {
+    let (api, client) = FakeApiServer::start();
+    api.put(NOIPS, noip_json("n1", "192.0.2.4/24"));
+    let store = KubeOverlayIps::new(client, Some("n1"), InvalidObjects::default());
+    let mut failed = report("onprem-b", RouteState::Failed, &"y".repeat(4000));
+    failed.table = Some(100);
+    let gw = KnownGateway {
+        from: "10.0.0.0/8".parse().unwrap(),
+        gateway: "10.1.0.1".parse().unwrap(),
+        device: "eth0".parse().unwrap(),
     };
-    store.set_node_status("onprem", &s).await.unwrap();
-    let p = api.find("PATCH", "/staticroutes/onprem/status");
+    let s = agent_status(
+        vec![failed, report("onprem-a", RouteState::Applied, "")],
+        vec![gw.clone()],
+    );
+    store.set_agent_status("n1", &s).await.unwrap();
+    let p = api.find("PATCH", "/nodeoverlayips/n1/status");
+    assert!(p.uri.contains("fieldManager=overlay-agent"), "{}", p.uri);
+    let routes = &p.body["status"]["routes"];
+    assert_eq!(
+        routes[0]["route"], "onprem-a",
+        "one entry per route, by name"
+    );
+    assert_eq!(
+        routes[0],
+        json!({"route": "onprem-a", "device": "tmp0", "gateway": "192.0.2.1", "state": "Applied"})
+    );
+    assert_eq!(routes[1]["table"], 100);
     assert!(
-        p.uri.contains("fieldManager=overlay-agent%2Fnode-a"),
+        routes[1]["message"].as_str().unwrap().len() <= 1024,
+        "cut to the CRD's bound"
+    );
+    assert_eq!(
+        p.body["status"]["gateways"],
+        json!([{"from": "10.0.0.0/8", "gateway": "10.1.0.1", "device": "eth0"}])
+    );
+    // What the agent wrote reads back as it was (a restarted agent finds
+    // its last good gateway).
+    let back = wait_for_agent(&store, "n1", |a| a.routes.len() == 2).await;
+    assert_eq!(back.gateways, [gw]);
+    assert_eq!(back.routes[1].table, Some(100));
+    assert_eq!(back.routes[1].state, RouteState::Failed);
+    assert_eq!(
+        api.object(NOIPS, "n1").unwrap()["status"]["ipAddr"],
+        "192.0.2.4/24"
+    );
+
+    // Routes that went: the empty lists clear the agent's earlier entries.
+    store
+        .set_agent_status("n1", &agent_status(vec![], vec![]))
+        .await
+        .unwrap();
+    let stored = api.object(NOIPS, "n1").unwrap();
+    assert_eq!(stored["status"]["routes"], json!([]), "{stored}");
+    assert_eq!(stored["status"]["gateways"], json!([]));
+    assert_eq!(
+        stored["status"]["ipAddr"], "192.0.2.4/24",
+        "the controller's field kept"
+    );
+    let back = wait_for_agent(&store, "n1", |a| a.routes.is_empty()).await;
+    assert!(back.gateways.is_empty());
+}
+
+/// The agent status of `name` once `cond` holds for it.
+async fn wait_for_agent(
+    store: &KubeOverlayIps,
+    name: &str,
+    cond: impl Fn(&AgentStatus) -> bool,
+) -> AgentStatus {
+    for _ in 0..500 {
+        if let Some(a) = store.get(name).await.unwrap().and_then(|r| r.agent)
+            && cond(&a)
+        {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the agent status of {name} never got there")
+}
+
+#[tokio::test]
+async fn malformed_route_reports_and_gateways_cost_only_themselves() {
+    let (api, client) = FakeApiServer::start();
+    let mut o = noip_json("n1", "192.0.2.4/24");
+    o["status"]["routes"] = json!([
+        {"route": "good", "device": "tmp0", "gateway": "192.0.2.1", "state": "Failed", "message": "no"},
+        {"route": "odd", "state": "Degraded"},
+        {"device": "tmp0", "state": "Applied"},
+        {"route": "table", "state": "Applied", "table": "main"}]);
+    o["status"]["gateways"] = json!([
+        {"from": "10.0.0.0/8", "gateway": "10.1.0.1", "device": "eth0"},
+        {"from": "10.0.0.1/8", "gateway": "10.1.0.1", "device": "eth0"}]);
+    api.put(NOIPS, o);
+    let (invalid, _events) = tracker();
+    let store = KubeOverlayIps::new(client, None, invalid.clone());
+    let rec = store.get("n1").await.unwrap().unwrap();
+    assert_eq!(rec.ip_addr.unwrap().to_string(), "192.0.2.4/24");
+    let agent = rec.agent.unwrap();
+    let names: Vec<&str> = agent.routes.iter().map(|r| r.route.as_str()).collect();
+    assert_eq!(
+        names,
+        ["good", "odd"],
+        "entries that do not convert are skipped"
+    );
+    assert_eq!(agent.routes[0].message, "no");
+    assert_eq!(
+        agent.routes[1].state,
+        RouteState::Pending,
+        "an unknown state reads as Pending"
+    );
+    assert_eq!(
+        agent.gateways.len(),
+        1,
+        "a prefix with host bits is skipped"
+    );
+    let problems = invalid.current();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        format!("{problems:?}").contains("status.routes["),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_controller_summary_replaces_node_status_under_its_field_manager() {
+    let (api, client) = FakeApiServer::start();
+    api.put(
+        ROUTES,
+        route_json("onprem", json!({"subnet": "198.51.100.0/24"})),
+    );
+    let store = KubeStaticRoutes::new(
+        client,
+        "overlay-controller".into(),
+        InvalidObjects::default(),
+    );
+    let entry = |h: &str, state: RouteState| NodeRouteStatus {
+        hostname: h.into(),
+        device: "tmp0".into(),
+        gateway: "192.0.2.1".into(),
+        state,
+        message: if state == RouteState::Failed {
+            "unreachable".into()
+        } else {
+            String::new()
+        },
+    };
+    let first = RouteSummary {
+        applied: 2,
+        failed: 1,
+        pending: 0,
+        node_status: vec![
+            entry("n3", RouteState::Failed),
+            entry("n1", RouteState::Applied),
+            entry("n2", RouteState::Applied),
+        ],
+    };
+    store.set_summary("onprem", &first).await.unwrap();
+    let p = api.find("PATCH", "/staticroutes/onprem/status");
+    assert_eq!(p.content_type, "application/apply-patch+yaml");
+    assert!(
+        p.uri.contains("fieldManager=overlay-controller"),
         "{}",
         p.uri
     );
+    assert_eq!(p.body["status"]["applied"], 2);
+    assert_eq!(p.body["status"]["failed"], 1);
+    assert_eq!(p.body["status"]["pending"], 0);
     assert_eq!(
-        p.body["status"]["nodeStatus"],
-        json!([{"hostname":"node-a","device":"tmp0","gateway":"192.0.2.1","state":"Applied"}])
+        p.body["status"]["nodeStatus"][0],
+        json!({"hostname": "n3", "device": "tmp0", "gateway": "192.0.2.1", "state": "Failed", "message": "unreachable"}),
+        "the original entry shape, failing nodes first"
     );
-    let entries = api.object(ROUTES, "onprem").unwrap()["status"]["nodeStatus"].clone();
+    // n3 recovers, n2 goes: the entries left out are removed.
+    let second = RouteSummary {
+        applied: 2,
+        failed: 0,
+        pending: 0,
+        node_status: vec![
+            entry("n1", RouteState::Applied),
+            entry("n3", RouteState::Applied),
+        ],
+    };
+    store.set_summary("onprem", &second).await.unwrap();
+    let stored = api.object(ROUTES, "onprem").unwrap();
+    let hosts: Vec<&str> = stored["status"]["nodeStatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["n1", "n3"], "{stored}");
+    assert_eq!(stored["status"]["failed"], 0);
+    // Read back: the record carries the summary.
+    for _ in 0..500 {
+        let rec = store.list().await.unwrap().pop().unwrap();
+        if rec.summary.as_ref() == Some(&second) {
+            assert_eq!(rec.node_status, second.node_status);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the summary never read back");
+}
+
+#[tokio::test]
+async fn entries_the_original_agents_wrote_are_removed_by_the_first_summary() {
+    let (api, client) = FakeApiServer::start();
+    // An object of the original design: one entry per node, each owned by
+    // that node's agent (its own field manager).
+    let mut route = route_json("onprem", json!({"subnet": "198.51.100.0/24"}));
+    route["status"] = json!({"nodeStatus": [
+        {"hostname": "node-a", "device": "tmp0", "gateway": "192.0.2.1"},
+        {"hostname": "gone", "device": "tmp0", "gateway": "192.0.2.1"}]});
+    let owned = |n: &str| {
+        let mut entries = serde_json::Map::new();
+        entries.insert(
+            format!("k:{{\"hostname\":\"{n}\"}}"),
+            json!({".": {}, "f:hostname": {}, "f:device": {}, "f:gateway": {}}),
+        );
+        json!({"manager": node_field_manager(n), "operation": "Apply", "subresource": "status",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:nodeStatus": entries}}})
+    };
+    route["metadata"]["managedFields"] = json!([owned("node-a"), owned("gone")]);
+    api.put(ROUTES, route);
+    let store = KubeStaticRoutes::new(
+        client,
+        "overlay-controller".into(),
+        InvalidObjects::default(),
+    );
+    let summary = RouteSummary {
+        applied: 1,
+        node_status: vec![NodeRouteStatus {
+            hostname: "node-a".into(),
+            device: "tmp0".into(),
+            gateway: "192.0.2.1".into(),
+            state: RouteState::Applied,
+            message: String::new(),
+        }],
+        ..Default::default()
+    };
+    store.set_summary("onprem", &summary).await.unwrap();
+    let stored = api.object(ROUTES, "onprem").unwrap();
     assert_eq!(
-        entries.as_array().unwrap().len(),
-        2,
-        "node-b's entry kept: {entries}"
+        stored["status"]["nodeStatus"],
+        json!([{"hostname": "node-a", "device": "tmp0", "gateway": "192.0.2.1", "state": "Applied"}]),
+        "{stored}"
     );
-    // Removing the entry: a test on the hostname at its index, then remove.
-    store
-        .remove_node_status("onprem", &["node-a".to_owned()])
-        .await
-        .unwrap();
-    let rm = api
+    let fix = api
         .requests("PATCH", "/staticroutes/onprem/status")
         .pop()
         .unwrap();
-    assert_eq!(rm.content_type, "application/json-patch+json");
-    assert_eq!(
-        rm.body,
-        json!([
-        {"op":"test","path":"/status/nodeStatus/1/hostname","value":"node-a"},
-        {"op":"remove","path":"/status/nodeStatus/1"}])
-    );
-    let entries = api.object(ROUTES, "onprem").unwrap()["status"]["nodeStatus"].clone();
-    assert_eq!(
-        entries,
-        json!([{"hostname":"node-b","device":"tmp0","gateway":"192.0.2.1"}])
-    );
+    assert_eq!(fix.content_type, "application/json-patch+json");
+    assert_eq!(fix.body[0]["op"], "test", "guarded by what was read");
+    // Once clean, a summary is one write.
+    let before = api.writes();
+    store.set_summary("onprem", &summary).await.unwrap();
+    assert_eq!(api.writes(), before + 1);
 }
 
 #[tokio::test]
@@ -591,19 +818,184 @@ async fn the_api_server_refuses_what_the_crds_forbid() {
         ROUTES,
         route_json("onprem", json!({"subnet": "198.51.100.0/24"})),
     );
-    let store = KubeStaticRoutes::new(client, node_field_manager("n1"), InvalidObjects::default());
-    let mut s = NodeRouteStatus {
-        hostname: "n1".into(),
-        device: "a-device-name-longer-than-fifteen".into(),
-        gateway: String::new(),
-        state: RouteState::Failed,
-        message: String::new(),
-    };
-    let err = store.set_node_status("onprem", &s).await.unwrap_err();
+    api.put(NOIPS, noip_json("n1", "192.0.2.4/24"));
+    let store = KubeOverlayIps::new(client, Some("n1"), InvalidObjects::default());
+    let mut bad = report("onprem", RouteState::Failed, "");
+    bad.device = "a-device-name-longer-than-fifteen".into();
+    let err = store
+        .set_agent_status("n1", &agent_status(vec![bad], vec![]))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("device"), "{err}");
-    s.device = "tmp0".into();
-    s.message = "y".repeat(4000);
-    store.set_node_status("onprem", &s).await.unwrap();
+    let long = report("onprem", RouteState::Failed, &"y".repeat(4000));
+    store
+        .set_agent_status("n1", &agent_status(vec![long], vec![]))
+        .await
+        .unwrap();
+}
+
+// ---- watches wake only for what matters ----
+
+/// The next event of `watch` within `wait`, if any.
+async fn next_event<T>(
+    watch: &mut futures::stream::BoxStream<
+        'static,
+        Result<StoreEvent<T>, overlay_core::StoreError>,
+    >,
+    wait: Duration,
+) -> Option<StoreEvent<T>> {
+    tokio::time::timeout(wait, watch.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.expect("no watch error"))
+}
+
+#[tokio::test]
+async fn a_static_route_watch_ignores_status_only_changes() {
+    let (api, client) = FakeApiServer::start();
+    api.put(
+        ROUTES,
+        route_json("onprem", json!({"subnet": "198.51.100.0/24"})),
+    );
+    let agent_view = KubeStaticRoutes::new(
+        client.clone(),
+        node_field_manager("n1"),
+        InvalidObjects::default(),
+    );
+    let controller = KubeStaticRoutes::new(
+        client,
+        "overlay-controller".into(),
+        InvalidObjects::default(),
+    );
+    let mut watch = agent_view.watch();
+    assert_eq!(agent_view.list().await.unwrap().len(), 1);
+    api.wait_for_watchers(ROUTES, 2).await;
+    assert!(matches!(
+        next_event(&mut watch, Duration::from_secs(5)).await,
+        Some(StoreEvent::Restarted(_))
+    ));
+
+    let summary = RouteSummary {
+        applied: 7,
+        ..Default::default()
+    };
+    controller.set_summary("onprem", &summary).await.unwrap();
+    assert_eq!(
+        next_event(&mut watch, Duration::from_millis(300)).await,
+        None,
+        "a summary wakes nobody"
+    );
+    // The cache still holds the latest object.
+    let mut latest = None;
+    for _ in 0..100 {
+        latest = agent_view
+            .list()
+            .await
+            .unwrap()
+            .pop()
+            .and_then(|r| r.summary);
+        if latest.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(latest.map(|s| s.applied), Some(7));
+
+    controller.add_finalizer("onprem", FINALIZER).await.unwrap();
+    let Some(StoreEvent::Applied(r)) = next_event(&mut watch, Duration::from_secs(5)).await else {
+        panic!("a finalizer change is an event")
+    };
+    assert_eq!(r.finalizers, [FINALIZER]);
+    let mut changed = api.object(ROUTES, "onprem").unwrap();
+    changed["spec"]["metric"] = json!(10);
+    api.put(ROUTES, changed);
+    let Some(StoreEvent::Applied(r)) = next_event(&mut watch, Duration::from_secs(5)).await else {
+        panic!("a spec change is an event")
+    };
+    assert_eq!(r.spec.unwrap().metric, Some(10));
+}
+
+#[tokio::test]
+async fn a_node_watch_ignores_kubelet_heartbeats() {
+    let (api, client) = FakeApiServer::start();
+    api.put(NODES, node_json("node-a"));
+    let nodes = KubeNodes::new(client, Some("node-a"), InvalidObjects::default());
+    let mut watch = nodes.watch();
+    assert_eq!(nodes.list().await.unwrap().len(), 1);
+    api.wait_for_watchers(NODES, 1).await;
+    assert!(matches!(
+        next_event(&mut watch, Duration::from_secs(5)).await,
+        Some(StoreEvent::Restarted(_))
+    ));
+    for beat in 0..3 {
+        let mut n = node_json("node-a");
+        n["status"]["conditions"] = json!([{"type": "Ready", "status": "True",
+            "lastHeartbeatTime": format!("2026-11-27T12:00:0{beat}Z")}]);
+        n["metadata"]["annotations"] = json!({"node.alpha.kubernetes.io/ttl": beat.to_string()});
+        api.put(NODES, n);
+    }
+    assert_eq!(
+        next_event(&mut watch, Duration::from_millis(300)).await,
+        None,
+        "heartbeats wake nobody"
+    );
+    let mut relabelled = node_json("node-a");
+    relabelled["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!("dal12");
+    api.put(NODES, relabelled);
+    let Some(StoreEvent::Applied(n)) = next_event(&mut watch, Duration::from_secs(5)).await else {
+        panic!("a label change is an event")
+    };
+    assert_eq!(n.zone.unwrap().as_str(), "dal12");
+}
+
+#[tokio::test]
+async fn an_agents_overlay_ip_watch_ignores_its_own_status_writes_the_controllers_does_not() {
+    let (api, client) = FakeApiServer::start();
+    api.put(NOIPS, noip_json("n1", "192.0.2.4/24"));
+    let agent = KubeOverlayIps::with_changes(
+        client.clone(),
+        Some("n1"),
+        OverlayIpChanges::IgnoreAgentStatus,
+        InvalidObjects::default(),
+    );
+    let controller = KubeOverlayIps::new(client, None, InvalidObjects::default());
+    let (mut mine, mut all) = (agent.watch(), controller.watch());
+    assert!(agent.get("n1").await.unwrap().is_some());
+    assert!(controller.get("n1").await.unwrap().is_some());
+    api.wait_for_watchers(NOIPS, 2).await;
+    for w in [&mut mine, &mut all] {
+        assert!(matches!(
+            next_event(w, Duration::from_secs(5)).await,
+            Some(StoreEvent::Restarted(_))
+        ));
+    }
+    let s = agent_status(vec![report("onprem", RouteState::Applied, "")], vec![]);
+    agent.set_agent_status("n1", &s).await.unwrap();
+    let Some(StoreEvent::Applied(r)) = next_event(&mut all, Duration::from_secs(5)).await else {
+        panic!("the controller sees the agent's reports")
+    };
+    assert_eq!(r.agent.unwrap().routes.len(), 1);
+    assert_eq!(
+        next_event(&mut mine, Duration::from_millis(300)).await,
+        None,
+        "its own write does not wake the agent"
+    );
+    assert_eq!(
+        wait_for_agent(&agent, "n1", |a| a.routes.len() == 1)
+            .await
+            .routes[0]
+            .route,
+        "onprem"
+    );
+    // The controller's address change wakes it.
+    let mut moved = api.object(NOIPS, "n1").unwrap();
+    moved["status"]["ipAddr"] = json!("192.0.2.5/24");
+    api.put(NOIPS, moved);
+    let Some(StoreEvent::Applied(r)) = next_event(&mut mine, Duration::from_secs(5)).await else {
+        panic!("an address change is an event")
+    };
+    assert_eq!(r.ip_addr.unwrap().to_string(), "192.0.2.5/24");
 }
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/overlay-system/leases";

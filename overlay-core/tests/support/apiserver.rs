@@ -5,17 +5,25 @@
 //! - WATCHes as streams: ADDED, MODIFIED and DELETED events as objects
 //!   change, BOOKMARKs, and a `410 Gone` error that forces a re-list;
 //! - server-side apply that merges list-maps by key (`nodeStatus` by
-//!   `hostname`, `conditions` by `type`), guarded JSON patches that fail
-//!   with 422 when a `test` fails, deletion held by finalizers;
+//!   `hostname`, `conditions` by `type`, `routes` by `route`, `gateways` by
+//!   `from`), records each field manager's fields in
+//!   `metadata.managedFields`, and removes what a manager applied before and
+//!   no longer applies (unless another manager owns it); guarded JSON
+//!   patches that fail with 422 when a `test` fails, deletion held by
+//!   finalizers;
+//! - creates (POST) that refuse an existing name with 409 `AlreadyExists`;
 //! - writes validated against the CRD schema (422 `Invalid`), ratcheting
 //!   errors the stored object already had, while objects stored "before
 //!   validation existed" can be put in directly;
 //! - an unreachable mode (connection refused) and held LISTs, for
-//!   readiness.
+//!   readiness;
+//! - accounting for scale tests: write requests, the largest object per
+//!   collection, and the bytes sent on each watch connection.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +34,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use kube::Client;
 use kube::client::Body;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 type RespBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -45,6 +53,8 @@ struct Watcher {
     collection: String,
     name: Option<String>,
     tx: mpsc::UnboundedSender<Chunk>,
+    /// Bytes of the events sent on this connection.
+    sent: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -57,6 +67,10 @@ struct State {
     unreachable: bool,
     hold_lists: bool,
     held: Vec<(String, tower_test::mock::SendResponse<Response<RespBody>>)>,
+    /// Every watch connection ever opened: collection and bytes sent.
+    watch_log: Vec<(String, Arc<AtomicU64>)>,
+    /// The largest object stored, by collection (JSON bytes).
+    max_size: BTreeMap<String, usize>,
 }
 
 /// The server; cheap to clone.
@@ -110,10 +124,186 @@ fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
     Response::builder().status(code).body(full(&body)).unwrap()
 }
 
-fn event_line(type_: &str, object: &Value) -> Chunk {
+fn event_bytes(type_: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
     line.push(b'\n');
-    Ok(Frame::data(Bytes::from(line)))
+    Bytes::from(line)
+}
+
+fn event_line(type_: &str, object: &Value) -> Chunk {
+    Ok(Frame::data(event_bytes(type_, object)))
+}
+
+/// The key of a list-map (`""`: a set of scalars) by field name.
+fn list_key(field: &str) -> Option<&'static str> {
+    match field {
+        "nodeStatus" => Some("hostname"),
+        "conditions" => Some("type"),
+        "routes" => Some("route"),
+        "gateways" => Some("from"),
+        "finalizers" => Some(""),
+        _ => None,
+    }
+}
+
+/// The fields a server-side apply of `v` sets, in the API server's
+/// `fieldsV1` form: `f:<field>` for map fields, `k:{"<key>":<value>}` for
+/// list-map items, `v:<value>` for set items, `{}` for leaves.
+fn field_set(v: &Value, key: Option<&str>, top: bool) -> Value {
+    let mut out = Map::new();
+    match (v, key) {
+        (Value::Object(m), _) => {
+            for (k, child) in m {
+                if top && matches!(k.as_str(), "apiVersion" | "kind") {
+                    continue;
+                }
+                if k == "name" && key == Some("metadata") {
+                    continue;
+                }
+                let child_key = if k == "metadata" {
+                    Some("metadata")
+                } else {
+                    list_key(k)
+                };
+                out.insert(format!("f:{k}"), field_set(child, child_key, false));
+            }
+        }
+        (Value::Array(items), Some("")) => {
+            out.insert(".".into(), json!({}));
+            for item in items {
+                out.insert(format!("v:{item}"), json!({}));
+            }
+        }
+        (Value::Array(items), Some(k)) if k != "metadata" => {
+            out.insert(".".into(), json!({}));
+            for item in items {
+                let mut fields = field_set(item, None, false);
+                fields["."] = json!({});
+                out.insert(format!("k:{{\"{k}\":{}}}", item[k]), fields);
+            }
+        }
+        _ => {}
+    }
+    Value::Object(out)
+}
+
+/// The child of `obj` a `fieldsV1` key names.
+fn field_child<'a>(obj: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    if let Some(f) = key.strip_prefix("f:") {
+        return obj.get_mut(f);
+    }
+    let items = obj.as_array_mut()?;
+    if let Some(k) = key.strip_prefix("k:") {
+        let want: Map<String, Value> = serde_json::from_str(k).ok()?;
+        return items
+            .iter_mut()
+            .find(|i| want.iter().all(|(f, v)| i.get(f) == Some(v)));
+    }
+    let want: Value = serde_json::from_str(key.strip_prefix("v:")?).ok()?;
+    items.iter_mut().find(|i| **i == want)
+}
+
+fn remove_field(obj: &mut Value, key: &str) {
+    if let Some(f) = key.strip_prefix("f:") {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove(f);
+        }
+        return;
+    }
+    let Some(items) = obj.as_array_mut() else {
+        return;
+    };
+    if let Some(k) = key.strip_prefix("k:") {
+        let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else {
+            return;
+        };
+        items.retain(|i| !want.iter().all(|(f, v)| i.get(f) == Some(v)));
+    } else if let Some(Ok(want)) = key.strip_prefix("v:").map(serde_json::from_str::<Value>) {
+        items.retain(|i| *i != want);
+    }
+}
+
+/// Server-side apply's removal: what `old` (a manager's fields before)
+/// holds and `new` (its fields now) does not is removed from `obj`, unless
+/// one of `others` (the other managers' fields) holds it too.
+fn remove_dropped(obj: &mut Value, old: &Value, new: &Value, others: &[&Value]) {
+    let Some(old) = old.as_object() else { return };
+    for (k, old_child) in old {
+        if k == "." {
+            continue;
+        }
+        let theirs: Vec<&Value> = others.iter().filter_map(|o| o.get(k)).collect();
+        match new.get(k) {
+            Some(new_child) => {
+                if let Some(child) = field_child(obj, k) {
+                    remove_dropped(child, old_child, new_child, &theirs);
+                }
+            }
+            None if theirs.is_empty() => remove_field(obj, k),
+            None => {}
+        }
+    }
+}
+
+/// Drops from a `fieldsV1` set what `obj` no longer has (an update removed
+/// it).
+fn prune_fields(set: &mut Value, obj: &mut Value) {
+    let Some(m) = set.as_object_mut() else { return };
+    m.retain(|k, child| {
+        if k == "." {
+            return true;
+        }
+        match field_child(obj, k) {
+            Some(o) => {
+                prune_fields(child, o);
+                true
+            }
+            None => false,
+        }
+    });
+}
+
+/// The SSA bookkeeping of `obj`: its `metadata.managedFields` entries.
+fn managed_fields(obj: &Value) -> Vec<Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Applies `part` to `obj` as `manager` (on `subresource`): merges it,
+/// removes what the manager applied before and no longer does, and records
+/// the manager's fields in `metadata.managedFields`.
+fn server_side_apply(obj: &mut Value, part: &Value, manager: &str, subresource: Option<&str>) {
+    let new = field_set(part, None, true);
+    let mut entries = managed_fields(obj);
+    let pos = entries.iter().position(|e| {
+        e["manager"] == manager
+            && e["subresource"].as_str() == subresource
+            && e["operation"] == "Apply"
+    });
+    let old = pos
+        .map(|i| entries[i]["fieldsV1"].clone())
+        .unwrap_or_else(|| json!({}));
+    apply_merge(obj, part, None);
+    let others: Vec<&Value> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != pos)
+        .map(|(_, e)| &e["fieldsV1"])
+        .collect();
+    remove_dropped(obj, &old, &new, &others);
+    let mut entry = json!({"manager": manager, "operation": "Apply",
+        "apiVersion": obj["apiVersion"].as_str().unwrap_or("v1"),
+        "time": "2026-11-27T12:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": new});
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    match pos {
+        Some(i) => entries[i] = entry,
+        None => entries.push(entry),
+    }
+    obj["metadata"]["managedFields"] = Value::Array(entries);
 }
 
 /// Merges `patch` into `base` the way server-side apply does for these
@@ -123,14 +313,8 @@ fn apply_merge(base: &mut Value, patch: &Value, key: Option<&str>) {
     match (base, patch) {
         (Value::Object(b), Value::Object(p)) => {
             for (k, v) in p {
-                let list_key = match k.as_str() {
-                    "nodeStatus" => Some("hostname"),
-                    "conditions" => Some("type"),
-                    "finalizers" => Some(""),
-                    _ => None,
-                };
                 match b.get_mut(k) {
-                    Some(existing) => apply_merge(existing, v, list_key),
+                    Some(existing) => apply_merge(existing, v, list_key(k)),
                     None => {
                         b.insert(k.clone(), v.clone());
                     }
@@ -138,20 +322,21 @@ fn apply_merge(base: &mut Value, patch: &Value, key: Option<&str>) {
             }
         }
         (Value::Array(b), Value::Array(p)) if key.is_some() => {
+            // The applied items in the applied order, then the others'.
             let key = key.unwrap_or_default();
-            for item in p {
-                let pos = b.iter().position(|x| {
-                    if key.is_empty() {
-                        x == item
-                    } else {
-                        x.get(key) == item.get(key)
-                    }
-                });
-                match pos {
-                    Some(i) => b[i] = item.clone(),
-                    None => b.push(item.clone()),
+            let same = |x: &Value, item: &Value| {
+                if key.is_empty() {
+                    x == item
+                } else {
+                    x.get(key) == item.get(key)
                 }
-            }
+            };
+            let rest: Vec<Value> = b
+                .iter()
+                .filter(|x| !p.iter().any(|item| same(x, item)))
+                .cloned()
+                .collect();
+            *b = p.iter().cloned().chain(rest).collect();
         }
         (b, p) => *b = p.clone(),
     }
@@ -224,10 +409,13 @@ impl FakeApiServer {
         let response = match (method.as_str(), name) {
             ("GET", None) if watch => {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let sent = Arc::new(AtomicU64::new(0));
+                st.watch_log.push((collection.clone(), sent.clone()));
                 st.watchers.push(Watcher {
                     collection,
                     name: selected,
                     tx,
+                    sent,
                 });
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|c| (c, rx))
@@ -250,26 +438,8 @@ impl FakeApiServer {
             // Leases are created and replaced like a real server does:
             // AlreadyExists on a second create, Conflict on a replace with a
             // stale resourceVersion.
-            ("POST", None) if collection.ends_with("/leases") => {
-                let n = body["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if st
-                    .objects
-                    .get(&collection)
-                    .is_some_and(|m| m.contains_key(&n))
-                {
-                    status(
-                        409,
-                        "AlreadyExists",
-                        &format!("leases.coordination.k8s.io \"{n}\" already exists"),
-                    )
-                } else {
-                    Self::store(&mut st, &collection, body, true);
-                    let stored = st.objects[&collection][&n].clone();
-                    Response::builder().status(201).body(full(&stored)).unwrap()
-                }
+            ("POST", None) if !collection.ends_with("/events") => {
+                Self::create(&mut st, &collection, body)
             }
             ("POST", _) => Response::builder().body(full(&body)).unwrap(),
             ("PUT", Some(n)) => {
@@ -295,7 +465,16 @@ impl FakeApiServer {
                     }
                 }
             }
-            ("PATCH", Some(n)) => Self::patch(&mut st, &collection, &n, sub, &content_type, &body),
+            ("PATCH", Some(n)) => {
+                let manager = query(&uri, "fieldManager").unwrap_or_default();
+                let write = Write {
+                    collection: &collection,
+                    name: &n,
+                    sub: sub.as_deref(),
+                    manager: &manager,
+                };
+                Self::patch(&mut st, &write, &content_type, &body)
+            }
             ("DELETE", Some(n)) => Self::delete(&mut st, &collection, &n),
             _ => status(405, "MethodNotAllowed", "not scripted"),
         };
@@ -319,14 +498,47 @@ impl FakeApiServer {
         Response::builder().body(full(&list)).unwrap()
     }
 
+    /// A create: 409 `AlreadyExists` when the name is taken, 422 when the
+    /// schema refuses the object.
+    fn create(st: &mut State, collection: &str, body: Value) -> Response<RespBody> {
+        let n = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let resource = collection.rsplit('/').next().unwrap_or_default();
+        if st
+            .objects
+            .get(collection)
+            .is_some_and(|m| m.contains_key(&n))
+        {
+            return status(
+                409,
+                "AlreadyExists",
+                &format!("{resource} \"{n}\" already exists"),
+            );
+        }
+        if let Some(schema) = st.schemas.get(collection) {
+            let errors = super::schema::validate_object(schema, &body);
+            if !errors.is_empty() {
+                return status(
+                    422,
+                    "Invalid",
+                    &format!("{n} is invalid: {}", errors.join(", ")),
+                );
+            }
+        }
+        Self::store(st, collection, body, true);
+        let stored = st.objects[collection][&n].clone();
+        Response::builder().status(201).body(full(&stored)).unwrap()
+    }
+
     fn patch(
         st: &mut State,
-        collection: &str,
-        name: &str,
-        sub: Option<String>,
+        w: &Write<'_>,
         content_type: &str,
         body: &Value,
     ) -> Response<RespBody> {
+        let (collection, name, sub) = (w.collection, w.name, w.sub);
         let current = st
             .objects
             .get(collection)
@@ -340,7 +552,7 @@ impl FakeApiServer {
             (None, _) => return status(404, "NotFound", &format!("{name} not found")),
         };
         if content_type.contains("apply-patch") {
-            let part = if sub.as_deref() == Some("status") {
+            let part = if sub == Some("status") {
                 json!({"status": body["status"]})
             } else {
                 let mut b = body.clone();
@@ -349,7 +561,7 @@ impl FakeApiServer {
                 }
                 b
             };
-            apply_merge(&mut obj, &part, None);
+            server_side_apply(&mut obj, &part, w.manager, sub);
         } else if content_type.contains("json-patch") {
             let patch: json_patch::Patch = match serde_json::from_value(body.clone()) {
                 Ok(p) => p,
@@ -363,6 +575,14 @@ impl FakeApiServer {
                         "the server rejected our request due to an error in our request: {e} (test failed)"
                     ),
                 );
+            }
+            // Fields an update removed belong to no manager any more.
+            let mut entries = managed_fields(&obj);
+            for e in &mut entries {
+                prune_fields(&mut e["fieldsV1"], &mut obj);
+            }
+            if !entries.is_empty() {
+                obj["metadata"]["managedFields"] = Value::Array(entries);
             }
         } else {
             return status(415, "UnsupportedMediaType", content_type);
@@ -413,11 +633,13 @@ impl FakeApiServer {
     }
 
     fn notify(st: &mut State, collection: &str, name: &str, type_: &str, obj: &Value) {
+        let line = event_bytes(type_, obj);
         st.watchers.retain(|w| {
             if w.collection != collection || w.name.as_deref().is_some_and(|n| n != name) {
                 return !w.tx.is_closed();
             }
-            w.tx.send(event_line(type_, obj)).is_ok()
+            w.sent.fetch_add(line.len() as u64, Ordering::Relaxed);
+            w.tx.send(Ok(Frame::data(line.clone()))).is_ok()
         });
     }
 
@@ -437,6 +659,9 @@ impl FakeApiServer {
             Self::remove(st, collection, &name);
             return;
         }
+        let size = serde_json::to_vec(&obj).map(|v| v.len()).unwrap_or(0);
+        let max = st.max_size.entry(collection.to_owned()).or_default();
+        *max = (*max).max(size);
         st.objects
             .entry(collection.to_owned())
             .or_default()
@@ -561,6 +786,44 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Write requests (POST, PUT, PATCH, DELETE) so far; objects put in
+    /// directly by a test do not count.
+    pub fn writes(&self) -> usize {
+        self.lock()
+            .seen
+            .iter()
+            .filter(|s| matches!(s.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .count()
+    }
+
+    /// The largest object ever stored in `collection`, in JSON bytes (as a
+    /// watch or GET carries it, managedFields included).
+    pub fn max_object_bytes(&self, collection: &str) -> usize {
+        self.lock().max_size.get(collection).copied().unwrap_or(0)
+    }
+
+    /// The bytes sent on each watch connection ever opened on
+    /// `collection`, in the order they were opened.
+    pub fn watch_bytes(&self, collection: &str) -> Vec<u64> {
+        self.lock()
+            .watch_log
+            .iter()
+            .filter(|(c, _)| c == collection)
+            .map(|(_, b)| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Stops validating writes to `collection` (a CRD of an earlier
+    /// version, whose bounds differ).
+    pub fn without_validation(&self, collection: &str) {
+        self.lock().schemas.remove(collection);
+    }
+
+    /// Forgets the requests seen so far (a scale test's setup).
+    pub fn forget_requests(&self) {
+        self.lock().seen.clear();
+    }
+
     /// The first request with `method` whose URI contains `needle`.
     pub fn find(&self, method: &str, needle: &str) -> Seen {
         self.requests(method, needle)
@@ -568,6 +831,14 @@ impl FakeApiServer {
             .next()
             .unwrap_or_else(|| panic!("no {method} {needle} in {:#?}", self.seen()))
     }
+}
+
+/// One write's target and writer.
+struct Write<'a> {
+    collection: &'a str,
+    name: &'a str,
+    sub: Option<&'a str>,
+    manager: &'a str,
 }
 
 /// Polls `cond` every 10 ms for up to 10 s; panics naming `what` on timeout.

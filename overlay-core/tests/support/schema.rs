@@ -137,9 +137,9 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
                 errors.push(format!("{path}: should be at least {min} chars long"));
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                match regex::Regex::new(p) {
-                    Ok(re) if re.is_match(s) => {}
-                    Ok(_) => errors.push(format!("{path}: {s:?} should match the pattern")),
+                match matches_pattern(p, s) {
+                    Ok(true) => {}
+                    Ok(false) => errors.push(format!("{path}: {s:?} should match the pattern")),
                     Err(e) => errors.push(format!("{path}: bad pattern in the schema: {e}")),
                 }
             }
@@ -168,4 +168,21 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
         Some("number") if !v.is_number() => errors.push(format!("{path}: expected a number")),
         _ => {}
     }
+}
+
+thread_local! {
+    /// Compiled patterns (the address patterns take milliseconds to
+    /// compile; a scale test validates thousands of writes).
+    static PATTERNS: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+        Default::default();
+}
+
+fn matches_pattern(pattern: &str, s: &str) -> Result<bool, regex::Error> {
+    PATTERNS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(pattern) {
+            cache.insert(pattern.to_owned(), regex::Regex::new(pattern)?);
+        }
+        Ok(cache.get(pattern).is_some_and(|re| re.is_match(s)))
+    })
 }
