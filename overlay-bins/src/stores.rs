@@ -14,7 +14,8 @@ use overlay_core::events::{Event, EventRecorder, EventType};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     AGENT_MANAGER, CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, FileRoutes, KubeConfigMapRoutes,
-    KubeEvents, KubeLease, KubeNodes, KubeOverlayIps, KubeStaticRoutes, node_field_manager,
+    KubeEvents, KubeLease, KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges,
+    node_field_manager,
 };
 use overlay_core::metrics::AgentMetrics;
 use overlay_core::{
@@ -105,7 +106,14 @@ pub fn agent_inputs(
     };
     Ok(AgentInputs {
         nodes: Arc::new(KubeNodes::new(client.clone(), Some(node), invalid.clone())),
-        overlay_ips: Arc::new(KubeOverlayIps::new(client, Some(node), invalid.clone())),
+        // Its own status writes come back through this watch: they must
+        // not wake it.
+        overlay_ips: Arc::new(KubeOverlayIps::with_changes(
+            client,
+            Some(node),
+            OverlayIpChanges::IgnoreAgentStatus,
+            invalid.clone(),
+        )),
         routes,
         legacy,
         invalid,

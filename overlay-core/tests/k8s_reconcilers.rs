@@ -388,7 +388,6 @@ async fn the_controller_reconciles_every_node_past_malformed_objects_and_repairs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the agent to write its route reports into its NodeOverlayIp (agent session)"]
 async fn agent_reports_and_the_controller_summary_show_each_route_per_node() {
     let (api, client) = FakeApiServer::start();
     seed(&api);

@@ -206,8 +206,8 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
 /// (apply of the NodeOverlayIp and of its status, an Event), a node
 /// without zone (a Warning Event, twice), a NodeOverlayIp whose node is gone
 /// (delete, then the guarded finalizer removal), a new StaticRoute (its
-/// finalizer), a deleted one held by a missing node's entry (status
-/// pruned, finalizer removed), the live read of a node before trusting a
+/// finalizer, then the summary of a node's report in its status), a
+/// deleted one no existing node reports (finalizer removed), the live read of a node before trusting a
 /// reservation is orphaned, and the Event on its own Pod when phpIPAM
 /// blocks it (twice).
 pub async fn controller_run() -> Vec<(String, String)> {
@@ -319,6 +319,23 @@ pub async fn controller_run() -> Vec<(String, String)> {
         api.object(ROUTES, "leaving-route").is_none(),
         "the finalizer of leaving-route was not removed"
     );
+
+    // node-a's agent reports new-route Applied; the controller sums it up
+    // into the StaticRoute's status.
+    let mut a = api.object(NOIPS, "node-a").unwrap();
+    a["status"]["routes"] = json!([{"route": "new-route", "device": "tmp0",
+        "gateway": "192.0.2.1", "state": "Applied", "message": ""}]);
+    api.put(NOIPS, a);
+    let names: std::collections::BTreeSet<String> = ["new-route".to_owned()].into();
+    let mut written = 0;
+    for _ in 0..100 {
+        written = controller.summarize_routes(&names).await.unwrap();
+        if written > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(written, 1, "no route summary written");
 
     // A reservation whose node this cluster does not know: read live.
     ipam.reserve(
