@@ -72,9 +72,10 @@ pub struct ControllerConfig {
     /// it returns within this time.
     pub hold_down: Duration,
     /// The shortest time between two summary writes of one StaticRoute.
-    /// A report that changes a summary is written at the end of the window
-    /// it opens (trailing): a burst of reports within one window costs one
-    /// write, and a change shows within this time.
+    /// A burst of report changes is written once it has been quiet for this
+    /// long, and at the latest [`SUMMARY_MAX_WAIT_PERIODS`] periods after
+    /// its first change: a burst costs one write, a single change shows
+    /// within one period.
     pub summary_period: Duration,
 }
 
@@ -216,6 +217,25 @@ type Reports = BTreeMap<String, RouteReport>;
 struct Due {
     routes: BTreeSet<String>,
     scheduled: bool,
+    /// When the oldest and the newest change not yet written arrived.
+    first: Option<tokio::time::Instant>,
+    last: Option<tokio::time::Instant>,
+}
+
+/// A burst of reports is summed up once it has been quiet for one
+/// `summary_period`, but never later than this many periods after its
+/// first report (so a cluster that never goes quiet still sees progress).
+pub const SUMMARY_MAX_WAIT_PERIODS: u32 = 5;
+
+impl Due {
+    /// How much longer to wait before writing, if at all.
+    fn wait(&self, now: tokio::time::Instant, period: Duration) -> Option<Duration> {
+        let (first, last) = (self.first?, self.last?);
+        let quiet = (last + period).saturating_duration_since(now);
+        let cap = (first + period * SUMMARY_MAX_WAIT_PERIODS).saturating_duration_since(now);
+        let wait = quiet.min(cap);
+        (!wait.is_zero()).then_some(wait)
+    }
 }
 
 /// The rank of a state in `nodeStatus`: failing nodes first.
@@ -942,7 +962,16 @@ impl Controller {
         delay: Duration,
     ) {
         let mut due = lock(&self.due);
-        due.routes.extend(routes);
+        let mut any = false;
+        for r in routes {
+            any = true;
+            due.routes.insert(r);
+        }
+        if any {
+            let now = tokio::time::Instant::now();
+            due.first.get_or_insert(now);
+            due.last = Some(now);
+        }
         if !due.routes.is_empty() && !due.scheduled {
             due.scheduled = true;
             queue.add_after(Key::Summaries, delay);
@@ -954,7 +983,14 @@ impl Controller {
     async fn summary_pass(&self, queue: &WorkQueue<Key>) -> Next {
         let names = {
             let mut due = lock(&self.due);
+            if let Some(wait) = due.wait(tokio::time::Instant::now(), self.cfg.summary_period) {
+                // Reports still coming in: wait for them to go quiet.
+                queue.add_after(Key::Summaries, wait);
+                return Next::Done;
+            }
             due.scheduled = false;
+            due.first = None;
+            due.last = None;
             std::mem::take(&mut due.routes)
         };
         let r = self.summarize_routes(&names).await;
