@@ -2,8 +2,8 @@
 //! StaticRoutes selecting its node, real netlink in a fresh namespace.
 //!
 //! Measures, with 1,000 routes in place, the time from a new StaticRoute
-//! appearing to its route being in the kernel (the kernel's notification,
-//! read by `ip monitor route`) and to its Applied report in the node's
+//! appearing to its route being in the kernel (the kernel's route
+//! notification, received on the same runtime) and to its Applied report in the node's
 //! NodeOverlayIp status, restart-to-converged with the routes in place
 //! (and how many routes that deleted), the process's resident memory, and
 //! a legacy-mode full pass with 1,000 listed subnets that finds nothing to
@@ -151,10 +151,10 @@ async fn bench() {
     while status.next().now_or_never().flatten().is_some() {}
 
     // Then one new StaticRoute at a time: the time until its route is in
-    // the kernel (seen by `ip monitor route` in the node's namespace), and
+    // the kernel (the kernel's notification in the node's namespace), and
     // until the agent reports it Applied (written after the kernel
     // acknowledged it). The next route is created once the report is in.
-    let mut monitor = RouteMonitor::start(node.name());
+    let mut monitor = RouteMonitor::start(&node);
     let mut lat = Vec::with_capacity(NEW_ROUTES);
     let mut status_lat = Vec::with_capacity(NEW_ROUTES);
     for i in ROUTES..ROUTES + NEW_ROUTES {
@@ -220,12 +220,14 @@ async fn bench() {
         .count();
     drop(agent2);
     let legacy_noop_ms = legacy_noop().await;
+    let idle_rss = binary_rss(0).await;
+    let binary_rss = binary_rss(ROUTES).await;
     println!(
         "restart to converged: {restart_ms:.1} ms, kernel writes {}, route deletions {deletions}, routes in kernel {after}",
         report.apply.kernel_writes
     );
     println!(
-        "BENCH agent routes={ROUTES} route_latency_p50_ms={p50:.2} route_latency_p99_ms={p99:.2} exec_p50_ms={exec_p50:.2} ratio_vs_exec={:.1} restart_converge_ms={restart_ms:.1} restart_route_deletions={deletions} rss_mib={rss:.1} legacy_noop_ms={legacy_noop_ms:.2} status_latency_p50_ms={status_p50:.2}",
+        "BENCH agent routes={ROUTES} route_latency_p50_ms={p50:.2} route_latency_p99_ms={p99:.2} exec_p50_ms={exec_p50:.2} ratio_vs_exec={:.1} restart_converge_ms={restart_ms:.1} restart_route_deletions={deletions} rss_mib={rss:.1} legacy_noop_ms={legacy_noop_ms:.2} status_latency_p50_ms={status_p50:.2} binary_rss_mib={binary_rss:.1} binary_idle_rss_mib={idle_rss:.1}",
         exec_p50 / p50
     );
 }
@@ -280,51 +282,194 @@ async fn legacy_noop() -> f64 {
     p50
 }
 
-/// `ip monitor route` in a namespace: when each route reached the kernel.
+/// The kernel's route notifications in a namespace (like `ip monitor
+/// route`, on this runtime): when each route reached the kernel.
 struct RouteMonitor {
-    _child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
+    _conn: tokio::task::JoinHandle<()>,
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
 }
 
 impl RouteMonitor {
-    fn start(netns: &str) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new("ip")
-            .args(["-n", netns, "monitor", "route"])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+    fn start(netns: &Netns) -> Self {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, _handle, messages) = netns
+            .run(move || {
+                let _in_runtime = rt.enter();
+                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
+            })
+            .unwrap()
             .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut rd = tokio::io::BufReader::new(out).lines();
-            while let Ok(Some(l)) = rd.next_line().await {
-                if tx.send((Instant::now(), l)).is_err() {
-                    break;
-                }
-            }
-        });
-        // `ip monitor` subscribes right after it starts.
-        std::thread::sleep(Duration::from_millis(200));
         Self {
-            _child: child,
-            lines,
+            _conn: tokio::spawn(conn),
+            messages,
         }
     }
 
     /// Milliseconds from `since` to the kernel's notification of a new
     /// route to `dest`.
     async fn wait_for(&mut self, dest: &str, since: Instant) -> f64 {
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let net: ipnetwork::Ipv4Network = dest.parse().unwrap();
         loop {
-            let (at, line) = tokio::time::timeout(Duration::from_secs(10), self.lines.recv())
+            let (msg, _) = tokio::time::timeout(Duration::from_secs(10), self.messages.next())
                 .await
                 .unwrap_or_else(|_| panic!("no kernel route to {dest} after 10 s"))
                 .unwrap();
-            if line.starts_with(&format!("{dest} ")) {
+            let at = Instant::now();
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = msg.payload else {
+                continue;
+            };
+            let to = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if to == Some(net.ip()) && r.header.destination_prefix_length == net.prefix() {
                 return at.duration_since(since).as_secs_f64() * 1e3;
             }
         }
+    }
+}
+
+/// The `overlay-agent` binary with the real kube client, in a namespace
+/// of its own, against a minimal API server (lists and open watches) in
+/// that namespace: its resident memory once it has applied 1,000
+/// StaticRoutes.
+async fn binary_rss(routes: usize) -> f64 {
+    let node = Netns::new("bench-agent-bin").unwrap();
+    let gw = Netns::new("bench-agent-bin-gw").unwrap();
+    node.add_veth("eth0", &gw, "gw0").unwrap();
+    node.add_addr("eth0", "198.51.100.10/24").unwrap();
+    let listener = node
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().fallback(move |req| mini_api_server(req, routes));
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\nusers:\n- name: u\n  user: {{token: bench}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.name(),
+            env!("CARGO_BIN_EXE_overlay-agent"),
+        ])
+        .args(["--node-name", "n1", "--metrics-addr", "off"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let t = Instant::now();
+    loop {
+        let n = node
+            .routes(&[])
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("198.18.") && l.contains("proto 250"))
+            .count();
+        if n == routes && (routes > 0 || t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the agent binary applied {n} routes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let rss = field("VmRSS:") / 1024.0;
+    println!(
+        "overlay-agent binary (real kube client) with {routes} routes applied: RSS {rss:.1} MiB (heap and stacks {:.1}, binary and libraries {:.1}), {} threads",
+        field("RssAnon:") / 1024.0,
+        field("RssFile:") / 1024.0,
+        field("Threads:")
+    );
+    let _ = child.kill().await;
+    server.abort();
+    rss
+}
+
+/// Just enough of a kube-apiserver for one agent: its Node, its
+/// NodeOverlayIp, 1,000 StaticRoutes, watches that stay open, and status
+/// writes that are accepted.
+async fn mini_api_server(req: axum::extract::Request, routes: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let list = |kind: &str, api: &str, items: Vec<serde_json::Value>| {
+        axum::Json(serde_json::json!({"apiVersion": api, "kind": kind,
+            "metadata": {"resourceVersion": "1"}, "items": items}))
+        .into_response()
+    };
+    let noip = serde_json::json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "NodeOverlayIp",
+        "metadata": {"name": "n1", "resourceVersion": "1", "finalizers": [FINALIZER]},
+        "status": {"ipAddr": "192.0.2.20/24", "gateway": "192.0.2.1"}});
+    if query.contains("watch=true") {
+        let body = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<Vec<u8>, std::io::Error>,
+        >());
+        return axum::response::Response::new(body);
+    }
+    match (req.method().as_str(), path.as_str()) {
+        ("GET", "/api/v1/nodes") => list(
+            "NodeList",
+            "v1",
+            vec![serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "uid": "u1", "resourceVersion": "1",
+                "labels": {"topology.kubernetes.io/zone": "z1"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.10"}]}})],
+        ),
+        ("GET", "/apis/iks.ibm.com/v1alpha1/nodeoverlayips") => {
+            list("NodeOverlayIpList", "iks.ibm.com/v1alpha1", vec![noip])
+        }
+        ("GET", "/apis/iks.ibm.com/v1alpha1/staticroutes") => list(
+            "StaticRouteList",
+            "iks.ibm.com/v1alpha1",
+            (0..routes)
+                .map(|i| {
+                    serde_json::json!({"apiVersion": "iks.ibm.com/v1alpha1",
+                    "kind": "StaticRoute",
+                    "metadata": {"name": format!("r{i}"), "resourceVersion": "1", "generation": 1},
+                    "spec": {"subnet": subnet(i)}})
+                })
+                .collect(),
+        ),
+        ("PATCH", p) if p.ends_with("/status") => axum::Json(noip).into_response(),
+        ("POST", _) => (
+            axum::http::StatusCode::CREATED,
+            axum::Json(serde_json::json!({})),
+        )
+            .into_response(),
+        _ => axum::http::StatusCode::NOT_FOUND.into_response(),
     }
 }
 

@@ -64,7 +64,30 @@ pub fn block_on_main(
     program: &str,
     fut: impl std::future::Future<Output = Result<(), Exit>>,
 ) -> std::process::ExitCode {
-    let result = match tokio::runtime::Runtime::new() {
+    finish(program, tokio::runtime::Runtime::new(), fut)
+}
+
+/// [`block_on_main`] on a single-threaded runtime: for the node agent,
+/// whose work is small and whose memory counts on every node (a runtime
+/// sized by the node's cores would start one worker thread, stack and
+/// allocator arena per core).
+pub fn block_on_main_single_thread(
+    program: &str,
+    fut: impl std::future::Future<Output = Result<(), Exit>>,
+) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build();
+    finish(program, rt, fut)
+}
+
+fn finish(
+    program: &str,
+    rt: std::io::Result<tokio::runtime::Runtime>,
+    fut: impl std::future::Future<Output = Result<(), Exit>>,
+) -> std::process::ExitCode {
+    let result = match rt {
         Ok(rt) => rt.block_on(fut),
         Err(e) => Err(Exit::from(format!("starting the runtime: {e}"))),
     };

@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use overlay_bins::stores::{AgentInputOptions, agent_inputs};
 use overlay_bins::{
-    Exit, LogFormat, block_on_main, init_logging, kube_client, parse_metrics_addr, serve_health,
-    shutdown_signal,
+    Exit, LogFormat, block_on_main_single_thread, init_logging, kube_client, parse_metrics_addr,
+    serve_health, shutdown_signal,
 };
 use overlay_core::agent::AgentConfig;
 use overlay_core::metrics::AgentMetrics;
@@ -206,7 +206,7 @@ async fn run(args: Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    block_on_main("overlay-agent", async {
+    block_on_main_single_thread("overlay-agent", async {
         run(args).await.map_err(Exit::from)
     })
 }
