@@ -571,75 +571,19 @@ impl Inner {
         }
         *writes += (dels.len() + adds.len()) as u64;
         self.count_writes((dels.len() + adds.len()) as u64);
-        let del_results = send_all(self, dels).await;
-        for ((op, r), spec) in del_results.into_iter().zip(removed_specs) {
-            match r {
-                Ok(()) | Err(ESRCH) | Err(ENOENT) => {
-                    if let Some(gone) = ours.remove(&op.key)
-                        && let Some(d) = as_direct(&gone)
-                    {
-                        direct.retain(|x| *x != d);
-                    }
-                    report.routes_removed.push(spec);
-                }
-                Err(e) if e == EPERM || e == kernel::EACCES => {
-                    return Err(errno_error(&format!("delete route {spec}"), e));
-                }
-                Err(e) => tracing::warn!(
-                    route = %spec,
-                    error = %errno_message(e),
-                    "could not remove a route overlay installed earlier"
-                ),
-            }
+        let mut known = Known {
+            ours: &mut ours,
+            direct: &mut direct,
+            protocol: self.protocol,
+        };
+        for ((op, r), spec) in send_all(self, dels).await.into_iter().zip(removed_specs) {
+            known.deleted(op.key, spec, r, report)?;
         }
-        let add_results = send_all(self, adds).await;
-        for (op, r) in add_results {
+        for (op, r) in send_all(self, adds).await {
             let Some(i) = op.route else { continue };
-            let spec = &desired.routes[i];
-            results[i] = Some(match r {
-                Ok(()) => {
-                    let k = installed_route(op.key, spec, oifs[i], self.protocol);
-                    if let Some(d) = as_direct(&k) {
-                        direct.push(d);
-                    }
-                    ours.insert(op.key, k);
-                    op.result
-                }
-                Err(e) if e == EPERM || e == kernel::EACCES => {
-                    return Err(errno_error(&format!("add route {spec}"), e));
-                }
-                Err(e) => RouteResult::Failed(route_failure(spec, e)),
-            });
+            results[i] = Some(known.added(&op, &desired.routes[i], oifs[i], r)?);
         }
-        report.routes = desired
-            .routes
-            .iter()
-            .zip(results)
-            .zip(oifs)
-            .map(|((route, result), oif)| {
-                let result = result.unwrap_or(RouteResult::Unchanged);
-                let device = match result {
-                    RouteResult::Failed(_) => None,
-                    _ => route.device.clone().or_else(|| name_of(oif)),
-                };
-                RouteOutcome {
-                    route: route.clone(),
-                    result,
-                    device,
-                }
-            })
-            .collect();
-        for o in &report.routes {
-            if !matches!(o.result, RouteResult::Failed(_)) {
-                state
-                    .scope
-                    .tables
-                    .insert(o.route.table.unwrap_or(MAIN_TABLE));
-                if let Some(d) = &o.device {
-                    state.scope.devices.insert(d.clone());
-                }
-            }
-        }
+        report.routes = outcomes(&desired.routes, results, oifs, name_of, &mut state.scope);
 
         // Remember what drift repair and updates need.
         let mut relevant: HashSet<&str> = HashSet::new();
@@ -859,80 +803,28 @@ impl Inner {
         report.kernel_writes = ops.len() as u64;
         self.count_writes(ops.len() as u64);
         let mut removed_specs = removed_specs.into_iter();
+        let mut known = Known {
+            ours: &mut state.ours,
+            direct: &mut state.direct,
+            protocol: self.protocol,
+        };
         for (k, (op, r)) in send_all(self, ops).await.into_iter().enumerate() {
             if k < n_dels {
-                let Some(spec) = removed_specs.next() else {
-                    continue;
-                };
-                match r {
-                    Ok(()) | Err(ESRCH) | Err(ENOENT) => {
-                        if let Some(gone) = state.ours.remove(&op.key)
-                            && let Some(d) = as_direct(&gone)
-                        {
-                            state.direct_gone(&d);
-                        }
-                        report.routes_removed.push(spec);
-                    }
-                    Err(e) if e == EPERM || e == kernel::EACCES => {
-                        return Err(errno_error(&format!("delete route {spec}"), e));
-                    }
-                    Err(e) => tracing::warn!(
-                        route = %spec,
-                        error = %errno_message(e),
-                        "could not remove a route overlay installed"
-                    ),
+                if let Some(spec) = removed_specs.next() {
+                    known.deleted(op.key, spec, r, report)?;
                 }
                 continue;
             }
             let Some(i) = op.route else { continue };
-            let spec = &changes.upsert[i];
-            results[i] = Some(match r {
-                Ok(()) => {
-                    let k = installed_route(op.key, spec, oifs[i], self.protocol);
-                    if let Some(d) = as_direct(&k) {
-                        state.direct_added(d);
-                    }
-                    state.ours.insert(op.key, k);
-                    op.result
-                }
-                Err(e) if e == EPERM || e == kernel::EACCES => {
-                    return Err(errno_error(&format!("add route {spec}"), e));
-                }
-                Err(e) => RouteResult::Failed(route_failure(spec, e)),
-            });
+            results[i] = Some(known.added(&op, &changes.upsert[i], oifs[i], r)?);
         }
-        report.routes = changes
-            .upsert
-            .iter()
-            .zip(results)
-            .zip(oifs)
-            .map(|((route, result), oif)| {
-                let result = result.unwrap_or(RouteResult::Unchanged);
-                let device = match result {
-                    RouteResult::Failed(_) => None,
-                    _ => route.device.clone().or_else(|| {
-                        oif.and_then(|o| state.link_name(o))
-                            .and_then(|n| InterfaceName::parse("device", n).ok())
-                    }),
-                };
-                RouteOutcome {
-                    route: route.clone(),
-                    result,
-                    device,
-                }
-            })
-            .collect();
-        for o in &report.routes {
-            if !matches!(o.result, RouteResult::Failed(_)) {
-                state
-                    .scope
-                    .tables
-                    .insert(o.route.table.unwrap_or(MAIN_TABLE));
-                if let Some(d) = &o.device {
-                    state.scope.devices.insert(d.clone());
-                }
-            }
-        }
+        let links = &state.all_links;
+        let name_of = |oif: Option<u32>| {
+            let index = oif?;
+            let l = links.values().find(|l| l.index == index)?;
+            InterfaceName::parse("device", &l.name).ok()
+        };
+        report.routes = outcomes(&changes.upsert, results, oifs, name_of, &mut state.scope);
 
         // The last report follows: outcomes of the routes desired now.
         if let Some(last) = &mut state.last_report {
@@ -1398,6 +1290,110 @@ fn gateway_oif(gw: IpAddr, table: u32, direct: &[Direct]) -> Option<u32> {
         })
         .max_by_key(|(net, o, t)| (net.prefix(), *t == table, std::cmp::Reverse(*o)))
         .and_then(|(_, o, _)| *o)
+}
+
+/// Our routes and the direct routes as the programmer knows them, kept in
+/// step with the kernel's answers to our writes (by full applies and
+/// updates alike).
+struct Known<'a> {
+    ours: &'a mut HashMap<RouteKey, KernelRoute>,
+    direct: &'a mut Vec<Direct>,
+    protocol: u8,
+}
+
+impl Known<'_> {
+    /// Takes in the kernel's answer to the deletion of our route `spec`.
+    fn deleted(
+        &mut self,
+        key: RouteKey,
+        spec: RouteSpec,
+        answer: Result<(), Errno>,
+        report: &mut ApplyReport,
+    ) -> Result<(), ProgrammerError> {
+        match answer {
+            Ok(()) | Err(ESRCH) | Err(ENOENT) => {
+                if let Some(gone) = self.ours.remove(&key)
+                    && let Some(d) = as_direct(&gone)
+                {
+                    self.direct.retain(|x| *x != d);
+                }
+                report.routes_removed.push(spec);
+            }
+            Err(e) if e == EPERM || e == kernel::EACCES => {
+                return Err(errno_error(&format!("delete route {spec}"), e));
+            }
+            Err(e) => tracing::warn!(
+                route = %spec,
+                error = %errno_message(e),
+                "could not remove a route overlay installed earlier"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Takes in the kernel's answer to the write of `op` (route `spec`
+    /// through `oif`); the route's result.
+    fn added(
+        &mut self,
+        op: &Op,
+        spec: &RouteSpec,
+        oif: Option<u32>,
+        answer: Result<(), Errno>,
+    ) -> Result<RouteResult, ProgrammerError> {
+        match answer {
+            Ok(()) => {
+                let k = installed_route(op.key, spec, oif, self.protocol);
+                if let Some(d) = as_direct(&k)
+                    && !self.direct.contains(&d)
+                {
+                    self.direct.push(d);
+                }
+                self.ours.insert(op.key, k);
+                Ok(op.result.clone())
+            }
+            Err(e) if e == EPERM || e == kernel::EACCES => {
+                Err(errno_error(&format!("add route {spec}"), e))
+            }
+            Err(e) => Ok(RouteResult::Failed(route_failure(spec, e))),
+        }
+    }
+}
+
+/// The outcome of each of `routes` (a route without a result was already
+/// in place), naming the device it goes out of; the tables and devices of
+/// the routes in place join `scope`.
+fn outcomes(
+    routes: &[RouteSpec],
+    results: Vec<Option<RouteResult>>,
+    oifs: Vec<Option<u32>>,
+    name_of: impl Fn(Option<u32>) -> Option<InterfaceName>,
+    scope: &mut RouteScope,
+) -> Vec<RouteOutcome> {
+    let out: Vec<RouteOutcome> = routes
+        .iter()
+        .zip(results)
+        .zip(oifs)
+        .map(|((route, result), oif)| {
+            let result = result.unwrap_or(RouteResult::Unchanged);
+            let device = match result {
+                RouteResult::Failed(_) => None,
+                _ => route.device.clone().or_else(|| name_of(oif)),
+            };
+            RouteOutcome {
+                route: route.clone(),
+                result,
+                device,
+            }
+        })
+        .collect();
+    for o in out
+        .iter()
+        .filter(|o| !matches!(o.result, RouteResult::Failed(_)))
+    {
+        scope.add_route(&o.route);
+        scope.devices.extend(o.device.clone());
+    }
+    out
 }
 
 /// The kernel route that writing `spec` with `oif` installed.

@@ -406,7 +406,7 @@ impl Agent {
         for ev in events {
             match ev {
                 StoreEvent::Applied(r) => {
-                    next.insert(r.name.clone(), Some(PlannedRoute::unplanned(r)));
+                    next.insert(r.name.clone(), Some(plan::Unplanned::from(r)));
                 }
                 StoreEvent::Deleted(name) => {
                     next.insert(name.clone(), None);
@@ -614,7 +614,7 @@ impl Agent {
         let mut out = BTreeMap::new();
         for sr in all {
             if let Some(p) = self
-                .plan_one(mem, ctx, PlannedRoute::unplanned(sr), discovery)
+                .plan_one(mem, ctx, plan::Unplanned::from(sr), discovery)
                 .await
             {
                 out.insert(sr.name.clone(), p);
@@ -652,7 +652,7 @@ impl Agent {
         subnets: Option<&[Cidr]>,
         discovery: &mut Discovery,
     ) -> Vec<PlannedRoute> {
-        let Some(subnets) = subnets else {
+        let Some(subnets) = subnets.filter(|s| !s.is_empty()) else {
             return Vec::new();
         };
         let prefix = self.cfg.legacy_gateway_from;
@@ -956,12 +956,12 @@ impl Agent {
         let mut drift = self.programmer.drift();
         let mut resync = tokio::time::interval(self.cfg.resync);
         tokio::pin!(shutdown);
-        let mut backoff = Backoff::default();
+        let mut retry = Retry::default();
         loop {
             let wake = tokio::select! {
                 _ = &mut shutdown => break,
                 _ = resync.tick() => Wake::Full,
-                _ = backoff.wait() => Wake::Full,
+                _ = retry.wait() => Wake::Full,
                 Some(c) = changes.next() => self.gather(c, &mut changes).await,
                 ev = drift.next() => match ev {
                     Some(DriftEvent::Repaired { writes }) => {
@@ -983,11 +983,11 @@ impl Agent {
             match result {
                 Ok(()) => {
                     self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                    backoff.succeeded(&self.cfg.node_name);
+                    retry.succeeded(&self.cfg.node_name);
                     self.metrics.reconciled(true);
                 }
                 Err(e) => {
-                    backoff.failed(&e);
+                    retry.failed(&e);
                     self.metrics.reconciled(false);
                 }
             }
@@ -1101,17 +1101,23 @@ fn known_gateways(mem: &Memory) -> Vec<KnownGateway> {
         .collect()
 }
 
-/// Retry timing after failed passes: 250 ms doubling up to 60 s, with
-/// repeated failures logged once a minute.
-struct Backoff {
+/// Retry timing after failed passes: the work queue's exponential
+/// [`Backoff`](crate::queue::Backoff) from 500 ms up to 60 s, with repeated
+/// failures logged once a minute.
+struct Retry {
+    backoff: crate::queue::Backoff,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
     errors: Repeats,
 }
 
-impl Default for Backoff {
+impl Default for Retry {
     fn default() -> Self {
         Self {
+            backoff: crate::queue::Backoff {
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(60),
+            },
             failures: 0,
             retry_at: None,
             errors: Repeats::new(Duration::from_secs(60)),
@@ -1119,7 +1125,7 @@ impl Default for Backoff {
     }
 }
 
-impl Backoff {
+impl Retry {
     async fn wait(&self) {
         match self.retry_at {
             Some(t) => tokio::time::sleep_until(t).await,
@@ -1137,9 +1143,7 @@ impl Backoff {
 
     fn failed(&mut self, e: &AgentError) {
         self.failures = self.failures.saturating_add(1);
-        let delay = Duration::from_millis(250)
-            .saturating_mul(1u32 << self.failures.min(8))
-            .min(Duration::from_secs(60));
+        let delay = self.backoff.delay(self.failures);
         if let Some(repeats) = self.errors.failure() {
             warn!(error = %e, retry_in_ms = delay.as_millis() as u64, repeats,
                 "agent reconcile failed; routes in place are kept");

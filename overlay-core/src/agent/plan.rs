@@ -51,9 +51,8 @@ pub(super) struct Unplanned {
     deleting: bool,
 }
 
-impl PlannedRoute {
-    /// A StaticRoute to plan.
-    pub fn unplanned(r: &StaticRouteRecord) -> Unplanned {
+impl From<&StaticRouteRecord> for Unplanned {
+    fn from(r: &StaticRouteRecord) -> Self {
         Unplanned {
             spec: r.spec.clone(),
             deleting: r.deleting,
