@@ -870,6 +870,12 @@ pub fn truncate_message(s: &str, max: usize) -> String {
     format!("{}{MARK}", &s[..end])
 }
 
+/// A status message as written: absent when empty, cut to
+/// [`MESSAGE_MAX_LEN`].
+fn status_message(m: &str) -> Option<String> {
+    (!m.is_empty()).then(|| truncate_message(m, MESSAGE_MAX_LEN))
+}
+
 impl From<&NodeRouteStatus> for NodeStatusEntry {
     fn from(s: &NodeRouteStatus) -> Self {
         NodeStatusEntry {
@@ -877,7 +883,7 @@ impl From<&NodeRouteStatus> for NodeStatusEntry {
             device: s.device.clone(),
             gateway: s.gateway.clone(),
             state: Some(s.state.to_string()),
-            message: (!s.message.is_empty()).then(|| truncate_message(&s.message, MESSAGE_MAX_LEN)),
+            message: status_message(&s.message),
         }
     }
 }
@@ -890,7 +896,7 @@ impl From<&RouteReport> for RouteReportEntry {
             gateway: r.gateway.clone(),
             table: r.table,
             state: r.state.to_string(),
-            message: (!r.message.is_empty()).then(|| truncate_message(&r.message, MESSAGE_MAX_LEN)),
+            message: status_message(&r.message),
         }
     }
 }

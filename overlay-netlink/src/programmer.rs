@@ -305,6 +305,26 @@ struct Op {
     result: RouteResult,
 }
 
+impl Op {
+    /// Adds (or, with `CREATE_REPLACE`, replaces) desired route `i`.
+    fn add(
+        i: usize,
+        key: RouteKey,
+        gateway: Option<IpAddr>,
+        oif: Option<u32>,
+        protocol: u8,
+        (flags, result): (u16, RouteResult),
+    ) -> Self {
+        Op {
+            route: Some(i),
+            key,
+            msg: RouteNetlinkMessage::NewRoute(kernel::route_message(&key, gateway, oif, protocol)),
+            flags,
+            result,
+        }
+    }
+}
+
 /// Sends `ops` over the bulk socket; results in the order given.
 async fn send_all(inner: &Inner, ops: Vec<Op>) -> Vec<(Op, Result<(), Errno>)> {
     if ops.is_empty() {
@@ -506,18 +526,14 @@ impl Inner {
             } else {
                 (CREATE_EXCL, RouteResult::Added)
             };
-            adds.push(Op {
-                route: Some(i),
+            adds.push(Op::add(
+                i,
                 key,
-                msg: RouteNetlinkMessage::NewRoute(kernel::route_message(
-                    &key,
-                    spec.gateway,
-                    planned,
-                    self.protocol,
-                )),
-                flags,
-                result,
-            });
+                spec.gateway,
+                planned,
+                self.protocol,
+                (flags, result),
+            ));
         }
 
         // Removals of our routes no longer desired (none when the caller
@@ -786,18 +802,14 @@ impl Inner {
             if results[i].is_some() {
                 continue; // unchanged
             }
-            ops.push(Op {
-                route: Some(i),
+            ops.push(Op::add(
+                i,
                 key,
-                msg: RouteNetlinkMessage::NewRoute(kernel::route_message(
-                    &key,
-                    spec.gateway,
-                    planned,
-                    self.protocol,
-                )),
-                flags,
-                result,
-            });
+                spec.gateway,
+                planned,
+                self.protocol,
+                (flags, result),
+            ));
         }
 
         report.kernel_writes = ops.len() as u64;
