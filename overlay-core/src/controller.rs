@@ -36,11 +36,12 @@ use tokio::time::Instant;
 use futures::StreamExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backoff::Backoff;
 use crate::error::{IpamError, StoreError};
 use crate::events::{Event, EventRecorder, EventType};
 use crate::metrics::ControllerMetrics;
 use crate::model::{NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
-use crate::queue::{Backoff, Next, WorkQueue};
+use crate::queue::{Next, WorkQueue};
 use crate::traits::{
     FINALIZER, IpamBackend, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord,
     OverlayIpStore, RouteReport, RouteSummary, StaticRouteRecord, StaticRouteStore, StoreEvent,

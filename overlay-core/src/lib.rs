@@ -17,6 +17,7 @@
 //!   custom resources.
 
 pub mod agent;
+pub mod backoff;
 pub mod controller;
 pub mod error;
 pub mod events;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 
+use crate::backoff::Backoff;
+
 /// What a run asks the queue to do next with its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -19,32 +21,6 @@ pub enum Next {
     After(Duration),
     /// Failed; retry with exponential backoff.
     Backoff,
-}
-
-/// Exponential backoff bounds.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// First delay.
-    pub min: Duration,
-    /// Largest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay after `failures` consecutive failures (1-based).
-    pub fn delay(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(20);
-        self.min.saturating_mul(factor).min(self.max)
-    }
 }
 
 struct State<K> {

@@ -1102,10 +1102,10 @@ fn known_gateways(mem: &Memory) -> Vec<KnownGateway> {
 }
 
 /// Retry timing after failed passes: the work queue's exponential
-/// [`Backoff`](crate::queue::Backoff) from 500 ms up to 60 s, with repeated
+/// [`Backoff`](crate::backoff::Backoff) from 500 ms up to 60 s, with repeated
 /// failures logged once a minute.
 struct Retry {
-    backoff: crate::queue::Backoff,
+    backoff: crate::backoff::Backoff,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
     errors: Repeats,
@@ -1114,10 +1114,10 @@ struct Retry {
 impl Default for Retry {
     fn default() -> Self {
         Self {
-            backoff: crate::queue::Backoff {
-                min: Duration::from_millis(500),
-                max: Duration::from_secs(60),
-            },
+            backoff: crate::backoff::Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            ),
             failures: 0,
             retry_at: None,
             errors: Repeats::new(Duration::from_secs(60)),
