@@ -19,9 +19,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{IpamBackend, NodeInfo, OverlayIpStore, Owner};
 use overlay_ipam::memory::MemoryBackend;
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
@@ -75,21 +74,24 @@ impl Setup {
 
         let overlay_ips = MemoryOverlayIps::new();
         let events = MemoryEvents::new();
-        let controller = Arc::new(Controller::new(
-            ControllerConfig {
-                // This example hands a released address out again at once;
-                // keep the default 5 min hold-down where a node that went
-                // away may still have the address configured.
-                hold_down: Duration::ZERO,
-                ..ControllerConfig::new(CLUSTER)
-            },
-            Arc::new(nodes.clone()),
-            ipam.clone(),
-            Arc::new(overlay_ips.clone()),
-            Arc::new(MemoryStaticRoutes::new()),
-            Arc::new(events.clone()),
-            ControllerMetrics::default(),
-        ));
+        let controller = Arc::new(
+            Controller::new(
+                ControllerConfig {
+                    // This example hands a released address out again at once;
+                    // keep the default 5 min hold-down where a node that went
+                    // away may still have the address configured.
+                    hold_down: Duration::ZERO,
+                    ..ControllerConfig::new(CLUSTER)
+                },
+                ControllerParts {
+                    nodes: Arc::new(nodes.clone()),
+                    ipam: ipam.clone(),
+                    overlay_ips: Arc::new(overlay_ips.clone()),
+                    routes: Arc::new(MemoryStaticRoutes::new()),
+                },
+            )
+            .with_events(Arc::new(events.clone())),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(controller.run(async move {
             let _ = stopped.await;

@@ -37,9 +37,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use overlay_core::agent::{Agent, AgentConfig, AgentReport};
-use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer};
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::agent::{Agent, AgentConfig, AgentParts, AgentReport};
+use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer};
 use overlay_core::{
     Cidr, DiscoveredRoute, InterfaceName, LegacyRouteSource, NodeInfo, RouteProgrammer, StoreError,
 };
@@ -109,14 +108,9 @@ pub async fn run_once(
 
     let agent = Agent::new(
         cfg,
-        programmer,
-        Arc::new(nodes),
-        // No overlay IPs in this mode: an empty store.
-        Arc::new(MemoryOverlayIps::new()),
-        // No StaticRoute objects either.
-        None,
-        Some(Arc::new(routes)),
-        AgentMetrics::default(),
+        AgentParts { programmer, nodes: Arc::new(nodes), overlay_ips: // No overlay IPs in this mode: an empty store.
+        Arc::new(MemoryOverlayIps::new()), routes: // No StaticRoute objects either.
+        None, legacy: Some(Arc::new(routes)) },
     );
     // One reconcile; a long-running agent calls `Arc::new(agent).run(shutdown)`
     // instead, which also reacts to list changes and kernel drift.

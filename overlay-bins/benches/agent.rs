@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use overlay_core::agent::{Agent, AgentConfig};
-use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
+use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     Cidr, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo, OverlayIpRecord,
     OverlayIpStore, RouteState, StaticRouteSpecModel, StoreError, StoreEvent,
@@ -90,12 +89,13 @@ async fn bench() {
             .unwrap();
         Arc::new(Agent::new(
             AgentConfig::new("n1").unwrap(),
-            Arc::new(p),
-            Arc::new(nodes.clone()),
-            Arc::new(ips.clone()),
-            Some(Arc::new(routes.clone())),
-            None,
-            AgentMetrics::default(),
+            AgentParts {
+                programmer: Arc::new(p),
+                nodes: Arc::new(nodes.clone()),
+                overlay_ips: Arc::new(ips.clone()),
+                routes: Some(Arc::new(routes.clone())),
+                legacy: None,
+            },
         ))
     };
 
@@ -261,12 +261,13 @@ async fn legacy_noop() -> f64 {
         .unwrap();
     let agent = Agent::new(
         cfg,
-        Arc::new(p),
-        Arc::new(nodes),
-        Arc::new(MemoryOverlayIps::new()),
-        None,
-        Some(Arc::new(StaticList(subnets))),
-        AgentMetrics::default(),
+        AgentParts {
+            programmer: Arc::new(p),
+            nodes: Arc::new(nodes),
+            overlay_ips: Arc::new(MemoryOverlayIps::new()),
+            routes: None,
+            legacy: Some(Arc::new(StaticList(subnets))),
+        },
     );
     let first = agent.reconcile().await.unwrap();
     assert_eq!(first.apply.routes.len(), ROUTES);

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_core::NodeInfo;
-use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec, original_reserve};
 use overlay_ipam::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
 
@@ -122,18 +121,21 @@ async fn bench() {
         ));
     }
     let ips = MemoryOverlayIps::new();
-    let controller = Arc::new(Controller::new(
-        ControllerConfig {
-            concurrency: CONCURRENCY,
-            ..ControllerConfig::new("bench")
-        },
-        Arc::new(nodes.clone()),
-        ipam,
-        Arc::new(ips.clone()),
-        Arc::new(MemoryStaticRoutes::new()),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            ControllerConfig {
+                concurrency: CONCURRENCY,
+                ..ControllerConfig::new("bench")
+            },
+            ControllerParts {
+                nodes: Arc::new(nodes.clone()),
+                ipam,
+                overlay_ips: Arc::new(ips.clone()),
+                routes: Arc::new(MemoryStaticRoutes::new()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     emu.reset_counts();
     let t = Instant::now();
     let run = tokio::spawn(controller.run(futures::future::pending()));

@@ -29,10 +29,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use overlay_core::agent::{Agent, AgentConfig};
-use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::{AgentMetrics, ControllerMetrics};
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo, Owner,
     RouteState, StaticRouteSpecModel, StoreError,
@@ -983,12 +982,13 @@ async fn start_agent(
     };
     let agent = Arc::new(Agent::new(
         cfg,
-        Arc::new(programmer),
-        Arc::new(r.nodes.clone()),
-        Arc::new(r.ips.clone()),
-        routes,
-        legacy_src,
-        AgentMetrics::default(),
+        AgentParts {
+            programmer: Arc::new(programmer),
+            nodes: Arc::new(r.nodes.clone()),
+            overlay_ips: Arc::new(r.ips.clone()),
+            routes,
+            legacy: legacy_src,
+        },
     ));
     Ok(tokio::spawn(agent.run(futures::future::pending())))
 }
@@ -1029,18 +1029,21 @@ async fn run_in(
             let (name, spec) = route_spec(i, GatewayChoice::Overlay)?;
             r.routes.apply(&name, Ok(spec));
         }
-        let controller = Arc::new(Controller::new(
-            ControllerConfig {
-                resync: Duration::from_secs(30),
-                ..ControllerConfig::new("lab")
-            },
-            Arc::new(r.nodes.clone()),
-            r.ipam.clone(),
-            Arc::new(r.ips.clone()),
-            Arc::new(r.routes.clone()),
-            Arc::new(MemoryEvents::new()),
-            ControllerMetrics::default(),
-        ));
+        let controller = Arc::new(
+            Controller::new(
+                ControllerConfig {
+                    resync: Duration::from_secs(30),
+                    ..ControllerConfig::new("lab")
+                },
+                ControllerParts {
+                    nodes: Arc::new(r.nodes.clone()),
+                    ipam: r.ipam.clone(),
+                    overlay_ips: Arc::new(r.ips.clone()),
+                    routes: Arc::new(r.routes.clone()),
+                },
+            )
+            .with_events(Arc::new(MemoryEvents::new())),
+        );
         r.tasks
             .push(tokio::spawn(controller.run(futures::future::pending())));
         progress("controller started (in-memory nodes, IPAM pools per zone)");

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod status;
 pub mod stores;
@@ -14,7 +15,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::registry::Registry;
+use overlay_core::metrics::prometheus::PrometheusMetrics;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,8 +128,8 @@ pub async fn shutdown_signal() {
 pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The health and metrics router: `/healthz` (process is up), `/readyz`
-/// (`ready()` is true), `/metrics` (OpenMetrics text of `registry`).
-pub fn health_router(ready: ReadyFn, registry: Arc<Registry>) -> Router {
+/// (`ready()` is true), `/metrics` (OpenMetrics text of `metrics`).
+pub fn health_router(ready: ReadyFn, metrics: Arc<PrometheusMetrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -147,14 +148,14 @@ pub fn health_router(ready: ReadyFn, registry: Arc<Registry>) -> Router {
         .route(
             "/metrics",
             get(move || {
-                let registry = registry.clone();
+                let metrics = metrics.clone();
                 async move {
                     (
                         [(
                             header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        overlay_core::metrics::encode(&registry),
+                        metrics.encode(),
                     )
                         .into_response()
                 }
@@ -167,13 +168,13 @@ pub fn health_router(ready: ReadyFn, registry: Arc<Registry>) -> Router {
 pub async fn serve_health(
     addr: SocketAddr,
     ready: ReadyFn,
-    registry: Arc<Registry>,
+    metrics: Arc<PrometheusMetrics>,
 ) -> Result<SocketAddr, String> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen on {addr} for /healthz, /readyz and /metrics: {e}; pick another address with --metrics-addr (or `off`)")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = health_router(ready, registry);
+    let app = health_router(ready, metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health server stopped");
@@ -251,14 +252,18 @@ mod tests {
     async fn health_endpoints_answer() {
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r = ready.clone();
-        let mut registry = Registry::default();
-        let m = overlay_core::metrics::ControllerMetrics::default();
-        m.register(&mut registry);
-        m.reconciled("node", true);
+        let m = PrometheusMetrics::controller();
+        overlay_core::metrics::Metrics::record(
+            &m,
+            overlay_core::metrics::Measurement::ControllerReconciled {
+                object: "node",
+                ok: true,
+            },
+        );
         let addr = serve_health(
             "127.0.0.1:0".parse().unwrap(),
             Arc::new(move || r.load(std::sync::atomic::Ordering::SeqCst)),
-            Arc::new(registry),
+            Arc::new(m),
         )
         .await
         .unwrap();

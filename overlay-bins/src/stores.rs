@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use overlay_core::agent::{Agent, AgentConfig};
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::events::{Event, EventRecorder, EventType};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
-    AGENT_MANAGER, CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, FileRoutes, KubeConfigMapRoutes,
-    KubeEvents, KubeLease, KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges,
-    node_field_manager,
+    AGENT_MANAGER, CLUSTER_ID_ANNOTATION, CONTROLLER_MANAGER, KubeConfigMapRoutes, KubeEvents,
+    KubeLease, KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges, node_field_manager,
 };
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::legacy::FileRoutes;
+use overlay_core::metrics::Metrics;
 use overlay_core::{
     LegacyRouteSource, NodeSource, OverlayIpStore, RouteProgrammer, StaticRouteStore,
 };
@@ -50,18 +50,20 @@ pub struct AgentInputs {
     pub routes: Option<Arc<dyn StaticRouteStore>>,
     /// The older route list, when configured.
     pub legacy: Option<Arc<dyn LegacyRouteSource>>,
-    /// Objects that do not convert (register its gauge in the agent's
-    /// registry).
+    /// Objects that do not convert (counted in the agent's metrics).
     pub invalid: InvalidObjects,
+    /// Where the agent and `invalid` report measurements.
+    pub metrics: Arc<dyn Metrics>,
 }
 
-/// Builds the agent's stores for node `node` on `client`. Must run inside
-/// a Tokio runtime (the stores start their watches right away). Fails only
-/// on a malformed `legacy_configmap`.
+/// Builds the agent's stores for node `node` on `client`, reporting to
+/// `metrics`. Must run inside a Tokio runtime (the stores start their
+/// watches right away). Fails only on a malformed `legacy_configmap`.
 pub fn agent_inputs(
     client: Client,
     node: &str,
     options: &AgentInputOptions,
+    metrics: Arc<dyn Metrics>,
 ) -> Result<AgentInputs, String> {
     // Objects that do not convert are logged and counted; Events are raised
     // only for this node's own objects (its NodeOverlayIp, the legacy
@@ -72,7 +74,9 @@ pub fn agent_inputs(
         AGENT_MANAGER,
         Some(node.to_owned()),
     ));
-    let invalid = InvalidObjects::new(events).with_event_kinds(&["NodeOverlayIp", "ConfigMap"]);
+    let invalid = InvalidObjects::new(events)
+        .with_event_kinds(&["NodeOverlayIp", "ConfigMap"])
+        .with_metrics(metrics.clone());
     // The agent writes no StaticRoute (the controller sums the nodes'
     // reports up); the field manager is only what the store requires.
     let routes: Option<Arc<dyn StaticRouteStore>> = options.static_routes.then(|| {
@@ -117,26 +121,24 @@ pub fn agent_inputs(
         routes,
         legacy,
         invalid,
+        metrics,
     })
 }
 
 impl AgentInputs {
     /// The agent over these inputs.
-    pub fn agent(
-        self,
-        cfg: AgentConfig,
-        programmer: Arc<dyn RouteProgrammer>,
-        metrics: AgentMetrics,
-    ) -> Agent {
+    pub fn agent(self, cfg: AgentConfig, programmer: Arc<dyn RouteProgrammer>) -> Agent {
         Agent::new(
             cfg,
-            programmer,
-            self.nodes,
-            self.overlay_ips,
-            self.routes,
-            self.legacy,
-            metrics,
+            AgentParts {
+                programmer,
+                nodes: self.nodes,
+                overlay_ips: self.overlay_ips,
+                routes: self.routes,
+                legacy: self.legacy,
+            },
         )
+        .with_metrics(self.metrics)
     }
 }
 

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overlay_core::agent::{Agent, AgentConfig};
-use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
+use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     FINALIZER, GatewayChoice, LabelSelector, NodeInfo, OverlayIpRecord, RouteState,
     StaticRouteSpecModel, StaticRouteStore,
@@ -67,12 +66,13 @@ impl Bed {
         );
         let a = Agent::new(
             AgentConfig::new("n1").unwrap(),
-            p.clone(),
-            Arc::new(self.nodes.clone()),
-            Arc::new(self.ips.clone()),
-            Some(Arc::new(self.routes.clone())),
-            None,
-            AgentMetrics::default(),
+            AgentParts {
+                programmer: p.clone(),
+                nodes: Arc::new(self.nodes.clone()),
+                overlay_ips: Arc::new(self.ips.clone()),
+                routes: Some(Arc::new(self.routes.clone())),
+                legacy: None,
+            },
         );
         (Arc::new(a), p)
     }

@@ -590,7 +590,7 @@ fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
     let cm = find(&docs, "ConfigMap", name);
     assert_eq!(cm.namespace(), Some(ns));
     let routes =
-        overlay_core::agent::parse_legacy_routes(cm.value["data"]["routes"].as_str().unwrap())
+        overlay_core::legacy::parse_legacy_routes(cm.value["data"]["routes"].as_str().unwrap())
             .unwrap();
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].to_string(), "192.168.1.0/24");

@@ -35,15 +35,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::crd::StaticRoute;
+use overlay_core::fakes::MemoryEvents;
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     CONTROLLER_MANAGER, KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges,
     node_field_manager,
 };
-use overlay_core::memory::MemoryEvents;
-use overlay_core::metrics::ControllerMetrics;
 use overlay_core::model::overlay_ip_labels;
 use overlay_core::{
     AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpStore, Owner, Reservation,
@@ -251,19 +250,22 @@ async fn new_design(n: usize) -> Figures {
         invalid.clone(),
     ));
     assert_eq!(agents.list().await.unwrap().len(), n);
-    let ctl = Arc::new(Controller::new(
-        ControllerConfig::new("bench"),
-        Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-        Arc::new(SettledIpam::new(n)),
-        Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            CONTROLLER_MANAGER.into(),
-            invalid.clone(),
-        )),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            ControllerConfig::new("bench"),
+            ControllerParts {
+                nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+                ipam: Arc::new(SettledIpam::new(n)),
+                overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
+                routes: Arc::new(KubeStaticRoutes::new(
+                    client.clone(),
+                    CONTROLLER_MANAGER.into(),
+                    invalid.clone(),
+                )),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
     wait_for("the controller", Duration::from_secs(60), || ctl.is_ready()).await;
     settle(&api, Duration::from_secs(2)).await;

@@ -33,13 +33,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::error::{IpamError, StoreError};
-use crate::events::{Event, EventRecorder, EventType};
-use crate::metrics::ControllerMetrics;
+use crate::events::{Event, EventRecorder, EventType, NoEvents};
+use crate::metrics::{Measurement, Metrics, NoMetrics};
 use crate::model::{NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
 use crate::queue::{Next, WorkQueue};
 use crate::traits::{
@@ -316,6 +316,18 @@ fn normalized(s: &RouteSummary) -> RouteSummary {
     s
 }
 
+/// What a [`Controller`] works with.
+pub struct ControllerParts {
+    /// Reads Nodes (zone, existence).
+    pub nodes: Arc<dyn NodeSource>,
+    /// Reserves and releases addresses.
+    pub ipam: Arc<dyn IpamBackend>,
+    /// NodeOverlayIp objects: created, finalized and deleted here.
+    pub overlay_ips: Arc<dyn OverlayIpStore>,
+    /// StaticRoutes: finalized and summarised here.
+    pub routes: Arc<dyn StaticRouteStore>,
+}
+
 /// The controller reconciler.
 pub struct Controller {
     cfg: ControllerConfig,
@@ -324,7 +336,7 @@ pub struct Controller {
     overlay_ips: Arc<dyn OverlayIpStore>,
     routes: Arc<dyn StaticRouteStore>,
     events: Arc<dyn EventRecorder>,
-    metrics: ControllerMetrics,
+    metrics: Arc<dyn Metrics>,
     ready: AtomicBool,
     /// Reservations seen orphaned, and when first (orphan grace period).
     suspects: Mutex<HashMap<(String, IpAddr), Instant>>,
@@ -341,29 +353,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controller {
-    /// Builds a controller over its collaborators.
-    pub fn new(
-        cfg: ControllerConfig,
-        nodes: Arc<dyn NodeSource>,
-        ipam: Arc<dyn IpamBackend>,
-        overlay_ips: Arc<dyn OverlayIpStore>,
-        routes: Arc<dyn StaticRouteStore>,
-        events: Arc<dyn EventRecorder>,
-        metrics: ControllerMetrics,
-    ) -> Self {
+    /// Builds a controller over its collaborators; Events and
+    /// measurements go nowhere until [`Controller::with_events`] and
+    /// [`Controller::with_metrics`].
+    pub fn new(cfg: ControllerConfig, parts: ControllerParts) -> Self {
+        let ControllerParts {
+            nodes,
+            ipam,
+            overlay_ips,
+            routes,
+        } = parts;
         Self {
             cfg,
             nodes,
             ipam,
             overlay_ips,
             routes,
-            events,
-            metrics,
+            events: Arc::new(NoEvents),
+            metrics: Arc::new(NoMetrics),
             ready: AtomicBool::new(false),
             suspects: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
             due: Mutex::new(Due::default()),
         }
+    }
+
+    /// Raises Kubernetes Events through `events`.
+    pub fn with_events(mut self, events: Arc<dyn EventRecorder>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Reports measurements to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// True once the first full pass has been queued (for `/readyz`).
@@ -592,8 +616,7 @@ impl Controller {
             .len()
             .saturating_sub(report.released.len() + report.duplicates.len());
         self.metrics
-            .reservations_held
-            .set(i64::try_from(still_live).unwrap_or(i64::MAX));
+            .record(Measurement::ReservationsHeld(still_live));
         Ok(report)
     }
 
@@ -690,7 +713,9 @@ impl Controller {
                 .map_err(on_ipam(node))?;
             suspects.remove(&key);
             warn!(node, address = %r.address, hold_down_s = self.cfg.hold_down.as_secs(), "released orphaned reservation");
-            self.metrics.orphan("reservation");
+            self.metrics.record(Measurement::OrphanCollected {
+                what: "reservation",
+            });
             self.event(
                 "Node",
                 node,
@@ -742,7 +767,9 @@ impl Controller {
                     .await
                     .map_err(on_ipam(node))?;
                 warn!(node, kept = %ip, released = %extra.address, "node held two addresses; released the one not recorded");
-                self.metrics.error("duplicate_reservation");
+                self.metrics.record(Measurement::ControllerError {
+                    kind: "duplicate_reservation",
+                });
                 self.event(
                     "NodeOverlayIp",
                     node,
@@ -783,7 +810,8 @@ impl Controller {
                 .delete(&rec.name)
                 .await
                 .map_err(on_store(&rec.name))?;
-            self.metrics.orphan("record");
+            self.metrics
+                .record(Measurement::OrphanCollected { what: "record" });
             report.deleted.push(rec.name.clone());
         }
         Ok(())
@@ -817,7 +845,9 @@ impl Controller {
                 self.ipam.name()
             );
             warn!(node = %rec.name, address = %ip, "recorded address is not reserved in the IPAM");
-            self.metrics.error("address_not_reserved");
+            self.metrics.record(Measurement::ControllerError {
+                kind: "address_not_reserved",
+            });
             self.event(
                 "NodeOverlayIp",
                 &rec.name,
@@ -995,7 +1025,10 @@ impl Controller {
             std::mem::take(&mut due.routes)
         };
         let r = self.summarize_routes(&names).await;
-        self.metrics.reconciled("route_summary", r.is_ok());
+        self.metrics.record(Measurement::ControllerReconciled {
+            object: "route_summary",
+            ok: r.is_ok(),
+        });
         // Deleting StaticRoutes may wait on the reports that changed.
         self.queue_deleting_routes(queue).await;
         if let Err(e) = r {
@@ -1063,7 +1096,10 @@ impl Controller {
             Key::Node(name) => {
                 let span = info_span!("reconcile", node = %name);
                 let r = self.reconcile_node(&name).instrument(span).await;
-                self.metrics.reconciled("node", r.is_ok());
+                self.metrics.record(Measurement::ControllerReconciled {
+                    object: "node",
+                    ok: r.is_ok(),
+                });
                 match r {
                     Ok(NodeOutcome::Deleting) | Ok(NodeOutcome::Released) => {
                         // Follow up: the record changes (watch) and so may
@@ -1077,7 +1113,10 @@ impl Controller {
             }
             Key::Route(name) => {
                 let r = self.reconcile_route_by_name(&name).await;
-                self.metrics.reconciled("route", r.is_ok());
+                self.metrics.record(Measurement::ControllerReconciled {
+                    object: "route",
+                    ok: r.is_ok(),
+                });
                 match r {
                     Ok(()) => Next::Done,
                     Err(e) => self.on_error(&e),
@@ -1110,7 +1149,8 @@ impl Controller {
     }
 
     fn on_error(&self, e: &ControllerError) -> Next {
-        self.metrics.error(e.kind());
+        self.metrics
+            .record(Measurement::ControllerError { kind: e.kind() });
         if let ControllerError::Ipam {
             source: IpamError::NotLeader { .. },
             ..
@@ -1148,29 +1188,30 @@ impl Controller {
                     .await
             })
         };
-        let mut node_watch = self.nodes.watch();
-        let mut ip_watch = self.overlay_ips.watch();
-        let mut route_watch = self.routes.watch();
+        let mut node_watch = self.nodes.watch().fuse();
+        let mut ip_watch = self.overlay_ips.watch().fuse();
+        let mut route_watch = self.routes.watch().fuse();
         self.full_pass(&queue).await;
         self.ready.store(true, Ordering::Relaxed);
         let mut resync = tokio::time::interval(self.cfg.resync);
         resync.tick().await;
-        tokio::pin!(shutdown);
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = resync.tick() => self.full_pass(&queue).await,
+            futures::select_biased! {
+                () = shutdown => break,
+                _ = resync.tick().fuse() => self.full_pass(&queue).await,
                 ev = node_watch.next() => match ev {
                     Some(ev) => self.on_node_event(&queue, ev).await,
-                    None => { node_watch = self.nodes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                    None => { node_watch = self.nodes.watch().fuse(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
                 ev = ip_watch.next() => match ev {
                     Some(ev) => self.on_overlay_ip_event(&queue, ev).await,
-                    None => { ip_watch = self.overlay_ips.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                    None => { ip_watch = self.overlay_ips.watch().fuse(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
                 ev = route_watch.next() => match ev {
                     Some(ev) => self.on_route_event(&queue, ev).await,
-                    None => { route_watch = self.routes.watch(); tokio::time::sleep(Duration::from_secs(1)).await; }
+                    None => { route_watch = self.routes.watch().fuse(); tokio::time::sleep(Duration::from_secs(1)).await; }
                 },
             }
         }

@@ -8,20 +8,18 @@
 //! watch of the others.
 //!
 //! [`InvalidObjects`] reports each problem once: a warning log line, a
-//! Warning Event naming the object and the field, and the gauge
-//! `overlay_invalid_objects{kind}` of objects invalid right now.
+//! Warning Event naming the object and the field, and
+//! [`Measurement::InvalidObjects`] (the gauge `overlay_invalid_objects{kind}`)
+//! of objects invalid right now.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::events::{Event, EventRecorder, EventType, NoEvents};
-use crate::metrics::Labels;
+use crate::metrics::{Measurement, Metrics, NoMetrics};
 use crate::parse::ParseError;
 
 /// What is wrong with an object: the field and the problem.
@@ -65,7 +63,7 @@ type EventKinds = Option<Arc<[String]>>;
 pub struct InvalidObjects {
     events: Arc<dyn EventRecorder>,
     event_kinds: EventKinds,
-    gauge: Family<Labels, Gauge>,
+    metrics: Arc<dyn Metrics>,
     current: Arc<Mutex<BTreeMap<(String, String), FieldProblem>>>,
 }
 
@@ -81,7 +79,7 @@ impl InvalidObjects {
         Self {
             events,
             event_kinds: None,
-            gauge: Family::default(),
+            metrics: Arc::new(NoMetrics),
             current: Arc::default(),
         }
     }
@@ -96,13 +94,10 @@ impl InvalidObjects {
         self
     }
 
-    /// Registers `overlay_invalid_objects{kind}`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "overlay_invalid_objects",
-            "Objects that do not convert to overlay's types (skipped or partly used), by kind",
-            self.gauge.clone(),
-        );
+    /// Reports the count of invalid objects per kind to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), FieldProblem>> {
@@ -110,10 +105,9 @@ impl InvalidObjects {
     }
 
     fn set_gauge(&self, kind: &str, map: &BTreeMap<(String, String), FieldProblem>) {
-        let n = map.keys().filter(|(k, _)| k == kind).count();
-        self.gauge
-            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        let count = map.keys().filter(|(k, _)| k == kind).count();
+        self.metrics
+            .record(Measurement::InvalidObjects { kind, count });
     }
 
     /// Records what reading `kind`/`name` (`namespace/name` for namespaced
@@ -197,7 +191,7 @@ impl InvalidObjects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::MemoryEvents;
+    use crate::fakes::MemoryEvents;
 
     #[tokio::test]
     async fn each_problem_is_reported_once_and_counted_by_kind() {

@@ -965,7 +965,7 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
                         .into(),
             });
         };
-        let parsed = crate::agent::parse_legacy_routes(json);
+        let parsed = crate::legacy::parse_legacy_routes(json);
         let problem = parsed.as_ref().err().map(|e| {
             FieldProblem::new(
                 format!("data.{}", e.field),
@@ -987,62 +987,6 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         })
-        .boxed()
-    }
-}
-
-/// The legacy route list from a mounted file (the ConfigMap's `routes` key
-/// projected as a file), re-read when it changes (checked every `period`).
-pub struct FileRoutes {
-    path: std::path::PathBuf,
-    period: Duration,
-}
-
-impl FileRoutes {
-    /// Reads `path`, checking for changes every `period`.
-    pub fn new(path: impl Into<std::path::PathBuf>, period: Duration) -> Self {
-        Self {
-            path: path.into(),
-            period,
-        }
-    }
-}
-
-#[async_trait]
-impl LegacyRouteSource for FileRoutes {
-    async fn subnets(&self) -> Result<Vec<Cidr>, StoreError> {
-        let name = self.path.display().to_string();
-        let text =
-            tokio::fs::read_to_string(&self.path)
-                .await
-                .map_err(|e| StoreError::Unavailable {
-                    kind: "file".into(),
-                    name: name.clone(),
-                    message: e.to_string(),
-                })?;
-        crate::agent::parse_legacy_routes(&text).map_err(|e| StoreError::Rejected {
-            kind: "file".into(),
-            name,
-            message: e.to_string(),
-        })
-    }
-
-    fn changes(&self) -> BoxStream<'static, ()> {
-        let path = self.path.clone();
-        let period = self.period;
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        futures::stream::unfold(
-            (path.clone(), stamp(&path)),
-            move |(path, last)| async move {
-                loop {
-                    tokio::time::sleep(period).await;
-                    let now = stamp(&path);
-                    if now != last {
-                        return Some(((), (path, now)));
-                    }
-                }
-            },
-        )
         .boxed()
     }
 }

@@ -28,15 +28,20 @@
 //! The Lease itself is reached through [`LeaseStore`]; the Kubernetes
 //! implementation is `k8s::KubeLease`.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{IpamError, StoreError};
+use crate::metrics::{Measurement, Metrics};
 use crate::model::{Owner, Reservation};
 use crate::parse::Zone;
 use crate::traits::IpamBackend;
@@ -192,13 +197,13 @@ impl Fence {
             if Instant::now() >= d {
                 return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(d) => {
+            futures::select_biased! {
+                () = tokio::time::sleep_until(d).fuse() => {
                     if *rx.borrow() == Some(d) {
                         return;
                     }
                 }
-                changed = rx.changed() => {
+                changed = rx.changed().fuse() => {
                     if changed.is_err() {
                         // No more renewals: the deadline stands.
                         tokio::time::sleep_until(d).await;
@@ -369,15 +374,143 @@ impl LeaderElector {
     /// Runs until `shutdown` completes: acquires, renews every retry
     /// period, and releases the Lease on the way out.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
         loop {
             self.try_once().await;
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(self.cfg.retry_period) => {}
+            futures::select_biased! {
+                () = shutdown => break,
+                () = tokio::time::sleep(self.cfg.retry_period).fuse() => {}
             }
         }
         self.release().await;
+    }
+}
+
+/// How a [`Leadership::lead`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Term {
+    /// Shutdown came, before or while leading; the Lease was given up.
+    ShutDown,
+    /// The Lease could not be renewed in time: the work was stopped at the
+    /// fence's deadline. Exit and start afresh as a standby, so that no
+    /// state of the old term survives.
+    Lost,
+}
+
+/// Leader election as one value: start it, then [`Leadership::lead`] runs
+/// the work only while this replica holds the Lease. What the controller
+/// binary runs, and what an embedder runs to get the same guarantees.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use overlay_core::leader::{Leadership, Term};
+/// # use overlay_core::metrics::NoMetrics;
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// // One replica, no election: leads at once.
+/// let term = Leadership::single()
+///     .lead(std::future::ready(()), &NoMetrics, |fence, until| async move {
+///         assert!(fence.check().is_ok());
+///         until.await; // the work runs until shutdown or a lost Lease
+///         Ok::<(), String>(())
+///     })
+///     .await;
+/// assert_eq!(term, Ok(Term::ShutDown));
+/// # });
+/// ```
+pub struct Leadership {
+    fence: Fence,
+    elector: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl Leadership {
+    /// Starts competing for the Lease in `store` in the background (must
+    /// run inside a Tokio runtime).
+    pub fn start(store: Arc<dyn LeaseStore>, cfg: LeaderConfig) -> Self {
+        info!(identity = %cfg.identity, "waiting for leadership");
+        let (elector, fence) = LeaderElector::new(store, cfg);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(elector.run(async {
+            let _ = stop_rx.await;
+        }));
+        Self {
+            fence,
+            elector: Some((stop_tx, task)),
+        }
+    }
+
+    /// No election: this is the only replica, and it always leads.
+    pub fn single() -> Self {
+        Self {
+            fence: Fence::always(),
+            elector: None,
+        }
+    }
+
+    /// The fence of this replica's term (wrap the IPAM in a
+    /// [`FencedIpam`] with it).
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// Waits for the Lease (or `shutdown`), then runs `work` with the fence
+    /// and a future that completes when the work must stop: at `shutdown`
+    /// or when the Lease is lost. Records [`Measurement::Leader`], and gives
+    /// the Lease up at the end. An error of `work` is returned as is, after
+    /// the Lease is given up.
+    pub async fn lead<W, Fut, E>(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        metrics: &dyn Metrics,
+        work: W,
+    ) -> Result<Term, E>
+    where
+        W: FnOnce(Fence, BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let shutdown = shutdown.boxed().shared();
+        let leads = futures::select_biased! {
+            () = shutdown.clone() => false,
+            () = self.fence.acquired().fuse() => true,
+        };
+        if !leads {
+            self.stop().await;
+            return Ok(Term::ShutDown);
+        }
+        metrics.record(Measurement::Leader(true));
+        let lost = Arc::new(AtomicBool::new(false));
+        let until = {
+            let (fence, lost) = (self.fence.clone(), lost.clone());
+            async move {
+                futures::select_biased! {
+                    () = shutdown.fuse() => {}
+                    () = fence.lost().fuse() => lost.store(true, Ordering::Relaxed),
+                }
+            }
+            .boxed()
+        };
+        let r = work(self.fence.clone(), until).await;
+        metrics.record(Measurement::Leader(false));
+        self.stop().await;
+        r?;
+        Ok(if lost.load(Ordering::Relaxed) {
+            Term::Lost
+        } else {
+            Term::ShutDown
+        })
+    }
+
+    /// Stops the election, releasing the Lease if this replica holds it.
+    async fn stop(&mut self) {
+        if let Some((stop, task)) = self.elector.take() {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                warn!(error = %e, "leader election task failed");
+            }
+        }
     }
 }
 

@@ -21,9 +21,11 @@ pub mod backoff;
 pub mod controller;
 pub mod error;
 pub mod events;
+#[cfg(any(test, feature = "testing"))]
+pub mod fakes;
 pub mod invalid;
 pub mod leader;
-pub mod memory;
+pub mod legacy;
 pub mod metrics;
 pub mod model;
 pub mod parse;

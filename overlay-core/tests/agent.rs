@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use overlay_core::agent::{Agent, AgentConfig, parse_legacy_routes};
-use overlay_core::memory::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, MemoryStaticRoutes};
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
+use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, MemoryStaticRoutes};
+use overlay_core::legacy::parse_legacy_routes;
 use overlay_core::{
     Cidr, DiscoveredRoute, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo,
     OverlayIpRecord, OverlayIpStore, RouteReport, RouteState, StaticRouteSpecModel, StoreError,
@@ -104,12 +104,13 @@ impl Env {
     fn agent(&self, legacy: bool) -> Agent {
         Agent::new(
             self.cfg.clone(),
-            Arc::new(self.kernel.clone()),
-            Arc::new(self.nodes.clone()),
-            Arc::new(self.ips.clone()),
-            Some(Arc::new(self.routes.clone())),
-            legacy.then(|| self.legacy.clone() as Arc<dyn LegacyRouteSource>),
-            AgentMetrics::default(),
+            AgentParts {
+                programmer: Arc::new(self.kernel.clone()),
+                nodes: Arc::new(self.nodes.clone()),
+                overlay_ips: Arc::new(self.ips.clone()),
+                routes: Some(Arc::new(self.routes.clone())),
+                legacy: legacy.then(|| self.legacy.clone() as Arc<dyn LegacyRouteSource>),
+            },
         )
     }
     fn give_overlay_ip(&self) {
@@ -395,12 +396,13 @@ async fn losing_the_overlay_ip_removes_the_interface_and_dependent_routes_only()
     cfg.protected.clear();
     let a = Agent::new(
         cfg,
-        Arc::new(e.kernel.clone()),
-        Arc::new(e.nodes.clone()),
-        Arc::new(e.ips.clone()),
-        Some(Arc::new(e.routes.clone())),
-        None,
-        AgentMetrics::default(),
+        AgentParts {
+            programmer: Arc::new(e.kernel.clone()),
+            nodes: Arc::new(e.nodes.clone()),
+            overlay_ips: Arc::new(e.ips.clone()),
+            routes: Some(Arc::new(e.routes.clone())),
+            legacy: None,
+        },
     );
     a.reconcile().await.unwrap();
     assert_eq!(e.kernel_routes().len(), 2);
@@ -715,12 +717,13 @@ async fn a_zero_resync_period_stops_the_agent_instead_of_panicking() {
     cfg.resync = std::time::Duration::ZERO;
     let a = Arc::new(Agent::new(
         cfg,
-        Arc::new(e.kernel.clone()),
-        Arc::new(e.nodes.clone()),
-        Arc::new(e.ips.clone()),
-        None,
-        None,
-        AgentMetrics::default(),
+        AgentParts {
+            programmer: Arc::new(e.kernel.clone()),
+            nodes: Arc::new(e.nodes.clone()),
+            overlay_ips: Arc::new(e.ips.clone()),
+            routes: None,
+            legacy: None,
+        },
     ));
     // Returns at once (no shutdown needed), having changed nothing.
     a.clone().run(futures::future::pending()).await;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use ipnetwork::IpNetwork;
-use overlay_core::controller::{Controller, ControllerConfig, ControllerError, NodeOutcome};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
+use overlay_core::controller::{
+    Controller, ControllerConfig, ControllerError, ControllerParts, NodeOutcome,
+};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpMeta, OverlayIpRecord,
     OverlayIpStore, Owner, Reservation, RouteReport, RouteState, RouteSummary, StaticRouteRecord,
@@ -212,15 +213,18 @@ fn env_with(ipam: FakeIpam, store: Option<Arc<dyn OverlayIpStore>>, dry_run: boo
         ..ControllerConfig::new("c1")
     };
     let store: Arc<dyn OverlayIpStore> = store.unwrap_or_else(|| Arc::new(ips.clone()));
-    let ctl = Arc::new(Controller::new(
-        cfg,
-        Arc::new(nodes.clone()),
-        ipam.clone(),
-        store,
-        Arc::new(routes.clone()),
-        Arc::new(events.clone()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            cfg,
+            ControllerParts {
+                nodes: Arc::new(nodes.clone()),
+                ipam: ipam.clone(),
+                overlay_ips: store,
+                routes: Arc::new(routes.clone()),
+            },
+        )
+        .with_events(Arc::new(events.clone())),
+    );
     Env {
         nodes,
         ips,
@@ -479,15 +483,18 @@ async fn a_node_deleted_while_its_reservation_is_in_flight_leaks_nothing() {
 async fn two_controllers_racing_for_one_node_reserve_once() {
     let e = env();
     e.nodes.upsert(node("n1", Some("dal10")));
-    let other = Arc::new(Controller::new(
-        ControllerConfig::new("c1"),
-        Arc::new(e.nodes.clone()),
-        e.ipam.clone(),
-        Arc::new(e.ips.clone()),
-        Arc::new(e.routes.clone()),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let other = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c1"),
+            ControllerParts {
+                nodes: Arc::new(e.nodes.clone()),
+                ipam: e.ipam.clone(),
+                overlay_ips: Arc::new(e.ips.clone()),
+                routes: Arc::new(e.routes.clone()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     let mut hs = Vec::new();
     for i in 0..16 {
         let c = if i % 2 == 0 {
@@ -767,15 +774,18 @@ async fn a_burst_of_reports_costs_one_summary_write_and_the_finalizer_follows() 
         inner: MemoryStaticRoutes::new(),
         writes: Mutex::new(Vec::new()),
     });
-    let ctl = Arc::new(Controller::new(
-        ControllerConfig::new("c1"),
-        Arc::new(nodes.clone()),
-        Arc::new(FakeIpam::new()),
-        Arc::new(ips.clone()),
-        routes.clone(),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c1"),
+            ControllerParts {
+                nodes: Arc::new(nodes.clone()),
+                ipam: Arc::new(FakeIpam::new()),
+                overlay_ips: Arc::new(ips.clone()),
+                routes: routes.clone(),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     for n in ["n1", "n2", "n3"] {
         nodes.upsert(node(n, Some("dal10")));
     }

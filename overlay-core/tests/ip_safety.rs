@@ -17,10 +17,9 @@ use futures::FutureExt;
 use futures::stream::BoxStream;
 use ipnetwork::IpNetwork;
 use mockall::mock;
-use overlay_core::controller::{Controller, ControllerConfig, NodeOutcome};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts, NodeOutcome};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::leader::{Fence, FencedIpam};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
 use overlay_core::{
     AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, NodeSource, OverlayIpMeta,
     OverlayIpRecord, OverlayIpStore, Owner, Reservation, StoreError, StoreEvent, Zone,
@@ -286,15 +285,18 @@ fn env(
         Some(f) => Arc::new(FencedIpam::new(ipam, f)),
         None => ipam,
     };
-    let ctl = Arc::new(Controller::new(
-        ControllerConfig::new("c1"),
-        nodes_source.unwrap_or_else(|| Arc::new(nodes.clone())),
-        ipam,
-        Arc::new(records_over(&ledger, &records, fail_set_address)),
-        Arc::new(MemoryStaticRoutes::new()),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c1"),
+            ControllerParts {
+                nodes: nodes_source.unwrap_or_else(|| Arc::new(nodes.clone())),
+                ipam,
+                overlay_ips: Arc::new(records_over(&ledger, &records, fail_set_address)),
+                routes: Arc::new(MemoryStaticRoutes::new()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     Env {
         nodes,
         records,

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use overlay_core::events::{Event, EventRecorder, EventType};
+use overlay_core::fakes::MemoryEvents;
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     CLUSTER_ID_ANNOTATION, KubeConfigMapRoutes, KubeEvents, KubeLease, KubeNodes, KubeOverlayIps,
     KubeStaticRoutes, OverlayIpChanges, cluster_uid, node_field_manager,
 };
 use overlay_core::leader::{LeaderConfig, LeaderElector, LeaseStore};
-use overlay_core::memory::MemoryEvents;
 use overlay_core::{
     AgentStatus, FINALIZER, KnownGateway, LegacyRouteSource, NodeRouteStatus, NodeSource,
     OverlayIpMeta, OverlayIpStore, RouteReport, RouteState, RouteSummary, StaticRouteStore,

@@ -12,14 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use overlay_core::agent::{Agent, AgentConfig};
-use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::agent::{Agent, AgentConfig, AgentParts};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryProgrammer};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
     KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges, node_field_manager,
 };
-use overlay_core::memory::{MemoryEvents, MemoryProgrammer};
-use overlay_core::metrics::{AgentMetrics, ControllerMetrics};
 use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
 use serde_json::{Value, json};
 use support::apiserver::{FakeApiServer, NODES, NOIPS, ROUTES, wait_until};
@@ -76,21 +75,22 @@ fn agent(client: &kube::Client, kernel: &MemoryProgrammer, invalid: &InvalidObje
     cfg.resync = Duration::from_secs(3600);
     Arc::new(Agent::new(
         cfg,
-        Arc::new(kernel.clone()),
-        Arc::new(KubeNodes::new(client.clone(), Some(ME), invalid.clone())),
-        Arc::new(KubeOverlayIps::with_changes(
-            client.clone(),
-            Some(ME),
-            OverlayIpChanges::IgnoreAgentStatus,
-            invalid.clone(),
-        )),
-        Some(Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            node_field_manager(ME),
-            invalid.clone(),
-        ))),
-        None,
-        AgentMetrics::default(),
+        AgentParts {
+            programmer: Arc::new(kernel.clone()),
+            nodes: Arc::new(KubeNodes::new(client.clone(), Some(ME), invalid.clone())),
+            overlay_ips: Arc::new(KubeOverlayIps::with_changes(
+                client.clone(),
+                Some(ME),
+                OverlayIpChanges::IgnoreAgentStatus,
+                invalid.clone(),
+            )),
+            routes: Some(Arc::new(KubeStaticRoutes::new(
+                client.clone(),
+                node_field_manager(ME),
+                invalid.clone(),
+            ))),
+            legacy: None,
+        },
     ))
 }
 
@@ -339,19 +339,22 @@ async fn the_controller_reconciles_every_node_past_malformed_objects_and_repairs
     );
     let events = MemoryEvents::new();
     let invalid = InvalidObjects::new(Arc::new(events.clone()));
-    let controller = Arc::new(Controller::new(
-        ControllerConfig::new("c1"),
-        Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-        Arc::new(CountingIpam::default()),
-        Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            "overlay-controller".into(),
-            invalid.clone(),
-        )),
-        Arc::new(events.clone()),
-        ControllerMetrics::default(),
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c1"),
+            ControllerParts {
+                nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+                ipam: Arc::new(CountingIpam::default()),
+                overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
+                routes: Arc::new(KubeStaticRoutes::new(
+                    client.clone(),
+                    "overlay-controller".into(),
+                    invalid.clone(),
+                )),
+            },
+        )
+        .with_events(Arc::new(events.clone())),
+    );
     let run = tokio::spawn(controller.clone().run(futures::future::pending()));
     let addr = |n: &str| {
         api.object(NOIPS, n)
@@ -399,19 +402,22 @@ async fn agent_reports_and_the_controller_summary_show_each_route_per_node() {
     let invalid = InvalidObjects::new(Arc::new(MemoryEvents::new()));
     let a = agent(&client, &k, &invalid);
     let run = tokio::spawn(a.clone().run(futures::future::pending()));
-    let controller = Arc::new(Controller::new(
-        ControllerConfig::new("c1"),
-        Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-        Arc::new(CountingIpam::default()),
-        Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-        Arc::new(KubeStaticRoutes::new(
-            client.clone(),
-            "overlay-controller".into(),
-            invalid.clone(),
-        )),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c1"),
+            ControllerParts {
+                nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+                ipam: Arc::new(CountingIpam::default()),
+                overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
+                routes: Arc::new(KubeStaticRoutes::new(
+                    client.clone(),
+                    "overlay-controller".into(),
+                    invalid.clone(),
+                )),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     let ctl = tokio::spawn(controller.run(futures::future::pending()));
     let report = |route: &str| {
         api.object(NOIPS, ME).unwrap()["status"]["routes"]

@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::leader::{
     Fence, FencedIpam, LeaderConfig, LeaderElector, LeaseRecord, LeaseStore,
 };
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
 use overlay_core::{IpamBackend, IpamError, NodeInfo, Owner, Reservation, StoreError, Zone};
 use tokio::time::Instant;
 
@@ -392,15 +391,18 @@ async fn a_partitioned_leader_makes_no_ipam_write_after_its_deadline() {
         latency: Duration::from_millis(300),
         ..Default::default()
     });
-    let ctl = Arc::new(Controller::new(
-        ControllerConfig::new("c"),
-        Arc::new(nodes.clone()),
-        Arc::new(FencedIpam::new(inner.clone(), fence.clone())),
-        Arc::new(MemoryOverlayIps::new()),
-        Arc::new(MemoryStaticRoutes::new()),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            ControllerConfig::new("c"),
+            ControllerParts {
+                nodes: Arc::new(nodes.clone()),
+                ipam: Arc::new(FencedIpam::new(inner.clone(), fence.clone())),
+                overlay_ips: Arc::new(MemoryOverlayIps::new()),
+                routes: Arc::new(MemoryStaticRoutes::new()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     let run = tokio::spawn({
         let ctl = ctl.clone();
         let fence = fence.clone();

@@ -9,9 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlay_core::controller::{Controller, ControllerConfig};
-use overlay_core::memory::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
-use overlay_core::metrics::ControllerMetrics;
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{IpamBackend, NodeInfo};
 use overlay_ipam::emulator::{Emulator, EmulatorConfig, PASSWORD, user_credentials as user};
 use overlay_ipam::phpipam::{PhpIpamBackend, PhpIpamConfig};
@@ -30,20 +29,23 @@ fn cluster(emu: &Emulator, id: &str) -> Cluster {
     let creds = user(PASSWORD);
     let ipam: Arc<dyn IpamBackend> = Arc::new(PhpIpamBackend::new(&cfg, id, creds).unwrap());
     let nodes = MemoryNodes::new();
-    let ctl = Arc::new(Controller::new(
-        ControllerConfig {
-            // Two passes right away: the test is about whose entries are
-            // touched, not about the waiting.
-            orphan_grace: Duration::ZERO,
-            ..ControllerConfig::new(id)
-        },
-        Arc::new(nodes.clone()),
-        ipam,
-        Arc::new(MemoryOverlayIps::new()),
-        Arc::new(MemoryStaticRoutes::new()),
-        Arc::new(MemoryEvents::new()),
-        ControllerMetrics::default(),
-    ));
+    let ctl = Arc::new(
+        Controller::new(
+            ControllerConfig {
+                // Two passes right away: the test is about whose entries are
+                // touched, not about the waiting.
+                orphan_grace: Duration::ZERO,
+                ..ControllerConfig::new(id)
+            },
+            ControllerParts {
+                nodes: Arc::new(nodes.clone()),
+                ipam,
+                overlay_ips: Arc::new(MemoryOverlayIps::new()),
+                routes: Arc::new(MemoryStaticRoutes::new()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
     Cluster { nodes, ctl }
 }
 

@@ -15,10 +15,9 @@ use overlay_bins::{
     serve_health, shutdown_signal,
 };
 use overlay_core::agent::AgentConfig;
-use overlay_core::metrics::AgentMetrics;
+use overlay_core::metrics::prometheus::PrometheusMetrics;
 use overlay_core::{Cidr, InterfaceName};
 use overlay_netlink::{DEFAULT_ROUTE_PROTOCOL, NetlinkProgrammer, ProgrammerConfig};
-use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 /// The overlay node agent: overlay address on a macvlan interface, and the
@@ -173,9 +172,7 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    let metrics = AgentMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
+    let metrics = Arc::new(PrometheusMetrics::agent());
     let inputs = agent_inputs(
         client,
         &node,
@@ -184,13 +181,12 @@ async fn run(args: Args) -> Result<(), String> {
             legacy_configmap: args.legacy_configmap.clone(),
             legacy_file: args.legacy_file.clone(),
         },
+        metrics.clone(),
     )?;
-    inputs.invalid.register(&mut registry);
-    let agent = Arc::new(inputs.agent(cfg, Arc::new(programmer), metrics));
-    let registry = Arc::new(registry);
+    let agent = Arc::new(inputs.agent(cfg, Arc::new(programmer)));
     for addr in &listen {
         let a = agent.clone();
-        let bound = serve_health(*addr, Arc::new(move || a.is_ready()), registry.clone()).await?;
+        let bound = serve_health(*addr, Arc::new(move || a.is_ready()), metrics.clone()).await?;
         info!(%bound, "serving /healthz, /readyz, /metrics");
     }
     if args.metrics_addr.is_empty() && args.pod_ip.is_none() {

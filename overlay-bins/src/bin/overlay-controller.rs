@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use futures::future::BoxFuture;
 use overlay_bins::stores::{
     controller_events, controller_lease, controller_stores, ipam_login_blocked_event,
 };
@@ -18,15 +18,14 @@ use overlay_bins::{
     shutdown_signal,
 };
 use overlay_core::IpamBackend;
-use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::events::EventRecorder;
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::cluster_uid;
-use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, LeaderElector};
-use overlay_core::metrics::{ControllerMetrics, InstrumentedIpam};
-use overlay_ipam::config::{parse_duration, validate_cluster_id};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, Leadership, Term};
+use overlay_core::metrics::prometheus::PrometheusMetrics;
+use overlay_core::metrics::{InstrumentedIpam, Measurement, Metrics};
+use overlay_ipam::config::{ControllerConfig as IpamConfig, parse_duration, validate_cluster_id};
 use tracing::{error, info, warn};
 
 /// The overlay controller: one overlay IP per node from phpIPAM or embedded
@@ -160,7 +159,7 @@ impl IdSource {
 /// The cluster id, and where it came from.
 async fn cluster_id(
     args: &Args,
-    file: &overlay_ipam::config::ControllerConfig,
+    file: &IpamConfig,
     client: &kube::Client,
 ) -> Result<(String, IdSource), Failure> {
     if let Some(id) = &args.cluster_id {
@@ -179,9 +178,16 @@ async fn cluster_id(
     Ok((uid, IdSource::Derived))
 }
 
-async fn run(args: Args) -> Result<(), Failure> {
-    let mut file = overlay_ipam::config::ControllerConfig::load(&args.config)
-        .map_err(|e| Failure::Config(e.to_string()))?;
+/// The controller config file with the command line's overrides applied,
+/// and the durations it sets.
+struct Settings {
+    file: IpamConfig,
+    orphan_grace: Duration,
+    hold_down: Duration,
+}
+
+fn settings(args: &Args) -> Result<Settings, Failure> {
+    let mut file = IpamConfig::load(&args.config).map_err(|e| Failure::Config(e.to_string()))?;
     if let Some(g) = &args.orphan_grace {
         file.orphan_grace_period = Some(g.clone());
     }
@@ -194,12 +200,6 @@ async fn run(args: Args) -> Result<(), Failure> {
     let hold_down = file
         .hold_down()
         .map_err(|e| Failure::Config(format!("{e} (or --hold-down/HOLD_DOWN)")))?;
-    let metrics_addr = parse_metrics_addr(&args.metrics_addr).map_err(Failure::Config)?;
-    let leader = if args.no_leader_elect {
-        None
-    } else {
-        Some(leader_config(&args)?)
-    };
     if let Some(e) = &file.embedded
         && e.state_file.is_none()
     {
@@ -208,147 +208,177 @@ async fn run(args: Args) -> Result<(), Failure> {
             file.source
         )));
     }
-    let client = kube_client(args.kubeconfig.clone())
-        .await
-        .map_err(Failure::Runtime)?;
-    let (cluster, id_source) = cluster_id(&args, &file, &client).await?;
-    file.cluster_id = Some(cluster.clone());
-    // Build once now so that bad credentials or a corrupt state file stop
-    // the process at start; the backend the controller uses is built again
-    // once this replica leads, so a standby never works from state read
-    // before it took over.
-    drop(file.build().map_err(|e| Failure::Config(e.to_string()))?);
-    info!(cluster_id = %cluster, source = id_source.describe(), orphan_grace_s = orphan_grace.as_secs(), hold_down_s = hold_down.as_secs(), "cluster identity");
-    let metrics = ControllerMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let blocked_gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-    registry.register(
-        "overlay_ipam_login_blocked",
-        "1 while phpIPAM blocks this client's IP after failed logins (no request is sent until the block ends)",
-        blocked_gauge.clone(),
-    );
-    let events = controller_events(client.clone());
-    // The controller sees every NodeOverlayIp and StaticRoute: it raises the
-    // Events for those that do not convert (the agents only log and count).
-    let invalid = InvalidObjects::new(events.clone());
-    invalid.register(&mut registry);
+    Ok(Settings {
+        file,
+        orphan_grace,
+        hold_down,
+    })
+}
 
-    // Ready: a standby is ready as soon as it runs; the leader once its
-    // controller has queued its first full pass.
-    let active: Arc<OnceLock<Arc<Controller>>> = Arc::new(OnceLock::new());
+/// What every step of a run shares.
+struct Shared {
+    client: kube::Client,
+    cluster: String,
+    id_source: IdSource,
+    metrics: Arc<PrometheusMetrics>,
+    events: Arc<dyn EventRecorder>,
+    invalid: InvalidObjects,
+    /// The controller, once this replica leads (for `/readyz`).
+    active: Arc<OnceLock<Arc<Controller>>>,
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let mut settings = settings(&args)?;
+    let metrics_addr = parse_metrics_addr(&args.metrics_addr).map_err(Failure::Config)?;
+    let leader = if args.no_leader_elect {
+        None
+    } else {
+        Some(leader_config(&args)?)
+    };
+    let shared = start(&args, &mut settings).await?;
     if let Some(addr) = metrics_addr {
-        let a = active.clone();
-        let ready = Arc::new(move || a.get().is_none_or(|c| c.is_ready()));
-        let bound = serve_health(addr, ready, Arc::new(registry))
-            .await
-            .map_err(Failure::Runtime)?;
-        info!(%bound, "serving /healthz, /readyz, /metrics");
+        serve(addr, &shared).await?;
     }
-    info!(config = %args.config.display(), cluster_id = %cluster, dry_run = args.dry_run, "overlay-controller starting");
-
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let (fence, elector) = match leader {
-        None => (Fence::always(), None),
+    info!(config = %args.config.display(), cluster_id = %shared.cluster, dry_run = args.dry_run, "overlay-controller starting");
+    let leadership = match leader {
+        None => Leadership::single(),
         Some(cfg) => {
             let store = controller_lease(
-                client.clone(),
+                shared.client.clone(),
                 &args.lease_namespace,
                 &args.lease_name,
-                &cluster,
+                &shared.cluster,
             );
-            info!(identity = %cfg.identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
-            let (elector, fence) = LeaderElector::new(Arc::new(store), cfg);
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(elector.run(async {
-                let _ = stop_rx.await;
-            }));
-            (fence, Some((stop_tx, task)))
+            info!(lease = %args.lease_name, namespace = %args.lease_namespace, "leader election");
+            Leadership::start(Arc::new(store), cfg)
         }
     };
-    // Standby until we lead.
-    tokio::select! {
-        _ = &mut shutdown => {
-            stop_elector(elector).await;
-            return Ok(());
-        }
-        _ = fence.acquired() => {}
-    }
-    metrics.leader.set(1);
-    let backend = match file
-        .build_phpipam(None)
-        .map_err(|e| Failure::Config(e.to_string()))?
-    {
-        Some(php) => {
-            watch_login_blocks(&php, events.clone(), &args, &blocked_gauge);
-            php as Arc<dyn IpamBackend>
-        }
-        None => file.build().map_err(|e| Failure::Config(e.to_string()))?,
-    };
-    let ipam: Arc<dyn IpamBackend> = Arc::new(FencedIpam::new(
-        Arc::new(InstrumentedIpam::new(backend, metrics.clone())),
-        fence.clone(),
-    ));
-    let stores = controller_stores(client.clone(), &invalid);
-    let controller = Arc::new(Controller::new(
-        ControllerConfig {
-            dry_run: args.dry_run,
-            concurrency: args.concurrency.max(1),
-            resync: Duration::from_secs(args.resync_seconds.max(10)),
-            orphan_grace,
-            hold_down,
-            ..ControllerConfig::new(cluster.clone())
-        },
-        stores.nodes,
-        ipam,
-        stores.overlay_ips,
-        stores.routes,
-        events.clone(),
-        metrics.clone(),
-    ));
-    let _ = active.set(controller.clone());
-    if id_source != IdSource::Derived {
-        warn_if_id_is_shared(&controller, &cluster).await;
-    }
-    let lost = Arc::new(AtomicBool::new(false));
-    let l = lost.clone();
-    controller
-        .run(async move {
-            tokio::select! {
-                _ = &mut shutdown => {}
-                _ = fence.lost() => l.store(true, Ordering::Relaxed),
-            }
+    let term = leadership
+        .lead(shutdown_signal(), &*shared.metrics, |fence, until| {
+            lead(&args, &settings, &shared, fence, until)
         })
-        .await;
-    metrics.leader.set(0);
-    stop_elector(elector).await;
-    if lost.load(Ordering::Relaxed) {
-        // Exit so a fresh process starts as a standby: no state from the
-        // old term survives.
+        .await?;
+    if term == Term::Lost {
         error!("no longer sure to hold the Lease; stopped every IPAM write and exiting");
         return Err(Failure::Runtime("lost leadership".into()));
     }
     Ok(())
 }
 
-/// phpIPAM blocked this client's IP (too many failed logins): an Event on
-/// the controller's Pod and a gauge, once per block; the backend itself
-/// sends nothing until the block ends, and logs it once.
-fn watch_login_blocks(
-    php: &overlay_ipam::phpipam::PhpIpamBackend,
-    events: Arc<dyn EventRecorder>,
+/// Connects, settles the cluster id, and checks that the IPAM can be built
+/// (bad credentials or a corrupt state file stop the process at start).
+async fn start(args: &Args, settings: &mut Settings) -> Result<Shared, Failure> {
+    let client = kube_client(args.kubeconfig.clone())
+        .await
+        .map_err(Failure::Runtime)?;
+    let (cluster, id_source) = cluster_id(args, &settings.file, &client).await?;
+    settings.file.cluster_id = Some(cluster.clone());
+    // The backend the controller uses is built again once this replica
+    // leads, so a standby never works from state read before it took over.
+    drop(
+        settings
+            .file
+            .build()
+            .map_err(|e| Failure::Config(e.to_string()))?,
+    );
+    info!(cluster_id = %cluster, source = id_source.describe(), orphan_grace_s = settings.orphan_grace.as_secs(), hold_down_s = settings.hold_down.as_secs(), "cluster identity");
+    let metrics = Arc::new(PrometheusMetrics::controller());
+    let events = controller_events(client.clone());
+    // The controller sees every NodeOverlayIp and StaticRoute: it raises the
+    // Events for those that do not convert (the agents only log and count).
+    let invalid = InvalidObjects::new(events.clone()).with_metrics(metrics.clone());
+    Ok(Shared {
+        client,
+        cluster,
+        id_source,
+        metrics,
+        events,
+        invalid,
+        active: Arc::new(OnceLock::new()),
+    })
+}
+
+/// Serves health and metrics. Ready: a standby as soon as it runs; the
+/// leader once its controller has queued its first full pass.
+async fn serve(addr: std::net::SocketAddr, shared: &Shared) -> Result<(), Failure> {
+    let a = shared.active.clone();
+    let ready = Arc::new(move || a.get().is_none_or(|c| c.is_ready()));
+    let bound = serve_health(addr, ready, shared.metrics.clone())
+        .await
+        .map_err(Failure::Runtime)?;
+    info!(%bound, "serving /healthz, /readyz, /metrics");
+    Ok(())
+}
+
+/// This replica's term: builds the IPAM behind the fence and runs the
+/// controller until `until`.
+async fn lead(
     args: &Args,
-    gauge: &Gauge<i64, std::sync::atomic::AtomicI64>,
-) {
+    settings: &Settings,
+    shared: &Shared,
+    fence: Fence,
+    until: BoxFuture<'static, ()>,
+) -> Result<(), Failure> {
+    let backend = match settings
+        .file
+        .build_phpipam(None)
+        .map_err(|e| Failure::Config(e.to_string()))?
+    {
+        Some(php) => {
+            watch_login_blocks(&php, shared, args);
+            php as Arc<dyn IpamBackend>
+        }
+        None => settings
+            .file
+            .build()
+            .map_err(|e| Failure::Config(e.to_string()))?,
+    };
+    let ipam: Arc<dyn IpamBackend> = Arc::new(FencedIpam::new(
+        Arc::new(InstrumentedIpam::new(backend, shared.metrics.clone())),
+        fence,
+    ));
+    let stores = controller_stores(shared.client.clone(), &shared.invalid);
+    let cfg = ControllerConfig {
+        dry_run: args.dry_run,
+        concurrency: args.concurrency.max(1),
+        resync: Duration::from_secs(args.resync_seconds.max(10)),
+        orphan_grace: settings.orphan_grace,
+        hold_down: settings.hold_down,
+        ..ControllerConfig::new(shared.cluster.clone())
+    };
+    let parts = ControllerParts {
+        nodes: stores.nodes,
+        ipam,
+        overlay_ips: stores.overlay_ips,
+        routes: stores.routes,
+    };
+    let controller = Arc::new(
+        Controller::new(cfg, parts)
+            .with_events(shared.events.clone())
+            .with_metrics(shared.metrics.clone()),
+    );
+    let _ = shared.active.set(controller.clone());
+    if shared.id_source != IdSource::Derived {
+        warn_if_id_is_shared(&controller, &shared.cluster).await;
+    }
+    controller.run(until).await;
+    Ok(())
+}
+
+/// phpIPAM blocked this client's IP (too many failed logins): an Event on
+/// the controller's Pod and [`Measurement::IpamLoginBlocked`], once per
+/// block; the backend itself sends nothing until the block ends, and logs
+/// it once.
+fn watch_login_blocks(php: &overlay_ipam::phpipam::PhpIpamBackend, shared: &Shared, args: &Args) {
     let mut rx = php.blocked();
-    let gauge = gauge.clone();
+    let metrics = shared.metrics.clone();
+    let events = shared.events.clone();
     let pod = args.identity.clone();
     let namespace = args.lease_namespace.clone();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let block = rx.borrow_and_update().clone();
-            gauge.set(i64::from(block.is_some()));
+            metrics.record(Measurement::IpamLoginBlocked(block.is_some()));
             let (Some(b), Some(pod)) = (block, pod.as_ref()) else {
                 continue;
             };
@@ -357,21 +387,6 @@ fn watch_login_blocks(
                 .await;
         }
     });
-}
-
-type Elector = Option<(
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-)>;
-
-/// Stops the election, releasing the Lease if this replica holds it.
-async fn stop_elector(elector: Elector) {
-    if let Some((stop, task)) = elector {
-        let _ = stop.send(());
-        if let Err(e) = task.await {
-            warn!(error = %e, "leader election task failed");
-        }
-    }
 }
 
 /// A cluster id set by hand may be in use by another cluster sharing the

@@ -11,11 +11,11 @@ use overlay_bins::stores::{
     ipam_login_blocked_event,
 };
 use overlay_core::agent::AgentConfig;
-use overlay_core::controller::{Controller, ControllerConfig};
+use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::fakes::MemoryProgrammer;
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::leader::{LeaderConfig, LeaderElector};
-use overlay_core::memory::MemoryProgrammer;
-use overlay_core::metrics::{AgentMetrics, ControllerMetrics};
+use overlay_core::metrics::no_metrics;
 use overlay_core::{DiscoveredRoute, IpamBackend, Owner, Zone};
 use overlay_ipam::memory::MemoryBackend;
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
@@ -145,12 +145,8 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
         legacy_configmap: legacy.then(|| "overlay-system/static-routes".to_owned()),
         legacy_file: None,
     };
-    let inputs = agent_inputs(client, ME, &options).unwrap();
-    let agent = inputs.agent(
-        AgentConfig::new(ME).unwrap(),
-        Arc::new(kernel.clone()),
-        AgentMetrics::default(),
-    );
+    let inputs = agent_inputs(client, ME, &options, no_metrics()).unwrap();
+    let agent = inputs.agent(AgentConfig::new(ME).unwrap(), Arc::new(kernel.clone()));
     let before = api.object(NOIPS, ME).unwrap();
     let report = agent.reconcile().await.unwrap();
     let after = api.object(NOIPS, ME).unwrap();
@@ -270,13 +266,14 @@ pub async fn controller_run() -> Vec<(String, String)> {
     );
     let controller = Controller::new(
         ControllerConfig::new(cluster.clone()),
-        stores.nodes,
-        ipam.clone(),
-        stores.overlay_ips,
-        stores.routes,
-        events.clone(),
-        ControllerMetrics::default(),
-    );
+        ControllerParts {
+            nodes: stores.nodes,
+            ipam: ipam.clone(),
+            overlay_ips: stores.overlay_ips,
+            routes: stores.routes,
+        },
+    )
+    .with_events(events.clone());
 
     controller.reconcile_node("node-a").await.unwrap();
     assert!(

@@ -39,7 +39,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::error::{ProgrammerError, StoreError};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{Measurement, Metrics, NoMetrics};
 use crate::model::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, OverlayInterface,
     RouteScope, RouteState,
@@ -218,6 +218,20 @@ struct Inputs {
     legacy_unknown: bool,
 }
 
+/// What an [`Agent`] works with.
+pub struct AgentParts {
+    /// Writes the node's interface and routes.
+    pub programmer: Arc<dyn RouteProgrammer>,
+    /// Reads Nodes (this node's zone and addresses).
+    pub nodes: Arc<dyn NodeSource>,
+    /// Reads this node's NodeOverlayIp and writes its status.
+    pub overlay_ips: Arc<dyn OverlayIpStore>,
+    /// StaticRoutes; `None` when the CRD is not used (legacy-only).
+    pub routes: Option<Arc<dyn StaticRouteStore>>,
+    /// The older ConfigMap route list, when that mode is on.
+    pub legacy: Option<Arc<dyn LegacyRouteSource>>,
+}
+
 /// The agent reconciler.
 pub struct Agent {
     cfg: AgentConfig,
@@ -226,7 +240,7 @@ pub struct Agent {
     overlay_ips: Arc<dyn OverlayIpStore>,
     routes: Option<Arc<dyn StaticRouteStore>>,
     legacy: Option<Arc<dyn LegacyRouteSource>>,
-    metrics: AgentMetrics,
+    metrics: Arc<dyn Metrics>,
     memory: Mutex<Memory>,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -242,18 +256,16 @@ enum Wake {
 }
 
 impl Agent {
-    /// Builds an agent. `routes` is `None` when the StaticRoute CRD is not
-    /// used (legacy-only); `legacy` is the ConfigMap route list when the
-    /// older mode is on.
-    pub fn new(
-        cfg: AgentConfig,
-        programmer: Arc<dyn RouteProgrammer>,
-        nodes: Arc<dyn NodeSource>,
-        overlay_ips: Arc<dyn OverlayIpStore>,
-        routes: Option<Arc<dyn StaticRouteStore>>,
-        legacy: Option<Arc<dyn LegacyRouteSource>>,
-        metrics: AgentMetrics,
-    ) -> Self {
+    /// Builds an agent over its collaborators; measurements go nowhere
+    /// until [`Agent::with_metrics`].
+    pub fn new(cfg: AgentConfig, parts: AgentParts) -> Self {
+        let AgentParts {
+            programmer,
+            nodes,
+            overlay_ips,
+            routes,
+            legacy,
+        } = parts;
         Self {
             cfg,
             programmer,
@@ -261,10 +273,16 @@ impl Agent {
             overlay_ips,
             routes,
             legacy,
-            metrics,
+            metrics: Arc::new(NoMetrics),
             memory: Mutex::new(Memory::default()),
             ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Reports measurements to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// True once a reconcile has completed, which needs the initial lists of
@@ -382,8 +400,7 @@ impl Agent {
             status: status.map(|(_, s)| s),
         });
         self.metrics
-            .apply_latency
-            .observe(started.elapsed().as_secs_f64());
+            .record(Measurement::AgentApplied(started.elapsed()));
         debug!(node = %self.cfg.node_name, writes = report.apply.kernel_writes, routes = desired.routes.len(), "reconciled");
         Ok(report)
     }
@@ -498,8 +515,7 @@ impl Agent {
             last.status = Some(status);
         }
         self.metrics
-            .apply_latency
-            .observe(started.elapsed().as_secs_f64());
+            .record(Measurement::AgentApplied(started.elapsed()));
         debug!(node = %self.cfg.node_name, writes = report.apply.kernel_writes, changed = events.len(), "applied route changes");
         Ok(Some(report))
     }
@@ -771,11 +787,11 @@ impl Agent {
             .map(|p| p.status.state)
             .collect();
         let count = |s| states.iter().filter(|x| **x == s).count();
-        self.metrics.set_routes(
+        self.metrics.record(Measurement::AgentRoutes {
             desired,
-            count(RouteState::Applied),
-            count(RouteState::Failed),
-        );
+            applied: count(RouteState::Applied),
+            failed: count(RouteState::Failed),
+        });
     }
 
     /// Reports a failed reconcile in the NodeOverlayIp's Configured
@@ -952,43 +968,45 @@ impl Agent {
             tracing::error!(node = %self.cfg.node_name, error = %e, "invalid agent configuration; not starting");
             return;
         }
-        let mut changes = self.changes();
-        let mut drift = self.programmer.drift();
+        let mut changes = self.changes().fuse();
+        let mut drift = self.programmer.drift().fuse();
         let mut resync = tokio::time::interval(self.cfg.resync);
-        tokio::pin!(shutdown);
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
         let mut retry = Retry::default();
         loop {
-            let wake = tokio::select! {
-                _ = &mut shutdown => break,
-                _ = resync.tick() => Wake::Full,
-                _ = retry.wait() => Wake::Full,
-                Some(c) = changes.next() => self.gather(c, &mut changes).await,
-                ev = drift.next() => match ev {
-                    Some(DriftEvent::Repaired { writes }) => {
-                        self.metrics.repairs.inc();
+            let wake = futures::select_biased! {
+                () = shutdown => break,
+                _ = resync.tick().fuse() => Wake::Full,
+                () = retry.wait().fuse() => Wake::Full,
+                c = changes.select_next_some() => self.gather(c, &mut changes).await,
+                ev = drift.select_next_some() => match ev {
+                    DriftEvent::Repaired { writes } => {
+                        self.metrics.record(Measurement::AgentRepaired);
                         debug!(writes, "programmer repaired drift");
                         continue;
                     }
-                    Some(DriftEvent::Overrun) => Wake::Full,
-                    Some(_) => continue,
-                    None => { drift = futures::stream::pending().boxed(); continue; }
+                    DriftEvent::Overrun => Wake::Full,
+                    _ => continue,
                 },
             };
             // A pass waiting on an unreachable API server must not hold up
             // shutdown: SIGTERM leaves everything in place anyway.
-            let result = tokio::select! {
-                _ = &mut shutdown => break,
-                r = self.handle(wake) => r,
+            let result = futures::select_biased! {
+                () = shutdown => break,
+                r = self.handle(wake).fuse() => r,
             };
             match result {
                 Ok(()) => {
                     self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     retry.succeeded(&self.cfg.node_name);
-                    self.metrics.reconciled(true);
+                    self.metrics
+                        .record(Measurement::AgentReconciled { ok: true });
                 }
                 Err(e) => {
                     retry.failed(&e);
-                    self.metrics.reconciled(false);
+                    self.metrics
+                        .record(Measurement::AgentReconciled { ok: false });
                 }
             }
         }
@@ -1022,7 +1040,11 @@ impl Agent {
     }
 
     /// Coalesces a burst of changes into one wake-up.
-    async fn gather(&self, first: Change, rest: &mut BoxStream<'static, Change>) -> Wake {
+    async fn gather(
+        &self,
+        first: Change,
+        rest: &mut futures::stream::Fuse<BoxStream<'static, Change>>,
+    ) -> Wake {
         let mut wake = self.classify(first).await;
         while let Some(Some(c)) = rest.next().now_or_never() {
             wake = match (wake, self.classify(c).await) {
@@ -1150,21 +1172,4 @@ impl Retry {
         }
         self.retry_at = Some(tokio::time::Instant::now() + delay);
     }
-}
-
-/// Parses the older deployment's route list: a JSON array of subnets such
-/// as `["192.168.1.0/24"]`. Every entry must be a CIDR; one bad entry
-/// rejects the list (so a typo never removes routes).
-pub fn parse_legacy_routes(json: &str) -> Result<Vec<Cidr>, ParseError> {
-    let list: Vec<String> = serde_json::from_str(json).map_err(|e| {
-        ParseError::new(
-            "routes",
-            json,
-            format!("expected a JSON array of CIDR strings such as [\"192.168.1.0/24\"]: {e}"),
-        )
-    })?;
-    list.iter()
-        .enumerate()
-        .map(|(i, s)| Cidr::parse(&format!("routes[{i}]"), s))
-        .collect()
 }

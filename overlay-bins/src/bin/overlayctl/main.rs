@@ -1,0 +1,176 @@
+//! `overlayctl`: the operator's command line for overlay.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod config;
+#[cfg(feature = "lab")]
+mod lab;
+
+/// Operate overlay: inspect a cluster, check configs and the IPAM, generate
+/// CRDs and shell completions, and (built with the `lab` feature) run the
+/// local lab.
+#[derive(Debug, Parser)]
+#[command(name = "overlayctl", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the whole system on this machine: nodes, a gateway and an on-prem
+    /// host in network namespaces, the real controller and agents, then ping
+    /// on-prem from every node. Needs root, ip, ping and sysctl (or
+    /// --dry-run). Everything is removed at the end, also on Ctrl-C or
+    /// SIGTERM at any point. Exit status: 0 when every node converged and
+    /// every ping and check passed, 1 otherwise, 130/143 when stopped by
+    /// SIGINT/SIGTERM.
+    #[cfg(feature = "lab")]
+    Lab(lab::LabArgs),
+    /// Print the NodeOverlayIp and StaticRoute CRDs as YAML (generated from
+    /// the Rust types), or write one file per CRD into --out.
+    Crds {
+        /// Directory to write `<crd-name>.yaml` files into (e.g. deploy/crds).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Show every node's overlay IP, gateway, zone and Configured condition,
+    /// and every StaticRoute's per-node state (KUBECONFIG or in-cluster).
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: overlay_bins::status::Output,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Validate a controller config (overlay-ip-config.yaml) offline: print
+    /// what it configures, or exactly what is wrong (file, field, problem).
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Work with the IPAM a controller config points at.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IpamCmd {
+    /// Read-only check against the real IPAM: login works, every subnet
+    /// exists, has a gateway, and how many addresses are free; a verdict per
+    /// zone; and each subnet's entries by owner: this cluster's (live and
+    /// held), other clusters', unmarked ones and markers that do not parse
+    /// (never released by the controller). Credentials:
+    /// PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or the files).
+    Check {
+        /// The controller config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The cluster id to compare markers with (default: `clusterId` in
+        /// the config; a derived id is shown by `overlayctl status`).
+        /// Without either, every cluster id seen is listed.
+        #[arg(long, env = "CLUSTER_ID")]
+        cluster_id: Option<String>,
+    },
+    /// Run the IPAM conformance suite against the real server, in one zone
+    /// whose subnets are scratch space: it reserves and releases addresses
+    /// there (and fills them to test exhaustion), then removes everything it
+    /// created, also on failure.
+    Conformance {
+        /// The controller config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The scratch zone.
+        #[arg(long)]
+        zone: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("overlayctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        #[cfg(feature = "lab")]
+        Cmd::Lab(args) => return lab::lab(args),
+        Cmd::Status { output, kubeconfig } => status(output, kubeconfig)?,
+        Cmd::CheckConfig { file } => config::check_config(&file)?,
+        Cmd::Ipam(IpamCmd::Check { config, cluster_id }) => {
+            config::ipam_check(&config, cluster_id.as_deref())?;
+        }
+        Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
+            config::ipam_conformance(&config, &zone)?;
+        }
+        Cmd::Crds { out } => crds(out)?,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "overlayctl",
+                &mut std::io::stdout(),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: the cluster as overlay sees it.
+fn status(output: overlay_bins::status::Output, kubeconfig: Option<PathBuf>) -> Result<(), String> {
+    let status = runtime()?.block_on(async {
+        let client = overlay_bins::kube_client(kubeconfig).await?;
+        overlay_bins::status::fetch(client).await
+    })?;
+    print!("{}", overlay_bins::status::render(&status, output)?);
+    Ok(())
+}
+
+/// `crds`: the CRDs to stdout, or one file each into `out`.
+fn crds(out: Option<PathBuf>) -> Result<(), String> {
+    let crds = overlay_core::crd::crds_yaml().map_err(|e| format!("generating CRDs: {e}"))?;
+    let Some(dir) = out else {
+        let text: Vec<String> = crds.into_iter().map(|(_, y)| y).collect();
+        return std::io::stdout()
+            .lock()
+            .write_all(text.join("---\n").as_bytes())
+            .map_err(|e| format!("writing to stdout: {e}"));
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (name, yaml) in crds {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
