@@ -41,6 +41,7 @@ use crate::error::{IpamError, StoreError};
 use crate::events::{Event, EventRecorder, EventType, NoEvents};
 use crate::metrics::{Measurement, Metrics, NoMetrics};
 use crate::model::{NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
+use crate::parse::Zone;
 use crate::queue::{Next, WorkQueue};
 use crate::traits::{
     FINALIZER, IpamBackend, NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord,
@@ -328,6 +329,19 @@ pub struct ControllerParts {
     pub routes: Arc<dyn StaticRouteStore>,
 }
 
+/// What a dry run would do for `node`.
+fn dry_run_outcome(node: &NodeInfo, rec: Option<&OverlayIpRecord>) -> NodeOutcome {
+    let name = &node.name;
+    match (rec.and_then(|r| r.ip_addr), &node.zone) {
+        (Some(ip), _) => NodeOutcome::DryRun(format!("{name} keeps {ip}")),
+        (None, Some(z)) => {
+            info!(node = %name, zone = %z, "dry run: would reserve an address and record it");
+            NodeOutcome::DryRun(format!("reserve for {name} in {z}"))
+        }
+        (None, None) => NodeOutcome::DryRun(format!("{name} has no zone")),
+    }
+}
+
 /// The controller reconciler.
 pub struct Controller {
     cfg: ControllerConfig,
@@ -417,48 +431,11 @@ impl Controller {
     /// release it when the node or its NodeOverlayIp goes.
     pub async fn reconcile_node(&self, name: &str) -> Result<NodeOutcome, ControllerError> {
         let store_err = on_store(name);
-        let ipam_err = on_ipam(name);
         let node = self.nodes.get(name).await.map_err(store_err)?;
         let record = self.overlay_ips.get(name).await.map_err(store_err)?;
-        let owner = self.owner(name);
-
         match (node, record) {
             (node, Some(rec)) if rec.deleting => {
-                if rec.finalizers.iter().any(|f| f == FINALIZER) {
-                    if self.cfg.dry_run {
-                        info!(
-                            node = name,
-                            "dry run: would release the address and remove the finalizer"
-                        );
-                        return Ok(NodeOutcome::DryRun(format!("release {owner}")));
-                    }
-                    // Release first; the finalizer stays until this succeeds.
-                    let released = self
-                        .ipam
-                        .release_owner(&owner, self.cfg.hold_down)
-                        .await
-                        .map_err(ipam_err)?;
-                    for r in &released {
-                        info!(node = name, address = %r.address, "released overlay address");
-                        self.event(
-                            "NodeOverlayIp",
-                            name,
-                            EventType::Normal,
-                            "Released",
-                            format!(
-                                "released {} ({} subnet {})",
-                                r.address,
-                                self.ipam.name(),
-                                r.subnet_id
-                            ),
-                        )
-                        .await;
-                    }
-                    self.overlay_ips
-                        .remove_finalizer(name, FINALIZER)
-                        .await
-                        .map_err(store_err)?;
-                } else {
+                if !rec.finalizers.iter().any(|f| f == FINALIZER) {
                     // Our part is done; other finalizers hold the object.
                     return Ok(NodeOutcome::Gone);
                 }
@@ -468,7 +445,7 @@ impl Controller {
                         "NodeOverlayIp deleted while the node exists; it will be recreated"
                     );
                 }
-                Ok(NodeOutcome::Released)
+                self.release_and_unblock(name).await
             }
             (None, Some(_)) => {
                 if self.cfg.dry_run {
@@ -497,29 +474,61 @@ impl Controller {
         }
     }
 
+    /// A NodeOverlayIp being deleted with our finalizer: releases the
+    /// node's addresses first, then removes the finalizer (it stays until
+    /// the release succeeds).
+    async fn release_and_unblock(&self, name: &str) -> Result<NodeOutcome, ControllerError> {
+        let owner = self.owner(name);
+        if self.cfg.dry_run {
+            info!(
+                node = name,
+                "dry run: would release the address and remove the finalizer"
+            );
+            return Ok(NodeOutcome::DryRun(format!("release {owner}")));
+        }
+        let released = self
+            .ipam
+            .release_owner(&owner, self.cfg.hold_down)
+            .await
+            .map_err(on_ipam(name))?;
+        for r in &released {
+            info!(node = name, address = %r.address, "released overlay address");
+            let message = format!(
+                "released {} ({} subnet {})",
+                r.address,
+                self.ipam.name(),
+                r.subnet_id
+            );
+            self.event(
+                "NodeOverlayIp",
+                name,
+                EventType::Normal,
+                "Released",
+                message,
+            )
+            .await;
+        }
+        self.overlay_ips
+            .remove_finalizer(name, FINALIZER)
+            .await
+            .map_err(on_store(name))?;
+        Ok(NodeOutcome::Released)
+    }
+
     async fn ensure_address(
         &self,
         node: &NodeInfo,
         rec: Option<OverlayIpRecord>,
     ) -> Result<NodeOutcome, ControllerError> {
         let name = node.name.as_str();
-        let store_err = on_store(name);
+        if self.cfg.dry_run {
+            return Ok(dry_run_outcome(node, rec.as_ref()));
+        }
         let meta = OverlayIpMeta {
             name: name.to_owned(),
             labels: overlay_ip_labels(node),
             owner_uid: node.uid.clone(),
         };
-        if self.cfg.dry_run {
-            let has = rec.as_ref().and_then(|r| r.ip_addr);
-            return Ok(match (has, &node.zone) {
-                (Some(ip), _) => NodeOutcome::DryRun(format!("{name} keeps {ip}")),
-                (None, Some(z)) => {
-                    info!(node = name, zone = %z, "dry run: would reserve an address and record it");
-                    NodeOutcome::DryRun(format!("reserve for {name} in {z}"))
-                }
-                (None, None) => NodeOutcome::DryRun(format!("{name} has no zone")),
-            });
-        }
         let up_to_date = rec.as_ref().is_some_and(|r| {
             r.labels == meta.labels
                 && r.owner_uid == meta.owner_uid
@@ -527,7 +536,11 @@ impl Controller {
         });
         let rec = match rec {
             Some(r) if up_to_date => r,
-            _ => self.overlay_ips.ensure(&meta).await.map_err(store_err)?,
+            _ => self
+                .overlay_ips
+                .ensure(&meta)
+                .await
+                .map_err(on_store(name))?,
         };
         if rec.ip_addr.is_some() {
             return Ok(NodeOutcome::Ready);
@@ -540,48 +553,43 @@ impl Controller {
                 .await;
             return Err(err);
         };
-        let owner = self.owner(name);
-        let reservation = match self.ipam.reserve(&owner, &zone).await {
+        self.reserve_and_record(name, &zone).await?;
+        Ok(NodeOutcome::Ready)
+    }
+
+    /// Reserves an address for `name` in `zone` and records it on the
+    /// node's NodeOverlayIp, with an Event either way.
+    async fn reserve_and_record(&self, name: &str, zone: &Zone) -> Result<(), ControllerError> {
+        let reservation = match self.ipam.reserve(&self.owner(name), zone).await {
             Ok(r) => r,
             Err(e) => {
                 let err = ControllerError::Ipam {
                     node: name.to_owned(),
                     source: e,
                 };
-                self.event(
-                    "Node",
-                    name,
-                    EventType::Warning,
-                    "ReserveFailed",
-                    err.to_string(),
-                )
-                .await;
+                let message = err.to_string();
+                self.event("Node", name, EventType::Warning, "ReserveFailed", message)
+                    .await;
                 return Err(err);
             }
         };
         self.overlay_ips
             .set_address(name, reservation.address, reservation.gateway)
             .await
-            .map_err(store_err)?;
+            .map_err(on_store(name))?;
         info!(node = name, zone = %zone, address = %reservation.address, subnet = %reservation.subnet_id, "overlay address recorded");
         let gw = reservation
             .gateway
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "none".into());
-        self.event(
-            "Node",
-            name,
-            EventType::Normal,
-            "Reserved",
-            format!(
-                "reserved {} (gateway {gw}) in zone {zone} from {} subnet {}",
-                reservation.address,
-                self.ipam.name(),
-                reservation.subnet_id
-            ),
-        )
-        .await;
-        Ok(NodeOutcome::Ready)
+            .map_or_else(|| "none".into(), |g| g.to_string());
+        let message = format!(
+            "reserved {} (gateway {gw}) in zone {zone} from {} subnet {}",
+            reservation.address,
+            self.ipam.name(),
+            reservation.subnet_id
+        );
+        self.event("Node", name, EventType::Normal, "Reserved", message)
+            .await;
+        Ok(())
     }
 
     /// The orphan collection: releases this cluster's reservations whose

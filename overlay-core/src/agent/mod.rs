@@ -208,6 +208,18 @@ struct Memory {
     last: Option<LastPass>,
 }
 
+/// One full pass between plan and report.
+struct Pass {
+    overlay: OverlaySetup,
+    /// StaticRoutes by name.
+    planned: BTreeMap<String, PlannedRoute>,
+    /// The legacy list's routes.
+    legacy: Vec<PlannedRoute>,
+    /// Routes wanted by more than one source.
+    contested: BTreeSet<RouteKey>,
+    desired: DesiredNodeState,
+}
+
 /// The inputs of one full pass.
 struct Inputs {
     node: NodeInfo,
@@ -315,14 +327,51 @@ impl Agent {
         let started = Instant::now();
         let inputs = self.read_inputs(&mut mem).await?;
         let live = inputs.record.as_ref().filter(|r| !r.deleting);
-        if !mem.gateways_loaded {
-            mem.gateways_loaded = true;
-            restore_gateways(&mut mem, live);
-        }
-        let overlay = match self.overlay_setup(&mem, &inputs.node, live).await {
+        let overlay = match self.observe_overlay(&mut mem, &inputs.node, live).await {
             Ok(o) => o,
             Err(e) => return Err(self.report_failure(&mut mem, live, e).await),
         };
+        let mut pass = self.plan_pass(&mut mem, &inputs, live, overlay).await;
+        let apply = match self.programmer.apply(&pass.desired).await {
+            Ok(a) => a,
+            Err(source) => {
+                let e = self.program_err()(source);
+                return Err(self.report_failure(&mut mem, live, e).await);
+            }
+        };
+        let report = self.settle_pass(&mut mem, &mut pass, apply).await?;
+        let report = self
+            .report_pass(&mut mem, inputs.node, live, pass, report)
+            .await;
+        self.metrics
+            .record(Measurement::AgentApplied(started.elapsed()));
+        debug!(node = %self.cfg.node_name, writes = report.apply.kernel_writes, "reconciled");
+        Ok(report)
+    }
+
+    /// Observe: the overlay interface this node should have, from its
+    /// live NodeOverlayIp (the persisted gateways are loaded once, first).
+    async fn observe_overlay(
+        &self,
+        mem: &mut Memory,
+        node: &NodeInfo,
+        live: Option<&OverlayIpRecord>,
+    ) -> Result<OverlaySetup, AgentError> {
+        if !mem.gateways_loaded {
+            mem.gateways_loaded = true;
+            restore_gateways(mem, live);
+        }
+        self.overlay_setup(mem, node, live).await
+    }
+
+    /// Plan: every route this node should have, and the desired state.
+    async fn plan_pass(
+        &self,
+        mem: &mut Memory,
+        inputs: &Inputs,
+        live: Option<&OverlayIpRecord>,
+        overlay: OverlaySetup,
+    ) -> Pass {
         let ctx = PlanContext {
             cfg: &self.cfg,
             node: &inputs.node,
@@ -331,13 +380,14 @@ impl Agent {
         };
         let mut discovery = Discovery::default();
         let mut planned = self
-            .plan_static_routes(&mut mem, &ctx, &inputs.routes, &mut discovery)
+            .plan_static_routes(mem, &ctx, &inputs.routes, &mut discovery)
             .await;
         let mut legacy = self
-            .plan_legacy(&mut mem, &ctx, inputs.legacy.as_deref(), &mut discovery)
+            .plan_legacy(mem, &ctx, inputs.legacy.as_deref(), &mut discovery)
             .await;
         let contested = plan::settle_duplicates(&mut planned, &mut legacy);
-        if let (Some(why), None) = (&overlay.problem, &overlay.iface) {
+        let broken = overlay.problem.is_some() && overlay.iface.is_none();
+        if let (Some(why), true) = (&overlay.problem, broken) {
             plan::mark_kept(&mut planned, why);
         }
         let desired = DesiredNodeState {
@@ -347,37 +397,58 @@ impl Agent {
                 .chain(legacy.iter())
                 .filter_map(|p| p.route.clone())
                 .collect(),
-            keep_unlisted: inputs.legacy_unknown
-                || (overlay.problem.is_some() && overlay.iface.is_none()),
-            scope: self.scope(&mem, live, inputs.legacy.is_some()),
+            keep_unlisted: inputs.legacy_unknown || broken,
+            scope: self.scope(mem, live, inputs.legacy.is_some()),
         };
-        let apply = match self.programmer.apply(&desired).await {
-            Ok(a) => a,
-            Err(source) => {
-                let e = self.program_err()(source);
-                return Err(self.report_failure(&mut mem, live, e).await);
-            }
-        };
-        self.log_address_changes(&apply);
-        plan::record_outcomes(planned.values_mut(), &apply.routes);
-        plan::record_outcomes(legacy.iter_mut(), &apply.routes);
-        if overlay.problem.is_none()
-            && let Some(o) = &overlay.iface
-        {
-            mem.last_overlay = Some((o.clone(), overlay.gateway));
+        Pass {
+            overlay,
+            planned,
+            legacy,
+            contested,
+            desired,
         }
-        let interface_removed = self.remove_interface_if_unused(&overlay).await?;
-        self.count_routes(&planned, &legacy, desired.routes.len());
-        let reports = plan::reports(&planned);
-        let mut report = AgentReport {
+    }
+
+    /// Apply's aftermath: each route's outcome, the last good interface,
+    /// an unused interface removed, the route gauges.
+    async fn settle_pass(
+        &self,
+        mem: &mut Memory,
+        pass: &mut Pass,
+        apply: ApplyReport,
+    ) -> Result<AgentReport, AgentError> {
+        self.log_address_changes(&apply);
+        plan::record_outcomes(pass.planned.values_mut(), &apply.routes);
+        plan::record_outcomes(pass.legacy.iter_mut(), &apply.routes);
+        if pass.overlay.problem.is_none()
+            && let Some(o) = &pass.overlay.iface
+        {
+            mem.last_overlay = Some((o.clone(), pass.overlay.gateway));
+        }
+        let interface_removed = self.remove_interface_if_unused(&pass.overlay).await?;
+        self.count_routes(&pass.planned, &pass.legacy, pass.desired.routes.len());
+        Ok(AgentReport {
             apply,
-            reports: reports.clone(),
+            reports: plan::reports(&pass.planned),
             interface_removed,
             status_written: false,
-        };
+        })
+    }
+
+    /// Report: the node's status on its NodeOverlayIp, and the pass kept
+    /// for the incremental updates that follow.
+    async fn report_pass(
+        &self,
+        mem: &mut Memory,
+        node: NodeInfo,
+        live: Option<&OverlayIpRecord>,
+        pass: Pass,
+        mut report: AgentReport,
+    ) -> AgentReport {
         let status = live.map(|rec| {
-            let mut s = self.agent_status(&overlay, report.reports.values().cloned().collect());
-            s.gateways = known_gateways(&mem);
+            let mut s =
+                self.agent_status(&pass.overlay, report.reports.values().cloned().collect());
+            s.gateways = known_gateways(mem);
             (rec, s)
         });
         if let Some((rec, s)) = &status {
@@ -386,23 +457,21 @@ impl Agent {
                 .await;
         }
         mem.last = Some(LastPass {
-            node: inputs.node,
-            overlay,
+            node,
+            overlay: pass.overlay,
             record: live.map(|r| r.name.clone()),
-            claims: plan::claims(&planned),
-            routes: planned,
-            reports,
-            legacy_keys: legacy
+            claims: plan::claims(&pass.planned),
+            routes: pass.planned,
+            reports: report.reports.clone(),
+            legacy_keys: pass
+                .legacy
                 .iter()
                 .filter_map(|p| p.route.as_ref().map(|r| r.key()))
                 .collect(),
-            contested,
+            contested: pass.contested,
             status: status.map(|(_, s)| s),
         });
-        self.metrics
-            .record(Measurement::AgentApplied(started.elapsed()));
-        debug!(node = %self.cfg.node_name, writes = report.apply.kernel_writes, routes = desired.routes.len(), "reconciled");
-        Ok(report)
+        report
     }
 
     /// Applies StaticRoute changes on top of the last full pass, writing
@@ -416,38 +485,12 @@ impl Agent {
     ) -> Result<Option<AgentReport>, AgentError> {
         let mut mem = self.memory.lock().await;
         let started = Instant::now();
-        let Some(last) = mem.last.as_ref() else {
+        let Some(next) = plan::changed_records(events) else {
             return Ok(None);
         };
-        let mut next: BTreeMap<String, Option<plan::Unplanned>> = BTreeMap::new();
-        for ev in events {
-            match ev {
-                StoreEvent::Applied(r) => {
-                    next.insert(r.name.clone(), Some(plan::Unplanned::from(r)));
-                }
-                StoreEvent::Deleted(name) => {
-                    next.insert(name.clone(), None);
-                }
-                StoreEvent::Restarted(_) => return Ok(None),
-            }
-        }
-        let node = last.node.clone();
-        let overlay = last.overlay.clone();
-        let ctx = PlanContext {
-            cfg: &self.cfg,
-            node: &node,
-            overlay: overlay.iface.as_ref(),
-            gateway: overlay.gateway,
+        let Some(plans) = self.plan_changes(&mut mem, next).await else {
+            return Ok(None);
         };
-        let mut discovery = Discovery::default();
-        let mut plans: BTreeMap<String, Option<PlannedRoute>> = BTreeMap::new();
-        for (name, rec) in next {
-            let plan = match rec {
-                Some(p) => self.plan_one(&mut mem, &ctx, p, &mut discovery).await,
-                None => None,
-            };
-            plans.insert(name, plan);
-        }
         let Some(last) = mem.last.as_mut() else {
             return Ok(None);
         };
@@ -463,48 +506,12 @@ impl Agent {
                 Err(e) => return Err(self.program_err()(e)),
             }
         };
+        let (reports, changed) = plan::fold_in(last, plans, &apply.routes);
         let mut report = AgentReport {
             apply,
+            reports,
             ..Default::default()
         };
-        let mut changed = false;
-        for (name, plan) in plans {
-            let previous = last.routes.remove(&name);
-            if let Some(r) = previous.as_ref().and_then(|p| p.route.as_ref())
-                && last.claims.get(&r.key()) == Some(&name)
-            {
-                last.claims.remove(&r.key());
-            }
-            let new = plan.map(|mut p| {
-                if let (Some(why), None) = (&last.overlay.problem, &last.overlay.iface) {
-                    plan::mark_kept_one(&mut p, why);
-                }
-                match &previous {
-                    // Not rewritten: what the kernel said last time still
-                    // holds (a failure is retried by the resync).
-                    Some(old) if p.route.is_some() && old.route == p.route => {
-                        p.status = old.status.clone();
-                    }
-                    _ => plan::record_outcomes(std::iter::once(&mut p), &report.apply.routes),
-                }
-                let r = plan::report(&name, &p);
-                if let Some(route) = &p.route {
-                    last.claims.insert(route.key(), name.clone());
-                }
-                last.routes.insert(name.clone(), p);
-                r
-            });
-            if last.reports.get(&name) != new.as_ref() {
-                changed = true;
-                match &new {
-                    Some(r) => last.reports.insert(name.clone(), r.clone()),
-                    None => last.reports.remove(&name),
-                };
-            }
-            if let Some(r) = new {
-                report.reports.insert(name, r);
-            }
-        }
         // One status write, only when a report changed.
         if changed && let (Some(name), Some(prev)) = (last.record.clone(), last.status.take()) {
             let status = AgentStatus {
@@ -518,6 +525,34 @@ impl Agent {
             .record(Measurement::AgentApplied(started.elapsed()));
         debug!(node = %self.cfg.node_name, writes = report.apply.kernel_writes, changed = events.len(), "applied route changes");
         Ok(Some(report))
+    }
+
+    /// Plans the changed StaticRoutes (`None`: deleted) against the last
+    /// full pass's node and interface; `None` before the first full pass.
+    async fn plan_changes(
+        &self,
+        mem: &mut Memory,
+        next: BTreeMap<String, Option<plan::Unplanned>>,
+    ) -> Option<BTreeMap<String, Option<PlannedRoute>>> {
+        let last = mem.last.as_ref()?;
+        let node = last.node.clone();
+        let overlay = last.overlay.clone();
+        let ctx = PlanContext {
+            cfg: &self.cfg,
+            node: &node,
+            overlay: overlay.iface.as_ref(),
+            gateway: overlay.gateway,
+        };
+        let mut discovery = Discovery::default();
+        let mut plans = BTreeMap::new();
+        for (name, rec) in next {
+            let plan = match rec {
+                Some(p) => self.plan_one(mem, &ctx, p, &mut discovery).await,
+                None => None,
+            };
+            plans.insert(name, plan);
+        }
+        Some(plans)
     }
 
     async fn read_inputs(&self, mem: &mut Memory) -> Result<Inputs, AgentError> {

@@ -8,7 +8,9 @@ use super::{AgentConfig, LastPass, checks};
 use crate::model::{DiscoveredRoute, NodeInfo, OverlayInterface, RouteChanges, RouteOutcome};
 use crate::model::{RouteResult, RouteSpec, RouteState};
 use crate::parse::Cidr;
-use crate::traits::{GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteSpecModel};
+use crate::traits::{
+    GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteSpecModel, StoreEvent,
+};
 
 /// The kernel's identity of a route: destination, table, metric.
 pub(super) type RouteKey = (Cidr, u32, u32);
@@ -317,4 +319,74 @@ pub(super) fn claims(planned: &BTreeMap<String, PlannedRoute>) -> HashMap<RouteK
         .iter()
         .filter_map(|(name, p)| p.route.as_ref().map(|r| (r.key(), name.clone())))
         .collect()
+}
+
+/// The StaticRoutes a batch of events changes (`None`: deleted); `None`
+/// when a watch restarted and only a full pass can tell.
+pub(super) fn changed_records(
+    events: &[StoreEvent<StaticRouteRecord>],
+) -> Option<BTreeMap<String, Option<Unplanned>>> {
+    let mut next = BTreeMap::new();
+    for ev in events {
+        match ev {
+            StoreEvent::Applied(r) => {
+                next.insert(r.name.clone(), Some(Unplanned::from(r)));
+            }
+            StoreEvent::Deleted(name) => {
+                next.insert(name.clone(), None);
+            }
+            StoreEvent::Restarted(_) => return None,
+        }
+    }
+    Some(next)
+}
+
+/// Folds the plans of changed StaticRoutes and the kernel's outcomes into
+/// the last pass: their routes, claims and reports. Returns the reports of
+/// the routes concerned, and whether any report changed.
+pub(super) fn fold_in(
+    last: &mut LastPass,
+    plans: BTreeMap<String, Option<PlannedRoute>>,
+    outcomes: &[RouteOutcome],
+) -> (BTreeMap<String, RouteReport>, bool) {
+    let mut reports = BTreeMap::new();
+    let mut changed = false;
+    for (name, plan) in plans {
+        let previous = last.routes.remove(&name);
+        if let Some(r) = previous.as_ref().and_then(|p| p.route.as_ref())
+            && last.claims.get(&r.key()) == Some(&name)
+        {
+            last.claims.remove(&r.key());
+        }
+        let new = plan.map(|mut p| {
+            if let (Some(why), None) = (&last.overlay.problem, &last.overlay.iface) {
+                mark_kept_one(&mut p, why);
+            }
+            match &previous {
+                // Not rewritten: what the kernel said last time still holds
+                // (a failure is retried by the resync).
+                Some(old) if p.route.is_some() && old.route == p.route => {
+                    p.status = old.status.clone();
+                }
+                _ => record_outcomes(std::iter::once(&mut p), outcomes),
+            }
+            let r = report(&name, &p);
+            if let Some(route) = &p.route {
+                last.claims.insert(route.key(), name.clone());
+            }
+            last.routes.insert(name.clone(), p);
+            r
+        });
+        if last.reports.get(&name) != new.as_ref() {
+            changed = true;
+            match &new {
+                Some(r) => last.reports.insert(name.clone(), r.clone()),
+                None => last.reports.remove(&name),
+            };
+        }
+        if let Some(r) = new {
+            reports.insert(name, r);
+        }
+    }
+    (reports, changed)
 }
