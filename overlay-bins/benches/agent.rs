@@ -20,7 +20,7 @@ use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     Cidr, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo, OverlayIpRecord,
-    OverlayIpStore, RouteState, StaticRouteSpecModel, StoreError, StoreEvent,
+    OverlayIpStore, RouteState, StaticRouteRule, StoreError, StoreEvent,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::Netns;
@@ -125,7 +125,7 @@ async fn bench() {
 
     // 1,000 routes in place, applied by the first full pass.
     let spec = |i: usize| {
-        Ok(StaticRouteSpecModel {
+        Ok(StaticRouteRule {
             subnet: subnet(i).parse().unwrap(),
             gateway: GatewayChoice::Overlay,
             table: None,

@@ -34,7 +34,7 @@ use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo, Owner,
-    RouteState, StaticRouteSpecModel, StoreError,
+    RouteState, StaticRouteRule, StoreError,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
@@ -703,7 +703,7 @@ fn node_info(name: &str, zone: &str, ip: &str) -> Result<NodeInfo, String> {
     Ok(NodeInfo::from_labels(name, labels, vec![ip]))
 }
 
-fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteSpecModel), String> {
+fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteRule), String> {
     let (name, subnet) = if i == 0 {
         ("onprem".to_owned(), ONPREM_SUBNET.to_owned())
     } else {
@@ -711,7 +711,7 @@ fn route_spec(i: usize, gateway: GatewayChoice) -> Result<(String, StaticRouteSp
     };
     Ok((
         name,
-        StaticRouteSpecModel {
+        StaticRouteRule {
             subnet: Cidr::parse("route", &subnet).map_err(|e| e.to_string())?,
             gateway,
             table: None,

@@ -8,8 +8,9 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::ObjectList;
 use overlay_core::crd::{NodeOverlayIp, StaticRoute, decode_node_overlay_ip, decode_static_route};
 use overlay_core::invalid::FieldProblem;
+use overlay_core::k8s::node_info;
+use overlay_core::{GatewayChoice, NodeInfo, OverlayIpRecord, StaticRouteRecord};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,89 +155,98 @@ pub async fn cluster_id(client: &kube::Client) -> Option<ClusterId> {
         })
 }
 
-/// Builds the status from the objects.
-pub fn collect(nodes: &[Node], ips: &[NodeOverlayIp], routes: &[StaticRoute]) -> ClusterStatus {
-    let mut out = ClusterStatus::default();
-    let mut names: Vec<String> = nodes
-        .iter()
-        .filter_map(|n| n.metadata.name.clone())
-        .collect();
-    for ip in ips {
-        if let Some(n) = &ip.metadata.name
-            && !names.contains(n)
-        {
-            names.push(n.clone());
+/// Builds the status from the nodes and the records as the adapters read
+/// them (the one lenient decoding of [`overlay_core::crd`]).
+pub fn collect(
+    nodes: &[NodeInfo],
+    ips: &[OverlayIpRecord],
+    routes: &[StaticRouteRecord],
+) -> ClusterStatus {
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    names.extend(ips.iter().map(|i| i.name.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    ClusterStatus {
+        nodes: names
+            .into_iter()
+            .map(|name| {
+                let node = nodes.iter().find(|n| n.name == name);
+                let ip = ips.iter().find(|i| i.name == name);
+                node_status(name, node, ip)
+            })
+            .collect(),
+        static_routes: routes.iter().map(route_status).collect(),
+        ..ClusterStatus::default()
+    }
+}
+
+fn node_status(name: &str, node: Option<&NodeInfo>, ip: Option<&OverlayIpRecord>) -> NodeStatus {
+    let zone = node
+        .and_then(|n| n.zone.as_ref().map(ToString::to_string))
+        .or_else(|| ip.and_then(|i| i.labels.get("zone").cloned()))
+        .unwrap_or_default();
+    let agent = ip.and_then(|i| i.agent.as_ref());
+    let message = if node.is_none() {
+        "node no longer exists".into()
+    } else if ip.is_none() {
+        "no NodeOverlayIp yet".into()
+    } else {
+        agent.map(|a| a.message.clone()).unwrap_or_default()
+    };
+    let interface = match agent {
+        Some(a) if a.interface.is_empty() => a.interface_label.clone(),
+        Some(a) => format!("{}/{}", a.interface, a.interface_label),
+        None => String::new(),
+    };
+    NodeStatus {
+        node: name.to_owned(),
+        zone,
+        ip_addr: ip
+            .and_then(|i| i.ip_addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        gateway: ip
+            .and_then(|i| i.gateway)
+            .map(|g| g.to_string())
+            .unwrap_or_default(),
+        configured: match agent {
+            Some(a) if a.configured => "True",
+            Some(_) => "False",
+            None => "Unknown",
         }
+        .into(),
+        interface,
+        message,
     }
-    names.sort();
-    for name in names {
-        let ip = ips
+}
+
+fn route_status(r: &StaticRouteRecord) -> RouteStatus {
+    let spec = r.spec.as_ref().ok();
+    let gateway = match spec.map(|s| &s.gateway) {
+        Some(GatewayChoice::Fixed(g)) => g.to_string(),
+        Some(GatewayChoice::Discover(p)) => format!("from {p}"),
+        Some(GatewayChoice::Overlay) => "overlay".into(),
+        None => String::new(),
+    };
+    RouteStatus {
+        name: r.name.clone(),
+        subnet: spec.map(|s| s.subnet.to_string()).unwrap_or_default(),
+        gateway,
+        table: spec.and_then(|s| s.table),
+        metric: spec.and_then(|s| s.metric),
+        deleting: r.deleting,
+        nodes: r
+            .node_status
             .iter()
-            .find(|i| i.metadata.name.as_deref() == Some(&name));
-        let node = nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(&name));
-        let zone = node
-            .map(overlay_core::k8s::node_info)
-            .and_then(|i| i.zone.map(|z| z.to_string()))
-            .or_else(|| ip.and_then(|i| i.metadata.labels.as_ref()?.get("zone").cloned()))
-            .unwrap_or_default();
-        let status = ip.and_then(|i| i.status.clone()).unwrap_or_default();
-        let cond = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "Configured");
-        let mut message = cond.map(|c| c.message.clone()).unwrap_or_default();
-        if node.is_none() {
-            message = "node no longer exists".into();
-        } else if ip.is_none() {
-            message = "no NodeOverlayIp yet".into();
-        }
-        out.nodes.push(NodeStatus {
-            node: name,
-            zone,
-            ip_addr: status.ip_addr.clone().unwrap_or_default(),
-            gateway: status.gateway.clone().unwrap_or_default(),
-            configured: cond
-                .map(|c| c.status.clone())
-                .unwrap_or_else(|| "Unknown".into()),
-            interface: match (&status.interface, &status.interface_label) {
-                (Some(p), Some(l)) => format!("{p}/{l}"),
-                (None, Some(l)) => l.clone(),
-                _ => String::new(),
-            },
-            message,
-        });
+            .map(|e| RouteNodeStatus {
+                hostname: e.hostname.clone(),
+                state: e.state.to_string(),
+                device: e.device.clone(),
+                gateway: e.gateway.clone(),
+                message: e.message.clone(),
+            })
+            .collect(),
     }
-    for r in routes {
-        let gateway = match (&r.spec.gateway, &r.spec.gateway_from) {
-            (Some(g), _) => g.clone(),
-            (None, Some(p)) => format!("from {p}"),
-            (None, None) => "overlay".into(),
-        };
-        out.static_routes.push(RouteStatus {
-            name: r.metadata.name.clone().unwrap_or_default(),
-            subnet: r.spec.subnet.clone(),
-            gateway,
-            table: r.spec.table,
-            metric: r.spec.metric,
-            deleting: r.metadata.deletion_timestamp.is_some(),
-            nodes: r
-                .status
-                .iter()
-                .flat_map(|s| s.node_status.iter())
-                .map(|e| RouteNodeStatus {
-                    hostname: e.hostname.clone(),
-                    state: e.state.clone().unwrap_or_else(|| "Applied".into()),
-                    device: e.device.clone(),
-                    gateway: e.gateway.clone(),
-                    message: e.message.clone().unwrap_or_default(),
-                })
-                .collect(),
-        });
-    }
-    out
 }
 
 /// Renders the status.
@@ -252,65 +262,9 @@ pub fn render(s: &ClusterStatus, output: Output) -> Result<String, String> {
             if let Some(c) = &s.cluster_id {
                 let _ = writeln!(t, "CLUSTER ID: {} ({})\n", c.id, c.source);
             }
-            let _ = write!(
-                t,
-                "{:<24} {:<10} {:<20} {:<16} {:<10}",
-                "NODE", "ZONE", "OVERLAY IP", "GATEWAY", "CONFIGURED"
-            );
-            if wide {
-                let _ = write!(t, " {:<14} MESSAGE", "INTERFACE");
-            }
+            node_table(&mut t, &s.nodes, wide);
             t.push('\n');
-            for n in &s.nodes {
-                let _ = write!(
-                    t,
-                    "{:<24} {:<10} {:<20} {:<16} {:<10}",
-                    n.node, n.zone, n.ip_addr, n.gateway, n.configured
-                );
-                if wide {
-                    let _ = write!(t, " {:<14} {}", n.interface, n.message);
-                }
-                t.push('\n');
-            }
-            t.push('\n');
-            let _ = write!(
-                t,
-                "{:<28} {:<18} {:<18} {:<8}",
-                "STATICROUTE", "SUBNET", "GATEWAY", "NODES"
-            );
-            if wide {
-                let _ = write!(t, " {:<6} {:<6}", "TABLE", "METRIC");
-            }
-            t.push('\n');
-            for r in &s.static_routes {
-                let applied = r.nodes.iter().filter(|n| n.state == "Applied").count();
-                let name = if r.deleting {
-                    format!("{} (deleting)", r.name)
-                } else {
-                    r.name.clone()
-                };
-                let _ = write!(
-                    t,
-                    "{:<28} {:<18} {:<18} {:<8}",
-                    name,
-                    r.subnet,
-                    r.gateway,
-                    format!("{applied}/{}", r.nodes.len())
-                );
-                if wide {
-                    let opt =
-                        |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-                    let _ = write!(t, " {:<6} {:<6}", opt(r.table), opt(r.metric));
-                }
-                t.push('\n');
-                for n in r.nodes.iter().filter(|n| wide || n.state != "Applied") {
-                    let _ = writeln!(
-                        t,
-                        "  {:<24} {:<8} {:<8} {:<16} {}",
-                        n.hostname, n.state, n.device, n.gateway, n.message
-                    );
-                }
-            }
+            route_table(&mut t, &s.static_routes, wide);
             if !s.invalid.is_empty() {
                 let _ = writeln!(
                     t,
@@ -325,46 +279,97 @@ pub fn render(s: &ClusterStatus, output: Output) -> Result<String, String> {
     }
 }
 
-/// Lists `K` as raw objects, so that one object that does not fit `K`
-/// costs only itself: it is reported in `invalid` (with what `problem`
-/// finds), and kept with its metadata only.
-async fn list_leniently<K>(
+fn node_table(t: &mut String, nodes: &[NodeStatus], wide: bool) {
+    let _ = write!(
+        t,
+        "{:<24} {:<10} {:<20} {:<16} {:<10}",
+        "NODE", "ZONE", "OVERLAY IP", "GATEWAY", "CONFIGURED"
+    );
+    if wide {
+        let _ = write!(t, " {:<14} MESSAGE", "INTERFACE");
+    }
+    t.push('\n');
+    for n in nodes {
+        let _ = write!(
+            t,
+            "{:<24} {:<10} {:<20} {:<16} {:<10}",
+            n.node, n.zone, n.ip_addr, n.gateway, n.configured
+        );
+        if wide {
+            let _ = write!(t, " {:<14} {}", n.interface, n.message);
+        }
+        t.push('\n');
+    }
+}
+
+fn route_table(t: &mut String, routes: &[RouteStatus], wide: bool) {
+    let _ = write!(
+        t,
+        "{:<28} {:<18} {:<18} {:<8}",
+        "STATICROUTE", "SUBNET", "GATEWAY", "NODES"
+    );
+    if wide {
+        let _ = write!(t, " {:<6} {:<6}", "TABLE", "METRIC");
+    }
+    t.push('\n');
+    for r in routes {
+        let applied = r.nodes.iter().filter(|n| n.state == "Applied").count();
+        let name = if r.deleting {
+            format!("{} (deleting)", r.name)
+        } else {
+            r.name.clone()
+        };
+        let nodes = format!("{applied}/{}", r.nodes.len());
+        let _ = write!(
+            t,
+            "{:<28} {:<18} {:<18} {:<8}",
+            name, r.subnet, r.gateway, nodes
+        );
+        if wide {
+            let opt = |v: Option<u32>| v.map_or_else(|| "-".into(), |x| x.to_string());
+            let _ = write!(t, " {:<6} {:<6}", opt(r.table), opt(r.metric));
+        }
+        t.push('\n');
+        for n in r.nodes.iter().filter(|n| wide || n.state != "Applied") {
+            let _ = writeln!(
+                t,
+                "  {:<24} {:<8} {:<8} {:<16} {}",
+                n.hostname, n.state, n.device, n.gateway, n.message
+            );
+        }
+    }
+}
+
+/// Lists every object of `K` raw and decodes each with `decode` (the
+/// adapters' lenient decoding), so that one object that does not convert
+/// costs only itself: what converts is shown, and its problem goes into
+/// `invalid`.
+async fn list_leniently<K, R>(
     client: &kube::Client,
     kind: &str,
-    problem: fn(&DynamicObject) -> Option<FieldProblem>,
+    decode: fn(&DynamicObject) -> (R, Option<FieldProblem>),
     invalid: &mut Vec<InvalidObject>,
-) -> Result<Vec<K>, kube::Error>
+) -> Result<Vec<R>, kube::Error>
 where
-    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Default,
+    K: kube::Resource<DynamicType = ()>,
 {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::erase::<K>(&()));
     let list: ObjectList<DynamicObject> = api.list(&ListParams::default()).await?;
     Ok(list
         .items
-        .into_iter()
-        .map(|o| typed_or_stub(o, kind, problem, invalid))
+        .iter()
+        .map(|o| decoded(o, kind, decode, invalid))
         .collect())
 }
 
-/// `o` as `K`; when it does not convert, `K` with `o`'s metadata only. Either
-/// way a problem (what `problem` finds, or the conversion error) goes into
-/// `invalid`.
-fn typed_or_stub<K>(
-    o: DynamicObject,
+/// `o` decoded; its problem, if any, goes into `invalid`.
+fn decoded<R>(
+    o: &DynamicObject,
     kind: &str,
-    problem: fn(&DynamicObject) -> Option<FieldProblem>,
+    decode: fn(&DynamicObject) -> (R, Option<FieldProblem>),
     invalid: &mut Vec<InvalidObject>,
-) -> K
-where
-    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Default,
-{
-    let typed = serde_json::to_value(&o).and_then(serde_json::from_value::<K>);
-    let problem = problem(&o).or_else(|| {
-        typed
-            .as_ref()
-            .err()
-            .map(|e| FieldProblem::new("object", e.to_string()))
-    });
+) -> R {
+    let (record, problem) = decode(o);
     if let Some(p) = problem {
         invalid.push(InvalidObject {
             kind: kind.to_owned(),
@@ -373,11 +378,7 @@ where
             problem: p.message,
         });
     }
-    typed.unwrap_or_else(|_| {
-        let mut stub = K::default();
-        *stub.meta_mut() = o.metadata;
-        stub
-    })
+    record
 }
 
 /// Reads nodes, NodeOverlayIps and StaticRoutes from the cluster.
@@ -388,10 +389,10 @@ pub async fn fetch(client: kube::Client) -> Result<ClusterStatus, String> {
         .await
         .map_err(|e| format!("listing Nodes: {e}"))?;
     let mut invalid = Vec::new();
-    let ips: Vec<NodeOverlayIp> = list_leniently(
+    let ips = list_leniently::<NodeOverlayIp, _>(
         &client,
         "NodeOverlayIp",
-        |o| decode_node_overlay_ip(o).1,
+        decode_node_overlay_ip,
         &mut invalid,
     )
     .await
@@ -400,15 +401,12 @@ pub async fn fetch(client: kube::Client) -> Result<ClusterStatus, String> {
             "listing NodeOverlayIps (are the CRDs installed? kubectl apply -f deploy/crds): {e}"
         )
     })?;
-    let routes: Vec<StaticRoute> = list_leniently(
-        &client,
-        "StaticRoute",
-        |o| decode_static_route(o).1,
-        &mut invalid,
-    )
-    .await
-    .map_err(|e| format!("listing StaticRoutes: {e}"))?;
-    let mut status = collect(&nodes.items, &ips, &routes);
+    let routes =
+        list_leniently::<StaticRoute, _>(&client, "StaticRoute", decode_static_route, &mut invalid)
+            .await
+            .map_err(|e| format!("listing StaticRoutes: {e}"))?;
+    let nodes: Vec<NodeInfo> = nodes.items.iter().map(node_info).collect();
+    let mut status = collect(&nodes, &ips, &routes);
     status.invalid = invalid;
     status.cluster_id = cluster_id(&client).await;
     Ok(status)
@@ -419,21 +417,34 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fixtures() -> (Vec<Node>, Vec<NodeOverlayIp>, Vec<StaticRoute>) {
+    fn decode<R>(f: fn(&DynamicObject) -> (R, Option<FieldProblem>), v: serde_json::Value) -> R {
+        let o: DynamicObject = serde_json::from_value(v).unwrap();
+        let (r, problem) = f(&o);
+        assert_eq!(problem, None);
+        r
+    }
+
+    fn fixtures() -> (Vec<NodeInfo>, Vec<OverlayIpRecord>, Vec<StaticRouteRecord>) {
         let node: Node = serde_json::from_value(json!({"metadata": {"name": "10.176.162.151",
             "labels": {"topology.kubernetes.io/zone": "dal10"}}}))
         .unwrap();
-        let ip: NodeOverlayIp = serde_json::from_value(json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "NodeOverlayIp",
+        let ip = decode(
+            decode_node_overlay_ip,
+            json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "NodeOverlayIp",
             "metadata": {"name": "10.176.162.151", "labels": {"zone": "dal10"}},
             "status": {"ipAddr": "192.168.100.4/24", "gateway": "192.168.100.1", "interface": "eth0", "interfaceLabel": "tmp0",
                 "conditions": [{"type": "Configured", "status": "True", "reason": "AddressConfigured",
-                    "message": "ok", "lastTransitionTime": "2026-11-26T00:00:00Z"}]}})).unwrap();
-        let route: StaticRoute = serde_json::from_value(json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
+                    "message": "ok", "lastTransitionTime": "2026-11-26T00:00:00Z"}]}}),
+        );
+        let route = decode(
+            decode_static_route,
+            json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
             "metadata": {"name": "onprem"}, "spec": {"subnet": "192.168.0.0/24", "table": 100},
             "status": {"nodeStatus": [
                 {"hostname": "10.176.162.151", "device": "tmp0", "gateway": "192.168.100.1", "state": "Applied"},
-                {"hostname": "10.176.162.152", "device": "", "gateway": "", "state": "Failed", "message": "refused: overlaps"}]}})).unwrap();
-        (vec![node], vec![ip], vec![route])
+                {"hostname": "10.176.162.152", "device": "", "gateway": "", "state": "Failed", "message": "refused: overlaps"}]}}),
+        );
+        (vec![node_info(&node)], vec![ip], vec![route])
     }
 
     #[test]
@@ -473,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn listed_objects_convert_one_by_one_and_a_bad_one_is_kept_as_a_stub() {
+    fn a_bad_object_is_listed_as_invalid_with_the_field_and_shown_as_far_as_it_converts() {
         // List items may come without apiVersion/kind.
         let good: DynamicObject = serde_json::from_value(json!({
             "metadata": {"name": "good"}, "spec": {"subnet": "192.0.2.0/24", "metric": 5}}))
@@ -483,18 +494,14 @@ mod tests {
             "spec": {"subnet": "192.0.2.0/24", "metric": 4294967296u64}}))
         .unwrap();
         let mut invalid = Vec::new();
-        let problem = |o: &DynamicObject| decode_static_route(o).1;
-        let g: StaticRoute = typed_or_stub(good, "StaticRoute", problem, &mut invalid);
-        assert_eq!(g.spec.metric, Some(5));
+        let g = decoded(&good, "StaticRoute", decode_static_route, &mut invalid);
         assert!(invalid.is_empty(), "{invalid:?}");
-        let b: StaticRoute = typed_or_stub(bad, "StaticRoute", problem, &mut invalid);
-        assert_eq!(b.metadata.name.as_deref(), Some("bad"));
-        assert_eq!(
-            b.metadata.finalizers.as_deref(),
-            Some(&["x".to_owned()][..])
-        );
+        let b = decoded(&bad, "StaticRoute", decode_static_route, &mut invalid);
         assert_eq!(invalid.len(), 1);
         assert_eq!(invalid[0].field, "spec.metric");
+        let s = collect(&[], &[], &[g, b]);
+        assert_eq!(s.static_routes[0].metric, Some(5));
+        assert_eq!(s.static_routes[1].name, "bad");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
     FINALIZER, GatewayChoice, LabelSelector, NodeInfo, OverlayIpRecord, RouteState,
-    StaticRouteSpecModel, StaticRouteStore,
+    StaticRouteRule, StaticRouteStore,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{Netns, privileged};
@@ -109,8 +109,8 @@ impl Bed {
     }
 }
 
-fn spec(subnet: &str) -> StaticRouteSpecModel {
-    StaticRouteSpecModel {
+fn spec(subnet: &str) -> StaticRouteRule {
+    StaticRouteRule {
         subnet: subnet.parse().unwrap(),
         gateway: GatewayChoice::Overlay,
         table: None,

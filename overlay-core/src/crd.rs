@@ -34,7 +34,7 @@ use crate::parse::{
 };
 use crate::traits::{
     AgentStatus, GatewayChoice, KnownGateway, NodeRouteStatus, OverlayIpRecord, RouteReport,
-    RouteSummary, StaticRouteRecord, StaticRouteSpecModel,
+    RouteSummary, StaticRouteRecord, StaticRouteRule,
 };
 
 /// Longest textual IP address (IPv6 with an embedded IPv4 address).
@@ -58,6 +58,9 @@ pub const MAX_COUNT: u32 = 1_000_000;
 /// Longest message the agents write into a status (`nodeStatus[].message`,
 /// the `Configured` condition); longer ones are cut at a character boundary.
 pub const MESSAGE_MAX_LEN: usize = 1024;
+/// The type of the agent's condition on its NodeOverlayIp: `True` when the
+/// node's overlay address and routes are in place.
+pub const CONFIGURED_CONDITION: &str = "Configured";
 /// Longest label key (`prefix/name`: 253 + 1 + 63).
 const LABEL_KEY_MAX_LEN: usize = 317;
 /// Longest label value.
@@ -504,7 +507,7 @@ fn yaml_scalar(v: &serde_json::Value) -> String {
 
 /// Reads the CEL-equivalent checks client-side and turns a StaticRoute spec
 /// into the validated model. Errors name the field.
-pub fn static_route_model(spec: &StaticRouteSpec) -> Result<StaticRouteSpecModel, ParseError> {
+pub fn static_route_model(spec: &StaticRouteSpec) -> Result<StaticRouteRule, ParseError> {
     let subnet = Cidr::parse("spec.subnet", &spec.subnet)?;
     let gateway = match (&spec.gateway, &spec.gateway_from) {
         (Some(_), Some(g)) => {
@@ -531,7 +534,7 @@ pub fn static_route_model(spec: &StaticRouteSpec) -> Result<StaticRouteSpecModel
         Some(s) => selector_from_k8s(s)?,
         None => LabelSelector::default(),
     };
-    Ok(StaticRouteSpecModel {
+    Ok(StaticRouteRule {
         subnet,
         gateway,
         table: spec.table,
@@ -648,7 +651,7 @@ fn overlay_ip_record(
             None
         })
         .unwrap_or_default();
-    let configured = conditions.iter().find(|c| c.type_ == "Configured");
+    let configured = conditions.iter().find(|c| c.type_ == CONFIGURED_CONDITION);
     let routes = route_reports(field("routes"), &mut problem);
     let gateways = known_gateways(field("gateways"), &mut problem);
     let agent = match (&interface, &interface_label, configured) {

@@ -253,7 +253,7 @@ impl MemoryStaticRoutes {
 
     /// Creates or replaces a StaticRoute's spec (keeps status and
     /// finalizers of an existing one), like `kubectl apply`.
-    pub fn apply(&self, name: &str, spec: Result<crate::StaticRouteSpecModel, String>) {
+    pub fn apply(&self, name: &str, spec: Result<crate::StaticRouteRule, String>) {
         let rec = {
             let mut map = lock(&self.records);
             let rec = map

@@ -40,9 +40,9 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::crd::{
-    KnownGatewayEntry, MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS, MESSAGE_MAX_LEN,
-    NodeOverlayIp, NodeStatusEntry, RouteReportEntry, StaticRoute, decode_node_overlay_ip,
-    decode_static_route, read, truncate_message,
+    CONFIGURED_CONDITION, KnownGatewayEntry, MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS,
+    MESSAGE_MAX_LEN, NodeOverlayIp, NodeStatusEntry, RouteReportEntry, StaticRoute,
+    decode_node_overlay_ip, decode_static_route, read, truncate_message,
 };
 use crate::error::StoreError;
 use crate::events::{Event, EventRecorder, EventType};
@@ -529,7 +529,7 @@ pub fn overlay_ip_status_body(
 /// [`MAX_KNOWN_GATEWAYS`].
 pub fn agent_status_body(name: &str, s: &AgentStatus, since: Time) -> serde_json::Value {
     let cond = Condition {
-        type_: "Configured".into(),
+        type_: CONFIGURED_CONDITION.into(),
         status: if s.configured { "True" } else { "False" }.into(),
         reason: s.reason.clone(),
         message: truncate_message(&s.message, MESSAGE_MAX_LEN),
@@ -662,7 +662,7 @@ fn configured_since(raw: &DynamicObject, configured: bool) -> Option<Time> {
         .ok()
         .flatten()?
         .into_iter()
-        .find(|c| c.type_ == "Configured" && (c.status == "True") == configured)
+        .find(|c| c.type_ == CONFIGURED_CONDITION && (c.status == "True") == configured)
         .map(|c| c.last_transition_time)
 }
 

@@ -47,6 +47,5 @@ pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
 pub use traits::{
     AgentStatus, FINALIZER, GatewayChoice, IpamBackend, KnownGateway, LegacyRouteSource,
     NodeRouteStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteProgrammer,
-    RouteReport, RouteSummary, StaticRouteRecord, StaticRouteSpecModel, StaticRouteStore,
-    StoreEvent,
+    RouteReport, RouteSummary, StaticRouteRecord, StaticRouteRule, StaticRouteStore, StoreEvent,
 };

@@ -324,9 +324,12 @@ pub enum GatewayChoice {
     Discover(Cidr),
 }
 
-/// A StaticRoute's spec, validated.
+/// A StaticRoute's spec, validated: which subnet to route, through which
+/// gateway, in which table and with which metric, on which nodes. (The
+/// Kubernetes object is `crd::StaticRoute`; a route in the kernel is a
+/// [`RouteSpec`](crate::RouteSpec).)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StaticRouteSpecModel {
+pub struct StaticRouteRule {
     /// Destination.
     pub subnet: Cidr,
     /// Next hop choice.
@@ -381,7 +384,7 @@ pub struct StaticRouteRecord {
     /// Object name.
     pub name: String,
     /// The spec; `Err` holds why it is invalid (reported, never applied).
-    pub spec: Result<StaticRouteSpecModel, String>,
+    pub spec: Result<StaticRouteRule, String>,
     /// Finalizers present.
     pub finalizers: Vec<String>,
     /// Deletion requested.

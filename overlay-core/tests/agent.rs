@@ -11,7 +11,7 @@ use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, Memor
 use overlay_core::legacy::parse_legacy_routes;
 use overlay_core::{
     Cidr, DiscoveredRoute, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo,
-    OverlayIpRecord, OverlayIpStore, RouteReport, RouteState, StaticRouteSpecModel, StoreError,
+    OverlayIpRecord, OverlayIpStore, RouteReport, RouteState, StaticRouteRule, StoreError,
     StoreEvent,
 };
 
@@ -125,7 +125,7 @@ impl Env {
     fn route(&self, name: &str, subnet: &str, gateway: GatewayChoice, selector: &str) {
         self.routes.apply(
             name,
-            Ok(StaticRouteSpecModel {
+            Ok(StaticRouteRule {
                 subnet: cidr(subnet),
                 gateway,
                 table: None,
@@ -768,7 +768,7 @@ async fn stale_routes_go_only_in_tables_the_agent_used() {
     let in_table = |name: &str, subnet: &str, table: u32| {
         e.routes.apply(
             name,
-            Ok(StaticRouteSpecModel {
+            Ok(StaticRouteRule {
                 subnet: cidr(subnet),
                 gateway: GatewayChoice::Fixed("203.0.113.254".parse().unwrap()),
                 table: Some(table),

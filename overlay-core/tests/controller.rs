@@ -18,7 +18,7 @@ use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemorySta
 use overlay_core::{
     AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpMeta, OverlayIpRecord,
     OverlayIpStore, Owner, Reservation, RouteReport, RouteState, RouteSummary, StaticRouteRecord,
-    StaticRouteSpecModel, StaticRouteStore, StoreError, StoreEvent, Zone,
+    StaticRouteRule, StaticRouteStore, StoreError, StoreEvent, Zone,
 };
 use tokio::sync::Notify;
 
@@ -556,8 +556,8 @@ async fn orphans_are_released_and_records_of_missing_nodes_deleted() {
     assert_eq!(owners.len(), 2);
 }
 
-fn route_spec() -> StaticRouteSpecModel {
-    StaticRouteSpecModel {
+fn route_spec() -> StaticRouteRule {
+    StaticRouteRule {
         subnet: "203.0.113.0/24".parse().unwrap(),
         gateway: Default::default(),
         table: None,

@@ -8,9 +8,7 @@ use super::{AgentConfig, LastPass, checks};
 use crate::model::{DiscoveredRoute, NodeInfo, OverlayInterface, RouteChanges, RouteOutcome};
 use crate::model::{RouteResult, RouteSpec, RouteState};
 use crate::parse::Cidr;
-use crate::traits::{
-    GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteSpecModel, StoreEvent,
-};
+use crate::traits::{GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteRule, StoreEvent};
 
 /// The kernel's identity of a route: destination, table, metric.
 pub(super) type RouteKey = (Cidr, u32, u32);
@@ -49,7 +47,7 @@ pub(super) struct PlannedRoute {
 
 /// A StaticRoute not planned yet.
 pub(super) struct Unplanned {
-    spec: Result<StaticRouteSpecModel, String>,
+    spec: Result<StaticRouteRule, String>,
     deleting: bool,
 }
 
