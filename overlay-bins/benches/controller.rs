@@ -72,9 +72,37 @@ fn main() {
 async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = emulator_config();
-    let (user, password) = cfg.users[0].clone();
+    let baseline_s = baseline(&cfg).await;
 
-    // Baseline: the original controller, one node after the other.
+    // The controller.
+    let emu = Emulator::start(cfg).await.unwrap();
+    let (controller, ips) = controller(&emu, &emulator_config().users[0]);
+    emu.reset_counts();
+    let t = Instant::now();
+    let run = tokio::spawn(controller.run(futures::future::pending()));
+    wait_for_addresses(&ips, t).await;
+    let wall = t.elapsed().as_secs_f64();
+    run.abort();
+    let recs = ips.snapshot();
+    let distinct: BTreeSet<_> = recs.iter().filter_map(|r| r.ip_addr).collect();
+    assert_eq!(distinct.len(), NODES, "every node has its own address");
+    let req = emu.requests() as f64 / NODES as f64;
+    println!(
+        "controller: {NODES} nodes in {wall:.2} s, {req:.3} IPAM requests/node; by route: {:?}",
+        emu.request_counts()
+    );
+    let peak = proc_status_mib("VmHWM:");
+    println!("peak RSS of the process (controller + emulator + in-memory stores): {peak:.1} MiB");
+    println!(
+        "BENCH controller nodes={NODES} wall_s={wall:.3} req_per_node={req:.3} ratio_vs_sequential={:.1} peak_rss_mib={peak:.1}",
+        baseline_s / wall
+    );
+}
+
+/// The original controller, one node after the other: seconds for
+/// [`NODES`], extrapolated from a sample.
+async fn baseline(cfg: &EmulatorConfig) -> f64 {
+    let (user, password) = cfg.users[0].clone();
     let emu = Emulator::start(cfg.clone()).await.unwrap();
     let http = reqwest::Client::new();
     let base = format!("{}/api/overlay", emu.url());
@@ -93,8 +121,14 @@ async fn bench() {
     );
     drop(emu);
 
-    // The controller.
-    let emu = Emulator::start(cfg).await.unwrap();
+    baseline_s
+}
+
+/// The controller over the emulator, [`NODES`] nodes in two zones.
+fn controller(
+    emu: &Emulator,
+    (user, password): &(String, String),
+) -> (Arc<Controller>, MemoryOverlayIps) {
     let pcfg = PhpIpamConfig::new(emu.url(), "overlay")
         .with_zone("zone-a", [1])
         .with_zone("zone-b", [2]);
@@ -103,8 +137,8 @@ async fn bench() {
             &pcfg,
             "bench",
             Credentials::User {
-                username: user,
-                password: Secret::new(&password),
+                username: user.clone(),
+                password: Secret::new(password),
             },
         )
         .unwrap(),
@@ -136,9 +170,11 @@ async fn bench() {
         )
         .with_events(Arc::new(MemoryEvents::new())),
     );
-    emu.reset_counts();
-    let t = Instant::now();
-    let run = tokio::spawn(controller.run(futures::future::pending()));
+    (controller, ips)
+}
+
+/// Waits until every node has its address, printing progress.
+async fn wait_for_addresses(ips: &MemoryOverlayIps, t: Instant) {
     let mut last = 0;
     loop {
         let done = ips
@@ -162,20 +198,4 @@ async fn bench() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let wall = t.elapsed().as_secs_f64();
-    run.abort();
-    let recs = ips.snapshot();
-    let distinct: BTreeSet<_> = recs.iter().filter_map(|r| r.ip_addr).collect();
-    assert_eq!(distinct.len(), NODES, "every node has its own address");
-    let req = emu.requests() as f64 / NODES as f64;
-    println!(
-        "controller: {NODES} nodes in {wall:.2} s, {req:.3} IPAM requests/node; by route: {:?}",
-        emu.request_counts()
-    );
-    let peak = proc_status_mib("VmHWM:");
-    println!("peak RSS of the process (controller + emulator + in-memory stores): {peak:.1} MiB");
-    println!(
-        "BENCH controller nodes={NODES} wall_s={wall:.3} req_per_node={req:.3} ratio_vs_sequential={:.1} peak_rss_mib={peak:.1}",
-        baseline_s / wall
-    );
 }

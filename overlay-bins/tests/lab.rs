@@ -87,6 +87,14 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
     );
     assert_nothing_left();
 
+    lab_passes_with_the_ipam_emulator().await;
+    lab_passes_with_phpipam().await;
+
+    assert_eq!(before, host(), "the lab changed the host's links or routes");
+}
+
+/// `--ipam emulator`: the controller reserves from the phpIPAM emulator.
+async fn lab_passes_with_the_ipam_emulator() {
     let r = lab_passes(LabOptions {
         ipam: IpamChoice::Emulator,
         ..Default::default()
@@ -94,9 +102,11 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
     .await;
     assert!(r.rows.iter().all(|x| x.address.starts_with("192.0.2.")));
     assert_nothing_left();
+}
 
-    // --ipam phpipam against a phpIPAM server (the emulator standing in):
-    // zones, subnets and gateways come from what phpIPAM reports.
+/// `--ipam phpipam` against a phpIPAM server (the emulator standing in):
+/// zones, subnets and gateways come from what phpIPAM reports.
+async fn lab_passes_with_phpipam() {
     let ecfg = EmulatorConfig {
         subnets: vec![SubnetSpec {
             id: 42,
@@ -131,8 +141,6 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
         r.table()
     );
     assert_nothing_left();
-
-    assert_eq!(before, host(), "the lab changed the host's links or routes");
 }
 
 #[test]

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::crd::StaticRoute;
@@ -46,7 +48,7 @@ use overlay_core::k8s::{
 use overlay_core::model::overlay_ip_labels;
 use overlay_core::{
     AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpStore, Owner, Reservation,
-    RouteReport, RouteState, StaticRouteStore, StoreEvent, Zone,
+    RouteReport, RouteState, StaticRouteRecord, StaticRouteStore, StoreError, StoreEvent, Zone,
 };
 use serde_json::json;
 use support::apiserver::{FakeApiServer, NODES, NOIPS, ROUTES};
@@ -228,29 +230,9 @@ struct Figures {
     reports_s: f64,
 }
 
-/// The new design: agents report into their own NodeOverlayIp, the
-/// controller sums up.
-async fn new_design(n: usize) -> Figures {
-    let (api, client) = FakeApiServer::start();
-    seed(&api, n);
-    let invalid = InvalidObjects::default();
-    // The agent's StaticRoute watch opens first: watch_bytes(ROUTES)[0].
-    let agent_routes = KubeStaticRoutes::new(
-        client.clone(),
-        node_field_manager(&node_name(0)),
-        invalid.clone(),
-    );
-    let mut agent_watch = agent_routes.watch();
-    assert!(agent_routes.list().await.unwrap().is_empty());
-    api.wait_for_watchers(ROUTES, 1).await;
-    let agents = Arc::new(KubeOverlayIps::with_changes(
-        client.clone(),
-        None,
-        OverlayIpChanges::IgnoreAgentStatus,
-        invalid.clone(),
-    ));
-    assert_eq!(agents.list().await.unwrap().len(), n);
-    let ctl = Arc::new(
+/// The controller under test, over Kubernetes stores on `client`.
+fn bench_controller(client: &Client, n: usize, invalid: &InvalidObjects) -> Arc<Controller> {
+    Arc::new(
         Controller::new(
             ControllerConfig::new("bench"),
             ControllerParts {
@@ -265,23 +247,19 @@ async fn new_design(n: usize) -> Figures {
             },
         )
         .with_events(Arc::new(MemoryEvents::new())),
-    );
-    let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
-    wait_for("the controller", Duration::from_secs(60), || ctl.is_ready()).await;
-    settle(&api, Duration::from_secs(2)).await;
-    let setup_writes = api.writes();
-    assert_eq!(
-        setup_writes, 0,
-        "a settled cluster needs no writes to start"
-    );
-    let watched_before = api.watch_bytes(ROUTES)[0];
+    )
+}
 
-    let started = Instant::now();
-    routes_api(&client)
-        .create(&PostParams::default(), &route_object())
-        .await
-        .unwrap();
-    // The agents: each writes its own report once, on seeing the route.
+type Reported = Arc<std::sync::Mutex<Option<Instant>>>;
+
+/// The agents: each writes its own report once, when the route shows in
+/// the (one, shared) agent watch. Returns the task, the count of wakes, and
+/// when the last report was written.
+fn agents_report_once(
+    mut agent_watch: BoxStream<'static, Result<StoreEvent<StaticRouteRecord>, StoreError>>,
+    agents: Arc<KubeOverlayIps>,
+    n: usize,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>, Reported) {
     let wakes = Arc::new(AtomicUsize::new(0));
     let woken = wakes.clone();
     let reports_done = Arc::new(std::sync::Mutex::new(None));
@@ -317,6 +295,48 @@ async fn new_design(n: usize) -> Figures {
             }
         }
     });
+    (agent_task, wakes, reports_done)
+}
+
+/// The new design: agents report into their own NodeOverlayIp, the
+/// controller sums up.
+async fn new_design(n: usize) -> Figures {
+    let (api, client) = FakeApiServer::start();
+    seed(&api, n);
+    let invalid = InvalidObjects::default();
+    // The agent's StaticRoute watch opens first: watch_bytes(ROUTES)[0].
+    let agent_routes = KubeStaticRoutes::new(
+        client.clone(),
+        node_field_manager(&node_name(0)),
+        invalid.clone(),
+    );
+    let agent_watch = agent_routes.watch();
+    assert!(agent_routes.list().await.unwrap().is_empty());
+    api.wait_for_watchers(ROUTES, 1).await;
+    let agents = Arc::new(KubeOverlayIps::with_changes(
+        client.clone(),
+        None,
+        OverlayIpChanges::IgnoreAgentStatus,
+        invalid.clone(),
+    ));
+    assert_eq!(agents.list().await.unwrap().len(), n);
+    let ctl = bench_controller(&client, n, &invalid);
+    let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
+    wait_for("the controller", Duration::from_secs(60), || ctl.is_ready()).await;
+    settle(&api, Duration::from_secs(2)).await;
+    let setup_writes = api.writes();
+    assert_eq!(
+        setup_writes, 0,
+        "a settled cluster needs no writes to start"
+    );
+    let watched_before = api.watch_bytes(ROUTES)[0];
+
+    let started = Instant::now();
+    routes_api(&client)
+        .create(&PostParams::default(), &route_object())
+        .await
+        .unwrap();
+    let (agent_task, wakes, reports_done) = agents_report_once(agent_watch, agents, n);
     let applied = || {
         api.object(ROUTES, ROUTE)
             .and_then(|o| o["status"]["applied"].as_u64())

@@ -766,54 +766,80 @@ impl StaticRouteStore for CountingRoutes {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_burst_of_reports_costs_one_summary_write_and_the_finalizer_follows() {
-    let nodes = MemoryNodes::new();
-    let ips = MemoryOverlayIps::new();
-    let routes = Arc::new(CountingRoutes {
-        inner: MemoryStaticRoutes::new(),
-        writes: Mutex::new(Vec::new()),
-    });
-    let ctl = Arc::new(
-        Controller::new(
-            ControllerConfig::new("c1"),
-            ControllerParts {
-                nodes: Arc::new(nodes.clone()),
-                ipam: Arc::new(FakeIpam::new()),
-                overlay_ips: Arc::new(ips.clone()),
-                routes: routes.clone(),
-            },
-        )
-        .with_events(Arc::new(MemoryEvents::new())),
-    );
-    for n in ["n1", "n2", "n3"] {
-        nodes.upsert(node(n, Some("dal10")));
+/// A controller summing up three nodes' reports of one StaticRoute, with
+/// the summary writes counted.
+struct SummaryRig {
+    ips: MemoryOverlayIps,
+    routes: Arc<CountingRoutes>,
+    run: tokio::task::JoinHandle<()>,
+}
+
+impl SummaryRig {
+    async fn start() -> Self {
+        let nodes = MemoryNodes::new();
+        let ips = MemoryOverlayIps::new();
+        let routes = Arc::new(CountingRoutes {
+            inner: MemoryStaticRoutes::new(),
+            writes: Mutex::new(Vec::new()),
+        });
+        let ctl = Arc::new(
+            Controller::new(
+                ControllerConfig::new("c1"),
+                ControllerParts {
+                    nodes: Arc::new(nodes.clone()),
+                    ipam: Arc::new(FakeIpam::new()),
+                    overlay_ips: Arc::new(ips.clone()),
+                    routes: routes.clone(),
+                },
+            )
+            .with_events(Arc::new(MemoryEvents::new())),
+        );
+        for n in ["n1", "n2", "n3"] {
+            nodes.upsert(node(n, Some("dal10")));
+        }
+        let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
+        routes.inner.apply("onprem", Ok(route_spec()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ips.snapshot().len(), 3, "the nodes got their records");
+        assert!(
+            routes.writes.lock().unwrap().is_empty(),
+            "nothing to report yet"
+        );
+        Self { ips, routes, run }
     }
-    let run = tokio::spawn(ctl.clone().run(futures::future::pending()));
-    routes.inner.apply("onprem", Ok(route_spec()));
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(ips.snapshot().len(), 3, "the nodes got their records");
-    assert!(
-        routes.writes.lock().unwrap().is_empty(),
-        "nothing to report yet"
-    );
-    let write_count = || routes.writes.lock().unwrap().len();
-    let set = async |node: &str, state: RouteState| {
-        ips.set_agent_status(node, &reports(&[("onprem", state)]))
+
+    async fn set(&self, node: &str, state: RouteState) {
+        self.ips
+            .set_agent_status(node, &reports(&[("onprem", state)]))
             .await
             .unwrap();
-    };
+    }
 
+    fn write_count(&self) -> usize {
+        self.routes.writes.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reports_costs_one_summary_write_and_the_finalizer_follows() {
+    let rig = SummaryRig::start().await;
+    bursts_cost_one_write_each(&rig).await;
+    never_quiet_reports_write_once_a_period(&rig).await;
+    a_deleted_route_waits_for_the_last_report(&rig).await;
+    rig.run.abort();
+}
+
+async fn bursts_cost_one_write_each(rig: &SummaryRig) {
     // A burst: one write, once it has been quiet for a period.
     let start = tokio::time::Instant::now();
-    set("n1", RouteState::Applied).await;
+    rig.set("n1", RouteState::Applied).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set("n2", RouteState::Applied).await;
+    rig.set("n2", RouteState::Applied).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set("n3", RouteState::Failed).await;
+    rig.set("n3", RouteState::Failed).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     {
-        let writes = routes.writes.lock().unwrap();
+        let writes = rig.routes.writes.lock().unwrap();
         assert_eq!(writes.len(), 1, "{writes:?}");
         let (at, s) = &writes[0];
         // The last report came at 0.6 s.
@@ -826,38 +852,40 @@ async fn a_burst_of_reports_costs_one_summary_write_and_the_finalizer_follows() 
         assert_eq!(names(s), ["n3", "n1", "n2"]);
     }
     // The same reports again: no write.
-    set("n1", RouteState::Applied).await;
+    rig.set("n1", RouteState::Applied).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(write_count(), 1);
+    assert_eq!(rig.write_count(), 1);
     // Two changes 0.5 s apart, right after a write: one more write, at
     // least a period after the previous one.
-    set("n3", RouteState::Applied).await;
+    rig.set("n3", RouteState::Applied).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    set("n2", RouteState::Pending).await;
+    rig.set("n2", RouteState::Pending).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     {
-        let writes = routes.writes.lock().unwrap();
+        let writes = rig.routes.writes.lock().unwrap();
         assert_eq!(writes.len(), 2, "{writes:?}");
         assert!(writes[1].0 - writes[0].0 >= Duration::from_secs(1));
         assert_eq!((writes[1].1.applied, writes[1].1.pending), (2, 1));
     }
+}
 
+async fn never_quiet_reports_write_once_a_period(rig: &SummaryRig) {
     // Reports changing all the time (never quiet): at most one write per
     // period, and still a write before the changes stop.
     let first_change = tokio::time::Instant::now();
-    let before = write_count();
+    let before = rig.write_count();
     for i in 0..15 {
         let state = if i % 2 == 0 {
             RouteState::Failed
         } else {
             RouteState::Applied
         };
-        set("n1", state).await;
+        rig.set("n1", state).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     {
-        let writes = routes.writes.lock().unwrap();
+        let writes = rig.routes.writes.lock().unwrap();
         let burst = &writes[before - 1..];
         assert!(burst.len() - 1 <= 4, "{} writes in 3 s", burst.len() - 1);
         assert!(burst.len() >= 2, "no write at all");
@@ -874,22 +902,23 @@ async fn a_burst_of_reports_costs_one_summary_write_and_the_finalizer_follows() 
             );
         }
     }
+}
 
+async fn a_deleted_route_waits_for_the_last_report(rig: &SummaryRig) {
     // Deleted: held while the agents report the route, released once the
     // last report goes.
-    routes.inner.delete("onprem");
+    rig.routes.inner.delete("onprem");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(routes.inner.get("onprem").is_some());
+    assert!(rig.routes.inner.get("onprem").is_some());
     for n in ["n1", "n2", "n3"] {
-        ips.set_agent_status(n, &reports(&[])).await.unwrap();
+        rig.ips.set_agent_status(n, &reports(&[])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        routes.inner.get("onprem").is_none(),
+        rig.routes.inner.get("onprem").is_none(),
         "the finalizer came off"
     );
-    run.abort();
 }
 
 #[tokio::test]

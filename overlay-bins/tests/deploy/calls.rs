@@ -12,10 +12,11 @@ use overlay_bins::stores::{
 };
 use overlay_core::agent::AgentConfig;
 use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::events::EventRecorder;
 use overlay_core::fakes::MemoryProgrammer;
 use overlay_core::invalid::InvalidObjects;
-use overlay_core::leader::{LeaderConfig, LeaderElector};
-use overlay_core::metrics::no_metrics;
+use overlay_core::leader::{LeaderConfig, LeaderElector, Leadership, Term};
+use overlay_core::metrics::{NoMetrics, no_metrics};
 use overlay_core::{DiscoveredRoute, IpamBackend, Owner, Zone};
 use overlay_ipam::memory::MemoryBackend;
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
@@ -208,6 +209,39 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
 /// blocks it (twice).
 pub async fn controller_run() -> Vec<(String, String)> {
     let (api, client) = FakeApiServer::start();
+    seed_controller_objects(&api);
+    let cluster = overlay_core::k8s::cluster_uid(client.clone())
+        .await
+        .unwrap();
+    // Leader election, as the binary runs it (short periods).
+    let lease = controller_lease(
+        client.clone(),
+        "overlay-system",
+        "overlay-controller",
+        &cluster,
+    );
+    let leadership = Leadership::start(
+        Arc::new(lease),
+        LeaderConfig {
+            lease_duration: Duration::from_secs(3),
+            margin: Duration::from_secs(1),
+            retry_period: Duration::from_millis(100),
+            ..LeaderConfig::new("overlay-controller-0")
+        },
+    );
+    let term = leadership
+        .lead(std::future::pending(), &NoMetrics, |_fence, _until| async {
+            wait_for_request(&api, "a Lease renewal", "PUT", "/leases/overlay-controller").await;
+            let (controller, ipam, events) = reconcile_as_leader(&api, &client, &cluster).await;
+            summarize_and_report(&api, &controller, &ipam, &events, &cluster).await;
+            Ok::<(), String>(())
+        })
+        .await;
+    assert_eq!(term, Ok(Term::ShutDown));
+    requests(&api)
+}
+
+fn seed_controller_objects(api: &FakeApiServer) {
     api.put(
         "/api/v1/namespaces",
         json!({"apiVersion": "v1", "kind": "Namespace",
@@ -226,34 +260,14 @@ pub async fn controller_run() -> Vec<(String, String)> {
     leaving["status"] = json!({"nodeStatus": [{"hostname": "node-gone", "device": "tmp0",
         "gateway": "192.0.2.1", "state": "Applied", "message": ""}]});
     api.put(ROUTES, leaving);
+}
 
-    let cluster = overlay_core::k8s::cluster_uid(client.clone())
-        .await
-        .unwrap();
-
-    // Leader election, as the binary runs it (short periods).
-    let lease = controller_lease(
-        client.clone(),
-        "overlay-system",
-        "overlay-controller",
-        &cluster,
-    );
-    let (elector, fence) = LeaderElector::new(
-        Arc::new(lease),
-        LeaderConfig {
-            lease_duration: Duration::from_secs(3),
-            margin: Duration::from_secs(1),
-            retry_period: Duration::from_millis(100),
-            ..LeaderConfig::new("overlay-controller-0")
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let election = tokio::spawn(elector.run(async {
-        let _ = stopped.await;
-    }));
-    fence.acquired().await;
-    wait_for_request(&api, "a Lease renewal", "PUT", "/leases/overlay-controller").await;
-
+/// The leader's reconciles of nodes and StaticRoutes.
+async fn reconcile_as_leader(
+    api: &FakeApiServer,
+    client: &kube::Client,
+    cluster: &str,
+) -> (Controller, Arc<MemoryBackend>, Arc<dyn EventRecorder>) {
     let events = controller_events(client.clone());
     let invalid = InvalidObjects::new(events.clone());
     let stores = controller_stores(client.clone(), &invalid);
@@ -265,7 +279,7 @@ pub async fn controller_run() -> Vec<(String, String)> {
         .unwrap(),
     );
     let controller = Controller::new(
-        ControllerConfig::new(cluster.clone()),
+        ControllerConfig::new(cluster),
         ControllerParts {
             nodes: stores.nodes,
             ipam: ipam.clone(),
@@ -285,7 +299,7 @@ pub async fn controller_run() -> Vec<(String, String)> {
         let _ = controller.reconcile_node("node-nozone").await;
     }
     wait_for_request(
-        &api,
+        api,
         "a repeated Event",
         "PATCH",
         "/namespaces/default/events",
@@ -317,6 +331,18 @@ pub async fn controller_run() -> Vec<(String, String)> {
         "the finalizer of leaving-route was not removed"
     );
 
+    (controller, ipam, events)
+}
+
+/// Route summaries, a live read of unknown reservations, and the Events of
+/// a phpIPAM block.
+async fn summarize_and_report(
+    api: &FakeApiServer,
+    controller: &Controller,
+    ipam: &MemoryBackend,
+    events: &Arc<dyn EventRecorder>,
+    cluster: &str,
+) {
     // node-a's agent reports new-route Applied; the controller sums it up
     // into the StaticRoute's status.
     let mut a = api.object(NOIPS, "node-a").unwrap();
@@ -336,7 +362,7 @@ pub async fn controller_run() -> Vec<(String, String)> {
 
     // A reservation whose node this cluster does not know: read live.
     ipam.reserve(
-        &Owner::new(cluster.clone(), "node-old"),
+        &Owner::new(cluster, "node-old"),
         &Zone::parse("zone", "dal10").unwrap(),
     )
     .await
@@ -359,14 +385,10 @@ pub async fn controller_run() -> Vec<(String, String)> {
             .await;
     }
     wait_for_request(
-        &api,
+        api,
         "a repeated Pod Event",
         "PATCH",
         "/namespaces/overlay-system/events",
     )
     .await;
-
-    let _ = stop.send(());
-    election.await.unwrap();
-    requests(&api)
 }

@@ -371,6 +371,45 @@ impl FakeApiServer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A watch: events of `collection` (one object when `name` is set)
+    /// from now on.
+    fn watch(st: &mut State, collection: String, name: Option<String>) -> Response<RespBody> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sent = Arc::new(AtomicU64::new(0));
+        st.watch_log.push((collection.clone(), sent.clone()));
+        st.watchers.push(Watcher {
+            collection,
+            name,
+            tx,
+            sent,
+        });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        Response::builder()
+            .body(StreamBody::new(stream).boxed_unsync())
+            .unwrap()
+    }
+
+    /// A PUT: Conflict on a stale resourceVersion, like a real server.
+    fn replace(st: &mut State, collection: &str, n: &str, body: Value) -> Response<RespBody> {
+        let Some(cur) = st.objects.get(collection).and_then(|m| m.get(n)).cloned() else {
+            return status(404, "NotFound", &format!("{n} not found"));
+        };
+        let sent = body["metadata"]["resourceVersion"].as_str();
+        if sent.is_some_and(|v| Some(v) != cur["metadata"]["resourceVersion"].as_str()) {
+            return status(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on {n}: the object has been modified; please apply your changes to the latest version and try again"
+                ),
+            );
+        }
+        Self::store(st, collection, body, false);
+        let stored = st.objects[collection][n].clone();
+        Response::builder().body(full(&stored)).unwrap()
+    }
+
     async fn serve(
         &self,
         req: Request<Body>,
@@ -407,23 +446,7 @@ impl FakeApiServer {
         let selected = query(&uri, "fieldSelector")
             .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
         let response = match (method.as_str(), name) {
-            ("GET", None) if watch => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let sent = Arc::new(AtomicU64::new(0));
-                st.watch_log.push((collection.clone(), sent.clone()));
-                st.watchers.push(Watcher {
-                    collection,
-                    name: selected,
-                    tx,
-                    sent,
-                });
-                let stream = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|c| (c, rx))
-                });
-                Response::builder()
-                    .body(StreamBody::new(stream).boxed_unsync())
-                    .unwrap()
-            }
+            ("GET", None) if watch => Self::watch(&mut st, collection, selected),
             ("GET", None) => {
                 if st.hold_lists {
                     st.held.push((uri.to_string(), send));
@@ -442,29 +465,7 @@ impl FakeApiServer {
                 Self::create(&mut st, &collection, body)
             }
             ("POST", _) => Response::builder().body(full(&body)).unwrap(),
-            ("PUT", Some(n)) => {
-                match st.objects.get(&collection).and_then(|m| m.get(&n)).cloned() {
-                    None => status(404, "NotFound", &format!("{n} not found")),
-                    Some(cur) => {
-                        let sent = body["metadata"]["resourceVersion"].as_str();
-                        if sent
-                            .is_some_and(|v| Some(v) != cur["metadata"]["resourceVersion"].as_str())
-                        {
-                            status(
-                                409,
-                                "Conflict",
-                                &format!(
-                                    "Operation cannot be fulfilled on {n}: the object has been modified; please apply your changes to the latest version and try again"
-                                ),
-                            )
-                        } else {
-                            Self::store(&mut st, &collection, body, false);
-                            let stored = st.objects[&collection][&n].clone();
-                            Response::builder().body(full(&stored)).unwrap()
-                        }
-                    }
-                }
-            }
+            ("PUT", Some(n)) => Self::replace(&mut st, &collection, &n, body),
             ("PATCH", Some(n)) => {
                 let manager = query(&uri, "fieldManager").unwrap_or_default();
                 let write = Write {

@@ -56,117 +56,124 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
         ));
     }
     match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let Some(map) = v.as_object() else {
-                errors.push(format!("{path}: expected an object, got {v}"));
-                return;
-            };
-            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
-                && map.len() as u64 > max
-            {
-                errors.push(format!("{path}: must have at most {max} properties"));
-            }
-            let props = schema.get("properties").and_then(Value::as_object);
-            let extra = schema.get("additionalProperties");
-            let preserve =
-                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-            for (k, child) in map {
-                let p = format!("{path}.{k}");
-                match (props.and_then(|m| m.get(k)), extra) {
-                    (Some(s), _) => check(s, child, &p, errors),
-                    (None, Some(s)) if s.is_object() => check(s, child, &p, errors),
-                    _ if preserve => {}
-                    _ => errors.push(format!("{p}: unknown field")),
-                }
-            }
-            for r in required(schema) {
-                if !map.contains_key(r) {
-                    errors.push(format!("{path}.{r}: Required value"));
-                }
-            }
-        }
-        Some("array") => {
-            let Some(items) = v.as_array() else {
-                errors.push(format!("{path}: expected an array, got {v}"));
-                return;
-            };
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
-                && items.len() as u64 > max
-            {
-                errors.push(format!(
-                    "{path}: Too many: {} items, at most {max}",
-                    items.len()
-                ));
-            }
-            if let Some(s) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    check(s, item, &format!("{path}[{i}]"), errors);
-                }
-            }
-            if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
-                let keys: Vec<&str> = schema
-                    .get("x-kubernetes-list-map-keys")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let mut seen = std::collections::HashSet::new();
-                for item in items {
-                    let key: Vec<String> = keys.iter().map(|k| item[*k].to_string()).collect();
-                    if !seen.insert(key.clone()) {
-                        errors.push(format!("{path}: Duplicate value {key:?}"));
-                    }
-                }
-            }
-        }
-        Some("string") => {
-            let Some(s) = v.as_str() else {
-                errors.push(format!("{path}: expected a string, got {v}"));
-                return;
-            };
-            let n = s.chars().count() as u64;
-            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
-                && n > max
-            {
-                errors.push(format!(
-                    "{path}: Too long: may not be more than {max} bytes"
-                ));
-            }
-            if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
-                && n < min
-            {
-                errors.push(format!("{path}: should be at least {min} chars long"));
-            }
-            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                match matches_pattern(p, s) {
-                    Ok(true) => {}
-                    Ok(false) => errors.push(format!("{path}: {s:?} should match the pattern")),
-                    Err(e) => errors.push(format!("{path}: bad pattern in the schema: {e}")),
-                }
-            }
-        }
-        Some("integer") => {
-            let Some(n) = v
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| v.as_u64().map(i128::from))
-            else {
-                errors.push(format!("{path}: expected an integer, got {v}"));
-                return;
-            };
-            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-                && n as f64 > max
-            {
-                errors.push(format!("{path}: should be less than or equal to {max}"));
-            }
-            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-                && (n as f64) < min
-            {
-                errors.push(format!("{path}: should be greater than or equal to {min}"));
-            }
-        }
+        Some("object") => check_object(schema, v, path, errors),
+        Some("array") => check_array(schema, v, path, errors),
+        Some("string") => check_string(schema, v, path, errors),
+        Some("integer") => check_integer(schema, v, path, errors),
         Some("boolean") if !v.is_boolean() => errors.push(format!("{path}: expected a boolean")),
         Some("number") if !v.is_number() => errors.push(format!("{path}: expected a number")),
         _ => {}
+    }
+}
+
+fn check_object(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(map) = v.as_object() else {
+        errors.push(format!("{path}: expected an object, got {v}"));
+        return;
+    };
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && map.len() as u64 > max
+    {
+        errors.push(format!("{path}: must have at most {max} properties"));
+    }
+    let props = schema.get("properties").and_then(Value::as_object);
+    let extra = schema.get("additionalProperties");
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    for (k, child) in map {
+        let p = format!("{path}.{k}");
+        match (props.and_then(|m| m.get(k)), extra) {
+            (Some(s), _) => check(s, child, &p, errors),
+            (None, Some(s)) if s.is_object() => check(s, child, &p, errors),
+            _ if preserve => {}
+            _ => errors.push(format!("{p}: unknown field")),
+        }
+    }
+    for r in required(schema) {
+        if !map.contains_key(r) {
+            errors.push(format!("{path}.{r}: Required value"));
+        }
+    }
+}
+
+fn check_array(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(items) = v.as_array() else {
+        errors.push(format!("{path}: expected an array, got {v}"));
+        return;
+    };
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && items.len() as u64 > max
+    {
+        errors.push(format!(
+            "{path}: Too many: {} items, at most {max}",
+            items.len()
+        ));
+    }
+    if let Some(s) = schema.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(s, item, &format!("{path}[{i}]"), errors);
+        }
+    }
+    if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
+        let keys: Vec<&str> = schema
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        for item in items {
+            let key: Vec<String> = keys.iter().map(|k| item[*k].to_string()).collect();
+            if !seen.insert(key.clone()) {
+                errors.push(format!("{path}: Duplicate value {key:?}"));
+            }
+        }
+    }
+}
+
+fn check_string(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(s) = v.as_str() else {
+        errors.push(format!("{path}: expected a string, got {v}"));
+        return;
+    };
+    let n = s.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && n > max
+    {
+        errors.push(format!(
+            "{path}: Too long: may not be more than {max} bytes"
+        ));
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && n < min
+    {
+        errors.push(format!("{path}: should be at least {min} chars long"));
+    }
+    if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+        match matches_pattern(p, s) {
+            Ok(true) => {}
+            Ok(false) => errors.push(format!("{path}: {s:?} should match the pattern")),
+            Err(e) => errors.push(format!("{path}: bad pattern in the schema: {e}")),
+        }
+    }
+}
+
+fn check_integer(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>) {
+    let Some(n) = v
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| v.as_u64().map(i128::from))
+    else {
+        errors.push(format!("{path}: expected an integer, got {v}"));
+        return;
+    };
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && n as f64 > max
+    {
+        errors.push(format!("{path}: should be less than or equal to {max}"));
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && (n as f64) < min
+    {
+        errors.push(format!("{path}: should be greater than or equal to {min}"));
     }
 }
 
