@@ -11,10 +11,23 @@
 //! - [`traits`]: [`IpamBackend`], [`RouteProgrammer`], [`NodeSource`] and the
 //!   record stores, the seams every backend and adapter plugs into.
 //! - [`error`]: the error values of those traits.
-//! - [`leader`]: Lease-based leader election with a local deadline, and
-//!   [`leader::FencedIpam`], which refuses IPAM writes once it passes.
-//! - `crd` (feature `kube`, default): the `NodeOverlayIp` and `StaticRoute`
-//!   custom resources.
+//! - [`agent`], [`controller`]: the two reconcilers, written against the
+//!   traits only, built from a config and their parts
+//!   ([`agent::AgentParts`], [`controller::ControllerParts`]).
+//! - [`leader`]: Lease-based leader election with a local deadline:
+//!   [`leader::Leadership`] runs work only while this replica leads, and
+//!   [`leader::FencedIpam`] refuses IPAM writes once the deadline passes.
+//! - [`metrics`]: the [`metrics::Metrics`] sink the reconcilers report to.
+//! - [`backoff`]: the one retry policy.
+//! - [`legacy`]: the older DaemonSet's route list.
+//!
+//! ## Features (all off by default)
+//!
+//! - `kube`: the `NodeOverlayIp` and `StaticRoute` custom resources (`crd`)
+//!   and the Kubernetes adapters of the traits (`k8s`).
+//! - `prometheus`: `metrics::prometheus::PrometheusMetrics`.
+//! - `testing`: in-memory implementations of every trait (`fakes`), for
+//!   tests, examples and labs.
 
 pub mod agent;
 pub mod backoff;
