@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, Zone};
 
-use crate::config::{ConfigError, ControllerConfig};
+use crate::config::{ConfigError, IpamConfig};
 use crate::conformance::{Fixture, Outcome, Report, ZoneCapacity, run_all};
 use crate::phpipam::{AddressEntry, Credentials, PhpIpamBackend};
 
@@ -286,7 +286,7 @@ fn zone_verdict(subnets: &[SubnetCheck]) -> Verdict {
 /// a verdict per zone. Nothing is reserved. `credentials` overrides the
 /// environment for phpIPAM.
 pub async fn check(
-    config: &ControllerConfig,
+    config: &IpamConfig,
     credentials: Option<Credentials>,
     cluster: Option<&str>,
 ) -> Result<CheckReport, ConfigError> {
@@ -405,7 +405,7 @@ pub async fn check_phpipam(backend: &PhpIpamBackend, cluster: Option<&str>) -> C
 /// releases what it reserved, also on failure, and a final sweep releases
 /// anything left with the suite's cluster id.
 pub async fn conformance(
-    config: &ControllerConfig,
+    config: &IpamConfig,
     zone: &str,
     credentials: Option<Credentials>,
     mut notice: impl FnMut(&str),

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use overlay_ipam::check::{Verdict, check, conformance};
-use overlay_ipam::config::ControllerConfig;
+use overlay_ipam::config::IpamConfig;
 use overlay_ipam::emulator::{Emulator, EmulatorConfig};
 use overlay_ipam::phpipam::{Credentials, PhpIpamConfig, Secret};
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
@@ -20,7 +20,7 @@ fn creds(password: &str) -> Option<Credentials> {
 #[tokio::test]
 async fn check_reports_each_zone() {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay")
             .with_zone("gw", [1])
@@ -56,7 +56,7 @@ async fn check_reports_each_zone() {
 
 #[tokio::test]
 async fn check_counts_embedded_pools() {
-    let cfg = ControllerConfig::embedded(
+    let cfg = IpamConfig::embedded(
         "lab",
         PoolsConfig::new().with_pool("dal10", PoolConfig::parse("192.0.2.0/29").unwrap()),
         None,
@@ -81,7 +81,7 @@ async fn conformance_on_a_scratch_zone_cleans_up() {
         "overlay-owner:c1/node-a",
     )
     .unwrap();
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay").with_zone("scratch", [3]),
     );
@@ -143,7 +143,7 @@ async fn check_sorts_the_entries_of_each_subnet() {
     for (ip, host, d) in entries {
         emu.create_address(1, ip.parse().unwrap(), host, d).unwrap();
     }
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay").with_zone("gw", [1]),
     );

@@ -160,7 +160,7 @@ impl IdSource {
 /// The cluster id, and where it came from.
 async fn cluster_id(
     args: &Args,
-    file: &overlay_ipam::config::ControllerConfig,
+    file: &overlay_ipam::config::IpamConfig,
     client: &kube::Client,
 ) -> Result<(String, IdSource), Failure> {
     if let Some(id) = &args.cluster_id {
@@ -180,7 +180,7 @@ async fn cluster_id(
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let mut file = overlay_ipam::config::ControllerConfig::load(&args.config)
+    let mut file = overlay_ipam::config::IpamConfig::load(&args.config)
         .map_err(|e| Failure::Config(e.to_string()))?;
     if let Some(g) = &args.orphan_grace {
         file.orphan_grace_period = Some(g.clone());

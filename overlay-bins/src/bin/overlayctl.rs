@@ -245,7 +245,7 @@ fn leftovers(kept: &[String]) -> bool {
 }
 
 /// What a valid controller config configures, for `check-config`.
-fn describe_config(cfg: &overlay_ipam::config::ControllerConfig) -> String {
+fn describe_config(cfg: &overlay_ipam::config::IpamConfig) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{}: valid", cfg.source);
@@ -318,12 +318,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print!("{}", overlay_bins::status::render(&status, output)?);
         }
         Cmd::CheckConfig { file } => {
-            let cfg = overlay_ipam::config::ControllerConfig::load(&file)
+            let cfg = overlay_ipam::config::IpamConfig::load(&file)
                 .map_err(|e| format!("invalid configuration: {e}"))?;
             print!("{}", describe_config(&cfg));
         }
         Cmd::Ipam(IpamCmd::Check { config, cluster_id }) => {
-            let cfg = overlay_ipam::config::ControllerConfig::load(&config)
+            let cfg = overlay_ipam::config::IpamConfig::load(&config)
                 .map_err(|e| format!("invalid configuration: {e}"))?;
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
@@ -340,7 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
-            let cfg = overlay_ipam::config::ControllerConfig::load(&config)
+            let cfg = overlay_ipam::config::IpamConfig::load(&config)
                 .map_err(|e| format!("invalid configuration: {e}"))?;
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
