@@ -224,6 +224,14 @@ pub enum Fault {
     /// is held back this long: a client with a shorter timeout gives up
     /// although the call took effect.
     SlowAfterCommit(Duration),
+    /// The request is answered 409 `IP address already exists` and not
+    /// handled: how a server with the API lock disabled answers a
+    /// `first_free` that lost the race for its address to another client.
+    LostRace,
+    /// The request is answered 500 with a duplicate-key database error and
+    /// not handled: the other way such a server reports a lost allocation
+    /// race.
+    DuplicateKey,
 }
 
 /// An address as the emulator stores it.
@@ -306,6 +314,10 @@ impl Drop for Emulator {
         }
     }
 }
+
+/// The database error of an insert that lost an allocation race
+/// ([`Fault::DuplicateKey`]).
+const DUPLICATE_KEY: &str = "SQLSTATE[23000]: Integrity constraint violation: 1062 Duplicate entry '3405803777-3' for key 'sid_ip_unique'";
 
 /// Most failed logins tolerated before the client IP is blocked.
 pub const LOGIN_FAILURES_BEFORE_BLOCK: u32 = 11;
@@ -978,6 +990,10 @@ async fn handle(
             return Response::new(Body::from_stream(failing));
         }
         Some(Fault::ServerError) => return render(Reply::fatal(), false),
+        Some(Fault::LostRace) => {
+            return render(Reply::msg(409, "IP address already exists"), false);
+        }
+        Some(Fault::DuplicateKey) => return render(Reply::msg(500, DUPLICATE_KEY), false),
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::ExpireToken) => lock(&inner.db).expire_tokens(),
         Some(f @ (Fault::CutAfterCommit | Fault::SlowAfterCommit(_))) => after_commit = Some(f),

@@ -28,7 +28,9 @@
 //!   again (`PATCH` of the description back to the owner marker); otherwise
 //!   `POST addresses/first_free/{subnet}` with `hostname` = node,
 //!   `description` = owner marker, falling through to the next subnet on `No
-//!   free addresses found`. Subnet prefix and gateway are cached, and a
+//!   free addresses found`; a lost allocation race (409 or a duplicate-key
+//!   500, from servers with the API lock disabled) is tried again after
+//!   [`ALLOCATION_RACE_BACKOFF`]. Subnet prefix and gateway are cached, and a
 //!   subnet seen full is tried last (until we free an address in it or the
 //!   hint ages out), so a new reservation costs one request once the caches
 //!   are warm. After an allocation call that failed ambiguously (timeout,
@@ -61,6 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
+use overlay_core::backoff::Backoff;
 use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use reqwest::Method;
@@ -73,6 +76,19 @@ const BACKEND: &str = "phpipam";
 
 /// How long a refused login is remembered before the next attempt.
 pub const AUTH_FAILURE_HOLD: Duration = Duration::from_secs(600);
+
+/// How long to wait before trying an allocation again after losing a race
+/// for the address (servers with the API lock disabled answer such a
+/// `first_free` with 409 `IP address already exists` or a 500 duplicate-key
+/// error): 50 ms, doubling up to 1 s. The project's one retry policy,
+/// [`Backoff`], with bounds for a call that is expected to succeed at once.
+pub const ALLOCATION_RACE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
+/// Most attempts of one `first_free` call that keeps losing allocation
+/// races (with [`ALLOCATION_RACE_BACKOFF`] between them: 750 ms of waiting
+/// in all) before the conflict is reported.
+pub const ALLOCATION_RACE_ATTEMPTS: u32 = 5;
 
 /// Environment variable holding the API user name.
 pub const ENV_USERNAME: &str = "PHPIPAM_USERNAME";
@@ -642,6 +658,13 @@ fn rejected(call: &str, message: impl Into<String>) -> IpamError {
     }
 }
 
+/// Whether an error message is a lost allocation race: phpIPAM without its
+/// API lock hands two clients the same first free address, and the second
+/// insert fails with 409 or a 500 duplicate-key error.
+fn lost_race(message: &str) -> bool {
+    message == "IP address already exists" || message.contains("Duplicate entry")
+}
+
 /// Classifies a phpIPAM error reply: whether a retry can help.
 pub fn classify(call: &str, status: u16, message: &str) -> IpamError {
     let m = if message.is_empty() {
@@ -721,6 +744,55 @@ fn as_u8(v: &Value) -> Option<u8> {
     }
 }
 
+/// The HTTP client for `config`: its timeouts, no redirects, and the TLS
+/// settings (`insecureSkipTLSVerify`, `caFile`).
+fn http_client(config: &PhpIpamConfig) -> Result<reqwest::Client, IpamError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race; either provider works.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_seconds))
+        .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
+        // A redirect would carry the token header to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("overlay-ipam/", env!("CARGO_PKG_VERSION")));
+    if config.insecure_skip_tls_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(ca) = &config.ca_file {
+        for c in ca_certificates(ca)? {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| invalid("phpIPAM", format!("cannot build the HTTP client: {e}")))
+}
+
+/// The certificates of the PEM bundle `caFile` names; at least one.
+fn ca_certificates(ca: &Path) -> Result<Vec<reqwest::Certificate>, IpamError> {
+    let pem = std::fs::read(ca).map_err(|e| {
+        invalid(
+            "phpIPAM.caFile",
+            format!("cannot read {}: {e}", ca.display()),
+        )
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        invalid(
+            "phpIPAM.caFile",
+            format!("{} is not a PEM bundle: {e}", ca.display()),
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "phpIPAM.caFile",
+            format!("{} holds no certificate", ca.display()),
+        ));
+    }
+    Ok(certs)
+}
+
 impl PhpIpamBackend {
     /// Builds the backend. `cluster` is this cluster's id, written into the
     /// owner marker; `list` returns only this cluster's reservations. Each
@@ -743,45 +815,7 @@ impl PhpIpamBackend {
         for (z, ids) in &config.subnet_map {
             zones.insert(Zone::parse("phpIPAM.subnetMap", z)?, ids.clone());
         }
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Another thread may win the race; either provider works.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout_seconds))
-            .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
-            // A redirect would carry the token header to wherever it points.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("overlay-ipam/", env!("CARGO_PKG_VERSION")));
-        if config.insecure_skip_tls_verify {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                invalid(
-                    "phpIPAM.caFile",
-                    format!("cannot read {}: {e}", ca.display()),
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                invalid(
-                    "phpIPAM.caFile",
-                    format!("{} is not a PEM bundle: {e}", ca.display()),
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(invalid(
-                    "phpIPAM.caFile",
-                    format!("{} holds no certificate", ca.display()),
-                ));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| invalid("phpIPAM", format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(config)?;
         let base = format!(
             "{}/api/{}",
             config.url.trim().trim_end_matches('/'),
@@ -1672,14 +1706,50 @@ impl PhpIpamBackend {
     async fn reserve_locked(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
         let subnets = self.zone_subnets(zone)?.to_vec();
         self.ensure_index(zone, &subnets).await?;
-        if lock(&self.suspects).contains(owner) {
-            // The last allocation may have committed although its reply was
-            // lost: ask phpIPAM, not the index.
-            let found = self.search_owner(owner).await?;
-            tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, found = found.len(), "looked the owner up again after an ambiguous allocation");
-            self.replace_owner(owner, &found);
-            lock(&self.suspects).remove(owner);
+        self.recheck_suspect(owner, zone).await?;
+        if let Some(r) = self.known_reservation(owner, zone).await? {
+            return Ok(r);
         }
+        let body = json!({
+            "hostname": owner.node,
+            "description": owner.marker(),
+            "owner": "overlay",
+        });
+        for sid in self.allocation_order(&subnets) {
+            // Prefix and gateway first: a bad subnet id fails before we
+            // allocate anything.
+            self.subnet_info(sid).await?;
+            if let Some(r) = self.allocate_in(owner, zone, sid, &body).await? {
+                return Ok(r);
+            }
+        }
+        Err(IpamError::Exhausted {
+            zone: zone.to_string(),
+            subnets: subnets.iter().map(u64::to_string).collect(),
+        })
+    }
+
+    /// When the last allocation of `owner` failed ambiguously, it may have
+    /// committed although its reply was lost: asks phpIPAM, not the index,
+    /// and puts what it finds into the index.
+    async fn recheck_suspect(&self, owner: &Owner, zone: &Zone) -> Result<(), IpamError> {
+        if !lock(&self.suspects).contains(owner) {
+            return Ok(());
+        }
+        let found = self.search_owner(owner).await?;
+        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, found = found.len(), "looked the owner up again after an ambiguous allocation");
+        self.replace_owner(owner, &found);
+        lock(&self.suspects).remove(owner);
+        Ok(())
+    }
+
+    /// What `owner` already holds in `zone` by the index: its lowest live
+    /// address, else a held address made live again.
+    async fn known_reservation(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+    ) -> Result<Option<Reservation>, IpamError> {
         let st = self.zone_state(zone)?;
         let known: Vec<Found> = lock(&st.index)
             .as_ref()
@@ -1687,100 +1757,102 @@ impl PhpIpamBackend {
             .unwrap_or_default();
         // Lowest live address first (the entries are sorted).
         if let Some(f) = known.iter().find(|f| f.held_until.is_none()) {
-            return self.reservation(owner, zone, f).await;
+            return self.reservation(owner, zone, f).await.map(Some);
         }
         for f in known.iter().filter(|f| f.held_until.is_some()) {
             if let Some(r) = self.revive(owner, zone, f).await? {
-                return Ok(r);
+                return Ok(Some(r));
             }
         }
-        let body = json!({
-            "hostname": owner.node,
-            "description": owner.marker(),
-            "owner": "overlay",
-        });
-        // Subnets recently seen full go last, so that a zone whose first
-        // subnet filled up does not cost an extra request per reservation.
-        let order: Vec<u64> = {
-            let full = lock(&self.full);
-            let hinted = |sid: &u64| {
-                full.get(sid)
-                    .is_some_and(|at| at.elapsed() <= self.index_max_age)
-            };
-            let (later, now): (Vec<u64>, Vec<u64>) = subnets.iter().partition(|s| hinted(s));
-            now.into_iter().chain(later).collect()
+        Ok(None)
+    }
+
+    /// The order to allocate in: subnets recently seen full go last, so
+    /// that a zone whose first subnet filled up does not cost an extra
+    /// request per reservation.
+    fn allocation_order(&self, subnets: &[u64]) -> Vec<u64> {
+        let full = lock(&self.full);
+        let hinted = |sid: &u64| {
+            full.get(sid)
+                .is_some_and(|at| at.elapsed() <= self.index_max_age)
         };
-        for &sid in &order {
-            // Prefix and gateway first: a bad subnet id fails before we
-            // allocate anything.
-            self.subnet_info(sid).await?;
-            let call = format!("POST addresses/first_free/{sid}");
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let r = match self
-                    .call(
-                        Method::POST,
-                        &format!("addresses/first_free/{sid}/"),
-                        Some(&body),
-                        &call,
-                    )
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // The server may have allocated before the failure.
-                        if !self.is_blocked() {
-                            self.ambiguous(owner, zone, &call, &e.to_string());
-                        }
-                        return Err(e);
+        let (later, now): (Vec<u64>, Vec<u64>) = subnets.iter().partition(|s| hinted(s));
+        now.into_iter().chain(later).collect()
+    }
+
+    /// `POST addresses/first_free/{sid}` for `owner`; `None` when the
+    /// subnet is full. A lost allocation race is tried again after
+    /// [`ALLOCATION_RACE_BACKOFF`], at most [`ALLOCATION_RACE_ATTEMPTS`]
+    /// times in all.
+    async fn allocate_in(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+        sid: u64,
+        body: &Value,
+    ) -> Result<Option<Reservation>, IpamError> {
+        let call = format!("POST addresses/first_free/{sid}");
+        let path = format!("addresses/first_free/{sid}/");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let r = match self.call(Method::POST, &path, Some(body), &call).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The server may have allocated before the failure.
+                    if !self.is_blocked() {
+                        self.ambiguous(owner, zone, &call, &e.to_string());
                     }
-                };
-                match r.status {
-                    201 => {
-                        let id = r.id.as_ref().and_then(as_id);
-                        let ip = r.data.as_ref().and_then(as_ip);
-                        let (Some(id), Some(ip)) = (id, ip) else {
-                            self.ambiguous(owner, zone, &call, "201 reply lacks id or address");
-                            return Err(rejected(&call, "201 reply lacks id or address"));
-                        };
-                        let f = Found {
-                            id,
-                            ip,
-                            subnet: sid,
-                            held_until: None,
-                        };
-                        self.remember(owner, &f);
-                        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
-                        return self.reservation(owner, zone, &f).await;
+                    return Err(e);
+                }
+            };
+            match r.status {
+                201 => return self.allocated(owner, zone, sid, &call, &r).await.map(Some),
+                404 if r.message.starts_with("No free addresses found") => {
+                    lock(&self.full).insert(sid, Instant::now());
+                    return Ok(None);
+                }
+                409 | 500 if attempts < ALLOCATION_RACE_ATTEMPTS && lost_race(&r.message) => {
+                    let wait = ALLOCATION_RACE_BACKOFF.delay(attempts);
+                    tracing::debug!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, attempts, wait = ?wait, "allocation race lost; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                s => {
+                    // A 5xx (a PHP fatal, say) may come after the insert.
+                    if s >= 500 && !r.message.contains("has been blocked") {
+                        self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
                     }
-                    404 if r.message.starts_with("No free addresses found") => {
-                        lock(&self.full).insert(sid, Instant::now());
-                        break;
-                    }
-                    // Servers with the API lock disabled lose allocation
-                    // races with 409 or a 500 duplicate-key error: retry.
-                    409 | 500
-                        if attempts < 5
-                            && (r.message == "IP address already exists"
-                                || r.message.contains("Duplicate entry")) =>
-                    {
-                        continue;
-                    }
-                    s => {
-                        // A 5xx (a PHP fatal, say) may come after the insert.
-                        if s >= 500 && !r.message.contains("has been blocked") {
-                            self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
-                        }
-                        return Err(classify(&call, s, &r.message));
-                    }
+                    return Err(classify(&call, s, &r.message));
                 }
             }
         }
-        Err(IpamError::Exhausted {
-            zone: zone.to_string(),
-            subnets: subnets.iter().map(u64::to_string).collect(),
-        })
+    }
+
+    /// The reservation a `201` reply to `call` made in subnet `sid`,
+    /// remembered in the index.
+    async fn allocated(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+        sid: u64,
+        call: &str,
+        r: &ApiReply,
+    ) -> Result<Reservation, IpamError> {
+        let id = r.id.as_ref().and_then(as_id);
+        let ip = r.data.as_ref().and_then(as_ip);
+        let (Some(id), Some(ip)) = (id, ip) else {
+            self.ambiguous(owner, zone, call, "201 reply lacks id or address");
+            return Err(rejected(call, "201 reply lacks id or address"));
+        };
+        let f = Found {
+            id,
+            ip,
+            subnet: sid,
+            held_until: None,
+        };
+        self.remember(owner, &f);
+        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
+        self.reservation(owner, zone, &f).await
     }
 
     // --- release ------------------------------------------------------------------
