@@ -353,23 +353,13 @@ impl Emulator {
         };
         for spec in config.subnets {
             if let Some(gw) = spec.gateway {
-                let id = db.next_id;
-                db.next_id += 1;
-                db.addresses.insert(
-                    id,
-                    EmulatedAddress {
-                        id,
-                        subnet_id: spec.id,
-                        ip: gw,
-                        is_gateway: true,
-                        description: Some("Gateway".into()),
-                        hostname: Some("gw.example.invalid".into()),
-                        owner: None,
-                        tag: 2,
-                        extra: BTreeMap::new(),
-                        edit_date: None,
-                    },
-                );
+                // The first address of its subnet: it cannot be taken.
+                let _ = db.insert(EmulatedAddress {
+                    is_gateway: true,
+                    description: Some("Gateway".into()),
+                    hostname: Some("gw.example.invalid".into()),
+                    ..blank(spec.id, gw)
+                });
             }
             db.subnets.insert(
                 spec.id,
@@ -477,27 +467,12 @@ impl Emulator {
     ) -> Option<u64> {
         let mut db = lock(&self.inner.db);
         db.subnets.get(&subnet_id)?;
-        if db.find_ip(subnet_id, ip).is_some() {
-            return None;
-        }
-        let id = db.next_id;
-        db.next_id += 1;
-        db.addresses.insert(
-            id,
-            EmulatedAddress {
-                id,
-                subnet_id,
-                ip,
-                is_gateway: false,
-                description: Some(description.into()),
-                hostname: Some(hostname.into()),
-                owner: None,
-                tag: 2,
-                extra: BTreeMap::new(),
-                edit_date: None,
-            },
-        );
-        Some(id)
+        db.insert(EmulatedAddress {
+            description: Some(description.into()),
+            hostname: Some(hostname.into()),
+            ..blank(subnet_id, ip)
+        })
+        .ok()
     }
 
     /// Deletes an address directly; returns whether it existed.
@@ -1400,6 +1375,8 @@ fn created(app: &App, id: u64, data: Option<Value>) -> Reply {
     r
 }
 
+/// A used (tag 2) address with no other field set; [`Db::insert`] gives it
+/// its id.
 fn blank(subnet_id: u64, ip: Ipv4Addr) -> EmulatedAddress {
     EmulatedAddress {
         id: 0,
@@ -1424,114 +1401,15 @@ fn addresses_controller(
 ) -> Reply {
     match (method.clone(), args) {
         // --- allocation
-        (Method::POST, ["first_free", rest @ ..]) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            let sid = match rest {
-                [id] => parse_id(id),
-                [] => param(&params, "subnetId")
-                    .and_then(value_str)
-                    .and_then(|s| parse_id(&s)),
-                _ => None,
-            };
-            let Some(sid) = sid.filter(|s| db.subnets.contains_key(s)) else {
-                return Reply::msg(400, "Invalid subnet identifier");
-            };
-            if db.subnets.get(&sid).is_some_and(|s| s.is_full) {
-                return Reply::msg(404, "No free addresses found (subnet is full)");
-            }
-            let Some(ip) = db.first_free(sid) else {
-                return Reply::msg(404, "No free addresses found");
-            };
-            let mut a = blank(sid, ip);
-            a.description = Some("API created".into());
-            apply_fields(&mut a, &params);
-            match db.insert(a) {
-                Ok(id) => created(app, id, Some(json!(ip.to_string()))),
-                Err((code, m)) => Reply::msg(code, &m),
-            }
-        }
+        (Method::POST, ["first_free", rest @ ..]) => allocate_first_free(db, app, rest, &params),
         (Method::GET, ["first_free", id]) => match parse_id(id) {
             Some(id) => first_free_peek(db, id),
             None => Reply::msg(404, "Invalid subnet Id"),
         },
-        (Method::POST, []) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            let Some(sid) = param(&params, "subnetId")
-                .and_then(value_str)
-                .and_then(|s| parse_id(&s))
-            else {
-                return Reply::msg(400, "SubnetId must be numeric");
-            };
-            let Some(s) = db.subnets.get(&sid) else {
-                return Reply::msg(404, "Invalid subnet Id");
-            };
-            let raw = param(&params, "ip")
-                .or_else(|| param(&params, "ip_addr"))
-                .and_then(value_str)
-                .unwrap_or_default();
-            let (lo, hi) = host_bounds(&s.spec);
-            let cidr = format!("{}/{}", s.spec.network, s.spec.mask);
-            let ip = match raw.parse::<Ipv4Addr>() {
-                Ok(ip) if (lo..=hi).contains(&u32::from(ip)) => ip,
-                _ => {
-                    return Reply::msg(
-                        500,
-                        &format!("{raw} is not a valid address for subnet {cidr}"),
-                    );
-                }
-            };
-            let mut a = blank(sid, ip);
-            apply_fields(&mut a, &params);
-            match db.insert(a) {
-                Ok(id) => created(app, id, None),
-                Err((code, m)) => Reply::msg(code, &m),
-            }
-        }
+        (Method::POST, []) => create_address(db, app, &params),
         // --- search
-        (Method::GET, ["search", ip]) => {
-            let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-                return Reply::msg(400, "Invalid address");
-            };
-            let hits: Vec<Value> = db
-                .addresses
-                .values()
-                .filter(|a| a.ip == ip)
-                .map(|a| address_json(a, json!(a.ip.to_string())))
-                .collect();
-            if hits.is_empty() {
-                Reply::msg(404, "Address not found")
-            } else {
-                Reply::ok(Value::Array(hits))
-            }
-        }
-        (Method::GET, ["search_hostname", host]) => {
-            let host = host.to_lowercase();
-            let hits: Vec<Value> = db
-                .addresses
-                .values()
-                .filter(|a| a.hostname.as_deref().map(str::to_lowercase) == Some(host.clone()))
-                .enumerate()
-                // Sic: after the first hit the object cache hands out the
-                // decimal ip.
-                .map(|(i, a)| {
-                    let ip = if i == 0 {
-                        json!(a.ip.to_string())
-                    } else {
-                        json!(u32::from(a.ip).to_string())
-                    };
-                    address_json(a, ip)
-                })
-                .collect();
-            if hits.is_empty() {
-                Reply::msg(404, "Hostname not found")
-            } else {
-                Reply::ok(Value::Array(hits))
-            }
-        }
+        (Method::GET, ["search", ip]) => search_ip(db, ip),
+        (Method::GET, ["search_hostname", host]) => search_hostname(db, host),
         // --- tags
         (Method::GET, ["tags", rest @ ..]) => tags(db, rest),
         // --- by id
@@ -1539,27 +1417,7 @@ fn addresses_controller(
             Some(a) => Reply::ok(address_json(a, json!(a.ip.to_string()))),
             None => Reply::msg(404, "Invalid Id"),
         },
-        (Method::PATCH | Method::PUT, [id]) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            if param(&params, "ip").is_some() || param(&params, "ip_addr").is_some() {
-                return Reply::msg(400, "IP address cannot be changed");
-            }
-            if param(&params, "subnetId").is_some() {
-                return Reply::msg(400, "Subnet cannot be changed");
-            }
-            match parse_id(id).and_then(|id| db.addresses.get_mut(&id)) {
-                Some(a) => {
-                    if !params.is_empty() {
-                        apply_fields(a, &params);
-                        a.edit_date = Some(format_time(SystemTime::now()));
-                    }
-                    Reply::msg(200, "Address updated")
-                }
-                None => Reply::msg(404, "Address does not exist"),
-            }
-        }
+        (Method::PATCH | Method::PUT, [id]) => update_address(db, id, &params),
         (Method::DELETE, [id]) => match parse_id(id).and_then(|id| db.addresses.remove(&id)) {
             Some(_) => Reply::msg(200, "Address deleted"),
             None => Reply::msg(404, "Address does not exist"),
@@ -1574,23 +1432,163 @@ fn addresses_controller(
                 None => Reply::msg(404, "No addresses found"),
             }
         }
-        (Method::DELETE, [ip, sid]) if ip.parse::<Ipv4Addr>().is_ok() => {
-            let (Ok(ip), Some(sid)) = (ip.parse::<Ipv4Addr>(), parse_id(sid)) else {
-                return Reply::msg(404, "No addresses found");
-            };
-            if let Some(id) = db.find_ip(sid, ip).map(|a| a.id) {
-                db.addresses.remove(&id);
-                return Reply::msg(200, "Address deleted");
-            }
-            if db.addresses.values().any(|a| a.ip == ip) {
-                Reply::msg(404, "No addresses found")
-            } else {
-                // Sic: PHP fatal (sizeof(false)) when the ip is nowhere.
-                Reply::fatal()
-            }
-        }
+        (Method::DELETE, [ip, sid]) if ip.parse::<Ipv4Addr>().is_ok() => delete_by_ip(db, ip, sid),
         (Method::DELETE, _) => Reply::msg(404, "Address does not exist"),
         _ => Reply::msg(400, "Invalid request"),
+    }
+}
+
+/// `POST addresses/first_free/{subnet}` (or `subnetId` in the body): the
+/// lowest free address of the subnet, created with the given fields.
+fn allocate_first_free(db: &mut Db, app: &App, rest: &[&str], params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    let sid = match rest {
+        [id] => parse_id(id),
+        [] => param(params, "subnetId")
+            .and_then(value_str)
+            .and_then(|s| parse_id(&s)),
+        _ => None,
+    };
+    let Some(sid) = sid.filter(|s| db.subnets.contains_key(s)) else {
+        return Reply::msg(400, "Invalid subnet identifier");
+    };
+    if db.subnets.get(&sid).is_some_and(|s| s.is_full) {
+        return Reply::msg(404, "No free addresses found (subnet is full)");
+    }
+    let Some(ip) = db.first_free(sid) else {
+        return Reply::msg(404, "No free addresses found");
+    };
+    let mut a = blank(sid, ip);
+    a.description = Some("API created".into());
+    apply_fields(&mut a, params);
+    match db.insert(a) {
+        Ok(id) => created(app, id, Some(json!(ip.to_string()))),
+        Err((code, m)) => Reply::msg(code, &m),
+    }
+}
+
+/// `POST addresses/`: an address given by `ip` (or `ip_addr`) and
+/// `subnetId`.
+fn create_address(db: &mut Db, app: &App, params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    let Some(sid) = param(params, "subnetId")
+        .and_then(value_str)
+        .and_then(|s| parse_id(&s))
+    else {
+        return Reply::msg(400, "SubnetId must be numeric");
+    };
+    let Some(s) = db.subnets.get(&sid) else {
+        return Reply::msg(404, "Invalid subnet Id");
+    };
+    let raw = param(params, "ip")
+        .or_else(|| param(params, "ip_addr"))
+        .and_then(value_str)
+        .unwrap_or_default();
+    let (lo, hi) = host_bounds(&s.spec);
+    let cidr = format!("{}/{}", s.spec.network, s.spec.mask);
+    let ip = match raw.parse::<Ipv4Addr>() {
+        Ok(ip) if (lo..=hi).contains(&u32::from(ip)) => ip,
+        _ => {
+            return Reply::msg(
+                500,
+                &format!("{raw} is not a valid address for subnet {cidr}"),
+            );
+        }
+    };
+    let mut a = blank(sid, ip);
+    apply_fields(&mut a, params);
+    match db.insert(a) {
+        Ok(id) => created(app, id, None),
+        Err((code, m)) => Reply::msg(code, &m),
+    }
+}
+
+/// `GET addresses/search/{ip}`: the address in every subnet.
+fn search_ip(db: &Db, ip: &str) -> Reply {
+    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+        return Reply::msg(400, "Invalid address");
+    };
+    let hits: Vec<Value> = db
+        .addresses
+        .values()
+        .filter(|a| a.ip == ip)
+        .map(|a| address_json(a, json!(a.ip.to_string())))
+        .collect();
+    if hits.is_empty() {
+        Reply::msg(404, "Address not found")
+    } else {
+        Reply::ok(Value::Array(hits))
+    }
+}
+
+/// `GET addresses/search_hostname/{host}`: case-insensitive, every subnet.
+fn search_hostname(db: &Db, host: &str) -> Reply {
+    let host = host.to_lowercase();
+    let hits: Vec<Value> = db
+        .addresses
+        .values()
+        .filter(|a| a.hostname.as_deref().map(str::to_lowercase) == Some(host.clone()))
+        .enumerate()
+        // Sic: after the first hit the object cache hands out the
+        // decimal ip.
+        .map(|(i, a)| {
+            let ip = if i == 0 {
+                json!(a.ip.to_string())
+            } else {
+                json!(u32::from(a.ip).to_string())
+            };
+            address_json(a, ip)
+        })
+        .collect();
+    if hits.is_empty() {
+        Reply::msg(404, "Hostname not found")
+    } else {
+        Reply::ok(Value::Array(hits))
+    }
+}
+
+/// `PATCH` / `PUT addresses/{id}`: changes fields, never the ip or subnet.
+fn update_address(db: &mut Db, id: &str, params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    if param(params, "ip").is_some() || param(params, "ip_addr").is_some() {
+        return Reply::msg(400, "IP address cannot be changed");
+    }
+    if param(params, "subnetId").is_some() {
+        return Reply::msg(400, "Subnet cannot be changed");
+    }
+    match parse_id(id).and_then(|id| db.addresses.get_mut(&id)) {
+        Some(a) => {
+            if !params.is_empty() {
+                apply_fields(a, params);
+                a.edit_date = Some(format_time(SystemTime::now()));
+            }
+            Reply::msg(200, "Address updated")
+        }
+        None => Reply::msg(404, "Address does not exist"),
+    }
+}
+
+/// `DELETE addresses/{ip}/{subnet}`, with the PHP fatal of an ip that
+/// exists in no subnet.
+fn delete_by_ip(db: &mut Db, ip: &str, sid: &str) -> Reply {
+    let (Ok(ip), Some(sid)) = (ip.parse::<Ipv4Addr>(), parse_id(sid)) else {
+        return Reply::msg(404, "No addresses found");
+    };
+    if let Some(id) = db.find_ip(sid, ip).map(|a| a.id) {
+        db.addresses.remove(&id);
+        return Reply::msg(200, "Address deleted");
+    }
+    if db.addresses.values().any(|a| a.ip == ip) {
+        Reply::msg(404, "No addresses found")
+    } else {
+        // Sic: PHP fatal (sizeof(false)) when the ip is nowhere.
+        Reply::fatal()
     }
 }
 
