@@ -41,31 +41,29 @@ fn zone(z: &str) -> Zone {
     Zone::parse("zone", z).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_backend_passes_conformance() {
-    let backend = Arc::new(MemoryBackend::new(&pools()).unwrap());
+/// Runs the suite on `backend`: every check passes (the fixture has every
+/// shape, so nothing may be skipped), and every check freed what it made,
+/// held entries included.
+async fn assert_passes_conformance(backend: Arc<dyn IpamBackend>) {
     let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
-    // The fixture has every shape, so nothing may be skipped.
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
-    // Every check freed what it made, held entries included.
     assert_eq!(backend.list().await.unwrap(), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backend_passes_conformance() {
+    assert_passes_conformance(Arc::new(MemoryBackend::new(&pools()).unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_backend_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(FileBackend::open(dir.path().join("state.json"), &pools()).unwrap());
-    let report = run_all(&fixture(backend.clone())).await;
-    assert!(report.passed(), "{report}");
-    assert!(
-        report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
-        "{report}"
-    );
-    assert_eq!(backend.list().await.unwrap(), []);
+    let backend = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
+    assert_passes_conformance(Arc::new(backend)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
