@@ -465,9 +465,10 @@ pub struct SubnetInfo {
     pub gateway: Option<IpAddr>,
 }
 
-/// One entry of this cluster in phpIPAM, live or held.
+/// One entry of this cluster in phpIPAM (an owner's address), live or
+/// held.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Found {
+struct OwnerEntry {
     id: u64,
     ip: IpAddr,
     subnet: u64,
@@ -481,7 +482,7 @@ struct OwnerIndex {
     stale: bool,
     /// Owner → its live and held entries in the zone's subnets, lowest
     /// address first.
-    entries: HashMap<Owner, Vec<Found>>,
+    entries: HashMap<Owner, Vec<OwnerEntry>>,
 }
 
 #[derive(Debug, Default)]
@@ -665,8 +666,9 @@ fn lost_race(message: &str) -> bool {
     message == "IP address already exists" || message.contains("Duplicate entry")
 }
 
-/// Classifies a phpIPAM error reply: whether a retry can help.
-pub fn classify(call: &str, status: u16, message: &str) -> IpamError {
+/// The [`IpamError`] for a phpIPAM error reply to `call`: its kind says
+/// whether a retry can help.
+pub fn reply_error(call: &str, status: u16, message: &str) -> IpamError {
     let m = if message.is_empty() {
         format!("HTTP {status} with an empty body")
     } else {
@@ -1159,7 +1161,7 @@ impl PhpIpamBackend {
         match token {
             Some(t) => Ok(Secret(t.to_string())),
             None if reply.status == 200 => Err(rejected("login", "HTTP 200 without data.token")),
-            None => Err(classify("login", reply.status, &reply.message)),
+            None => Err(reply_error("login", reply.status, &reply.message)),
         }
     }
 
@@ -1261,7 +1263,7 @@ impl PhpIpamBackend {
                 .call(Method::GET, "addresses/tags/", None, call)
                 .await?;
             if r.status != 200 {
-                return Err(classify(call, r.status, &r.message));
+                return Err(reply_error(call, r.status, &r.message));
             }
         }
         Ok(())
@@ -1274,7 +1276,7 @@ impl PhpIpamBackend {
             .call(Method::GET, &format!("subnets/{id}/usage/"), None, &call)
             .await?;
         if r.status != 200 {
-            return Err(classify(&call, r.status, &r.message));
+            return Err(reply_error(&call, r.status, &r.message));
         }
         r.data
             .as_ref()
@@ -1297,7 +1299,7 @@ impl PhpIpamBackend {
             .call(Method::GET, &format!("subnets/{id}/"), None, &call)
             .await?;
         if r.status != 200 {
-            let e = classify(&call, r.status, &r.message);
+            let e = reply_error(&call, r.status, &r.message);
             return Err(match e {
                 IpamError::Rejected { .. } => rejected(
                     &call,
@@ -1339,7 +1341,7 @@ impl PhpIpamBackend {
             (200, Some(Value::Array(a))) => Ok(a),
             (404, _) if r.message == "No addresses found" => Ok(Vec::new()),
             (200, _) => Err(rejected(&call, "reply data is not a list")),
-            (s, _) => Err(classify(&call, s, &r.message)),
+            (s, _) => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1368,7 +1370,7 @@ impl PhpIpamBackend {
                 .map(Some)
                 .ok_or_else(|| rejected(&call, "reply lacks id or ip")),
             (404, _) => Ok(None),
-            (s, _) => Err(classify(&call, s, &r.message)),
+            (s, _) => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1386,7 +1388,7 @@ impl PhpIpamBackend {
         match r.status {
             200 => Ok(true),
             404 if r.message == "Address does not exist" => Ok(false),
-            s => Err(classify(&call, s, &r.message)),
+            s => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1398,8 +1400,8 @@ impl PhpIpamBackend {
         (m.owner().cluster == self.cluster).then_some(m)
     }
 
-    fn found(a: &Value, subnet: u64, marker: &Marker) -> Option<Found> {
-        Some(Found {
+    fn found(a: &Value, subnet: u64, marker: &Marker) -> Option<OwnerEntry> {
+        Some(OwnerEntry {
             id: a.get("id").and_then(as_id)?,
             ip: a.get("ip").and_then(as_ip)?,
             subnet: a.get("subnetId").and_then(as_id).unwrap_or(subnet),
@@ -1409,7 +1411,7 @@ impl PhpIpamBackend {
 
     /// Every live and held entry of `owner`, in any subnet (also subnets no
     /// longer configured), lowest address first: one hostname search.
-    async fn search_owner(&self, owner: &Owner) -> Result<Vec<Found>, IpamError> {
+    async fn search_owner(&self, owner: &Owner) -> Result<Vec<OwnerEntry>, IpamError> {
         let call = "GET addresses/search_hostname";
         let path = format!("addresses/search_hostname/{}/", encode_segment(&owner.node));
         let r = self.call(Method::GET, &path, None, call).await?;
@@ -1417,9 +1419,9 @@ impl PhpIpamBackend {
             (200, Some(Value::Array(a))) => a,
             (404, _) => return Ok(Vec::new()),
             (200, _) => return Err(rejected(call, "reply data is not a list")),
-            (s, _) => return Err(classify(call, s, &r.message)),
+            (s, _) => return Err(reply_error(call, s, &r.message)),
         };
-        let mut out: Vec<Found> = hits
+        let mut out: Vec<OwnerEntry> = hits
             .iter()
             .filter_map(|a| {
                 let m = self.our_marker(a)?;
@@ -1434,7 +1436,7 @@ impl PhpIpamBackend {
     }
 
     async fn load_index(&self, zone: &Zone, subnets: &[u64]) -> Result<OwnerIndex, IpamError> {
-        let mut entries: HashMap<Owner, Vec<Found>> = HashMap::new();
+        let mut entries: HashMap<Owner, Vec<OwnerEntry>> = HashMap::new();
         for &sid in subnets {
             for a in self.subnet_addresses(sid).await? {
                 if let Some(m) = self.our_marker(&a)
@@ -1514,7 +1516,7 @@ impl PhpIpamBackend {
     }
 
     /// Applies `f` to the entries of every loaded zone index.
-    fn each_index(&self, mut f: impl FnMut(&Zone, &mut HashMap<Owner, Vec<Found>>)) {
+    fn each_index(&self, mut f: impl FnMut(&Zone, &mut HashMap<Owner, Vec<OwnerEntry>>)) {
         for (zone, st) in &self.zone_state {
             if let Some(i) = lock(&st.index).as_mut() {
                 f(zone, &mut i.entries);
@@ -1556,7 +1558,7 @@ impl PhpIpamBackend {
 
     /// Records a new entry of `owner` in the index of every zone listing
     /// its subnet.
-    fn remember(&self, owner: &Owner, f: &Found) {
+    fn remember(&self, owner: &Owner, f: &OwnerEntry) {
         self.each_index(|zone, entries| {
             if self
                 .zones
@@ -1572,10 +1574,10 @@ impl PhpIpamBackend {
     }
 
     /// Replaces what the indexes know of `owner` with a fresh search result.
-    fn replace_owner(&self, owner: &Owner, found: &[Found]) {
+    fn replace_owner(&self, owner: &Owner, found: &[OwnerEntry]) {
         self.each_index(|zone, entries| {
             let ids = self.zones.get(zone).map(Vec::as_slice).unwrap_or_default();
-            let mine: Vec<Found> = found
+            let mine: Vec<OwnerEntry> = found
                 .iter()
                 .filter(|f| ids.contains(&f.subnet))
                 .cloned()
@@ -1613,7 +1615,7 @@ impl PhpIpamBackend {
         &self,
         owner: &Owner,
         zone: &Zone,
-        f: &Found,
+        f: &OwnerEntry,
     ) -> Result<Reservation, IpamError> {
         let info = self.subnet_info(f.subnet).await?;
         let address = IpNetwork::new(f.ip, info.network.prefix()).map_err(|e| {
@@ -1669,7 +1671,7 @@ impl PhpIpamBackend {
         &self,
         owner: &Owner,
         zone: &Zone,
-        f: &Found,
+        f: &OwnerEntry,
     ) -> Result<Option<Reservation>, IpamError> {
         let entry = self.get_entry(f.id).await?;
         let marker = entry
@@ -1696,7 +1698,7 @@ impl PhpIpamBackend {
             }
         }
         self.set_held(f.id, None);
-        let live = Found {
+        let live = OwnerEntry {
             held_until: None,
             ..f.clone()
         };
@@ -1751,7 +1753,7 @@ impl PhpIpamBackend {
         zone: &Zone,
     ) -> Result<Option<Reservation>, IpamError> {
         let st = self.zone_state(zone)?;
-        let known: Vec<Found> = lock(&st.index)
+        let known: Vec<OwnerEntry> = lock(&st.index)
             .as_ref()
             .and_then(|i| i.entries.get(owner).cloned())
             .unwrap_or_default();
@@ -1822,7 +1824,7 @@ impl PhpIpamBackend {
                     if s >= 500 && !r.message.contains("has been blocked") {
                         self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
                     }
-                    return Err(classify(&call, s, &r.message));
+                    return Err(reply_error(&call, s, &r.message));
                 }
             }
         }
@@ -1844,7 +1846,7 @@ impl PhpIpamBackend {
             self.ambiguous(owner, zone, call, "201 reply lacks id or address");
             return Err(rejected(call, "201 reply lacks id or address"));
         };
-        let f = Found {
+        let f = OwnerEntry {
             id,
             ip,
             subnet: sid,
@@ -1865,7 +1867,7 @@ impl PhpIpamBackend {
         match r.status {
             200 => {}
             404 if r.message == "Address does not exist" => {}
-            s => return Err(classify(&call, s, &r.message)),
+            s => return Err(reply_error(&call, s, &r.message)),
         }
         self.forget(id);
         // An address was freed: the subnet is worth trying first again.
@@ -1935,7 +1937,7 @@ fn hold_end(hold: Duration) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn sort_found(v: &mut [Found]) {
+fn sort_found(v: &mut [OwnerEntry]) {
     v.sort_by_key(|f| (f.ip, f.id));
 }
 
@@ -2115,22 +2117,22 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(classify("c", 500, "Invalid username or password").kind() == "auth");
-        assert!(classify("c", 401, "invalid permissions").kind() == "permission");
-        assert!(classify("c", 401, "Unauthorized").kind() == "auth");
+        assert!(reply_error("c", 500, "Invalid username or password").kind() == "auth");
+        assert!(reply_error("c", 401, "invalid permissions").kind() == "permission");
+        assert!(reply_error("c", 401, "Unauthorized").kind() == "auth");
         assert!(
-            classify(
+            reply_error(
                 "c",
                 500,
                 "Your IP has been blocked for 5 minutes because of excessive login failures"
             )
             .is_retryable()
         );
-        assert!(classify("c", 500, "").is_retryable());
-        assert!(classify("c", 502, "").is_retryable());
-        assert!(!classify("c", 400, "Invalid application id").is_retryable());
-        assert!(!classify("c", 503, "SSL connection is required for API").is_retryable());
-        assert!(!classify("c", 400, "Invalid subnet Id (999)").is_retryable());
+        assert!(reply_error("c", 500, "").is_retryable());
+        assert!(reply_error("c", 502, "").is_retryable());
+        assert!(!reply_error("c", 400, "Invalid application id").is_retryable());
+        assert!(!reply_error("c", 503, "SSL connection is required for API").is_retryable());
+        assert!(!reply_error("c", 400, "Invalid subnet Id (999)").is_retryable());
     }
 
     #[test]
