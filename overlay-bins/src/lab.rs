@@ -787,12 +787,12 @@ pub async fn ipam_for(
     }
 }
 
-fn phpipam_config(opts: &LabOptions) -> Result<overlay_ipam::config::ControllerConfig, String> {
+fn phpipam_config(opts: &LabOptions) -> Result<overlay_ipam::config::IpamConfig, String> {
     let path = opts
         .ipam_config
         .as_ref()
         .ok_or("--ipam phpipam needs --ipam-config FILE (an overlay-ip-config.yaml with a phpIPAM: section)")?;
-    let cfg = overlay_ipam::config::ControllerConfig::load(path).map_err(|e| e.to_string())?;
+    let cfg = overlay_ipam::config::IpamConfig::load(path).map_err(|e| e.to_string())?;
     if cfg.php_ipam.is_none() {
         return Err(format!(
             "{}: phpIPAM: the lab's --ipam phpipam needs a phpIPAM: section",

@@ -695,8 +695,7 @@ fn config_map_holds_a_valid_controller_config() {
     let docs = all_docs();
     let cm = find(&docs, "ConfigMap", "overlay-ip-config");
     let text = cm.value["data"]["overlay-ip-config.yaml"].as_str().unwrap();
-    let cfg =
-        overlay_ipam::config::ControllerConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
+    let cfg = overlay_ipam::config::IpamConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
     let p = cfg.php_ipam.expect("the original phpIPAM section");
     assert_eq!(p.url, "http://phpipam");
     assert_eq!(p.app_id, "iks");

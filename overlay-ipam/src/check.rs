@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, Zone};
 
-use crate::config::{ConfigError, ControllerConfig};
+use crate::config::{ConfigError, IpamConfig};
 use crate::conformance::{Fixture, Outcome, Report, ZoneCapacity, run_all};
 use crate::phpipam::{AddressEntry, Credentials, PhpIpamBackend};
 
@@ -286,7 +286,7 @@ fn zone_verdict(subnets: &[SubnetCheck]) -> Verdict {
 /// a verdict per zone. Nothing is reserved. `credentials` overrides the
 /// environment for phpIPAM.
 pub async fn check(
-    config: &ControllerConfig,
+    config: &IpamConfig,
     credentials: Option<Credentials>,
     cluster: Option<&str>,
 ) -> Result<CheckReport, ConfigError> {
@@ -405,7 +405,7 @@ pub async fn check_phpipam(backend: &PhpIpamBackend, cluster: Option<&str>) -> C
 /// releases what it reserved, also on failure, and a final sweep releases
 /// anything left with the suite's cluster id.
 pub async fn conformance(
-    config: &ControllerConfig,
+    config: &IpamConfig,
     zone: &str,
     credentials: Option<Credentials>,
     mut notice: impl FnMut(&str),
@@ -424,23 +424,7 @@ pub async fn conformance(
     let scratch_id = format!("overlay-conformance-{stamp}");
     scratch.cluster_id = Some(scratch_id.clone());
     let health = check(&scratch, credentials.clone(), Some(&scratch_id)).await?;
-    if let Verdict::Failed(e) = &health.connection {
-        return Err(zone_err(format!("cannot reach the IPAM: {e}")));
-    }
-    let Some(zc) = health.zones.iter().find(|c| c.zone == zone) else {
-        return Err(zone_err(format!(
-            "zone {zone:?} is not configured; configured zones: {}",
-            health
-                .zones
-                .iter()
-                .map(|c| c.zone.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
-    if let Verdict::Failed(e) = &zc.verdict {
-        return Err(zone_err(format!("zone {zone} is not usable: {e}")));
-    }
+    let zc = usable_zone(&health, zone).map_err(zone_err)?;
     let free: Vec<usize> = zc
         .subnets
         .iter()
@@ -462,7 +446,37 @@ pub async fn conformance(
         subnets: free,
     });
     let mut report = run_all(&fixture).await;
-    // Safety net: anything still held by the suite's owners goes.
+    sweep(backend.as_ref(), &scratch_id, &mut report).await;
+    Ok(report)
+}
+
+/// The check of `zone` in `health`, when the IPAM is reachable and the zone
+/// configured and usable; otherwise why not.
+fn usable_zone<'a>(health: &'a CheckReport, zone: &str) -> Result<&'a ZoneCheck, String> {
+    if let Verdict::Failed(e) = &health.connection {
+        return Err(format!("cannot reach the IPAM: {e}"));
+    }
+    let Some(zc) = health.zones.iter().find(|c| c.zone == zone) else {
+        return Err(format!(
+            "zone {zone:?} is not configured; configured zones: {}",
+            health
+                .zones
+                .iter()
+                .map(|c| c.zone.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if let Verdict::Failed(e) = &zc.verdict {
+        return Err(format!("zone {zone} is not usable: {e}"));
+    }
+    Ok(zc)
+}
+
+/// The conformance run's safety net: releases anything still held by the
+/// owners of cluster `scratch_id`, and adds a failed `cleanup` check to
+/// `report` when there was anything (or the listing failed).
+async fn sweep(backend: &dyn IpamBackend, scratch_id: &str, report: &mut Report) {
     let leftover = match backend.list().await {
         Ok(all) => all
             .into_iter()
@@ -495,5 +509,4 @@ pub async fn conformance(
             },
         ));
     }
-    Ok(report)
 }

@@ -94,10 +94,12 @@ impl EmbeddedConfig {
     }
 }
 
-/// `overlay-ip-config.yaml`: exactly one of `phpIPAM` and `embedded`.
+/// The controller's IPAM configuration, `overlay-ip-config.yaml`: cluster id,
+/// orphan grace period, hold-down, and exactly one of `phpIPAM` and
+/// `embedded`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ControllerConfig {
+pub struct IpamConfig {
     /// This cluster's id, written into owner markers; `None`: derived from
     /// the cluster by the controller.
     #[serde(rename = "clusterId", default, skip_serializing_if = "Option::is_none")]
@@ -136,7 +138,7 @@ fn split_yaml_error(msg: &str) -> (String, String) {
     ("(file)".to_string(), msg.to_string())
 }
 
-impl ControllerConfig {
+impl IpamConfig {
     /// A configuration for the phpIPAM backend.
     pub fn php_ipam(cluster_id: impl Into<String>, config: PhpIpamConfig) -> Self {
         Self {
@@ -170,7 +172,7 @@ impl ControllerConfig {
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn from_yaml(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let mut cfg: ControllerConfig = serde_yaml::from_str(text).map_err(|e| {
+        let mut cfg: IpamConfig = serde_yaml::from_str(text).map_err(|e| {
             let (field, problem) = split_yaml_error(&e.to_string());
             ConfigError {
                 file: file.to_string(),
@@ -350,7 +352,7 @@ mod tests {
     #[test]
     fn original_file_parses_unchanged() {
         let text = "phpIPAM:\n  url: http://phpipam\n  appID: iks\n  subnetMap:\n    dal10: [7]\n";
-        let cfg = ControllerConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
+        let cfg = IpamConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
         let p = cfg.php_ipam.as_ref().unwrap();
         assert_eq!(p.url, "http://phpipam");
         assert_eq!(p.app_id, "iks");
@@ -363,50 +365,49 @@ mod tests {
         assert_eq!(cfg.orphan_grace().unwrap(), DEFAULT_ORPHAN_GRACE);
         assert_eq!(cfg.hold_down().unwrap(), DEFAULT_HOLD_DOWN);
         let flow = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, insecureSkipTLSVerify: true}";
-        let cfg = ControllerConfig::from_yaml("f", flow).unwrap();
+        let cfg = IpamConfig::from_yaml("f", flow).unwrap();
         assert!(cfg.php_ipam.unwrap().insecure_skip_tls_verify);
     }
 
     #[test]
     fn errors_name_file_field_and_problem() {
         let typo = "phpIPAM:\n  url: http://phpipam\n  appId: iks\n  subnetMap: {dal10: [7]}\n";
-        let e = ControllerConfig::from_yaml("cfg.yaml", typo).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", typo).unwrap_err();
         assert_eq!(e.file, "cfg.yaml");
         assert_eq!(e.field, "phpIPAM");
         assert!(e.problem.contains("unknown field `appId`"), "{e}");
 
         let bad_url = "phpIPAM: {url: phpipam, appID: iks, subnetMap: {dal10: [7]}}";
-        let e = ControllerConfig::from_yaml("cfg.yaml", bad_url).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", bad_url).unwrap_err();
         assert_eq!(e.field, "phpIPAM.url");
         assert!(e.to_string().starts_with("cfg.yaml: phpIPAM.url: "), "{e}");
 
         let empty_zone = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: []}}";
-        let e = ControllerConfig::from_yaml("cfg.yaml", empty_zone).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", empty_zone).unwrap_err();
         assert_eq!(e.field, "phpIPAM.subnetMap.dal10");
 
         let bad_id = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [seven]}}";
-        let e = ControllerConfig::from_yaml("cfg.yaml", bad_id).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", bad_id).unwrap_err();
         assert!(e.field.starts_with("phpIPAM.subnetMap.dal10"), "{e}");
 
         let both = "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}}\nembedded: {zones: {dal10: [{cidr: 192.0.2.0/24}]}}";
-        let e = ControllerConfig::from_yaml("cfg.yaml", both).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", both).unwrap_err();
         assert!(e.problem.contains("exactly one"), "{e}");
 
         let none = "clusterId: x\n";
-        assert!(ControllerConfig::from_yaml("cfg.yaml", none).is_err());
+        assert!(IpamConfig::from_yaml("cfg.yaml", none).is_err());
 
         let gw = "embedded: {zones: {dal10: [{cidr: 192.0.2.0/24, gateway: 198.51.100.1}]}}";
-        let e = ControllerConfig::from_yaml("cfg.yaml", gw).unwrap_err();
+        let e = IpamConfig::from_yaml("cfg.yaml", gw).unwrap_err();
         assert_eq!(e.field, "embedded.zones.dal10[0].gateway");
 
-        let e =
-            ControllerConfig::load(Path::new("/nonexistent/overlay-ip-config.yaml")).unwrap_err();
+        let e = IpamConfig::load(Path::new("/nonexistent/overlay-ip-config.yaml")).unwrap_err();
         assert_eq!(e.field, "(file)");
     }
 
     #[test]
     fn missing_credentials_are_named() {
-        let cfg = ControllerConfig::from_yaml(
+        let cfg = IpamConfig::from_yaml(
             "cfg.yaml",
             "clusterId: c1\nphpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}, usernameFile: /nonexistent/u, passwordFile: /nonexistent/p}",
         )
@@ -427,7 +428,7 @@ mod tests {
                 password: crate::phpipam::Secret::new("p"),
             })
         };
-        let php = ControllerConfig::php_ipam(
+        let php = IpamConfig::php_ipam(
             "c1",
             PhpIpamConfig::new("https://ipam.example.invalid", "iks").with_zone("dal10", [7]),
         );
@@ -436,7 +437,7 @@ mod tests {
         assert!(backend.blocked().borrow().is_none());
         let as_dyn: Arc<dyn IpamBackend> = backend;
         assert_eq!(as_dyn.name(), "phpipam");
-        let mem = ControllerConfig::from_yaml(
+        let mem = IpamConfig::from_yaml(
             "cfg.yaml",
             "embedded:\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
         )
@@ -446,7 +447,7 @@ mod tests {
 
     #[test]
     fn builds_embedded_backends() {
-        let mem = ControllerConfig::from_yaml(
+        let mem = IpamConfig::from_yaml(
             "cfg.yaml",
             "clusterId: lab\nembedded:\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
         )
@@ -457,7 +458,7 @@ mod tests {
             "embedded:\n  stateFile: {}\n  zones:\n    dal10:\n      - cidr: 192.0.2.0/24\n",
             dir.path().join("state.json").display()
         );
-        let file = ControllerConfig::from_yaml("cfg.yaml", &text).unwrap();
+        let file = IpamConfig::from_yaml("cfg.yaml", &text).unwrap();
         assert_eq!(file.build().unwrap().name(), "file");
     }
 }

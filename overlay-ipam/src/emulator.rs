@@ -224,6 +224,14 @@ pub enum Fault {
     /// is held back this long: a client with a shorter timeout gives up
     /// although the call took effect.
     SlowAfterCommit(Duration),
+    /// The request is answered 409 `IP address already exists` and not
+    /// handled: how a server with the API lock disabled answers a
+    /// `first_free` that lost the race for its address to another client.
+    LostRace,
+    /// The request is answered 500 with a duplicate-key database error and
+    /// not handled: the other way such a server reports a lost allocation
+    /// race.
+    DuplicateKey,
 }
 
 /// An address as the emulator stores it.
@@ -307,6 +315,10 @@ impl Drop for Emulator {
     }
 }
 
+/// The database error of an insert that lost an allocation race
+/// ([`Fault::DuplicateKey`]).
+const DUPLICATE_KEY: &str = "SQLSTATE[23000]: Integrity constraint violation: 1062 Duplicate entry '3405803777-3' for key 'sid_ip_unique'";
+
 /// Most failed logins tolerated before the client IP is blocked.
 pub const LOGIN_FAILURES_BEFORE_BLOCK: u32 = 11;
 const BLOCK_WINDOW: Duration = Duration::from_secs(300);
@@ -341,23 +353,13 @@ impl Emulator {
         };
         for spec in config.subnets {
             if let Some(gw) = spec.gateway {
-                let id = db.next_id;
-                db.next_id += 1;
-                db.addresses.insert(
-                    id,
-                    EmulatedAddress {
-                        id,
-                        subnet_id: spec.id,
-                        ip: gw,
-                        is_gateway: true,
-                        description: Some("Gateway".into()),
-                        hostname: Some("gw.example.invalid".into()),
-                        owner: None,
-                        tag: 2,
-                        extra: BTreeMap::new(),
-                        edit_date: None,
-                    },
-                );
+                // The first address of its subnet: it cannot be taken.
+                let _ = db.insert(EmulatedAddress {
+                    is_gateway: true,
+                    description: Some("Gateway".into()),
+                    hostname: Some("gw.example.invalid".into()),
+                    ..blank(spec.id, gw)
+                });
             }
             db.subnets.insert(
                 spec.id,
@@ -465,27 +467,12 @@ impl Emulator {
     ) -> Option<u64> {
         let mut db = lock(&self.inner.db);
         db.subnets.get(&subnet_id)?;
-        if db.find_ip(subnet_id, ip).is_some() {
-            return None;
-        }
-        let id = db.next_id;
-        db.next_id += 1;
-        db.addresses.insert(
-            id,
-            EmulatedAddress {
-                id,
-                subnet_id,
-                ip,
-                is_gateway: false,
-                description: Some(description.into()),
-                hostname: Some(hostname.into()),
-                owner: None,
-                tag: 2,
-                extra: BTreeMap::new(),
-                edit_date: None,
-            },
-        );
-        Some(id)
+        db.insert(EmulatedAddress {
+            description: Some(description.into()),
+            hostname: Some(hostname.into()),
+            ..blank(subnet_id, ip)
+        })
+        .ok()
     }
 
     /// Deletes an address directly; returns whether it existed.
@@ -978,6 +965,10 @@ async fn handle(
             return Response::new(Body::from_stream(failing));
         }
         Some(Fault::ServerError) => return render(Reply::fatal(), false),
+        Some(Fault::LostRace) => {
+            return render(Reply::msg(409, "IP address already exists"), false);
+        }
+        Some(Fault::DuplicateKey) => return render(Reply::msg(500, DUPLICATE_KEY), false),
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::ExpireToken) => lock(&inner.db).expire_tokens(),
         Some(f @ (Fault::CutAfterCommit | Fault::SlowAfterCommit(_))) => after_commit = Some(f),
@@ -1384,6 +1375,8 @@ fn created(app: &App, id: u64, data: Option<Value>) -> Reply {
     r
 }
 
+/// A used (tag 2) address with no other field set; [`Db::insert`] gives it
+/// its id.
 fn blank(subnet_id: u64, ip: Ipv4Addr) -> EmulatedAddress {
     EmulatedAddress {
         id: 0,
@@ -1408,114 +1401,15 @@ fn addresses_controller(
 ) -> Reply {
     match (method.clone(), args) {
         // --- allocation
-        (Method::POST, ["first_free", rest @ ..]) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            let sid = match rest {
-                [id] => parse_id(id),
-                [] => param(&params, "subnetId")
-                    .and_then(value_str)
-                    .and_then(|s| parse_id(&s)),
-                _ => None,
-            };
-            let Some(sid) = sid.filter(|s| db.subnets.contains_key(s)) else {
-                return Reply::msg(400, "Invalid subnet identifier");
-            };
-            if db.subnets.get(&sid).is_some_and(|s| s.is_full) {
-                return Reply::msg(404, "No free addresses found (subnet is full)");
-            }
-            let Some(ip) = db.first_free(sid) else {
-                return Reply::msg(404, "No free addresses found");
-            };
-            let mut a = blank(sid, ip);
-            a.description = Some("API created".into());
-            apply_fields(&mut a, &params);
-            match db.insert(a) {
-                Ok(id) => created(app, id, Some(json!(ip.to_string()))),
-                Err((code, m)) => Reply::msg(code, &m),
-            }
-        }
+        (Method::POST, ["first_free", rest @ ..]) => allocate_first_free(db, app, rest, &params),
         (Method::GET, ["first_free", id]) => match parse_id(id) {
             Some(id) => first_free_peek(db, id),
             None => Reply::msg(404, "Invalid subnet Id"),
         },
-        (Method::POST, []) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            let Some(sid) = param(&params, "subnetId")
-                .and_then(value_str)
-                .and_then(|s| parse_id(&s))
-            else {
-                return Reply::msg(400, "SubnetId must be numeric");
-            };
-            let Some(s) = db.subnets.get(&sid) else {
-                return Reply::msg(404, "Invalid subnet Id");
-            };
-            let raw = param(&params, "ip")
-                .or_else(|| param(&params, "ip_addr"))
-                .and_then(value_str)
-                .unwrap_or_default();
-            let (lo, hi) = host_bounds(&s.spec);
-            let cidr = format!("{}/{}", s.spec.network, s.spec.mask);
-            let ip = match raw.parse::<Ipv4Addr>() {
-                Ok(ip) if (lo..=hi).contains(&u32::from(ip)) => ip,
-                _ => {
-                    return Reply::msg(
-                        500,
-                        &format!("{raw} is not a valid address for subnet {cidr}"),
-                    );
-                }
-            };
-            let mut a = blank(sid, ip);
-            apply_fields(&mut a, &params);
-            match db.insert(a) {
-                Ok(id) => created(app, id, None),
-                Err((code, m)) => Reply::msg(code, &m),
-            }
-        }
+        (Method::POST, []) => create_address(db, app, &params),
         // --- search
-        (Method::GET, ["search", ip]) => {
-            let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-                return Reply::msg(400, "Invalid address");
-            };
-            let hits: Vec<Value> = db
-                .addresses
-                .values()
-                .filter(|a| a.ip == ip)
-                .map(|a| address_json(a, json!(a.ip.to_string())))
-                .collect();
-            if hits.is_empty() {
-                Reply::msg(404, "Address not found")
-            } else {
-                Reply::ok(Value::Array(hits))
-            }
-        }
-        (Method::GET, ["search_hostname", host]) => {
-            let host = host.to_lowercase();
-            let hits: Vec<Value> = db
-                .addresses
-                .values()
-                .filter(|a| a.hostname.as_deref().map(str::to_lowercase) == Some(host.clone()))
-                .enumerate()
-                // Sic: after the first hit the object cache hands out the
-                // decimal ip.
-                .map(|(i, a)| {
-                    let ip = if i == 0 {
-                        json!(a.ip.to_string())
-                    } else {
-                        json!(u32::from(a.ip).to_string())
-                    };
-                    address_json(a, ip)
-                })
-                .collect();
-            if hits.is_empty() {
-                Reply::msg(404, "Hostname not found")
-            } else {
-                Reply::ok(Value::Array(hits))
-            }
-        }
+        (Method::GET, ["search", ip]) => search_ip(db, ip),
+        (Method::GET, ["search_hostname", host]) => search_hostname(db, host),
         // --- tags
         (Method::GET, ["tags", rest @ ..]) => tags(db, rest),
         // --- by id
@@ -1523,27 +1417,7 @@ fn addresses_controller(
             Some(a) => Reply::ok(address_json(a, json!(a.ip.to_string()))),
             None => Reply::msg(404, "Invalid Id"),
         },
-        (Method::PATCH | Method::PUT, [id]) => {
-            if let Err(r) = check_keys(&params) {
-                return r;
-            }
-            if param(&params, "ip").is_some() || param(&params, "ip_addr").is_some() {
-                return Reply::msg(400, "IP address cannot be changed");
-            }
-            if param(&params, "subnetId").is_some() {
-                return Reply::msg(400, "Subnet cannot be changed");
-            }
-            match parse_id(id).and_then(|id| db.addresses.get_mut(&id)) {
-                Some(a) => {
-                    if !params.is_empty() {
-                        apply_fields(a, &params);
-                        a.edit_date = Some(format_time(SystemTime::now()));
-                    }
-                    Reply::msg(200, "Address updated")
-                }
-                None => Reply::msg(404, "Address does not exist"),
-            }
-        }
+        (Method::PATCH | Method::PUT, [id]) => update_address(db, id, &params),
         (Method::DELETE, [id]) => match parse_id(id).and_then(|id| db.addresses.remove(&id)) {
             Some(_) => Reply::msg(200, "Address deleted"),
             None => Reply::msg(404, "Address does not exist"),
@@ -1558,23 +1432,163 @@ fn addresses_controller(
                 None => Reply::msg(404, "No addresses found"),
             }
         }
-        (Method::DELETE, [ip, sid]) if ip.parse::<Ipv4Addr>().is_ok() => {
-            let (Ok(ip), Some(sid)) = (ip.parse::<Ipv4Addr>(), parse_id(sid)) else {
-                return Reply::msg(404, "No addresses found");
-            };
-            if let Some(id) = db.find_ip(sid, ip).map(|a| a.id) {
-                db.addresses.remove(&id);
-                return Reply::msg(200, "Address deleted");
-            }
-            if db.addresses.values().any(|a| a.ip == ip) {
-                Reply::msg(404, "No addresses found")
-            } else {
-                // Sic: PHP fatal (sizeof(false)) when the ip is nowhere.
-                Reply::fatal()
-            }
-        }
+        (Method::DELETE, [ip, sid]) if ip.parse::<Ipv4Addr>().is_ok() => delete_by_ip(db, ip, sid),
         (Method::DELETE, _) => Reply::msg(404, "Address does not exist"),
         _ => Reply::msg(400, "Invalid request"),
+    }
+}
+
+/// `POST addresses/first_free/{subnet}` (or `subnetId` in the body): the
+/// lowest free address of the subnet, created with the given fields.
+fn allocate_first_free(db: &mut Db, app: &App, rest: &[&str], params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    let sid = match rest {
+        [id] => parse_id(id),
+        [] => param(params, "subnetId")
+            .and_then(value_str)
+            .and_then(|s| parse_id(&s)),
+        _ => None,
+    };
+    let Some(sid) = sid.filter(|s| db.subnets.contains_key(s)) else {
+        return Reply::msg(400, "Invalid subnet identifier");
+    };
+    if db.subnets.get(&sid).is_some_and(|s| s.is_full) {
+        return Reply::msg(404, "No free addresses found (subnet is full)");
+    }
+    let Some(ip) = db.first_free(sid) else {
+        return Reply::msg(404, "No free addresses found");
+    };
+    let mut a = blank(sid, ip);
+    a.description = Some("API created".into());
+    apply_fields(&mut a, params);
+    match db.insert(a) {
+        Ok(id) => created(app, id, Some(json!(ip.to_string()))),
+        Err((code, m)) => Reply::msg(code, &m),
+    }
+}
+
+/// `POST addresses/`: an address given by `ip` (or `ip_addr`) and
+/// `subnetId`.
+fn create_address(db: &mut Db, app: &App, params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    let Some(sid) = param(params, "subnetId")
+        .and_then(value_str)
+        .and_then(|s| parse_id(&s))
+    else {
+        return Reply::msg(400, "SubnetId must be numeric");
+    };
+    let Some(s) = db.subnets.get(&sid) else {
+        return Reply::msg(404, "Invalid subnet Id");
+    };
+    let raw = param(params, "ip")
+        .or_else(|| param(params, "ip_addr"))
+        .and_then(value_str)
+        .unwrap_or_default();
+    let (lo, hi) = host_bounds(&s.spec);
+    let cidr = format!("{}/{}", s.spec.network, s.spec.mask);
+    let ip = match raw.parse::<Ipv4Addr>() {
+        Ok(ip) if (lo..=hi).contains(&u32::from(ip)) => ip,
+        _ => {
+            return Reply::msg(
+                500,
+                &format!("{raw} is not a valid address for subnet {cidr}"),
+            );
+        }
+    };
+    let mut a = blank(sid, ip);
+    apply_fields(&mut a, params);
+    match db.insert(a) {
+        Ok(id) => created(app, id, None),
+        Err((code, m)) => Reply::msg(code, &m),
+    }
+}
+
+/// `GET addresses/search/{ip}`: the address in every subnet.
+fn search_ip(db: &Db, ip: &str) -> Reply {
+    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+        return Reply::msg(400, "Invalid address");
+    };
+    let hits: Vec<Value> = db
+        .addresses
+        .values()
+        .filter(|a| a.ip == ip)
+        .map(|a| address_json(a, json!(a.ip.to_string())))
+        .collect();
+    if hits.is_empty() {
+        Reply::msg(404, "Address not found")
+    } else {
+        Reply::ok(Value::Array(hits))
+    }
+}
+
+/// `GET addresses/search_hostname/{host}`: case-insensitive, every subnet.
+fn search_hostname(db: &Db, host: &str) -> Reply {
+    let host = host.to_lowercase();
+    let hits: Vec<Value> = db
+        .addresses
+        .values()
+        .filter(|a| a.hostname.as_deref().map(str::to_lowercase) == Some(host.clone()))
+        .enumerate()
+        // Sic: after the first hit the object cache hands out the
+        // decimal ip.
+        .map(|(i, a)| {
+            let ip = if i == 0 {
+                json!(a.ip.to_string())
+            } else {
+                json!(u32::from(a.ip).to_string())
+            };
+            address_json(a, ip)
+        })
+        .collect();
+    if hits.is_empty() {
+        Reply::msg(404, "Hostname not found")
+    } else {
+        Reply::ok(Value::Array(hits))
+    }
+}
+
+/// `PATCH` / `PUT addresses/{id}`: changes fields, never the ip or subnet.
+fn update_address(db: &mut Db, id: &str, params: &[(String, Value)]) -> Reply {
+    if let Err(r) = check_keys(params) {
+        return r;
+    }
+    if param(params, "ip").is_some() || param(params, "ip_addr").is_some() {
+        return Reply::msg(400, "IP address cannot be changed");
+    }
+    if param(params, "subnetId").is_some() {
+        return Reply::msg(400, "Subnet cannot be changed");
+    }
+    match parse_id(id).and_then(|id| db.addresses.get_mut(&id)) {
+        Some(a) => {
+            if !params.is_empty() {
+                apply_fields(a, params);
+                a.edit_date = Some(format_time(SystemTime::now()));
+            }
+            Reply::msg(200, "Address updated")
+        }
+        None => Reply::msg(404, "Address does not exist"),
+    }
+}
+
+/// `DELETE addresses/{ip}/{subnet}`, with the PHP fatal of an ip that
+/// exists in no subnet.
+fn delete_by_ip(db: &mut Db, ip: &str, sid: &str) -> Reply {
+    let (Ok(ip), Some(sid)) = (ip.parse::<Ipv4Addr>(), parse_id(sid)) else {
+        return Reply::msg(404, "No addresses found");
+    };
+    if let Some(id) = db.find_ip(sid, ip).map(|a| a.id) {
+        db.addresses.remove(&id);
+        return Reply::msg(200, "Address deleted");
+    }
+    if db.addresses.values().any(|a| a.ip == ip) {
+        Reply::msg(404, "No addresses found")
+    } else {
+        // Sic: PHP fatal (sizeof(false)) when the ip is nowhere.
+        Reply::fatal()
     }
 }
 

@@ -26,13 +26,11 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
+use overlay_core::IpamError;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
+use crate::embedded::{EmbeddedBackend, Store};
 use crate::pools::{Engine, Entry, PoolsConfig};
 
 const FORMAT: &str = "overlay-ipam-pools";
@@ -40,20 +38,36 @@ const VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFile {
+struct StateDocument {
     format: String,
     version: u32,
     reservations: Vec<Entry>,
 }
 
-/// An [`IpamBackend`] over pools whose state persists in a file, with
-/// hold-downs like [`crate::memory::MemoryBackend`]. Holds the state file's
+/// An [`IpamBackend`](overlay_core::IpamBackend) over pools whose state
+/// persists in a file, with hold-downs like
+/// [`MemoryBackend`](crate::memory::MemoryBackend). Holds the state file's
 /// lock (see the [module docs](self)) until dropped.
+pub type FileBackend = EmbeddedBackend<StateFile>;
+
+/// The store of a [`FileBackend`]: the state file, written after every
+/// change, and its lock.
 #[derive(Debug)]
-pub struct FileBackend {
+pub struct StateFile {
     path: PathBuf,
     lock: StateLock,
-    engine: Mutex<Engine>,
+}
+
+impl Store for StateFile {
+    const BACKEND: &'static str = "file";
+    const PERSISTENT: bool = true;
+
+    async fn save(&self, entries: Vec<Entry>) -> Result<(), IpamError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, entries))
+            .await
+            .map_err(|e| storage(&self.path, format!("writer task failed: {e}")))?
+    }
 }
 
 impl FileBackend {
@@ -70,7 +84,7 @@ impl FileBackend {
     /// this is an [`IpamError::Storage`] error naming the holder's pid.
     pub fn open(path: impl Into<PathBuf>, config: &PoolsConfig) -> Result<Self, IpamError> {
         let path = path.into();
-        let mut engine = Engine::new("file", config)?;
+        let mut engine = Engine::new(config)?;
         let dir = parent_dir(&path);
         if !dir.is_dir() {
             return Err(storage(
@@ -87,46 +101,18 @@ impl FileBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
         }
-        Ok(Self {
-            path,
-            lock,
-            engine: Mutex::new(engine),
-        })
+        Ok(Self::with_store(StateFile { path, lock }, engine))
     }
 
     /// The state file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.store.path
     }
 
     /// The lock file beside the state file (`<stateFile>.lock`), locked
     /// while this backend lives.
     pub fn lock_path(&self) -> &Path {
-        &self.lock.path
-    }
-
-    async fn persist(&self, entries: Vec<Entry>) -> Result<(), IpamError> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, entries))
-            .await
-            .map_err(|e| storage(&self.path, format!("writer task failed: {e}")))?
-    }
-
-    /// Runs `change` on the engine and writes the state when it says it
-    /// changed something; when the write fails the change is undone, so
-    /// memory and file agree.
-    async fn change<T>(
-        &self,
-        change: impl FnOnce(&mut Engine) -> Result<(T, bool), IpamError>,
-    ) -> Result<T, IpamError> {
-        let mut e = self.engine.lock().await;
-        let before = e.entries().to_vec();
-        let (out, changed) = change(&mut e)?;
-        if changed && let Err(err) = self.persist(e.entries().to_vec()).await {
-            e.set_entries(before);
-            return Err(err);
-        }
-        Ok(out)
+        &self.store.lock.path
     }
 }
 
@@ -228,7 +214,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, IpamError> {
         Some(other) => return Err(refuse(format!("format is {other:?}, expected {FORMAT:?}"))),
         None => return Err(refuse("no \"format\" field".into())),
     }
-    let state: StateFile =
+    let state: StateDocument =
         serde_json::from_value(value).map_err(|e| refuse(format!("malformed ({e})")))?;
     if state.version != VERSION {
         return Err(refuse(format!(
@@ -240,7 +226,7 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, IpamError> {
 }
 
 fn write_atomic(path: &Path, entries: Vec<Entry>) -> Result<(), IpamError> {
-    let state = StateFile {
+    let state = StateDocument {
         format: FORMAT.into(),
         version: VERSION,
         reservations: entries,
@@ -272,67 +258,4 @@ fn write_atomic(path: &Path, entries: Vec<Entry>) -> Result<(), IpamError> {
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-#[async_trait]
-impl IpamBackend for FileBackend {
-    fn name(&self) -> &str {
-        "file"
-    }
-
-    async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
-        let r = self
-            .change(|e| e.reserve(owner, zone, SystemTime::now()))
-            .await?;
-        tracing::debug!(backend = "file", owner = %owner, zone = %zone, address = %r.address, "reserved");
-        Ok(r)
-    }
-
-    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
-        let changed = self
-            .change(|e| {
-                let changed = e.release(reservation, hold, SystemTime::now())?;
-                Ok((changed, changed))
-            })
-            .await?;
-        if changed {
-            tracing::debug!(backend = "file", owner = %reservation.owner, address = %reservation.address, hold = ?hold, "released");
-        }
-        Ok(())
-    }
-
-    async fn lookup(
-        &self,
-        owner: &Owner,
-        zone: Option<&Zone>,
-    ) -> Result<Option<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.lookup(owner, zone))
-    }
-
-    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.lookup_all(owner))
-    }
-
-    async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.list())
-    }
-
-    async fn release_owner(
-        &self,
-        owner: &Owner,
-        hold: Duration,
-    ) -> Result<Vec<Reservation>, IpamError> {
-        // One write for all of them, undone as a whole when it fails.
-        let released = self
-            .change(|e| {
-                let released = e.release_owner(owner, hold, SystemTime::now())?;
-                let changed = !released.is_empty();
-                Ok((released, changed))
-            })
-            .await?;
-        for r in &released {
-            tracing::debug!(backend = "file", owner = %owner, address = %r.address, hold = ?hold, "released");
-        }
-        Ok(released)
-    }
 }

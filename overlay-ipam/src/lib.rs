@@ -4,7 +4,8 @@
 //!
 //! - [`memory`] and [`file`](mod@file): embedded pools (lowest free address per zone,
 //!   configured with [`pools::PoolsConfig`]), the defaults for labs and
-//!   embedding.
+//!   embedding; both are an [`embedded::EmbeddedBackend`] and differ
+//!   only in where their state is kept.
 //! - [`phpipam`]: the phpIPAM REST backend.
 //! - [`config`]: `overlay-ip-config.yaml`, selecting and building a backend.
 //! - [`conformance`]: a suite of checks any backend can run in its tests.
@@ -15,6 +16,7 @@
 pub mod check;
 pub mod config;
 pub mod conformance;
+pub mod embedded;
 #[cfg(feature = "testing")]
 pub mod emulator;
 pub mod file;

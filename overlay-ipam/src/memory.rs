@@ -2,18 +2,15 @@
 //! State lives only in the process; see [`crate::file`] for a persistent
 //! variant.
 
-use std::time::{Duration, SystemTime};
+use overlay_core::IpamError;
 
-use async_trait::async_trait;
-use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
-use tokio::sync::Mutex;
+use crate::embedded::{EmbeddedBackend, Store};
+use crate::pools::{Engine, Entry, PoolsConfig};
 
-use crate::pools::{Engine, PoolsConfig};
-
-/// An [`IpamBackend`] over in-memory pools: lowest free address per zone,
+/// An [`IpamBackend`](overlay_core::IpamBackend) over in-memory pools: lowest free address per zone,
 /// pools tried in order. A release with a hold-down keeps the address back
 /// from other owners until it expires (listed with
-/// [`Reservation::held_until`]); its owner gets it back by reserving again.
+/// [`Reservation::held_until`](overlay_core::Reservation::held_until)); its owner gets it back by reserving again.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,68 +31,25 @@ use crate::pools::{Engine, PoolsConfig};
 /// # })
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct MemoryBackend {
-    engine: Mutex<Engine>,
+pub type MemoryBackend = EmbeddedBackend<InMemory>;
+
+/// The store of a [`MemoryBackend`]: the state lives only in the process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InMemory;
+
+impl Store for InMemory {
+    const BACKEND: &'static str = "memory";
+    const PERSISTENT: bool = false;
+
+    async fn save(&self, _entries: Vec<Entry>) -> Result<(), IpamError> {
+        Ok(())
+    }
 }
 
 impl MemoryBackend {
     /// Builds the backend; the configuration is validated first
     /// ([`IpamError::Invalid`] names the offending field).
     pub fn new(config: &PoolsConfig) -> Result<Self, IpamError> {
-        Ok(Self {
-            engine: Mutex::new(Engine::new("memory", config)?),
-        })
-    }
-}
-
-#[async_trait]
-impl IpamBackend for MemoryBackend {
-    fn name(&self) -> &str {
-        "memory"
-    }
-
-    async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
-        let mut e = self.engine.lock().await;
-        let (r, _) = e.reserve(owner, zone, SystemTime::now())?;
-        tracing::debug!(backend = e.name(), owner = %owner, zone = %zone, address = %r.address, "reserved");
-        Ok(r)
-    }
-
-    async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {
-        let mut e = self.engine.lock().await;
-        if e.release(reservation, hold, SystemTime::now())? {
-            tracing::debug!(backend = e.name(), owner = %reservation.owner, address = %reservation.address, hold = ?hold, "released");
-        }
-        Ok(())
-    }
-
-    async fn lookup(
-        &self,
-        owner: &Owner,
-        zone: Option<&Zone>,
-    ) -> Result<Option<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.lookup(owner, zone))
-    }
-
-    async fn lookup_all(&self, owner: &Owner) -> Result<Vec<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.lookup_all(owner))
-    }
-
-    async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
-        Ok(self.engine.lock().await.list())
-    }
-
-    async fn release_owner(
-        &self,
-        owner: &Owner,
-        hold: Duration,
-    ) -> Result<Vec<Reservation>, IpamError> {
-        let mut e = self.engine.lock().await;
-        let released = e.release_owner(owner, hold, SystemTime::now())?;
-        for r in &released {
-            tracing::debug!(backend = e.name(), owner = %owner, address = %r.address, hold = ?hold, "released");
-        }
-        Ok(released)
+        Ok(Self::with_store(InMemory, Engine::new(config)?))
     }
 }

@@ -28,7 +28,9 @@
 //!   again (`PATCH` of the description back to the owner marker); otherwise
 //!   `POST addresses/first_free/{subnet}` with `hostname` = node,
 //!   `description` = owner marker, falling through to the next subnet on `No
-//!   free addresses found`. Subnet prefix and gateway are cached, and a
+//!   free addresses found`; a lost allocation race (409 or a duplicate-key
+//!   500, from servers with the API lock disabled) is tried again after
+//!   [`ALLOCATION_RACE_BACKOFF`]. Subnet prefix and gateway are cached, and a
 //!   subnet seen full is tried last (until we free an address in it or the
 //!   hint ages out), so a new reservation costs one request once the caches
 //!   are warm. After an allocation call that failed ambiguously (timeout,
@@ -61,6 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
+use overlay_core::backoff::Backoff;
 use overlay_core::model::Marker;
 use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use reqwest::Method;
@@ -73,6 +76,19 @@ const BACKEND: &str = "phpipam";
 
 /// How long a refused login is remembered before the next attempt.
 pub const AUTH_FAILURE_HOLD: Duration = Duration::from_secs(600);
+
+/// How long to wait before trying an allocation again after losing a race
+/// for the address (servers with the API lock disabled answer such a
+/// `first_free` with 409 `IP address already exists` or a 500 duplicate-key
+/// error): 50 ms, doubling up to 1 s. The project's one retry policy,
+/// [`Backoff`], with bounds for a call that is expected to succeed at once.
+pub const ALLOCATION_RACE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
+/// Most attempts of one `first_free` call that keeps losing allocation
+/// races (with [`ALLOCATION_RACE_BACKOFF`] between them: 750 ms of waiting
+/// in all) before the conflict is reported.
+pub const ALLOCATION_RACE_ATTEMPTS: u32 = 5;
 
 /// Environment variable holding the API user name.
 pub const ENV_USERNAME: &str = "PHPIPAM_USERNAME";
@@ -449,9 +465,10 @@ pub struct SubnetInfo {
     pub gateway: Option<IpAddr>,
 }
 
-/// One entry of this cluster in phpIPAM, live or held.
+/// One entry of this cluster in phpIPAM (an owner's address), live or
+/// held.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Found {
+struct OwnerEntry {
     id: u64,
     ip: IpAddr,
     subnet: u64,
@@ -465,7 +482,7 @@ struct OwnerIndex {
     stale: bool,
     /// Owner → its live and held entries in the zone's subnets, lowest
     /// address first.
-    entries: HashMap<Owner, Vec<Found>>,
+    entries: HashMap<Owner, Vec<OwnerEntry>>,
 }
 
 #[derive(Debug, Default)]
@@ -642,8 +659,16 @@ fn rejected(call: &str, message: impl Into<String>) -> IpamError {
     }
 }
 
-/// Classifies a phpIPAM error reply: whether a retry can help.
-pub fn classify(call: &str, status: u16, message: &str) -> IpamError {
+/// Whether an error message is a lost allocation race: phpIPAM without its
+/// API lock hands two clients the same first free address, and the second
+/// insert fails with 409 or a 500 duplicate-key error.
+fn lost_race(message: &str) -> bool {
+    message == "IP address already exists" || message.contains("Duplicate entry")
+}
+
+/// The [`IpamError`] for a phpIPAM error reply to `call`: its kind says
+/// whether a retry can help.
+pub fn reply_error(call: &str, status: u16, message: &str) -> IpamError {
     let m = if message.is_empty() {
         format!("HTTP {status} with an empty body")
     } else {
@@ -721,6 +746,55 @@ fn as_u8(v: &Value) -> Option<u8> {
     }
 }
 
+/// The HTTP client for `config`: its timeouts, no redirects, and the TLS
+/// settings (`insecureSkipTLSVerify`, `caFile`).
+fn http_client(config: &PhpIpamConfig) -> Result<reqwest::Client, IpamError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race; either provider works.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_seconds))
+        .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
+        // A redirect would carry the token header to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("overlay-ipam/", env!("CARGO_PKG_VERSION")));
+    if config.insecure_skip_tls_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(ca) = &config.ca_file {
+        for c in ca_certificates(ca)? {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| invalid("phpIPAM", format!("cannot build the HTTP client: {e}")))
+}
+
+/// The certificates of the PEM bundle `caFile` names; at least one.
+fn ca_certificates(ca: &Path) -> Result<Vec<reqwest::Certificate>, IpamError> {
+    let pem = std::fs::read(ca).map_err(|e| {
+        invalid(
+            "phpIPAM.caFile",
+            format!("cannot read {}: {e}", ca.display()),
+        )
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        invalid(
+            "phpIPAM.caFile",
+            format!("{} is not a PEM bundle: {e}", ca.display()),
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "phpIPAM.caFile",
+            format!("{} holds no certificate", ca.display()),
+        ));
+    }
+    Ok(certs)
+}
+
 impl PhpIpamBackend {
     /// Builds the backend. `cluster` is this cluster's id, written into the
     /// owner marker; `list` returns only this cluster's reservations. Each
@@ -743,45 +817,7 @@ impl PhpIpamBackend {
         for (z, ids) in &config.subnet_map {
             zones.insert(Zone::parse("phpIPAM.subnetMap", z)?, ids.clone());
         }
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Another thread may win the race; either provider works.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout_seconds))
-            .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
-            // A redirect would carry the token header to wherever it points.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("overlay-ipam/", env!("CARGO_PKG_VERSION")));
-        if config.insecure_skip_tls_verify {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                invalid(
-                    "phpIPAM.caFile",
-                    format!("cannot read {}: {e}", ca.display()),
-                )
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                invalid(
-                    "phpIPAM.caFile",
-                    format!("{} is not a PEM bundle: {e}", ca.display()),
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(invalid(
-                    "phpIPAM.caFile",
-                    format!("{} holds no certificate", ca.display()),
-                ));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| invalid("phpIPAM", format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(config)?;
         let base = format!(
             "{}/api/{}",
             config.url.trim().trim_end_matches('/'),
@@ -1125,7 +1161,7 @@ impl PhpIpamBackend {
         match token {
             Some(t) => Ok(Secret(t.to_string())),
             None if reply.status == 200 => Err(rejected("login", "HTTP 200 without data.token")),
-            None => Err(classify("login", reply.status, &reply.message)),
+            None => Err(reply_error("login", reply.status, &reply.message)),
         }
     }
 
@@ -1227,7 +1263,7 @@ impl PhpIpamBackend {
                 .call(Method::GET, "addresses/tags/", None, call)
                 .await?;
             if r.status != 200 {
-                return Err(classify(call, r.status, &r.message));
+                return Err(reply_error(call, r.status, &r.message));
             }
         }
         Ok(())
@@ -1240,7 +1276,7 @@ impl PhpIpamBackend {
             .call(Method::GET, &format!("subnets/{id}/usage/"), None, &call)
             .await?;
         if r.status != 200 {
-            return Err(classify(&call, r.status, &r.message));
+            return Err(reply_error(&call, r.status, &r.message));
         }
         r.data
             .as_ref()
@@ -1263,7 +1299,7 @@ impl PhpIpamBackend {
             .call(Method::GET, &format!("subnets/{id}/"), None, &call)
             .await?;
         if r.status != 200 {
-            let e = classify(&call, r.status, &r.message);
+            let e = reply_error(&call, r.status, &r.message);
             return Err(match e {
                 IpamError::Rejected { .. } => rejected(
                     &call,
@@ -1305,7 +1341,7 @@ impl PhpIpamBackend {
             (200, Some(Value::Array(a))) => Ok(a),
             (404, _) if r.message == "No addresses found" => Ok(Vec::new()),
             (200, _) => Err(rejected(&call, "reply data is not a list")),
-            (s, _) => Err(classify(&call, s, &r.message)),
+            (s, _) => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1334,7 +1370,7 @@ impl PhpIpamBackend {
                 .map(Some)
                 .ok_or_else(|| rejected(&call, "reply lacks id or ip")),
             (404, _) => Ok(None),
-            (s, _) => Err(classify(&call, s, &r.message)),
+            (s, _) => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1352,7 +1388,7 @@ impl PhpIpamBackend {
         match r.status {
             200 => Ok(true),
             404 if r.message == "Address does not exist" => Ok(false),
-            s => Err(classify(&call, s, &r.message)),
+            s => Err(reply_error(&call, s, &r.message)),
         }
     }
 
@@ -1364,8 +1400,8 @@ impl PhpIpamBackend {
         (m.owner().cluster == self.cluster).then_some(m)
     }
 
-    fn found(a: &Value, subnet: u64, marker: &Marker) -> Option<Found> {
-        Some(Found {
+    fn found(a: &Value, subnet: u64, marker: &Marker) -> Option<OwnerEntry> {
+        Some(OwnerEntry {
             id: a.get("id").and_then(as_id)?,
             ip: a.get("ip").and_then(as_ip)?,
             subnet: a.get("subnetId").and_then(as_id).unwrap_or(subnet),
@@ -1375,7 +1411,7 @@ impl PhpIpamBackend {
 
     /// Every live and held entry of `owner`, in any subnet (also subnets no
     /// longer configured), lowest address first: one hostname search.
-    async fn search_owner(&self, owner: &Owner) -> Result<Vec<Found>, IpamError> {
+    async fn search_owner(&self, owner: &Owner) -> Result<Vec<OwnerEntry>, IpamError> {
         let call = "GET addresses/search_hostname";
         let path = format!("addresses/search_hostname/{}/", encode_segment(&owner.node));
         let r = self.call(Method::GET, &path, None, call).await?;
@@ -1383,9 +1419,9 @@ impl PhpIpamBackend {
             (200, Some(Value::Array(a))) => a,
             (404, _) => return Ok(Vec::new()),
             (200, _) => return Err(rejected(call, "reply data is not a list")),
-            (s, _) => return Err(classify(call, s, &r.message)),
+            (s, _) => return Err(reply_error(call, s, &r.message)),
         };
-        let mut out: Vec<Found> = hits
+        let mut out: Vec<OwnerEntry> = hits
             .iter()
             .filter_map(|a| {
                 let m = self.our_marker(a)?;
@@ -1400,7 +1436,7 @@ impl PhpIpamBackend {
     }
 
     async fn load_index(&self, zone: &Zone, subnets: &[u64]) -> Result<OwnerIndex, IpamError> {
-        let mut entries: HashMap<Owner, Vec<Found>> = HashMap::new();
+        let mut entries: HashMap<Owner, Vec<OwnerEntry>> = HashMap::new();
         for &sid in subnets {
             for a in self.subnet_addresses(sid).await? {
                 if let Some(m) = self.our_marker(&a)
@@ -1480,7 +1516,7 @@ impl PhpIpamBackend {
     }
 
     /// Applies `f` to the entries of every loaded zone index.
-    fn each_index(&self, mut f: impl FnMut(&Zone, &mut HashMap<Owner, Vec<Found>>)) {
+    fn each_index(&self, mut f: impl FnMut(&Zone, &mut HashMap<Owner, Vec<OwnerEntry>>)) {
         for (zone, st) in &self.zone_state {
             if let Some(i) = lock(&st.index).as_mut() {
                 f(zone, &mut i.entries);
@@ -1522,7 +1558,7 @@ impl PhpIpamBackend {
 
     /// Records a new entry of `owner` in the index of every zone listing
     /// its subnet.
-    fn remember(&self, owner: &Owner, f: &Found) {
+    fn remember(&self, owner: &Owner, f: &OwnerEntry) {
         self.each_index(|zone, entries| {
             if self
                 .zones
@@ -1538,10 +1574,10 @@ impl PhpIpamBackend {
     }
 
     /// Replaces what the indexes know of `owner` with a fresh search result.
-    fn replace_owner(&self, owner: &Owner, found: &[Found]) {
+    fn replace_owner(&self, owner: &Owner, found: &[OwnerEntry]) {
         self.each_index(|zone, entries| {
             let ids = self.zones.get(zone).map(Vec::as_slice).unwrap_or_default();
-            let mine: Vec<Found> = found
+            let mine: Vec<OwnerEntry> = found
                 .iter()
                 .filter(|f| ids.contains(&f.subnet))
                 .cloned()
@@ -1579,7 +1615,7 @@ impl PhpIpamBackend {
         &self,
         owner: &Owner,
         zone: &Zone,
-        f: &Found,
+        f: &OwnerEntry,
     ) -> Result<Reservation, IpamError> {
         let info = self.subnet_info(f.subnet).await?;
         let address = IpNetwork::new(f.ip, info.network.prefix()).map_err(|e| {
@@ -1635,7 +1671,7 @@ impl PhpIpamBackend {
         &self,
         owner: &Owner,
         zone: &Zone,
-        f: &Found,
+        f: &OwnerEntry,
     ) -> Result<Option<Reservation>, IpamError> {
         let entry = self.get_entry(f.id).await?;
         let marker = entry
@@ -1662,7 +1698,7 @@ impl PhpIpamBackend {
             }
         }
         self.set_held(f.id, None);
-        let live = Found {
+        let live = OwnerEntry {
             held_until: None,
             ..f.clone()
         };
@@ -1672,115 +1708,153 @@ impl PhpIpamBackend {
     async fn reserve_locked(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
         let subnets = self.zone_subnets(zone)?.to_vec();
         self.ensure_index(zone, &subnets).await?;
-        if lock(&self.suspects).contains(owner) {
-            // The last allocation may have committed although its reply was
-            // lost: ask phpIPAM, not the index.
-            let found = self.search_owner(owner).await?;
-            tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, found = found.len(), "looked the owner up again after an ambiguous allocation");
-            self.replace_owner(owner, &found);
-            lock(&self.suspects).remove(owner);
-        }
-        let st = self.zone_state(zone)?;
-        let known: Vec<Found> = lock(&st.index)
-            .as_ref()
-            .and_then(|i| i.entries.get(owner).cloned())
-            .unwrap_or_default();
-        // Lowest live address first (the entries are sorted).
-        if let Some(f) = known.iter().find(|f| f.held_until.is_none()) {
-            return self.reservation(owner, zone, f).await;
-        }
-        for f in known.iter().filter(|f| f.held_until.is_some()) {
-            if let Some(r) = self.revive(owner, zone, f).await? {
-                return Ok(r);
-            }
+        self.recheck_suspect(owner, zone).await?;
+        if let Some(r) = self.known_reservation(owner, zone).await? {
+            return Ok(r);
         }
         let body = json!({
             "hostname": owner.node,
             "description": owner.marker(),
             "owner": "overlay",
         });
-        // Subnets recently seen full go last, so that a zone whose first
-        // subnet filled up does not cost an extra request per reservation.
-        let order: Vec<u64> = {
-            let full = lock(&self.full);
-            let hinted = |sid: &u64| {
-                full.get(sid)
-                    .is_some_and(|at| at.elapsed() <= self.index_max_age)
-            };
-            let (later, now): (Vec<u64>, Vec<u64>) = subnets.iter().partition(|s| hinted(s));
-            now.into_iter().chain(later).collect()
-        };
-        for &sid in &order {
+        for sid in self.allocation_order(&subnets) {
             // Prefix and gateway first: a bad subnet id fails before we
             // allocate anything.
             self.subnet_info(sid).await?;
-            let call = format!("POST addresses/first_free/{sid}");
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let r = match self
-                    .call(
-                        Method::POST,
-                        &format!("addresses/first_free/{sid}/"),
-                        Some(&body),
-                        &call,
-                    )
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // The server may have allocated before the failure.
-                        if !self.is_blocked() {
-                            self.ambiguous(owner, zone, &call, &e.to_string());
-                        }
-                        return Err(e);
-                    }
-                };
-                match r.status {
-                    201 => {
-                        let id = r.id.as_ref().and_then(as_id);
-                        let ip = r.data.as_ref().and_then(as_ip);
-                        let (Some(id), Some(ip)) = (id, ip) else {
-                            self.ambiguous(owner, zone, &call, "201 reply lacks id or address");
-                            return Err(rejected(&call, "201 reply lacks id or address"));
-                        };
-                        let f = Found {
-                            id,
-                            ip,
-                            subnet: sid,
-                            held_until: None,
-                        };
-                        self.remember(owner, &f);
-                        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
-                        return self.reservation(owner, zone, &f).await;
-                    }
-                    404 if r.message.starts_with("No free addresses found") => {
-                        lock(&self.full).insert(sid, Instant::now());
-                        break;
-                    }
-                    // Servers with the API lock disabled lose allocation
-                    // races with 409 or a 500 duplicate-key error: retry.
-                    409 | 500
-                        if attempts < 5
-                            && (r.message == "IP address already exists"
-                                || r.message.contains("Duplicate entry")) =>
-                    {
-                        continue;
-                    }
-                    s => {
-                        // A 5xx (a PHP fatal, say) may come after the insert.
-                        if s >= 500 && !r.message.contains("has been blocked") {
-                            self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
-                        }
-                        return Err(classify(&call, s, &r.message));
-                    }
-                }
+            if let Some(r) = self.allocate_in(owner, zone, sid, &body).await? {
+                return Ok(r);
             }
         }
         Err(IpamError::Exhausted {
             zone: zone.to_string(),
             subnets: subnets.iter().map(u64::to_string).collect(),
         })
+    }
+
+    /// When the last allocation of `owner` failed ambiguously, it may have
+    /// committed although its reply was lost: asks phpIPAM, not the index,
+    /// and puts what it finds into the index.
+    async fn recheck_suspect(&self, owner: &Owner, zone: &Zone) -> Result<(), IpamError> {
+        if !lock(&self.suspects).contains(owner) {
+            return Ok(());
+        }
+        let found = self.search_owner(owner).await?;
+        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, found = found.len(), "looked the owner up again after an ambiguous allocation");
+        self.replace_owner(owner, &found);
+        lock(&self.suspects).remove(owner);
+        Ok(())
+    }
+
+    /// What `owner` already holds in `zone` by the index: its lowest live
+    /// address, else a held address made live again.
+    async fn known_reservation(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+    ) -> Result<Option<Reservation>, IpamError> {
+        let st = self.zone_state(zone)?;
+        let known: Vec<OwnerEntry> = lock(&st.index)
+            .as_ref()
+            .and_then(|i| i.entries.get(owner).cloned())
+            .unwrap_or_default();
+        // Lowest live address first (the entries are sorted).
+        if let Some(f) = known.iter().find(|f| f.held_until.is_none()) {
+            return self.reservation(owner, zone, f).await.map(Some);
+        }
+        for f in known.iter().filter(|f| f.held_until.is_some()) {
+            if let Some(r) = self.revive(owner, zone, f).await? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The order to allocate in: subnets recently seen full go last, so
+    /// that a zone whose first subnet filled up does not cost an extra
+    /// request per reservation.
+    fn allocation_order(&self, subnets: &[u64]) -> Vec<u64> {
+        let full = lock(&self.full);
+        let hinted = |sid: &u64| {
+            full.get(sid)
+                .is_some_and(|at| at.elapsed() <= self.index_max_age)
+        };
+        let (later, now): (Vec<u64>, Vec<u64>) = subnets.iter().partition(|s| hinted(s));
+        now.into_iter().chain(later).collect()
+    }
+
+    /// `POST addresses/first_free/{sid}` for `owner`; `None` when the
+    /// subnet is full. A lost allocation race is tried again after
+    /// [`ALLOCATION_RACE_BACKOFF`], at most [`ALLOCATION_RACE_ATTEMPTS`]
+    /// times in all.
+    async fn allocate_in(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+        sid: u64,
+        body: &Value,
+    ) -> Result<Option<Reservation>, IpamError> {
+        let call = format!("POST addresses/first_free/{sid}");
+        let path = format!("addresses/first_free/{sid}/");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let r = match self.call(Method::POST, &path, Some(body), &call).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The server may have allocated before the failure.
+                    if !self.is_blocked() {
+                        self.ambiguous(owner, zone, &call, &e.to_string());
+                    }
+                    return Err(e);
+                }
+            };
+            match r.status {
+                201 => return self.allocated(owner, zone, sid, &call, &r).await.map(Some),
+                404 if r.message.starts_with("No free addresses found") => {
+                    lock(&self.full).insert(sid, Instant::now());
+                    return Ok(None);
+                }
+                409 | 500 if attempts < ALLOCATION_RACE_ATTEMPTS && lost_race(&r.message) => {
+                    let wait = ALLOCATION_RACE_BACKOFF.delay(attempts);
+                    tracing::debug!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, attempts, wait = ?wait, "allocation race lost; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                s => {
+                    // A 5xx (a PHP fatal, say) may come after the insert.
+                    if s >= 500 && !r.message.contains("has been blocked") {
+                        self.ambiguous(owner, zone, &call, &format!("HTTP {s}"));
+                    }
+                    return Err(reply_error(&call, s, &r.message));
+                }
+            }
+        }
+    }
+
+    /// The reservation a `201` reply to `call` made in subnet `sid`,
+    /// remembered in the index.
+    async fn allocated(
+        &self,
+        owner: &Owner,
+        zone: &Zone,
+        sid: u64,
+        call: &str,
+        r: &ApiReply,
+    ) -> Result<Reservation, IpamError> {
+        let id = r.id.as_ref().and_then(as_id);
+        let ip = r.data.as_ref().and_then(as_ip);
+        let (Some(id), Some(ip)) = (id, ip) else {
+            self.ambiguous(owner, zone, call, "201 reply lacks id or address");
+            return Err(rejected(call, "201 reply lacks id or address"));
+        };
+        let f = OwnerEntry {
+            id,
+            ip,
+            subnet: sid,
+            held_until: None,
+        };
+        self.remember(owner, &f);
+        tracing::info!(backend = BACKEND, owner = %owner, zone = %zone, subnet = sid, address = %ip, id, "reserved");
+        self.reservation(owner, zone, &f).await
     }
 
     // --- release ------------------------------------------------------------------
@@ -1793,7 +1867,7 @@ impl PhpIpamBackend {
         match r.status {
             200 => {}
             404 if r.message == "Address does not exist" => {}
-            s => return Err(classify(&call, s, &r.message)),
+            s => return Err(reply_error(&call, s, &r.message)),
         }
         self.forget(id);
         // An address was freed: the subnet is worth trying first again.
@@ -1863,7 +1937,7 @@ fn hold_end(hold: Duration) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn sort_found(v: &mut [Found]) {
+fn sort_found(v: &mut [OwnerEntry]) {
     v.sort_by_key(|f| (f.ip, f.id));
 }
 
@@ -2043,22 +2117,22 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(classify("c", 500, "Invalid username or password").kind() == "auth");
-        assert!(classify("c", 401, "invalid permissions").kind() == "permission");
-        assert!(classify("c", 401, "Unauthorized").kind() == "auth");
+        assert!(reply_error("c", 500, "Invalid username or password").kind() == "auth");
+        assert!(reply_error("c", 401, "invalid permissions").kind() == "permission");
+        assert!(reply_error("c", 401, "Unauthorized").kind() == "auth");
         assert!(
-            classify(
+            reply_error(
                 "c",
                 500,
                 "Your IP has been blocked for 5 minutes because of excessive login failures"
             )
             .is_retryable()
         );
-        assert!(classify("c", 500, "").is_retryable());
-        assert!(classify("c", 502, "").is_retryable());
-        assert!(!classify("c", 400, "Invalid application id").is_retryable());
-        assert!(!classify("c", 503, "SSL connection is required for API").is_retryable());
-        assert!(!classify("c", 400, "Invalid subnet Id (999)").is_retryable());
+        assert!(reply_error("c", 500, "").is_retryable());
+        assert!(reply_error("c", 502, "").is_retryable());
+        assert!(!reply_error("c", 400, "Invalid application id").is_retryable());
+        assert!(!reply_error("c", 503, "SSL connection is required for API").is_retryable());
+        assert!(!reply_error("c", 400, "Invalid subnet Id (999)").is_retryable());
     }
 
     #[test]

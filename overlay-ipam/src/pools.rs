@@ -306,13 +306,12 @@ pub(crate) fn hold_end(now: SystemTime, hold: Duration) -> Result<SystemTime, Ip
 /// the time take it as `now`.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    backend: &'static str,
     zones: BTreeMap<Zone, Vec<PoolConfig>>,
     entries: Vec<Entry>,
 }
 
 impl Engine {
-    pub(crate) fn new(backend: &'static str, config: &PoolsConfig) -> Result<Self, IpamError> {
+    pub(crate) fn new(config: &PoolsConfig) -> Result<Self, IpamError> {
         config.validate().map_err(|e| {
             IpamError::Invalid(ParseError::new(e.field.clone(), "", e.problem.clone()))
         })?;
@@ -321,7 +320,6 @@ impl Engine {
             zones.insert(Zone::parse("zone", z)?, pools.clone());
         }
         Ok(Self {
-            backend,
             zones,
             entries: Vec::new(),
         })
@@ -494,10 +492,6 @@ impl Engine {
         }
         Ok(changed)
     }
-
-    pub(crate) fn name(&self) -> &'static str {
-        self.backend
-    }
 }
 
 /// The lowest address of `pool` no entry blocks at `now`.
@@ -595,10 +589,7 @@ mod tests {
     /// gateway).
     fn one_address() -> (Engine, Zone) {
         let cfg = PoolsConfig::new().with_pool("z1", PoolConfig::parse("192.0.2.0/30").unwrap());
-        (
-            Engine::new("memory", &cfg).unwrap(),
-            Zone::parse("z", "z1").unwrap(),
-        )
+        (Engine::new(&cfg).unwrap(), Zone::parse("z", "z1").unwrap())
     }
 
     #[test]
@@ -684,7 +675,7 @@ mod tests {
         let cfg = PoolsConfig::new()
             .with_pool("z1", PoolConfig::parse("192.0.2.0/29").unwrap())
             .with_pool("z2", PoolConfig::parse("198.51.100.0/29").unwrap());
-        let mut e = Engine::new("memory", &cfg).unwrap();
+        let mut e = Engine::new(&cfg).unwrap();
         let z1 = Zone::parse("z", "z1").unwrap();
         let z2 = Zone::parse("z", "z2").unwrap();
         let (b, _) = e.reserve(&owner("a"), &z2, t0()).unwrap();
@@ -748,7 +739,7 @@ mod tests {
                 .unwrap()
                 .with_reserved("192.0.2.2".parse().unwrap()),
         );
-        let mut e = Engine::new("memory", &cfg).unwrap();
+        let mut e = Engine::new(&cfg).unwrap();
         let z = Zone::parse("z", "z1").unwrap();
         let got: Vec<String> = (0..4)
             .map(|i| {
@@ -783,7 +774,7 @@ mod tests {
                 .unwrap()
                 .with_gateway("192.0.2.2".parse().unwrap()),
         );
-        let mut e = Engine::new("memory", &cfg).unwrap();
+        let mut e = Engine::new(&cfg).unwrap();
         let z = Zone::parse("z", "z1").unwrap();
         let (r, _) = e.reserve(&owner("a"), &z, t0()).unwrap();
         assert_eq!(r.address.to_string(), "192.0.2.1/30");

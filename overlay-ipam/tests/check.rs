@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use overlay_ipam::check::{Verdict, check, conformance};
-use overlay_ipam::config::ControllerConfig;
+use overlay_ipam::config::IpamConfig;
 use overlay_ipam::emulator::{Emulator, EmulatorConfig};
 use overlay_ipam::phpipam::{Credentials, PhpIpamConfig, Secret};
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
@@ -20,7 +20,7 @@ fn creds(password: &str) -> Option<Credentials> {
 #[tokio::test]
 async fn check_reports_each_zone() {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay")
             .with_zone("gw", [1])
@@ -56,7 +56,7 @@ async fn check_reports_each_zone() {
 
 #[tokio::test]
 async fn check_counts_embedded_pools() {
-    let cfg = ControllerConfig::embedded(
+    let cfg = IpamConfig::embedded(
         "lab",
         PoolsConfig::new().with_pool("dal10", PoolConfig::parse("192.0.2.0/29").unwrap()),
         None,
@@ -81,7 +81,7 @@ async fn conformance_on_a_scratch_zone_cleans_up() {
         "overlay-owner:c1/node-a",
     )
     .unwrap();
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay").with_zone("scratch", [3]),
     );
@@ -113,8 +113,10 @@ async fn conformance_on_a_scratch_zone_cleans_up() {
     assert_eq!(err.field, "--zone");
 }
 
-#[tokio::test]
-async fn check_sorts_the_entries_of_each_subnet() {
+/// An emulator whose subnet 1 (zone `gw`) holds entries of every class:
+/// this cluster's (c1) live and held, other clusters', hand-made ones and
+/// unparseable markers; and a configuration of cluster c1 for it.
+async fn subnet_of_every_class() -> (Emulator, IpamConfig) {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let entries = [
         ("192.0.2.10", "n1", "overlay-owner:c1/n1"),
@@ -143,10 +145,23 @@ async fn check_sorts_the_entries_of_each_subnet() {
     for (ip, host, d) in entries {
         emu.create_address(1, ip.parse().unwrap(), host, d).unwrap();
     }
-    let cfg = ControllerConfig::php_ipam(
+    let cfg = IpamConfig::php_ipam(
         "c1",
         PhpIpamConfig::new(emu.url(), "overlay").with_zone("gw", [1]),
     );
+    (emu, cfg)
+}
+
+/// Nothing was reserved, changed or deleted.
+fn assert_read_only(emu: &Emulator) {
+    assert_eq!(emu.count("POST /addresses/first_free/{}/"), 0);
+    assert_eq!(emu.count("PATCH /addresses/{}/"), 0);
+    assert_eq!(emu.count("DELETE /addresses/{}/"), 0);
+}
+
+#[tokio::test]
+async fn check_sorts_the_entries_of_each_subnet() {
+    let (emu, cfg) = subnet_of_every_class().await;
     let report = check(&cfg, creds("ApiUser-Test-1"), Some("c1"))
         .await
         .unwrap();
@@ -197,8 +212,12 @@ async fn check_sorts_the_entries_of_each_subnet() {
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(text.contains("WARNING: phpIPAM.url http://"), "{text}");
     assert!(text.contains("clear text"), "{text}");
+    assert_read_only(&emu);
+}
 
-    // Without a cluster id: every cluster seen, none singled out.
+#[tokio::test]
+async fn check_without_a_cluster_id_counts_every_cluster() {
+    let (emu, cfg) = subnet_of_every_class().await;
     let report = check(&cfg, creds("ApiUser-Test-1"), None).await.unwrap();
     let e = report.zones[0].subnets[0].entries.clone().unwrap();
     assert_eq!((e.live, e.held.len()), (0, 0));
@@ -217,8 +236,5 @@ async fn check_sorts_the_entries_of_each_subnet() {
             .contains("clusters seen: c1 4, c2 2, c3 1;"),
         "{report}"
     );
-    // Read-only.
-    assert_eq!(emu.count("POST /addresses/first_free/{}/"), 0);
-    assert_eq!(emu.count("PATCH /addresses/{}/"), 0);
-    assert_eq!(emu.count("DELETE /addresses/{}/"), 0);
+    assert_read_only(&emu);
 }

@@ -2,7 +2,7 @@
 //! The embedded backends: conformance plus the file backend's durability
 //! rules.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -41,31 +41,29 @@ fn zone(z: &str) -> Zone {
     Zone::parse("zone", z).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_backend_passes_conformance() {
-    let backend = Arc::new(MemoryBackend::new(&pools()).unwrap());
+/// Runs the suite on `backend`: every check passes (the fixture has every
+/// shape, so nothing may be skipped), and every check freed what it made,
+/// held entries included.
+async fn assert_passes_conformance(backend: Arc<dyn IpamBackend>) {
     let report = run_all(&fixture(backend.clone())).await;
     assert!(report.passed(), "{report}");
-    // The fixture has every shape, so nothing may be skipped.
     assert!(
         report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
         "{report}"
     );
-    // Every check freed what it made, held entries included.
     assert_eq!(backend.list().await.unwrap(), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backend_passes_conformance() {
+    assert_passes_conformance(Arc::new(MemoryBackend::new(&pools()).unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_backend_passes_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(FileBackend::open(dir.path().join("state.json"), &pools()).unwrap());
-    let report = run_all(&fixture(backend.clone())).await;
-    assert!(report.passed(), "{report}");
-    assert!(
-        report.checks.iter().all(|(_, o)| *o == Outcome::Passed),
-        "{report}"
-    );
-    assert_eq!(backend.list().await.unwrap(), []);
+    let backend = FileBackend::open(dir.path().join("state.json"), &pools()).unwrap();
+    assert_passes_conformance(Arc::new(backend)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,14 +277,20 @@ async fn memory_errors_name_zone_and_subnets() {
 
 const HOLD: Duration = Duration::from_secs(300);
 
-fn state_with(path: &Path, reservations: &str) {
+/// A state file in a new temporary directory (dropped with the
+/// directory) holding `entries` (see [`entry`]).
+fn state_file_with(entries: &[String]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let reservations = entries.join(",");
     std::fs::write(
-        path,
+        &path,
         format!(
             "{{\"format\":\"overlay-ipam-pools\",\"version\":1,\"reservations\":[{reservations}]}}"
         ),
     )
     .unwrap();
+    (dir, path)
 }
 
 fn entry(zone: &str, pool: &str, address: &str, node: &str, held_until: Option<&str>) -> String {
@@ -345,17 +349,11 @@ async fn held_entries_survive_a_restart_and_come_back_to_their_owner() {
 
 #[tokio::test]
 async fn state_files_from_before_hold_downs_still_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.json");
     // As an earlier version wrote it: no held_until anywhere.
-    state_with(
-        &path,
-        &[
-            entry("big", "192.0.2.0/24", "192.0.2.2", "node-a", None),
-            entry("small", "198.51.100.0/29", "198.51.100.3", "node-b", None),
-        ]
-        .join(","),
-    );
+    let (_dir, path) = state_file_with(&[
+        entry("big", "192.0.2.0/24", "192.0.2.2", "node-a", None),
+        entry("small", "198.51.100.0/29", "198.51.100.3", "node-b", None),
+    ]);
     let ipam = FileBackend::open(&path, &pools()).unwrap();
     let listed = ipam.list().await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -369,28 +367,22 @@ async fn state_files_from_before_hold_downs_still_load() {
 
 #[tokio::test]
 async fn an_expired_hold_down_frees_the_address_for_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.json");
-    state_with(
-        &path,
-        &[
-            entry(
-                "big",
-                "192.0.2.0/24",
-                "192.0.2.2",
-                "expired",
-                Some("2020-01-01T00:00:00Z"),
-            ),
-            entry(
-                "big",
-                "192.0.2.0/24",
-                "192.0.2.3",
-                "pending",
-                Some("9999-01-01T00:00:00Z"),
-            ),
-        ]
-        .join(","),
-    );
+    let (_dir, path) = state_file_with(&[
+        entry(
+            "big",
+            "192.0.2.0/24",
+            "192.0.2.2",
+            "expired",
+            Some("2020-01-01T00:00:00Z"),
+        ),
+        entry(
+            "big",
+            "192.0.2.0/24",
+            "192.0.2.3",
+            "pending",
+            Some("9999-01-01T00:00:00Z"),
+        ),
+    ]);
     let ipam = FileBackend::open(&path, &pools()).unwrap();
     assert_eq!(
         ipam.list()
@@ -429,18 +421,12 @@ fn ipam_addr(s: &str) -> ipnetwork::IpNetwork {
 
 #[tokio::test]
 async fn reservations_in_pools_no_longer_configured_are_kept_found_and_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.json");
     // 203.0.113.0/24 was a pool of zone big, and zone "gone" existed.
-    state_with(
-        &path,
-        &[
-            entry("big", "203.0.113.0/24", "203.0.113.5", "old", None),
-            entry("gone", "203.0.113.128/25", "203.0.113.130", "old", None),
-            entry("big", "192.0.2.0/24", "192.0.2.2", "old", None),
-        ]
-        .join(","),
-    );
+    let (_dir, path) = state_file_with(&[
+        entry("big", "203.0.113.0/24", "203.0.113.5", "old", None),
+        entry("gone", "203.0.113.128/25", "203.0.113.130", "old", None),
+        entry("big", "192.0.2.0/24", "192.0.2.2", "old", None),
+    ]);
     let ipam = FileBackend::open(&path, &pools()).unwrap();
     assert_eq!(ipam.list().await.unwrap().len(), 3);
     let old = Owner::new("c1", "old");

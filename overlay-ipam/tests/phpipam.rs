@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use overlay_core::{IpamBackend, IpamError, Owner, Zone};
 use overlay_ipam::conformance::{Fixture, Outcome, ZoneCapacity, run_all};
@@ -11,7 +12,10 @@ use overlay_ipam::emulator::{
     App, AppPermissions, AppSecurity, Emulator, EmulatorConfig, Fault, PASSWORD, SubnetSpec,
     user_credentials as user,
 };
-use overlay_ipam::phpipam::{CredentialSource, Credentials, PhpIpamBackend, PhpIpamConfig, Secret};
+use overlay_ipam::phpipam::{
+    ALLOCATION_RACE_ATTEMPTS, ALLOCATION_RACE_BACKOFF, CredentialSource, Credentials,
+    PhpIpamBackend, PhpIpamConfig, Secret,
+};
 
 const CLUSTER: &str = "c1";
 
@@ -372,6 +376,50 @@ async fn outages_are_retryable_and_recover() {
     let down = PhpIpamBackend::new(&cfg, CLUSTER, user(PASSWORD)).unwrap();
     let err = down.reserve(&owner("n"), &zone("z")).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_lost_allocation_race_is_tried_again_after_a_backoff() {
+    let emu = emulator().await;
+    let ipam = backend(&emu);
+    ipam.reserve(&owner("warm"), &zone("big")).await.unwrap();
+    emu.reset_counts();
+    // Both ways a server without the API lock reports a lost race.
+    emu.inject(Fault::LostRace, 1);
+    emu.inject(Fault::DuplicateKey, 1);
+    let started = Instant::now();
+    let r = ipam.reserve(&owner("a"), &zone("big")).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.address.to_string(), "203.0.113.2/24");
+    assert_eq!(emu.count("POST /addresses/first_free/{}/"), 3);
+    assert_eq!(emu.requests(), 3, "{:?}", emu.request_counts());
+    let backoff = ALLOCATION_RACE_BACKOFF.delay(1) + ALLOCATION_RACE_BACKOFF.delay(2);
+    assert!(
+        waited >= backoff,
+        "tried again after {waited:?}, before {backoff:?}"
+    );
+    assert_eq!(emu.addresses(3).len(), 2);
+}
+
+#[tokio::test]
+async fn an_allocation_that_keeps_losing_races_is_reported_after_the_last_attempt() {
+    let emu = emulator().await;
+    let ipam = backend(&emu);
+    ipam.reserve(&owner("warm"), &zone("big")).await.unwrap();
+    emu.reset_counts();
+    emu.inject(Fault::LostRace, ALLOCATION_RACE_ATTEMPTS as usize);
+    let err = ipam.reserve(&owner("a"), &zone("big")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("IP address already exists"),
+        "{err}"
+    );
+    assert_eq!(
+        emu.count("POST /addresses/first_free/{}/"),
+        u64::from(ALLOCATION_RACE_ATTEMPTS)
+    );
+    // The races are over: the next reserve gets an address at once.
+    let r = ipam.reserve(&owner("a"), &zone("big")).await.unwrap();
+    assert_eq!(r.address.to_string(), "203.0.113.2/24");
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use overlay_core::k8s::cluster_uid;
 use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, Leadership, Term};
 use overlay_core::metrics::prometheus::PrometheusMetrics;
 use overlay_core::metrics::{InstrumentedIpam, Measurement, Metrics};
-use overlay_ipam::config::{ControllerConfig as IpamConfig, parse_duration, validate_cluster_id};
+use overlay_ipam::config::{IpamConfig, parse_duration, validate_cluster_id};
 use tracing::{error, info, warn};
 
 /// The overlay controller: one overlay IP per node from phpIPAM or embedded

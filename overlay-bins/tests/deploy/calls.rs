@@ -15,7 +15,7 @@ use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::events::EventRecorder;
 use overlay_core::fakes::MemoryProgrammer;
 use overlay_core::invalid::InvalidObjects;
-use overlay_core::leader::{LeaderConfig, LeaderElector, Leadership, Term};
+use overlay_core::leader::{LeaderConfig, Leadership, Term};
 use overlay_core::metrics::{NoMetrics, no_metrics};
 use overlay_core::{DiscoveredRoute, IpamBackend, Owner, Zone};
 use overlay_ipam::memory::MemoryBackend;

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use overlay_ipam::config::ControllerConfig;
+use overlay_ipam::config::IpamConfig;
 
 /// Loads a controller config, saying which file is wrong and how.
-pub fn load(file: &Path) -> Result<ControllerConfig, String> {
-    ControllerConfig::load(file).map_err(|e| format!("invalid configuration: {e}"))
+pub fn load(file: &Path) -> Result<IpamConfig, String> {
+    IpamConfig::load(file).map_err(|e| format!("invalid configuration: {e}"))
 }
 
 /// `check-config`: what a valid config configures.
@@ -51,7 +51,7 @@ pub fn ipam_conformance(file: &Path, zone: &str) -> Result<(), String> {
 }
 
 /// What a valid controller config configures, for `check-config`.
-fn describe_config(cfg: &ControllerConfig) -> String {
+fn describe_config(cfg: &IpamConfig) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{}: valid", cfg.source);
