@@ -29,9 +29,9 @@ use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::RouteType;
 use netlink_sys::{AsyncSocketExt, TokioSocket};
-use overlay_core::{DriftEvent, RouteResult};
+use overlay_core::{DriftEvent, RouteKey, RouteResult};
 
-use crate::kernel::{self, CREATE_EXCL, CREATE_REPLACE, EEXIST, ENOBUFS, RouteKey};
+use crate::kernel::{self, CREATE_EXCL, CREATE_REPLACE, EEXIST, ENOBUFS};
 use crate::programmer::{Inner, State, as_direct, matches_spec};
 
 const BUF: usize = 1 << 16;

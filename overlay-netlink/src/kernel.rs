@@ -25,7 +25,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use overlay_core::model::MAIN_TABLE;
-use overlay_core::{Cidr, ProgrammerError, RouteSpec};
+use overlay_core::{Cidr, ProgrammerError, RouteKey, RouteSpec};
 
 /// Flags of a write that must not overwrite anything.
 pub(crate) const CREATE_EXCL: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
@@ -37,8 +37,6 @@ pub(crate) const REQUEST_ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
 /// `RT_TABLE_COMPAT`: the header value for tables above 255 (the real id
 /// travels in `RTA_TABLE`).
 const RT_TABLE_COMPAT: u8 = 252;
-/// The kernel stores IPv6 routes added with metric 0 as metric 1024.
-pub(crate) const IP6_DEFAULT_METRIC: u32 = 1024;
 
 /// An errno from the kernel (positive), or [`CONNECTION_CLOSED`].
 pub(crate) type Errno = i32;
@@ -371,24 +369,6 @@ pub(crate) fn addr_delete_message(a: &Addr) -> AddressMessage {
     m
 }
 
-/// The identity of a route in the kernel: destination, table, metric.
-pub(crate) type RouteKey = (Cidr, u32, u32);
-
-/// The key of a desired route, with the kernel's normalisation applied
-/// (IPv6 metric 0 is stored as 1024).
-pub(crate) fn spec_key(spec: &RouteSpec) -> RouteKey {
-    let (dest, table, metric) = spec.key();
-    (dest, table, normalize_metric(&dest, metric))
-}
-
-fn normalize_metric(dest: &Cidr, metric: u32) -> u32 {
-    if !dest.is_ipv4() && metric == 0 {
-        IP6_DEFAULT_METRIC
-    } else {
-        metric
-    }
-}
-
 /// A route as dumped from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KernelRoute {
@@ -450,10 +430,8 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     });
     let net = IpNetwork::new(dest, m.header.destination_prefix_length).ok()?;
-    let cidr = Cidr::from_network(net);
-    let metric = normalize_metric(&cidr, metric);
     Some(KernelRoute {
-        key: (cidr, table, metric),
+        key: RouteKey::new(Cidr::from_network(net), table, metric),
         gateway,
         oif,
         protocol: u8::from(m.header.protocol),
@@ -481,8 +459,7 @@ pub(crate) fn route_message(
     oif: Option<u32>,
     protocol: u8,
 ) -> RouteMessage {
-    let (dest, table, metric) = key;
-    let net = dest.network();
+    let net = key.destination.network();
     let mut m = RouteMessage::default();
     m.header.address_family = if net.is_ipv4() {
         AddressFamily::Inet
@@ -490,7 +467,7 @@ pub(crate) fn route_message(
         AddressFamily::Inet6
     };
     m.header.destination_prefix_length = net.prefix();
-    m.header.table = u8::try_from(*table).unwrap_or(RT_TABLE_COMPAT);
+    m.header.table = u8::try_from(key.table).unwrap_or(RT_TABLE_COMPAT);
     m.header.protocol = RouteProtocol::from(protocol);
     m.header.scope = if gateway.is_some() {
         RouteScope::Universe
@@ -502,7 +479,7 @@ pub(crate) fn route_message(
         .push(RouteAttribute::Destination(RouteAddress::from(
             net.network(),
         )));
-    m.attributes.push(RouteAttribute::Table(*table));
+    m.attributes.push(RouteAttribute::Table(key.table));
     if let Some(gw) = gateway {
         m.attributes
             .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
@@ -510,15 +487,19 @@ pub(crate) fn route_message(
     if let Some(i) = oif {
         m.attributes.push(RouteAttribute::Oif(i));
     }
-    m.attributes.push(RouteAttribute::Priority(*metric));
+    m.attributes.push(RouteAttribute::Priority(key.metric));
     m
 }
 
 /// A kernel route turned back into a [`RouteSpec`] (for reports).
 pub(crate) fn kernel_route_spec(r: &KernelRoute, names: &HashMap<u32, String>) -> RouteSpec {
-    let (dest, table, metric) = r.key;
+    let RouteKey {
+        destination,
+        table,
+        metric,
+    } = r.key;
     RouteSpec {
-        destination: dest,
+        destination,
         gateway: r.gateway,
         device: r
             .oif
@@ -733,21 +714,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_metric_zero_is_the_kernels_1024() {
-        let k = spec_key(&spec("2001:db8::/32", None, None, None));
-        assert_eq!(k.2, IP6_DEFAULT_METRIC);
-        let k = spec_key(&spec("192.0.2.0/24", None, None, None));
-        assert_eq!((k.1, k.2), (MAIN_TABLE, 0));
-    }
-
-    #[test]
     fn route_messages_parse_back_to_their_key() {
         for s in [
             spec("203.0.113.0/24", Some("192.0.2.1"), Some(7), Some(1000)),
             spec("2001:db8:1::/48", Some("2001:db8::1"), None, None),
             spec("0.0.0.0/0", Some("192.0.2.1"), None, Some(100)),
         ] {
-            let key = spec_key(&s);
+            let key = s.key();
             let m = route_message(&key, s.gateway, Some(3), 250);
             let r = parse_route(&m).unwrap();
             assert_eq!(r.key, key);
@@ -759,7 +732,7 @@ mod tests {
 
     #[test]
     fn deletes_carry_our_protocol_and_wildcard_scope() {
-        let key = spec_key(&spec("203.0.113.0/24", None, None, None));
+        let key = spec("203.0.113.0/24", None, None, None).key();
         let m = route_delete_message(&key, None, 250);
         assert_eq!(u8::from(m.header.protocol), 250);
         assert_eq!(m.header.scope, RouteScope::NoWhere);

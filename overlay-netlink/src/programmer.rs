@@ -16,7 +16,7 @@ use netlink_sys::{AsyncSocket, TokioSocket};
 use overlay_core::model::MAIN_TABLE;
 use overlay_core::{
     ApplyReport, Cidr, DesiredNodeState, DiscoveredRoute, DriftEvent, InterfaceName,
-    ProgrammerError, RouteChanges, RouteOutcome, RouteProgrammer, RouteResult, RouteScope,
+    ProgrammerError, RouteChanges, RouteKey, RouteOutcome, RouteProgrammer, RouteResult, RouteScope,
     RouteSpec,
 };
 use rtnetlink::{LinkMacVlan, LinkUnspec};
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::ProgrammerConfig;
 use crate::kernel::{
     self, Addr, CREATE_EXCL, CREATE_REPLACE, EADDRNOTAVAIL, EEXIST, EHOSTUNREACH, ENETUNREACH,
-    ENODEV, ENOENT, EPERM, ESRCH, Errno, KernelRoute, Link, REQUEST_ACK, RouteKey, errno_error,
+    ENODEV, ENOENT, EPERM, ESRCH, Errno, KernelRoute, Link, REQUEST_ACK, errno_error,
     errno_message,
 };
 
@@ -148,7 +148,7 @@ impl State {
 /// without a gateway, single path).
 pub(crate) fn as_direct(r: &KernelRoute) -> Option<Direct> {
     (r.gateway.is_none() && !r.multipath && r.kind == RouteType::Unicast)
-        .then(|| (r.key.0.network(), r.oif, r.key.1))
+        .then(|| (r.key.destination.network(), r.oif, r.key.table))
 }
 
 pub(crate) struct Inner {
@@ -457,7 +457,7 @@ impl Inner {
         let mut adds: Vec<Op> = Vec::new();
         for (i, spec) in desired.routes.iter().enumerate() {
             scope.add_route(spec);
-            let key = kernel::spec_key(spec);
+            let key = spec.key();
             if let Some(&j) = seen.get(&key) {
                 results[i] = Some(RouteResult::Failed(clash_message(spec, &desired.routes[j])));
                 continue;
@@ -517,7 +517,7 @@ impl Inner {
             {
                 results[i] = Some(RouteResult::Failed(format!(
                     "{} (table {}, metric {}) is already routed by a route overlay did not install (protocol {p}); overlay never touches it: delete that route or give this one another metric",
-                    key.0, key.1, key.2
+                    key.destination, key.table, key.metric
                 )));
                 continue;
             }
@@ -546,7 +546,7 @@ impl Inner {
             if desired.keep_unlisted || seen.contains_key(key) {
                 continue;
             }
-            if key.0.prefix() == 0 {
+            if key.destination.prefix() == 0 {
                 defaults_kept += 1;
                 continue;
             }
@@ -561,7 +561,7 @@ impl Inner {
                     }
                 },
             };
-            if !scope.allows(key.1, device) {
+            if !scope.allows(key.table, device) {
                 out_of_scope += 1;
                 continue;
             }
@@ -656,7 +656,7 @@ impl Inner {
         changes: &RouteChanges,
         report: &mut ApplyReport,
     ) -> Result<(), ProgrammerError> {
-        let upsert_keys: HashSet<RouteKey> = changes.upsert.iter().map(kernel::spec_key).collect();
+        let upsert_keys: HashSet<RouteKey> = changes.upsert.iter().map(RouteSpec::key).collect();
         let mut scope = desired.scope.clone();
         scope.extend(&state.scope);
 
@@ -665,7 +665,7 @@ impl Inner {
         let mut ops: Vec<Op> = Vec::new();
         let mut removed_specs: Vec<RouteSpec> = Vec::new();
         for r in &changes.remove {
-            let key = kernel::spec_key(r);
+            let key = r.key();
             let before = desired.routes.len();
             desired.routes.retain(|d| d != r);
             if desired.routes.len() != before {
@@ -682,7 +682,7 @@ impl Inner {
                 }
             }
             if upsert_keys.contains(&key)
-                || desired.routes.iter().any(|d| kernel::spec_key(d) == key)
+                || desired.routes.iter().any(|d| d.key() == key)
             {
                 continue;
             }
@@ -690,7 +690,7 @@ impl Inner {
             let Some(k) = state.ours.get(&key) else {
                 continue; // nothing of ours there
             };
-            if key.0.prefix() == 0 {
+            if key.destination.prefix() == 0 {
                 tracing::debug!(route = %r, "not removing a default route: overlay never removes one");
                 continue;
             }
@@ -704,7 +704,7 @@ impl Inner {
                     }
                 },
             };
-            if !scope.allows(key.1, device) {
+            if !scope.allows(key.table, device) {
                 tracing::debug!(route = %r, "not removing a route outside the tables and devices overlay works in");
                 continue;
             }
@@ -735,7 +735,7 @@ impl Inner {
         let mut oifs: Vec<Option<u32>> = vec![None; n];
         let mut seen: HashMap<RouteKey, usize> = HashMap::with_capacity(n);
         for (i, spec) in changes.upsert.iter().enumerate() {
-            let key = kernel::spec_key(spec);
+            let key = spec.key();
             if let Some(&j) = seen.get(&key) {
                 // Kept beside the first, as a full apply would report it.
                 desired.routes.push(spec.clone());
@@ -743,7 +743,7 @@ impl Inner {
                 continue;
             }
             seen.insert(key, i);
-            desired.routes.retain(|d| kernel::spec_key(d) != key);
+            desired.routes.retain(|d| d.key() != key);
             desired.routes.push(spec.clone());
             if let Err(m) = check_family(spec) {
                 state.plan.remove(&key);
@@ -841,7 +841,7 @@ impl Inner {
         // The last report follows: outcomes of the routes desired now.
         if let Some(last) = &mut state.last_report {
             last.routes
-                .retain(|o| !upsert_keys.contains(&kernel::spec_key(&o.route)));
+                .retain(|o| !upsert_keys.contains(&o.route.key()));
             last.routes.retain(|o| !changes.remove.contains(&o.route));
             last.routes.extend(report.routes.iter().cloned());
             last.routes_removed = report.routes_removed.clone();
@@ -1148,12 +1148,12 @@ impl Inner {
         let best = routes
             .iter()
             .filter(|r| {
-                r.key.1 == MAIN_TABLE
+                r.key.table == MAIN_TABLE
                     && r.kind == RouteType::Unicast
-                    && r.key.0.is_ipv4() == prefix.is_ipv4()
-                    && r.key.0.contains_net(prefix)
+                    && r.key.destination.is_ipv4() == prefix.is_ipv4()
+                    && r.key.destination.contains_net(prefix)
             })
-            .min_by_key(|r| (std::cmp::Reverse(r.key.0.prefix()), r.key.2));
+            .min_by_key(|r| (std::cmp::Reverse(r.key.destination.prefix()), r.key.metric));
         let Some(best) = best else {
             return Err(ProgrammerError::NoCoveringRoute {
                 prefix: prefix.to_string(),
@@ -1170,7 +1170,7 @@ impl Inner {
                 prefix: prefix.to_string(),
                 message: format!(
                     "the covering route {} dev {} is a direct (on-link) route without a gateway; configure the gateway explicitly",
-                    best.key.0,
+                    best.key.destination,
                     device_name.as_deref().unwrap_or("?")
                 ),
             });
@@ -1183,11 +1183,11 @@ impl Inner {
                 prefix: prefix.to_string(),
                 message: format!(
                     "the covering route {} via {gateway} has no output device",
-                    best.key.0
+                    best.key.destination
                 ),
             })?;
         Ok(DiscoveredRoute {
-            destination: best.key.0,
+            destination: best.key.destination,
             gateway,
             device,
         })
@@ -1266,18 +1266,18 @@ fn route_oif(
         .to_string()
     };
     if dev_oif.is_some() {
-        return if on_link(gw, dev_oif, key.1, direct) {
+        return if on_link(gw, dev_oif, key.table, direct) {
             Ok(dev_oif)
         } else {
             Err(unreachable())
         };
     }
     if let Some(o) = existing.and_then(|k| k.oif)
-        && on_link(gw, Some(o), key.1, direct)
+        && on_link(gw, Some(o), key.table, direct)
     {
         return Ok(Some(o));
     }
-    gateway_oif(gw, key.1, direct)
+    gateway_oif(gw, key.table, direct)
         .map(Some)
         .ok_or_else(unreachable)
 }
@@ -1574,7 +1574,7 @@ mod tests {
             table: None,
             metric: None,
         };
-        let key = kernel::spec_key(&spec);
+        let key = spec.key();
         // Our route in place on another device where the gateway is
         // on-link too keeps its device (no churn).
         let k = installed_route(key, &spec, Some(3), 250);
