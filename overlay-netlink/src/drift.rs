@@ -34,7 +34,7 @@ use netlink_sys::{AsyncSocketExt, TokioSocket};
 use overlay_core::{DesiredNodeState, DriftEvent, RouteKey, RouteResult};
 
 use crate::errno::{EEXIST, ENOBUFS};
-use crate::read;
+use crate::read::{self, Addr};
 use crate::route_writes::installed_route;
 use crate::socket::frames;
 use crate::state::{Counters, Inner, State, as_direct, matches_spec};
@@ -285,28 +285,26 @@ impl Watcher<'_> {
         }
     }
 
+    /// The address of `m` when it sits on the overlay interface, and
+    /// whether it is the desired overlay address.
+    fn on_overlay(&self, m: &AddressMessage) -> Option<(Addr, bool)> {
+        let a = read::parse_addr(m)?;
+        let overlay = self.desired.overlay.as_ref()?;
+        (Some(a.index) == self.state.overlay_index).then(|| {
+            let desired = overlay.address == a.net;
+            (a, desired)
+        })
+    }
+
     fn address_deleted(&mut self, m: &AddressMessage) {
-        if let Some(a) = read::parse_addr(m)
-            && Some(a.index) == self.state.overlay_index
-            && self
-                .desired
-                .overlay
-                .as_ref()
-                .is_some_and(|o| o.address == a.net)
-        {
+        if let Some((a, true)) = self.on_overlay(m) {
             self.findings.events.push(DriftEvent::Address(a.net));
             self.findings.full = true;
         }
     }
 
     fn address_added(&mut self, m: &AddressMessage) {
-        if let Some(a) = read::parse_addr(m)
-            && Some(a.index) == self.state.overlay_index
-            && self
-                .desired
-                .overlay
-                .as_ref()
-                .is_some_and(|o| o.address != a.net)
+        if let Some((a, false)) = self.on_overlay(m)
             && !a.kernel_managed()
         {
             // Another address on the overlay interface (added by hand, by
