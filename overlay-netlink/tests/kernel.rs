@@ -6,28 +6,23 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use overlay_core::{
-    Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteChanges,
+    ApplyReport, Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteChanges,
     RouteProgrammer, RouteResult, RouteSpec,
 };
 use overlay_netlink::{NetlinkProgrammer, OWNED_LINK_ALIAS, ProgrammerConfig, overlay_interface};
-use overlay_testbed::{Netns, privileged};
+use overlay_testbed::{Netns, NodeWithGateway, privileged};
 
 /// A node namespace with `eth0` (192.0.2.10/24, 2001:db8::10/64) wired to a
 /// gateway namespace (192.0.2.1, 2001:db8::1).
-struct Bed {
-    node: Netns,
-    _gw: Netns,
-}
+type Bed = NodeWithGateway;
 
 fn bed(label: &str) -> Bed {
-    let node = Netns::new(label).unwrap();
-    let gw = Netns::new("gw").unwrap();
-    node.add_veth("eth0", &gw, "gw0").unwrap();
-    node.add_addr("eth0", "192.0.2.10/24").unwrap();
-    node.add_addr("eth0", "2001:db8::10/64").unwrap();
-    gw.add_addr("gw0", "192.0.2.1/24").unwrap();
-    gw.add_addr("gw0", "2001:db8::1/64").unwrap();
-    Bed { node, _gw: gw }
+    NodeWithGateway::new(
+        label,
+        &["192.0.2.10/24", "2001:db8::10/64"],
+        &["192.0.2.1/24", "2001:db8::1/64"],
+    )
+    .unwrap()
 }
 
 async fn programmer(ns: &Netns) -> NetlinkProgrammer {
@@ -1125,6 +1120,24 @@ fn second_uplink(b: &Bed) -> Netns {
     other
 }
 
+/// Adds routes with our protocol number as an earlier run (or somebody by
+/// hand) would have left them: one in the main table on eth0, one in table
+/// 200, one in the main table on eth1.
+fn leave_stale_routes_of_ours(ns: &Netns) {
+    for line in [
+        "route add 198.18.0.0/16 via 192.0.2.1 proto 250",
+        "route add 198.19.0.0/16 via 192.0.2.1 table 200 proto 250",
+        "route add 203.0.113.128/25 via 198.51.100.1 proto 250",
+    ] {
+        ns.ip(&line.split(' ').collect::<Vec<_>>()).unwrap();
+    }
+}
+
+/// The destinations of the routes an apply removed.
+fn removed(r: &ApplyReport) -> Vec<Cidr> {
+    r.routes_removed.iter().map(|s| s.destination).collect()
+}
+
 /// Issue 12: routes of ours no longer desired are removed only in the
 /// tables and devices overlay works in; `DesiredNodeState::scope` widens
 /// that after a restart.
@@ -1135,41 +1148,7 @@ async fn stale_routes_are_removed_only_in_scope() {
     }
     let b = bed("scope");
     let _up = second_uplink(&b);
-    // Left by an earlier run (or by hand with our number): one in the main
-    // table on eth0, one in table 200, one in the main table on eth1.
-    for args in [
-        &[
-            "route",
-            "add",
-            "198.18.0.0/16",
-            "via",
-            "192.0.2.1",
-            "proto",
-            "250",
-        ][..],
-        &[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "192.0.2.1",
-            "table",
-            "200",
-            "proto",
-            "250",
-        ][..],
-        &[
-            "route",
-            "add",
-            "203.0.113.128/25",
-            "via",
-            "198.51.100.1",
-            "proto",
-            "250",
-        ][..],
-    ] {
-        b.node.ip(args).unwrap();
-    }
+    leave_stale_routes_of_ours(&b.node);
     let p = programmer_without_repair(&b.node).await;
     let d = DesiredNodeState {
         overlay: None,
@@ -1178,26 +1157,15 @@ async fn stale_routes_are_removed_only_in_scope() {
     };
     let r = p.apply(&d).await.unwrap();
     // Main table, eth0 (the desired route's resolved device): removed.
-    assert_eq!(
-        r.routes_removed
-            .iter()
-            .map(|s| s.destination)
-            .collect::<Vec<_>>(),
-        vec![cidr("198.18.0.0/16")],
-        "{r:?}"
-    );
+    assert_eq!(removed(&r), vec![cidr("198.18.0.0/16")], "{r:?}");
     assert!(!has_route(&b.node, &[], "198.18.0.0/16"));
     // Table 200 and device eth1 are outside the scope: they stay.
-    assert!(has_route(
-        &b.node,
-        &["table", "200"],
-        "198.19.0.0/16 via 192.0.2.1"
-    ));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.128/25 via 198.51.100.1 dev eth1"
-    ));
+    let (in_200, on_eth1) = (
+        "198.19.0.0/16 via 192.0.2.1",
+        "203.0.113.128/25 via 198.51.100.1 dev eth1",
+    );
+    assert!(has_route(&b.node, &["table", "200"], in_200));
+    assert!(has_route(&b.node, &[], on_eth1));
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
 
     // A restart: a new programmer that knows (from the agent's last
@@ -1208,21 +1176,10 @@ async fn stale_routes_are_removed_only_in_scope() {
     d.scope.tables.extend([200, 254]);
     d.scope.devices.insert(name("eth0"));
     let r = p.apply(&d).await.unwrap();
-    assert_eq!(
-        r.routes_removed
-            .iter()
-            .map(|s| s.destination)
-            .collect::<Vec<_>>(),
-        vec![cidr("198.19.0.0/16")],
-        "{r:?}"
-    );
+    assert_eq!(removed(&r), vec![cidr("198.19.0.0/16")], "{r:?}");
     assert!(!has_route(&b.node, &["table", "200"], "198.19.0.0/16"));
     // eth1 is still not in scope.
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.128/25 via 198.51.100.1 dev eth1"
-    ));
+    assert!(has_route(&b.node, &[], on_eth1));
     d.scope.devices.insert(name("eth1"));
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
@@ -1293,6 +1250,93 @@ async fn route_outcomes_name_the_resolved_device() {
     assert_eq!(devices(&r), want, "{r:?}");
 }
 
+/// `update` with `remove` and `upsert`, which must succeed.
+async fn update(
+    p: &NetlinkProgrammer,
+    remove: &[&RouteSpec],
+    upsert: &[&RouteSpec],
+) -> ApplyReport {
+    p.update(&RouteChanges {
+        remove: remove.iter().map(|&r| r.clone()).collect(),
+        upsert: upsert.iter().map(|&r| r.clone()).collect(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Adds `c`, changes `a` into `a2` (remove + upsert of the same key: a
+/// replace), removes `bb`, then upserts `c` again: one write each, none
+/// for the last.
+async fn add_change_remove(p: &NetlinkProgrammer, node: &Netns, routes: [&RouteSpec; 4]) {
+    let [a, a2, bb, c] = routes;
+    let r = update(p, &[], &[c]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes.len(), 1);
+    assert_eq!(r.routes[0].result, RouteResult::Added);
+    assert_eq!(r.routes[0].device, Some(name("eth0")));
+    assert!(has_route(
+        node,
+        &[],
+        "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250"
+    ));
+
+    let r = update(p, &[a], &[a2]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert!(has_route(
+        node,
+        &[],
+        "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250"
+    ));
+
+    let r = update(p, &[bb], &[]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert_eq!(r.routes_removed[0].destination, bb.destination);
+    assert!(!has_route(node, &["table", "1000"], "198.18.0.0/16"));
+
+    // Upserting what is there writes nothing.
+    let r = update(p, &[], &[c]).await;
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Unchanged);
+}
+
+/// Upserts `f`, whose key a foreign route holds (reported, not replaced),
+/// beside `v6`, which is added.
+async fn foreign_key_is_refused(
+    p: &NetlinkProgrammer,
+    node: &Netns,
+    f: &RouteSpec,
+    v6: &RouteSpec,
+) {
+    node.add_route("203.0.113.128/25", Some("192.0.2.1"), None)
+        .unwrap();
+    let r = update(p, &[], &[f, v6]).await;
+    match &r.routes[0].result {
+        RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.routes[0].device, None);
+    assert_eq!(r.routes[1].result, RouteResult::Added, "{r:?}");
+    let foreign: Vec<String> = node
+        .routes(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("203.0.113.128/25"))
+        .collect();
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    assert!(
+        foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
+        "{foreign:?}"
+    );
+    assert!(has_route(
+        node,
+        &["-6"],
+        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250"
+    ));
+}
+
 /// Issue 12: `update` writes exactly the changed routes, without a dump;
 /// the next full apply of the same set writes nothing.
 #[tokio::test]
@@ -1324,104 +1368,12 @@ async fn update_changes_only_the_given_routes_without_dumps() {
     d.routes = vec![a.clone(), bb.clone()];
     p.apply(&d).await.unwrap();
     let start = p.counters();
-
-    // Add one.
-    let c = route("198.19.0.0/16", Some("192.0.2.1"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![c.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes.len(), 1);
-    assert_eq!(r.routes[0].result, RouteResult::Added);
-    assert_eq!(r.routes[0].device, Some(name("eth0")));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250"
-    ));
-
-    // Change one (remove + upsert of the same key: a replace).
     let a2 = route("203.0.113.0/24", Some("192.0.2.2"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![a.clone()],
-            upsert: vec![a2.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
-    assert!(r.routes_removed.is_empty(), "{r:?}");
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250"
-    ));
-
-    // Remove one.
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![bb.clone()],
-            upsert: vec![],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
-    assert_eq!(r.routes_removed[0].destination, bb.destination);
-    assert!(!has_route(&b.node, &["table", "1000"], "198.18.0.0/16"));
-
-    // Upserting what is there writes nothing.
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![c.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 0, "{r:?}");
-    assert_eq!(r.routes[0].result, RouteResult::Unchanged);
-
-    // A foreign route holds the key: reported, not replaced.
-    b.node
-        .add_route("203.0.113.128/25", Some("192.0.2.1"), None)
-        .unwrap();
+    let c = route("198.19.0.0/16", Some("192.0.2.1"));
+    add_change_remove(&p, &b.node, [&a, &a2, &bb, &c]).await;
     let f = route("203.0.113.128/25", Some("192.0.2.2"));
     let v6 = route("2001:db8:7::/48", Some("2001:db8::1"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![f.clone(), v6.clone()],
-        })
-        .await
-        .unwrap();
-    match &r.routes[0].result {
-        RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(r.routes[0].device, None);
-    assert_eq!(r.routes[1].result, RouteResult::Added, "{r:?}");
-    let foreign: Vec<String> = b
-        .node
-        .routes(&[])
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.starts_with("203.0.113.128/25"))
-        .collect();
-    assert_eq!(foreign.len(), 1, "{foreign:?}");
-    assert!(
-        foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
-        "{foreign:?}"
-    );
-    assert!(has_route(
-        &b.node,
-        &["-6"],
-        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250"
-    ));
+    foreign_key_is_refused(&p, &b.node, &f, &v6).await;
 
     let end = p.counters();
     assert_eq!(
