@@ -130,9 +130,13 @@ impl NetlinkProgrammer {
         let (events, _) = broadcast::channel(1024);
         let batch = Arc::new(sockets.batch);
         let inner = Arc::new(Inner {
-            handle: sockets.handle,
+            handle: sockets.handle.clone(),
             port: sockets.port,
-            writer: Writer::new(batch.clone(), config.requests_per_send),
+            writer: Writer::new(
+                sockets.handle.clone(),
+                batch.clone(),
+                config.requests_per_send,
+            ),
             batch,
             protocol: config.route_protocol,
             state: Mutex::new(State::default()),

@@ -167,10 +167,10 @@ pub(crate) struct Inner {
     /// Netlink port id of the rtnetlink socket: notifications carrying it
     /// were caused by our own requests.
     pub port: u32,
-    /// Blocking socket for route dumps and every write (its port id is
-    /// ours too).
+    /// Blocking socket for route dumps and batches of writes (its port id
+    /// is ours too).
     pub batch: Arc<BatchSocket>,
-    /// Sends every write, over `batch`.
+    /// Sends every write.
     pub writer: Writer,
     pub protocol: u8,
     pub state: Mutex<State>,

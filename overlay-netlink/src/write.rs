@@ -2,13 +2,18 @@
 //! routes added, replaced and deleted, addresses added and deleted, links
 //! created, set up, marked and deleted, by full applies, updates, interface
 //! removal and drift repair alike. Each change is a [`Write`] built here;
-//! [`Writer::send`] is the one place a request reaches the kernel.
+//! [`Writer::send`] is the one place a request reaches the kernel, over
+//! whichever socket suits the number of writes.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
 };
@@ -139,31 +144,47 @@ impl Write {
     }
 }
 
-/// Sends [`Write`]s to the kernel over the programmer's batch socket.
+/// Writes this many or fewer go over the rtnetlink connection (async, no
+/// thread hop: what a drift repair, an interface change or a one-route
+/// update costs); more go over the batch socket.
+const CONNECTION_MAX: usize = 4;
+
+/// Sends [`Write`]s to the kernel, over the programmer's rtnetlink
+/// connection or its batch socket.
 pub(crate) struct Writer {
+    handle: rtnetlink::Handle,
     socket: Arc<BatchSocket>,
     requests_per_send: usize,
 }
 
 impl Writer {
-    /// A writer over `socket`, packing up to `requests_per_send` requests
-    /// into one `sendmsg`.
-    pub(crate) fn new(socket: Arc<BatchSocket>, requests_per_send: usize) -> Self {
+    /// A writer over the rtnetlink connection of `handle` and over
+    /// `socket`, packing up to `requests_per_send` requests into one
+    /// `sendmsg` of the batch socket.
+    pub(crate) fn new(
+        handle: rtnetlink::Handle,
+        socket: Arc<BatchSocket>,
+        requests_per_send: usize,
+    ) -> Self {
         Self {
+            handle,
             socket,
             requests_per_send: requests_per_send.max(1),
         }
     }
 
-    /// Sends `writes` in order and returns the kernel's answer to each, in
-    /// the same order. This is where every route, address and link change
-    /// reaches the kernel. The blocking socket work runs off the async
-    /// threads.
+    /// Sends `writes` and returns the kernel's answer to each, in the same
+    /// order. This is where every route, address and link change reaches
+    /// the kernel. A few writes go out at once over the rtnetlink
+    /// connection; more than [`CONNECTION_MAX`] go over the batch socket,
+    /// in order, many per system call, with the blocking socket work off
+    /// the async threads.
     pub(crate) async fn send(&self, writes: Vec<Write>) -> Vec<Result<(), Errno>> {
-        let n = writes.len();
-        if n == 0 {
-            return Vec::new();
+        if writes.len() <= CONNECTION_MAX {
+            let sends = writes.into_iter().map(|w| self.over_connection(w));
+            return futures::future::join_all(sends).await;
         }
+        let n = writes.len();
         let msgs: Vec<(RouteNetlinkMessage, u16)> =
             writes.into_iter().map(|w| (w.msg, w.flags)).collect();
         let socket = self.socket.clone();
@@ -179,6 +200,23 @@ impl Writer {
             .await
             .pop()
             .unwrap_or(Err(CONNECTION_CLOSED))
+    }
+
+    /// Sends `write` over the rtnetlink connection and waits for the
+    /// kernel's acknowledgement.
+    async fn over_connection(&self, write: Write) -> Result<(), Errno> {
+        let mut req = NetlinkMessage::from(write.msg);
+        req.header.flags = write.flags;
+        let mut handle = self.handle.clone();
+        let mut answers = handle.request(req).map_err(|_| CONNECTION_CLOSED)?;
+        while let Some(m) = answers.next().await {
+            if let NetlinkPayload::Error(e) = m.payload
+                && let Some(code) = e.code
+            {
+                return Err(code.get().abs());
+            }
+        }
+        Ok(())
     }
 }
 
