@@ -82,6 +82,17 @@ fn has_route(ns: &Netns, args: &[&str], needle: &str) -> bool {
     ns.routes(args).unwrap().iter().any(|l| l.contains(needle))
 }
 
+/// Asserts that `ns` has a route (`ip route show args`) containing
+/// `needle`, listing the routes it has when not.
+fn assert_route(ns: &Netns, args: &[&str], needle: &str) {
+    let routes = ns.routes(args).unwrap();
+    assert!(
+        routes.iter().any(|l| l.contains(needle)),
+        "no route {needle:?} in `ip route show {}`: {routes:#?}",
+        args.join(" ")
+    );
+}
+
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..300 {
         if f() {
@@ -124,21 +135,21 @@ async fn apply_creates_everything_then_reapply_writes_nothing() {
         "{r:?}"
     );
     assert!(r.kernel_writes > 0);
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &["table", "1000"],
-        "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50"
-    ));
-    assert!(has_route(
+        "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50",
+    );
+    assert_route(
         &b.node,
         &["-6"],
-        "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250"
-    ));
+        "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250",
+    );
     let link =
         String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
     assert!(link.contains("macvlan mode bridge"), "{link}");
@@ -181,7 +192,7 @@ async fn stale_routes_go_foreign_routes_stay() {
     d.overlay = None;
     d.routes.push(route("203.0.113.128/25", Some("192.0.2.1")));
     p.apply(&d).await.unwrap();
-    assert!(has_route(&b.node, &[], "203.0.113.128/25"));
+    assert_route(&b.node, &[], "203.0.113.128/25");
 
     // No longer desired: removed; the foreign route stays.
     d.routes.pop();
@@ -189,12 +200,12 @@ async fn stale_routes_go_foreign_routes_stay() {
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
     assert_eq!(r.routes_removed[0].destination, cidr("203.0.113.128/25"));
     assert!(!has_route(&b.node, &[], "203.0.113.128/25"));
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
 
     // Even with nothing desired, the foreign route stays.
     let r = p.apply(&DesiredNodeState::default()).await.unwrap();
     assert_eq!(r.routes_removed.len(), 3, "{r:?}");
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
     assert!(
         b.node
             .routes(&["proto", "250", "table", "all"])
@@ -215,7 +226,7 @@ async fn stale_routes_go_foreign_routes_stay() {
         RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
 }
 
 #[tokio::test]
@@ -239,7 +250,7 @@ async fn changed_gateway_is_replaced() {
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
     assert_eq!(r.routes[1].result, RouteResult::Replaced, "{r:?}");
-    assert!(has_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.2"));
+    assert_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.2");
     let v6: Vec<String> = String::from_utf8(b.node.ip(&["-6", "route", "show"]).unwrap().stdout)
         .unwrap()
         .lines()
@@ -920,16 +931,16 @@ async fn two_installations_with_different_protocols_coexist() {
         .await
         .unwrap();
     assert!(r.routes_removed.is_empty(), "{r:?}");
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &[],
-        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251"
-    ));
+        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251",
+    );
 }
 
 #[tokio::test]
@@ -1076,21 +1087,17 @@ async fn default_routes_are_never_removed() {
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
     assert_eq!(r.routes_removed[0].destination, cidr("203.0.113.0/24"));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+    assert_route(&b.node, &[], "default via 192.0.2.1 dev eth0 proto 250");
+    assert_route(
         &b.node,
         &["table", "100"],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "default via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &["-6", "table", "100"],
-        "default via 2001:db8::1 dev eth0 proto 250"
-    ));
+        "default via 2001:db8::1 dev eth0 proto 250",
+    );
     // An update removing one does not remove it either.
     let r = p
         .update(&RouteChanges {
@@ -1103,11 +1110,11 @@ async fn default_routes_are_never_removed() {
         .await
         .unwrap();
     assert!(r.routes_removed.is_empty() && r.kernel_writes == 0, "{r:?}");
-    assert!(has_route(
+    assert_route(
         &b.node,
         &["table", "100"],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
+        "default via 192.0.2.1 dev eth0 proto 250",
+    );
 }
 
 /// A node namespace with a second uplink `eth1` (198.51.100.10/24 to
@@ -1164,8 +1171,8 @@ async fn stale_routes_are_removed_only_in_scope() {
         "198.19.0.0/16 via 192.0.2.1",
         "203.0.113.128/25 via 198.51.100.1 dev eth1",
     );
-    assert!(has_route(&b.node, &["table", "200"], in_200));
-    assert!(has_route(&b.node, &[], on_eth1));
+    assert_route(&b.node, &["table", "200"], in_200);
+    assert_route(&b.node, &[], on_eth1);
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
 
     // A restart: a new programmer that knows (from the agent's last
@@ -1179,7 +1186,7 @@ async fn stale_routes_are_removed_only_in_scope() {
     assert_eq!(removed(&r), vec![cidr("198.19.0.0/16")], "{r:?}");
     assert!(!has_route(&b.node, &["table", "200"], "198.19.0.0/16"));
     // eth1 is still not in scope.
-    assert!(has_route(&b.node, &[], on_eth1));
+    assert_route(&b.node, &[], on_eth1);
     d.scope.devices.insert(name("eth1"));
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
@@ -1230,16 +1237,16 @@ async fn route_outcomes_name_the_resolved_device() {
         matches!(r.routes[4].result, RouteResult::Failed(_)),
         "{r:?}"
     );
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &[],
-        "198.18.0.0/16 via 198.51.100.1 dev eth1 proto 250"
-    ));
+        "198.18.0.0/16 via 198.51.100.1 dev eth1 proto 250",
+    );
     let again = p.apply(&d).await.unwrap();
     assert_eq!(again.kernel_writes, 0, "{again:?}");
     assert_eq!(devices(&again), want);
@@ -1274,21 +1281,13 @@ async fn add_change_remove(p: &NetlinkProgrammer, node: &Netns, routes: [&RouteS
     assert_eq!(r.routes.len(), 1);
     assert_eq!(r.routes[0].result, RouteResult::Added);
     assert_eq!(r.routes[0].device, Some(name("eth0")));
-    assert!(has_route(
-        node,
-        &[],
-        "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250"
-    ));
+    assert_route(node, &[], "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250");
 
     let r = update(p, &[a], &[a2]).await;
     assert_eq!(r.kernel_writes, 1, "{r:?}");
     assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
     assert!(r.routes_removed.is_empty(), "{r:?}");
-    assert!(has_route(
-        node,
-        &[],
-        "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250"
-    ));
+    assert_route(node, &[], "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250");
 
     let r = update(p, &[bb], &[]).await;
     assert_eq!(r.kernel_writes, 1, "{r:?}");
@@ -1330,11 +1329,11 @@ async fn foreign_key_is_refused(
         foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
         "{foreign:?}"
     );
-    assert!(has_route(
+    assert_route(
         node,
         &["-6"],
-        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250"
-    ));
+        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250",
+    );
 }
 
 /// Issue 12: `update` writes exactly the changed routes, without a dump;
