@@ -23,7 +23,7 @@ use overlay_core::{
     OverlayIpStore, RouteState, StaticRouteRule, StoreError, StoreEvent,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
-use overlay_testbed::Netns;
+use overlay_testbed::{Netns, NodeWithGateway};
 
 const ROUTES: usize = 1000;
 const NEW_ROUTES: usize = 200;
@@ -53,19 +53,12 @@ fn main() {
     if !overlay_testbed::privileged("bench agent") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
+    overlay_testbed::run_bench(bench()).unwrap();
 }
 
 async fn bench() {
-    let node = Netns::new("bench-agent").unwrap();
-    let gw = Netns::new("bench-agent-gw").unwrap();
-    node.add_veth("eth0", &gw, "gw0").unwrap();
-    node.add_addr("eth0", "198.51.100.10/24").unwrap();
+    let NodeWithGateway { node, gateway: _gw } =
+        NodeWithGateway::new("bench-agent", &["198.51.100.10/24"], &[]).unwrap();
     let nodes = MemoryNodes::new();
     let labels: BTreeMap<String, String> =
         [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();

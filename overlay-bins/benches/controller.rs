@@ -61,12 +61,7 @@ fn emulator_config() -> EmulatorConfig {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
+    overlay_testbed::run_bench(bench()).unwrap();
 }
 
 async fn bench() {

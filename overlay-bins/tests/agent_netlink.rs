@@ -15,7 +15,7 @@ use overlay_core::{
     StaticRouteRule, StaticRouteStore,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
-use overlay_testbed::{Netns, privileged};
+use overlay_testbed::{Netns, NodeWithGateway, privileged};
 
 struct Bed {
     node: Netns,
@@ -26,12 +26,12 @@ struct Bed {
 }
 
 fn bed() -> Bed {
-    let node = Netns::new("agent").unwrap();
-    let gw = Netns::new("agent-gw").unwrap();
-    node.add_veth("eth0", &gw, "gw0").unwrap();
-    node.add_addr("eth0", "198.51.100.10/24").unwrap();
-    gw.add_addr("gw0", "198.51.100.1/24").unwrap();
-    gw.add_addr("gw0", "192.0.2.1/24").unwrap();
+    let NodeWithGateway { node, gateway: gw } = NodeWithGateway::new(
+        "agent",
+        &["198.51.100.10/24"],
+        &["198.51.100.1/24", "192.0.2.1/24"],
+    )
+    .unwrap();
     let nodes = MemoryNodes::new();
     let labels: BTreeMap<String, String> =
         [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();

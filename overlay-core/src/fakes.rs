@@ -390,7 +390,7 @@ pub struct KernelState {
     /// The overlay interface, if present.
     pub interface: Option<crate::model::OverlayInterface>,
     /// Routes installed by the programmer, by key.
-    pub routes: BTreeMap<(crate::Cidr, u32, u32), crate::RouteSpec>,
+    pub routes: BTreeMap<crate::RouteKey, crate::RouteSpec>,
     /// Routes gateway discovery finds, by covering prefix.
     pub covering: Vec<crate::DiscoveredRoute>,
     /// Addresses on interfaces (for `interface_with_address`).
@@ -453,12 +453,15 @@ impl KernelState {
     /// Removes our route with `key` when `scope` allows; whether it did.
     fn uninstall(
         &mut self,
-        key: &(crate::Cidr, u32, u32),
+        key: &crate::RouteKey,
         scope: &crate::RouteScope,
     ) -> Option<crate::RouteSpec> {
         let r = self.routes.get(key)?;
         if r.destination.prefix() == 0
-            || !scope.allows(key.1, r.device.as_ref().map(crate::InterfaceName::as_str))
+            || !scope.allows(
+                key.table,
+                r.device.as_ref().map(crate::InterfaceName::as_str),
+            )
         {
             return None;
         }

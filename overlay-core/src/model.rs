@@ -280,11 +280,48 @@ pub struct RouteSpec {
     pub metric: Option<u32>,
 }
 
+/// What makes two routes "the same route" to the kernel: destination,
+/// table and metric, with the kernel's defaults filled in. The kernel keeps
+/// one route per key; adding a second one with the same key fails (or, as
+/// a replace, overwrites the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Ord, PartialOrd)]
+pub struct RouteKey {
+    /// Destination prefix.
+    pub destination: Cidr,
+    /// Routing table ([`MAIN_TABLE`] when a route names none).
+    pub table: u32,
+    /// Metric as the kernel stores it: IPv4 0 when a route names none;
+    /// IPv6 [`IPV6_DEFAULT_METRIC`] when a route names none or 0.
+    pub metric: u32,
+}
+
+/// The metric the kernel gives an IPv6 route added without one (or with
+/// metric 0).
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+impl RouteKey {
+    /// The key of a route to `destination` in `table` with `metric`, with
+    /// the kernel's normalisation applied (IPv6 metric 0 is stored as
+    /// [`IPV6_DEFAULT_METRIC`]).
+    pub fn new(destination: Cidr, table: u32, metric: u32) -> Self {
+        let metric = if metric == 0 && !destination.is_ipv4() {
+            IPV6_DEFAULT_METRIC
+        } else {
+            metric
+        };
+        Self {
+            destination,
+            table,
+            metric,
+        }
+    }
+}
+
 impl RouteSpec {
     /// The key routes are compared by: the kernel identifies a route by
-    /// destination, table and metric.
-    pub fn key(&self) -> (Cidr, u32, u32) {
-        (
+    /// destination, table and metric (see [`RouteKey`] for the defaults).
+    pub fn key(&self) -> RouteKey {
+        RouteKey::new(
             self.destination,
             self.table.unwrap_or(MAIN_TABLE),
             self.metric.unwrap_or(0),
@@ -509,6 +546,28 @@ impl fmt::Display for RouteState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_keys_follow_the_kernels_defaults() {
+        let route = |dest: &str, metric: Option<u32>| RouteSpec {
+            destination: Cidr::parse("destination", dest).unwrap_or_else(|e| panic!("{e}")),
+            gateway: None,
+            device: None,
+            table: None,
+            metric,
+        };
+        // IPv6: no metric is the kernel's 1024, the same route.
+        assert_eq!(
+            route("2001:db8::/32", None).key(),
+            route("2001:db8::/32", Some(1024)).key()
+        );
+        assert_eq!(route("2001:db8::/32", Some(0)).key().metric, 1024);
+        // IPv4: no metric is 0; the main table when none is named.
+        let v4 = route("192.0.2.0/24", None).key();
+        assert_eq!(v4, route("192.0.2.0/24", Some(0)).key());
+        assert_eq!((v4.table, v4.metric), (MAIN_TABLE, 0));
+        assert_ne!(v4, route("192.0.2.0/24", Some(1024)).key());
+    }
 
     #[test]
     fn owner_marker_round_trips() {

@@ -32,7 +32,7 @@ use overlay_core::{
     Cidr, DesiredNodeState, DriftEvent, RouteChanges, RouteProgrammer, RouteResult, RouteSpec,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
-use overlay_testbed::{Netns, privileged};
+use overlay_testbed::{Netns, NodeWithGateway, privileged, run_bench};
 
 const GW: &str = "192.0.2.1";
 
@@ -72,7 +72,8 @@ const UPDATE_SAMPLES: usize = 200;
 /// With 1,000 routes in place: p50 of `update` adding one route, and p50
 /// of one `ip route add` process per route, in ms.
 async fn incremental() -> (f64, f64) {
-    let (ns, _peer) = node("bench-u");
+    let bed = node("bench-u");
+    let ns = &bed.node;
     let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
         .await
         .unwrap();
@@ -92,7 +93,7 @@ async fn incremental() -> (f64, f64) {
     }
     let after = p.counters();
     assert_eq!(after.dumps, before.dumps, "update dumped");
-    assert!(count_routes(&ns) >= 1_000 + UPDATE_SAMPLES);
+    assert!(count_routes(ns) >= 1_000 + UPDATE_SAMPLES);
     let mut exec = Vec::with_capacity(UPDATE_SAMPLES);
     for k in 0..UPDATE_SAMPLES {
         let d = format!("{}/32", dest(2_000 + k));
@@ -100,7 +101,7 @@ async fn incremental() -> (f64, f64) {
         overlay_testbed::ip(&["-n", ns.name(), "route", "add", &d, "via", GW]).unwrap();
         exec.push(ms(t.elapsed()));
     }
-    assert!(count_routes(&ns) >= 1_000 + 2 * UPDATE_SAMPLES);
+    assert!(count_routes(ns) >= 1_000 + 2 * UPDATE_SAMPLES);
     lat.sort_by(f64::total_cmp);
     exec.sort_by(f64::total_cmp);
     (percentile(&lat, 0.5), percentile(&exec, 0.5))
@@ -108,13 +109,8 @@ async fn incremental() -> (f64, f64) {
 
 /// A namespace with `eth0` (192.0.2.2/24) wired to a peer holding the
 /// gateway 192.0.2.1.
-fn node(label: &str) -> (Netns, Netns) {
-    let n = Netns::new(label).unwrap();
-    let peer = Netns::new("peer").unwrap();
-    n.add_veth("eth0", &peer, "gw0").unwrap();
-    n.add_addr("eth0", "192.0.2.2/24").unwrap();
-    peer.add_addr("gw0", "192.0.2.1/24").unwrap();
-    (n, peer)
+fn node(label: &str) -> NodeWithGateway {
+    NodeWithGateway::new(label, &["192.0.2.2/24"], &["192.0.2.1/24"]).unwrap()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -126,7 +122,8 @@ fn count_routes(ns: &Netns) -> usize {
 }
 
 async fn programmer_install(n: usize) -> f64 {
-    let (ns, _peer) = node("bench-p");
+    let bed = node("bench-p");
+    let ns = &bed.node;
     let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
         .await
         .unwrap();
@@ -136,24 +133,26 @@ async fn programmer_install(n: usize) -> f64 {
     let el = ms(t.elapsed());
     assert_eq!(r.failures().count(), 0);
     assert_eq!(r.kernel_writes, n as u64);
-    assert!(count_routes(&ns) >= n);
+    assert!(count_routes(ns) >= n);
     el
 }
 
 fn exec_install(n: usize) -> f64 {
-    let (ns, _peer) = node("bench-e");
+    let bed = node("bench-e");
+    let ns = &bed.node;
     let t = Instant::now();
     for i in 0..n {
         let d = format!("{}/32", dest(i));
         overlay_testbed::ip(&["-n", ns.name(), "route", "add", &d, "via", GW]).unwrap();
     }
     let el = ms(t.elapsed());
-    assert!(count_routes(&ns) >= n);
+    assert!(count_routes(ns) >= n);
     el
 }
 
 fn batch_install(n: usize) -> f64 {
-    let (ns, _peer) = node("bench-b");
+    let bed = node("bench-b");
+    let ns = &bed.node;
     let path = std::env::temp_dir().join(format!("overlay-bench-{}-{n}.batch", std::process::id()));
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
@@ -166,7 +165,7 @@ fn batch_install(n: usize) -> f64 {
     overlay_testbed::ip(&["-n", ns.name(), "-batch", &p]).unwrap();
     let el = ms(t.elapsed());
     let _ = std::fs::remove_file(&path);
-    assert!(count_routes(&ns) >= n);
+    assert!(count_routes(ns) >= n);
     el
 }
 
@@ -179,15 +178,21 @@ fn main() {
     if !privileged("bench apply") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    run_bench(run()).unwrap();
 }
 
-async fn run() {
+/// Install times of 1,000 and 10,000 routes, ms.
+struct Installs {
+    /// The programmer, for 1,000 and 10,000 routes.
+    programmer: [f64; 2],
+    /// `ip -batch`, for 1,000 and 10,000 routes.
+    batch: [f64; 2],
+    /// One `ip route add` per route for 1,000 routes.
+    exec_1000: f64,
+}
+
+/// Measures and prints the install times.
+async fn installs() -> Installs {
     let mut prog = [0.0; 2];
     let mut batch = [0.0; 2];
     for (k, n) in [1_000usize, 10_000].into_iter().enumerate() {
@@ -197,36 +202,30 @@ async fn run() {
         println!("ip -batch   install {n:>6} routes: {:9.1} ms", batch[k]);
     }
     let exec_1000 = exec_install(1_000);
-    let exec_10000 = exec_1000 * 10.0;
     println!("ip per route install  1000 routes: {exec_1000:9.1} ms");
     println!(
-        "ip per route install 10000 routes: {exec_10000:9.1} ms (extrapolated: 10 x the 1,000 sample)"
+        "ip per route install 10000 routes: {:9.1} ms (extrapolated: 10 x the 1,000 sample)",
+        exec_1000 * 10.0
     );
     println!(
         "1000 routes: programmer is {:.1}x faster than ip per route, {:.2}x the speed of ip -batch",
         exec_1000 / prog[0],
         batch[0] / prog[0]
     );
+    Installs {
+        programmer: prog,
+        batch,
+        exec_1000,
+    }
+}
 
-    // Incremental: one new route with 1,000 in place.
-    let (update_p50, exec_p50) = incremental().await;
-    let update_ratio = exec_p50 / update_p50;
-    println!(
-        "incremental (1000 routes in place, {UPDATE_SAMPLES} samples): update_p50_ms={update_p50:.3} exec_p50_ms={exec_p50:.3} ratio_vs_exec={update_ratio:.1}"
-    );
-
-    // No-op re-apply and repair latency, on 10,000 routes.
-    let (ns, _peer) = node("bench-n");
-    let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
-        .await
-        .unwrap();
-    let d = desired(10_000);
-    p.apply(&d).await.unwrap();
+/// Median of 7 no-op re-applies of `d`, ms, and their writes in total.
+async fn noop_reapply(p: &NetlinkProgrammer, d: &DesiredNodeState) -> (f64, u64) {
     let mut noops = Vec::new();
     let mut noop_writes = 0;
     for _ in 0..7 {
         let t = Instant::now();
-        let r = p.apply(&d).await.unwrap();
+        let r = p.apply(d).await.unwrap();
         noops.push(ms(t.elapsed()));
         noop_writes += r.kernel_writes;
     }
@@ -235,8 +234,11 @@ async fn run() {
     println!(
         "no-op re-apply 10000 routes: median {noop_ms:.1} ms over 7 runs, {noop_writes} writes in total"
     );
+    (noop_ms, noop_writes)
+}
 
-    // An external actor: its own netlink socket in the namespace.
+/// An external actor in `ns`: a netlink handle on its own socket.
+fn external_handle(ns: &Netns) -> rtnetlink::Handle {
     let rt = tokio::runtime::Handle::current();
     let (conn, handle) = ns
         .run(|| {
@@ -246,27 +248,39 @@ async fn run() {
         })
         .unwrap();
     tokio::spawn(conn);
+    handle
+}
+
+/// Deletes the route to the i-th /32 (main table) through `handle`.
+async fn delete_externally(handle: &rtnetlink::Handle, i: usize) {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = 32;
+    m.header.table = 254;
+    m.header.scope = RouteScope::NoWhere;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dest(i))));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelRoute(m));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut h = handle.clone();
+    let mut resp = h.request(req).unwrap();
+    while let Some(msg) = resp.next().await {
+        if let NetlinkPayload::Error(e) = msg.payload {
+            assert!(e.code.is_none(), "delete failed: {e:?}");
+        }
+    }
+}
+
+/// p50 and p99 of the drift-repair latency over 100 external deletions of
+/// routes `p` installed in `ns`, ms.
+async fn repair_latency(ns: &Netns, p: &NetlinkProgrammer) -> (f64, f64) {
+    let handle = external_handle(ns);
     let mut events = p.drift();
     let mut lat = Vec::new();
     for k in 0..100 {
         let i = (k * 97) % 10_000;
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        m.header.destination_prefix_length = 32;
-        m.header.table = 254;
-        m.header.scope = RouteScope::NoWhere;
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dest(i))));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelRoute(m));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
         let t = Instant::now();
-        let mut h = handle.clone();
-        let mut resp = h.request(req).unwrap();
-        while let Some(msg) = resp.next().await {
-            if let NetlinkPayload::Error(e) = msg.payload {
-                assert!(e.code.is_none(), "delete failed: {e:?}");
-            }
-        }
+        delete_externally(&handle, i).await;
         loop {
             match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
                 Ok(Some(DriftEvent::Repaired { .. })) => break,
@@ -277,21 +291,43 @@ async fn run() {
         lat.push(ms(t.elapsed()));
     }
     lat.sort_by(f64::total_cmp);
-    let p50 = percentile(&lat, 0.5);
-    let p99 = percentile(&lat, 0.99);
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     let c = p.counters();
     println!(
         "drift repair over 100 external deletions: median {p50:.3} ms, p99 {p99:.3} ms ({} repairs, {} repair writes)",
         c.repairs, c.repair_writes
     );
+    (p50, p99)
+}
+
+async fn run() {
+    let installs = installs().await;
+
+    // Incremental: one new route with 1,000 in place.
+    let (update_p50, exec_p50) = incremental().await;
+    let update_ratio = exec_p50 / update_p50;
+    println!(
+        "incremental (1000 routes in place, {UPDATE_SAMPLES} samples): update_p50_ms={update_p50:.3} exec_p50_ms={exec_p50:.3} ratio_vs_exec={update_ratio:.1}"
+    );
+
+    // No-op re-apply and repair latency, on 10,000 routes.
+    let bed = node("bench-n");
+    let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(bed.node.path()))
+        .await
+        .unwrap();
+    let d = desired(10_000);
+    p.apply(&d).await.unwrap();
+    let (noop_ms, noop_writes) = noop_reapply(&p, &d).await;
+    let (p50, p99) = repair_latency(&bed.node, &p).await;
     assert_eq!(
         p.apply(&d).await.unwrap().kernel_writes,
         0,
         "all routes back"
     );
 
-    let programmer_ms = prog[1];
-    let batch_ms = batch[1];
+    let programmer_ms = installs.programmer[1];
+    let batch_ms = installs.batch[1];
+    let exec_10000 = installs.exec_1000 * 10.0;
     println!(
         "BENCH netlink-apply routes=10000 programmer_ms={programmer_ms:.1} exec_ms={exec_10000:.1} batch_ms={batch_ms:.1} ratio_vs_exec={:.1} ratio_vs_batch={:.2} noop_ms={noop_ms:.1} noop_writes={noop_writes} repair_p50_ms={p50:.3} repair_p99_ms={p99:.3} update_p50_ms={update_p50:.3} update_exec_p50_ms={exec_p50:.3} update_ratio_vs_exec={update_ratio:.1}",
         exec_10000 / programmer_ms,

@@ -18,52 +18,40 @@
 //!   keys hold our routes (a foreign route on a key makes an update refuse
 //!   it instead of replacing it).
 //!
-//! Notifications carrying our request socket's port id were caused by our
-//! own writes and are skipped before they are even decoded.
+//! Notifications carrying one of our sockets' port ids were caused by our
+//! own writes and are skipped before they are even decoded. Repairs are
+//! written like every other change, through [`crate::write::Writer`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::FutureExt;
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::RouteType;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::route::{RouteMessage, RouteType};
 use netlink_sys::{AsyncSocketExt, TokioSocket};
-use overlay_core::{DriftEvent, RouteResult};
+use overlay_core::{DesiredNodeState, DriftEvent, RouteKey, RouteResult};
 
-use crate::kernel::{self, CREATE_EXCL, CREATE_REPLACE, EEXIST, ENOBUFS, RouteKey};
-use crate::programmer::{Inner, State, as_direct, matches_spec};
+use crate::errno::{EEXIST, ENOBUFS};
+use crate::read::{self, Addr};
+use crate::route_writes::installed_route;
+use crate::socket::frames;
+use crate::state::{Counters, Inner, State, as_direct, matches_spec};
+use crate::write::{RouteAdd, Write};
 
+/// Bytes read per notification datagram.
 const BUF: usize = 1 << 16;
 
 /// Reads notifications until the programmer is dropped (the task is
 /// aborted) or the socket fails.
 pub(crate) async fn watch(inner: Arc<Inner>, sock: TokioSocket) {
     let mut buf: Vec<u8> = Vec::with_capacity(BUF);
+    let own_ports = [inner.port, inner.batch.port];
     loop {
-        let mut msgs = Vec::new();
-        let mut overrun = false;
-        // Wait for one datagram, then take whatever else is already queued.
-        let mut first = true;
-        loop {
-            buf.clear();
-            buf.reserve(BUF);
-            let r = if first {
-                Some(sock.recv_from(&mut buf).await)
-            } else {
-                sock.recv_from(&mut buf).now_or_never()
-            };
-            first = false;
-            match r {
-                None => break,
-                Some(Ok(_)) => decode(&buf, [inner.port, inner.bulk.port], &mut msgs),
-                Some(Err(e)) if e.raw_os_error() == Some(ENOBUFS) => overrun = true,
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "netlink notification socket failed; drift repair stops");
-                    return;
-                }
-            }
-        }
+        let Some((msgs, overrun)) = receive(&sock, &mut buf, own_ports).await else {
+            return;
+        };
         if msgs.is_empty() && !overrun {
             continue;
         }
@@ -72,233 +60,298 @@ pub(crate) async fn watch(inner: Arc<Inner>, sock: TokioSocket) {
     }
 }
 
+/// Waits for one datagram, then takes whatever else is already queued:
+/// the messages others caused, and whether notifications were lost.
+/// `None` when the socket failed.
+async fn receive(
+    sock: &TokioSocket,
+    buf: &mut Vec<u8>,
+    own_ports: [u32; 2],
+) -> Option<(Vec<RouteNetlinkMessage>, bool)> {
+    let mut msgs = Vec::new();
+    let mut overrun = false;
+    let mut first = true;
+    loop {
+        buf.clear();
+        buf.reserve(BUF);
+        let r = if first {
+            Some(sock.recv_from(buf).await)
+        } else {
+            sock.recv_from(buf).now_or_never()
+        };
+        first = false;
+        match r {
+            None => return Some((msgs, overrun)),
+            Some(Ok(_)) => decode(buf, own_ports, &mut msgs),
+            Some(Err(e)) if e.raw_os_error() == Some(ENOBUFS) => overrun = true,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "netlink notification socket failed; drift repair stops");
+                return None;
+            }
+        }
+    }
+}
+
 /// Decodes the messages of one datagram, skipping those our own requests
 /// caused.
 fn decode(buf: &[u8], own_ports: [u32; 2], out: &mut Vec<RouteNetlinkMessage>) {
-    let mut off = 0;
-    while off < buf.len() {
-        let Ok(hdr) = NetlinkBuffer::new_checked(&buf[off..]) else {
-            return;
-        };
-        let len = hdr.length() as usize;
-        if len == 0 {
-            return;
-        }
-        let end = (off + len).min(buf.len());
-        if !own_ports.contains(&hdr.port_number())
-            && let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..end])
+    for frame in frames(buf).filter(|f| !own_ports.contains(&f.port_number())) {
+        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame.into_inner())
             && let NetlinkPayload::InnerMessage(inner) = m.payload
         {
             out.push(inner);
         }
-        off += (len + 3) & !3;
     }
 }
 
+/// What a batch of notifications calls for.
+#[derive(Default)]
+struct Findings {
+    /// Drift to report.
+    events: Vec<DriftEvent>,
+    /// Re-apply the last desired state in full.
+    full: bool,
+    /// Our routes deleted by someone else: add them back.
+    readd: Vec<RouteKey>,
+    /// Our routes changed by someone else: replace them.
+    replace: Vec<RouteKey>,
+}
+
+/// Takes in one batch of notifications and repairs what they call for.
 async fn handle(inner: &Inner, state: &mut State, msgs: Vec<RouteNetlinkMessage>, overrun: bool) {
     let Some(desired) = state.desired.clone() else {
         return; // nothing applied yet
     };
-    let has_failures = state.last_report.as_ref().is_some_and(|r| {
-        r.routes
-            .iter()
-            .any(|o| matches!(o.result, RouteResult::Failed(_)))
-    });
-    let mut events = Vec::new();
-    let mut full = overrun;
-    let mut readd: Vec<RouteKey> = Vec::new();
-    let mut replace: Vec<RouteKey> = Vec::new();
+    let mut findings = Findings {
+        full: overrun,
+        ..Findings::default()
+    };
     if overrun {
-        inner.counters.overruns.fetch_add(1, Ordering::Relaxed);
-        events.push(DriftEvent::Overrun);
+        Counters::add(&inner.counters.overruns, 1);
+        findings.events.push(DriftEvent::Overrun);
     }
-    let relevant = |name: &str| {
-        desired
-            .overlay
-            .as_ref()
-            .is_some_and(|o| o.name.as_str() == name || o.parent.as_str() == name)
-            || desired
-                .routes
-                .iter()
-                .any(|r| r.device.as_ref().is_some_and(|d| d.as_str() == name))
+    let mut watcher = Watcher {
+        protocol: inner.protocol,
+        has_failures: has_failures(state),
+        desired: &desired,
+        state: &mut *state,
+        findings: &mut findings,
     };
     for msg in msgs {
-        match msg {
-            RouteNetlinkMessage::DelRoute(m) => {
-                let Some(r) = kernel::parse_route(&m) else {
-                    continue;
-                };
-                // Keep what updates work from (without a dump) current.
-                if let Some(d) = as_direct(&r) {
-                    state.direct_gone(&d);
-                }
-                if r.protocol == inner.protocol {
-                    state.ours.remove(&r.key);
-                    if let Some(p) = state.plan.get(&r.key) {
-                        events.push(DriftEvent::Route(p.spec.clone()));
-                        readd.push(r.key);
-                    }
-                }
-            }
-            RouteNetlinkMessage::NewRoute(m) => {
-                let Some(r) = kernel::parse_route(&m) else {
-                    continue;
-                };
-                if let Some(d) = as_direct(&r) {
-                    state.direct_added(d);
-                }
-                if r.protocol == inner.protocol {
-                    state.ours.insert(r.key, r.clone());
-                } else {
-                    // A foreign route on the key: an update must not
-                    // replace it (CREATE_EXCL answers EEXIST instead).
-                    state.ours.remove(&r.key);
-                }
-                if let Some(p) = state.plan.get(&r.key) {
-                    if r.protocol == inner.protocol && !matches_spec(&r, &p.spec, p.oif) {
-                        events.push(DriftEvent::Route(p.spec.clone()));
-                        replace.push(r.key);
-                    } else if r.protocol != inner.protocol {
-                        // Somebody replaced our route with theirs: report it;
-                        // overlay never overwrites a foreign route.
-                        events.push(DriftEvent::Route(p.spec.clone()));
-                    }
-                } else if has_failures
-                    && r.protocol != inner.protocol
-                    && r.gateway.is_none()
-                    && r.kind == RouteType::Unicast
-                {
-                    // A network came (back): failed routes may work now.
-                    full = true;
-                }
-            }
-            RouteNetlinkMessage::DelAddress(m) => {
-                if let Some(a) = kernel::parse_addr(&m)
-                    && Some(a.index) == state.overlay_index
-                    && desired.overlay.as_ref().is_some_and(|o| o.address == a.net)
-                {
-                    events.push(DriftEvent::Address(a.net));
-                    full = true;
-                }
-            }
-            RouteNetlinkMessage::NewAddress(m) => {
-                if let Some(a) = kernel::parse_addr(&m)
-                    && Some(a.index) == state.overlay_index
-                    && desired.overlay.as_ref().is_some_and(|o| o.address != a.net)
-                    && !a.kernel_managed()
-                {
-                    // Another address on the overlay interface (added by
-                    // hand, by other tooling): the re-apply removes it, as
-                    // every apply does, marked or not. Addresses the kernel
-                    // manages (IPv6 link-local, autoconfigured) stay.
-                    events.push(DriftEvent::Address(a.net));
-                    full = true;
-                } else if has_failures {
-                    // A network came (back): failed routes may work now.
-                    full = true;
-                }
-            }
-            RouteNetlinkMessage::NewLink(m) => {
-                let l = kernel::parse_link(&m);
-                let changed = match state.links.get(&l.name) {
-                    Some(&(index, up)) => index != l.index || up != l.up,
-                    // A relevant link we have not seen (e.g. the parent
-                    // appeared after a MissingParent error).
-                    None => relevant(&l.name),
-                };
-                if changed {
-                    events.push(link_event(&l.name));
-                    full = true;
-                }
-            }
-            RouteNetlinkMessage::DelLink(m) => {
-                let l = kernel::parse_link(&m);
-                if state.links.contains_key(&l.name)
-                    || state.links.values().any(|&(i, _)| i == l.index)
-                {
-                    events.push(link_event(&l.name));
-                    full = true;
-                }
-            }
-            _ => {}
-        }
+        watcher.take_in(msg);
     }
-    if events.is_empty() && !full {
+    if findings.events.is_empty() && !findings.full {
         return;
     }
-    inner
-        .counters
-        .drift_events
-        .fetch_add(events.len().max(1) as u64, Ordering::Relaxed);
-    for e in events {
+    let n_events = findings.events.len().max(1) as u64;
+    Counters::add(&inner.counters.drift_events, n_events);
+    for e in findings.events {
         let _ = inner.events.send(e);
     }
     let mut writes = 0u64;
-    if !full && (!readd.is_empty() || !replace.is_empty()) {
-        // Targeted repair: put back exactly the routes that changed.
-        let ops: Vec<(RouteKey, u16)> = readd
-            .into_iter()
-            .map(|k| (k, CREATE_EXCL))
-            .chain(replace.into_iter().map(|k| (k, CREATE_REPLACE)))
-            .collect();
-        let planned: Vec<(RouteKey, u16, crate::kernel::KernelRoute)> = ops
-            .iter()
-            .filter_map(|(key, flags)| {
-                let p = state.plan.get(key)?;
-                Some((
-                    *key,
-                    *flags,
-                    crate::kernel::KernelRoute {
-                        key: *key,
-                        gateway: p.spec.gateway,
-                        oif: p.oif,
-                        protocol: inner.protocol,
-                        kind: RouteType::Unicast,
-                        multipath: false,
-                    },
-                ))
-            })
-            .collect();
-        let futs = planned.iter().map(|(key, flags, k)| {
-            let msg = RouteNetlinkMessage::NewRoute(kernel::route_message(
-                key,
-                k.gateway,
-                k.oif,
-                inner.protocol,
-            ));
-            kernel::write(&inner.handle, msg, *flags)
-        });
-        let results = futures::future::join_all(futs).await;
-        for ((key, _, k), r) in planned.iter().zip(&results) {
-            if r.is_ok() {
-                state.ours.insert(*key, k.clone());
-            }
-        }
-        writes += results.len() as u64;
-        inner
-            .counters
-            .writes
-            .fetch_add(results.len() as u64, Ordering::Relaxed);
-        // Anything but "already there" (a device gone, a network down):
-        // fall back to a full re-apply, which reports it.
-        if results.iter().any(|r| matches!(r, Err(e) if *e != EEXIST)) {
-            full = true;
-        }
+    let mut full = findings.full;
+    if !full && (!findings.readd.is_empty() || !findings.replace.is_empty()) {
+        let (n, failed) = put_back(inner, state, findings.readd, findings.replace).await;
+        writes += n;
+        full = failed;
     }
     if full {
-        inner.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        Counters::add(&inner.counters.resyncs, 1);
         match inner.apply_locked(state, &desired).await {
             Ok(report) => writes += report.kernel_writes,
             Err(e) => tracing::warn!(error = %e, "drift repair: re-apply failed"),
         }
     }
     if writes > 0 {
-        inner.counters.repairs.fetch_add(1, Ordering::Relaxed);
-        inner
-            .counters
-            .repair_writes
-            .fetch_add(writes, Ordering::Relaxed);
+        Counters::add(&inner.counters.repairs, 1);
+        Counters::add(&inner.counters.repair_writes, writes);
         let _ = inner.events.send(DriftEvent::Repaired { writes });
+    }
+}
+
+/// True when some desired route failed in the last apply or update.
+fn has_failures(state: &State) -> bool {
+    state.last_report.as_ref().is_some_and(|r| {
+        r.routes
+            .iter()
+            .any(|o| matches!(o.result, RouteResult::Failed(_)))
+    })
+}
+
+/// Targeted repair: puts back exactly the routes that were deleted
+/// (`readd`) or changed (`replace`), as their intents say. The writes
+/// sent, and whether anything failed other than "already there" (a device
+/// gone, a network down), which calls for a full re-apply that reports it.
+async fn put_back(
+    inner: &Inner,
+    state: &mut State,
+    readd: Vec<RouteKey>,
+    replace: Vec<RouteKey>,
+) -> (u64, bool) {
+    let keys = readd
+        .into_iter()
+        .map(|k| (k, RouteAdd::New))
+        .chain(replace.into_iter().map(|k| (k, RouteAdd::Replace)));
+    let mut planned = Vec::new();
+    let mut writes = Vec::new();
+    for (key, add) in keys {
+        let Some(intent) = state.intents.get(&key) else {
+            continue;
+        };
+        let (gateway, oif) = (intent.spec.gateway, intent.oif);
+        writes.push(Write::add_route(&key, gateway, oif, inner.protocol, add));
+        planned.push(installed_route(key, &intent.spec, oif, inner.protocol));
+    }
+    let answers = inner.writer.send(writes).await;
+    for (route, answer) in planned.into_iter().zip(&answers) {
+        if answer.is_ok() {
+            state.ours.insert(route.key, route);
+        }
+    }
+    let n = answers.len() as u64;
+    inner.count_writes(n);
+    let failed = answers.iter().any(|r| matches!(r, Err(e) if *e != EEXIST));
+    (n, failed)
+}
+
+/// Goes through notifications one by one, keeping the caches updates work
+/// from current and noting what needs repair.
+struct Watcher<'a> {
+    protocol: u8,
+    has_failures: bool,
+    desired: &'a DesiredNodeState,
+    state: &'a mut State,
+    findings: &'a mut Findings,
+}
+
+impl Watcher<'_> {
+    fn take_in(&mut self, msg: RouteNetlinkMessage) {
+        match msg {
+            RouteNetlinkMessage::DelRoute(m) => self.route_deleted(&m),
+            RouteNetlinkMessage::NewRoute(m) => self.route_added(&m),
+            RouteNetlinkMessage::DelAddress(m) => self.address_deleted(&m),
+            RouteNetlinkMessage::NewAddress(m) => self.address_added(&m),
+            RouteNetlinkMessage::NewLink(m) => self.link_changed(&m),
+            RouteNetlinkMessage::DelLink(m) => self.link_deleted(&m),
+            _ => {}
+        }
+    }
+
+    fn route_deleted(&mut self, m: &RouteMessage) {
+        let Some(r) = read::parse_route(m) else {
+            return;
+        };
+        // Keep what updates work from (without a dump) current.
+        if let Some(d) = as_direct(&r) {
+            self.state.direct_gone(&d);
+        }
+        if r.protocol == self.protocol {
+            self.state.ours.remove(&r.key);
+            if let Some(p) = self.state.intents.get(&r.key) {
+                self.findings.events.push(DriftEvent::Route(p.spec.clone()));
+                self.findings.readd.push(r.key);
+            }
+        }
+    }
+
+    fn route_added(&mut self, m: &RouteMessage) {
+        let Some(r) = read::parse_route(m) else {
+            return;
+        };
+        if let Some(d) = as_direct(&r) {
+            self.state.direct_added(d);
+        }
+        let ours = r.protocol == self.protocol;
+        if ours {
+            self.state.ours.insert(r.key, r.clone());
+        } else {
+            // A foreign route on the key: an update must not replace it
+            // (a new route's write answers EEXIST instead).
+            self.state.ours.remove(&r.key);
+        }
+        if let Some(p) = self.state.intents.get(&r.key) {
+            if ours && !matches_spec(&r, &p.spec, p.oif) {
+                self.findings.events.push(DriftEvent::Route(p.spec.clone()));
+                self.findings.replace.push(r.key);
+            } else if !ours {
+                // Somebody replaced our route with theirs: report it;
+                // overlay never overwrites a foreign route.
+                self.findings.events.push(DriftEvent::Route(p.spec.clone()));
+            }
+        } else if self.has_failures && !ours && r.gateway.is_none() && r.kind == RouteType::Unicast
+        {
+            // A network came (back): failed routes may work now.
+            self.findings.full = true;
+        }
+    }
+
+    /// The address of `m` when it sits on the overlay interface, and
+    /// whether it is the desired overlay address.
+    fn on_overlay(&self, m: &AddressMessage) -> Option<(Addr, bool)> {
+        let a = read::parse_addr(m)?;
+        let overlay = self.desired.overlay.as_ref()?;
+        (Some(a.index) == self.state.overlay_index).then(|| {
+            let desired = overlay.address == a.net;
+            (a, desired)
+        })
+    }
+
+    fn address_deleted(&mut self, m: &AddressMessage) {
+        if let Some((a, true)) = self.on_overlay(m) {
+            self.findings.events.push(DriftEvent::Address(a.net));
+            self.findings.full = true;
+        }
+    }
+
+    fn address_added(&mut self, m: &AddressMessage) {
+        if let Some((a, false)) = self.on_overlay(m)
+            && !a.kernel_managed()
+        {
+            // Another address on the overlay interface (added by hand, by
+            // other tooling): the re-apply removes it, as every apply does,
+            // marked or not. Addresses the kernel manages (IPv6 link-local,
+            // autoconfigured) stay.
+            self.findings.events.push(DriftEvent::Address(a.net));
+            self.findings.full = true;
+        } else if self.has_failures {
+            // A network came (back): failed routes may work now.
+            self.findings.full = true;
+        }
+    }
+
+    fn link_changed(&mut self, m: &LinkMessage) {
+        let l = read::parse_link(m);
+        let changed = match self.state.watched_links.get(&l.name) {
+            Some(&(index, up)) => index != l.index || up != l.up,
+            // A relevant link we have not seen (e.g. the parent appeared
+            // after a MissingParent error).
+            None => self.relevant(&l.name),
+        };
+        if changed {
+            self.findings.events.push(link_event(&l.name));
+            self.findings.full = true;
+        }
+    }
+
+    fn link_deleted(&mut self, m: &LinkMessage) {
+        let l = read::parse_link(m);
+        let links = &self.state.watched_links;
+        if links.contains_key(&l.name) || links.values().any(|&(i, _)| i == l.index) {
+            self.findings.events.push(link_event(&l.name));
+            self.findings.full = true;
+        }
+    }
+
+    /// True for the overlay interface, its parent and the desired routes'
+    /// devices.
+    fn relevant(&self, name: &str) -> bool {
+        let d = self.desired;
+        d.overlay
+            .as_ref()
+            .is_some_and(|o| o.name.as_str() == name || o.parent.as_str() == name)
+            || d.routes
+                .iter()
+                .any(|r| r.device.as_ref().is_some_and(|x| x.as_str() == name))
     }
 }
 

@@ -91,10 +91,19 @@
 //! # Ok(()) }
 //! ```
 
+mod apply;
+mod checks;
 mod drift;
-mod kernel;
+mod errno;
+mod interface;
 mod programmer;
 mod protocols;
+mod read;
+mod route_writes;
+mod socket;
+mod state;
+mod update;
+mod write;
 
 use std::path::PathBuf;
 
@@ -102,8 +111,9 @@ pub use overlay_core::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, OverlayInterface, ProgrammerError,
     RouteProgrammer, RouteResult, RouteSpec,
 };
-pub use programmer::{DriftCounters, NetlinkProgrammer};
+pub use programmer::NetlinkProgrammer;
 pub use protocols::check_route_protocol;
+pub use state::DriftCounters;
 
 /// The interface alias (`IFLA_IFALIAS`, shown by `ip link show` as
 /// `alias ...`) that marks a link as created by overlay. Only links

@@ -6,28 +6,23 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use overlay_core::{
-    Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteChanges,
+    ApplyReport, Cidr, DesiredNodeState, DriftEvent, InterfaceName, ProgrammerError, RouteChanges,
     RouteProgrammer, RouteResult, RouteSpec,
 };
 use overlay_netlink::{NetlinkProgrammer, OWNED_LINK_ALIAS, ProgrammerConfig, overlay_interface};
-use overlay_testbed::{Netns, privileged};
+use overlay_testbed::{Netns, NodeWithGateway, privileged};
 
 /// A node namespace with `eth0` (192.0.2.10/24, 2001:db8::10/64) wired to a
 /// gateway namespace (192.0.2.1, 2001:db8::1).
-struct Bed {
-    node: Netns,
-    _gw: Netns,
-}
+type Bed = NodeWithGateway;
 
 fn bed(label: &str) -> Bed {
-    let node = Netns::new(label).unwrap();
-    let gw = Netns::new("gw").unwrap();
-    node.add_veth("eth0", &gw, "gw0").unwrap();
-    node.add_addr("eth0", "192.0.2.10/24").unwrap();
-    node.add_addr("eth0", "2001:db8::10/64").unwrap();
-    gw.add_addr("gw0", "192.0.2.1/24").unwrap();
-    gw.add_addr("gw0", "2001:db8::1/64").unwrap();
-    Bed { node, _gw: gw }
+    NodeWithGateway::new(
+        label,
+        &["192.0.2.10/24", "2001:db8::10/64"],
+        &["192.0.2.1/24", "2001:db8::1/64"],
+    )
+    .unwrap()
 }
 
 async fn programmer(ns: &Netns) -> NetlinkProgrammer {
@@ -87,6 +82,17 @@ fn has_route(ns: &Netns, args: &[&str], needle: &str) -> bool {
     ns.routes(args).unwrap().iter().any(|l| l.contains(needle))
 }
 
+/// Asserts that `ns` has a route (`ip route show args`) containing
+/// `needle`, listing the routes it has when not.
+fn assert_route(ns: &Netns, args: &[&str], needle: &str) {
+    let routes = ns.routes(args).unwrap();
+    assert!(
+        routes.iter().any(|l| l.contains(needle)),
+        "no route {needle:?} in `ip route show {}`: {routes:#?}",
+        args.join(" ")
+    );
+}
+
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..300 {
         if f() {
@@ -129,21 +135,21 @@ async fn apply_creates_everything_then_reapply_writes_nothing() {
         "{r:?}"
     );
     assert!(r.kernel_writes > 0);
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &["table", "1000"],
-        "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50"
-    ));
-    assert!(has_route(
+        "198.18.0.0/16 via 192.0.2.1 dev eth0 proto 250 metric 50",
+    );
+    assert_route(
         &b.node,
         &["-6"],
-        "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250"
-    ));
+        "2001:db8:1::/48 via 2001:db8::1 dev eth0 proto 250",
+    );
     let link =
         String::from_utf8(b.node.ip(&["-d", "link", "show", "tmp0"]).unwrap().stdout).unwrap();
     assert!(link.contains("macvlan mode bridge"), "{link}");
@@ -186,7 +192,7 @@ async fn stale_routes_go_foreign_routes_stay() {
     d.overlay = None;
     d.routes.push(route("203.0.113.128/25", Some("192.0.2.1")));
     p.apply(&d).await.unwrap();
-    assert!(has_route(&b.node, &[], "203.0.113.128/25"));
+    assert_route(&b.node, &[], "203.0.113.128/25");
 
     // No longer desired: removed; the foreign route stays.
     d.routes.pop();
@@ -194,12 +200,12 @@ async fn stale_routes_go_foreign_routes_stay() {
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
     assert_eq!(r.routes_removed[0].destination, cidr("203.0.113.128/25"));
     assert!(!has_route(&b.node, &[], "203.0.113.128/25"));
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
 
     // Even with nothing desired, the foreign route stays.
     let r = p.apply(&DesiredNodeState::default()).await.unwrap();
     assert_eq!(r.routes_removed.len(), 3, "{r:?}");
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
     assert!(
         b.node
             .routes(&["proto", "250", "table", "all"])
@@ -220,7 +226,7 @@ async fn stale_routes_go_foreign_routes_stay() {
         RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(has_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1"));
+    assert_route(&b.node, &[], "198.51.100.0/24 via 192.0.2.1");
 }
 
 #[tokio::test]
@@ -244,7 +250,7 @@ async fn changed_gateway_is_replaced() {
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
     assert_eq!(r.routes[1].result, RouteResult::Replaced, "{r:?}");
-    assert!(has_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.2"));
+    assert_route(&b.node, &[], "203.0.113.0/24 via 192.0.2.2");
     let v6: Vec<String> = String::from_utf8(b.node.ip(&["-6", "route", "show"]).unwrap().stdout)
         .unwrap()
         .lines()
@@ -925,16 +931,16 @@ async fn two_installations_with_different_protocols_coexist() {
         .await
         .unwrap();
     assert!(r.routes_removed.is_empty(), "{r:?}");
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &[],
-        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251"
-    ));
+        "198.18.0.0/15 via 192.0.2.1 dev eth0 proto 251",
+    );
 }
 
 #[tokio::test]
@@ -1081,21 +1087,17 @@ async fn default_routes_are_never_removed() {
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
     assert_eq!(r.routes_removed[0].destination, cidr("203.0.113.0/24"));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+    assert_route(&b.node, &[], "default via 192.0.2.1 dev eth0 proto 250");
+    assert_route(
         &b.node,
         &["table", "100"],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "default via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &["-6", "table", "100"],
-        "default via 2001:db8::1 dev eth0 proto 250"
-    ));
+        "default via 2001:db8::1 dev eth0 proto 250",
+    );
     // An update removing one does not remove it either.
     let r = p
         .update(&RouteChanges {
@@ -1108,11 +1110,11 @@ async fn default_routes_are_never_removed() {
         .await
         .unwrap();
     assert!(r.routes_removed.is_empty() && r.kernel_writes == 0, "{r:?}");
-    assert!(has_route(
+    assert_route(
         &b.node,
         &["table", "100"],
-        "default via 192.0.2.1 dev eth0 proto 250"
-    ));
+        "default via 192.0.2.1 dev eth0 proto 250",
+    );
 }
 
 /// A node namespace with a second uplink `eth1` (198.51.100.10/24 to
@@ -1125,6 +1127,24 @@ fn second_uplink(b: &Bed) -> Netns {
     other
 }
 
+/// Adds routes with our protocol number as an earlier run (or somebody by
+/// hand) would have left them: one in the main table on eth0, one in table
+/// 200, one in the main table on eth1.
+fn leave_stale_routes_of_ours(ns: &Netns) {
+    for line in [
+        "route add 198.18.0.0/16 via 192.0.2.1 proto 250",
+        "route add 198.19.0.0/16 via 192.0.2.1 table 200 proto 250",
+        "route add 203.0.113.128/25 via 198.51.100.1 proto 250",
+    ] {
+        ns.ip(&line.split(' ').collect::<Vec<_>>()).unwrap();
+    }
+}
+
+/// The destinations of the routes an apply removed.
+fn removed(r: &ApplyReport) -> Vec<Cidr> {
+    r.routes_removed.iter().map(|s| s.destination).collect()
+}
+
 /// Issue 12: routes of ours no longer desired are removed only in the
 /// tables and devices overlay works in; `DesiredNodeState::scope` widens
 /// that after a restart.
@@ -1135,41 +1155,7 @@ async fn stale_routes_are_removed_only_in_scope() {
     }
     let b = bed("scope");
     let _up = second_uplink(&b);
-    // Left by an earlier run (or by hand with our number): one in the main
-    // table on eth0, one in table 200, one in the main table on eth1.
-    for args in [
-        &[
-            "route",
-            "add",
-            "198.18.0.0/16",
-            "via",
-            "192.0.2.1",
-            "proto",
-            "250",
-        ][..],
-        &[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "192.0.2.1",
-            "table",
-            "200",
-            "proto",
-            "250",
-        ][..],
-        &[
-            "route",
-            "add",
-            "203.0.113.128/25",
-            "via",
-            "198.51.100.1",
-            "proto",
-            "250",
-        ][..],
-    ] {
-        b.node.ip(args).unwrap();
-    }
+    leave_stale_routes_of_ours(&b.node);
     let p = programmer_without_repair(&b.node).await;
     let d = DesiredNodeState {
         overlay: None,
@@ -1178,26 +1164,15 @@ async fn stale_routes_are_removed_only_in_scope() {
     };
     let r = p.apply(&d).await.unwrap();
     // Main table, eth0 (the desired route's resolved device): removed.
-    assert_eq!(
-        r.routes_removed
-            .iter()
-            .map(|s| s.destination)
-            .collect::<Vec<_>>(),
-        vec![cidr("198.18.0.0/16")],
-        "{r:?}"
-    );
+    assert_eq!(removed(&r), vec![cidr("198.18.0.0/16")], "{r:?}");
     assert!(!has_route(&b.node, &[], "198.18.0.0/16"));
     // Table 200 and device eth1 are outside the scope: they stay.
-    assert!(has_route(
-        &b.node,
-        &["table", "200"],
-        "198.19.0.0/16 via 192.0.2.1"
-    ));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.128/25 via 198.51.100.1 dev eth1"
-    ));
+    let (in_200, on_eth1) = (
+        "198.19.0.0/16 via 192.0.2.1",
+        "203.0.113.128/25 via 198.51.100.1 dev eth1",
+    );
+    assert_route(&b.node, &["table", "200"], in_200);
+    assert_route(&b.node, &[], on_eth1);
     assert_eq!(p.apply(&d).await.unwrap().kernel_writes, 0);
 
     // A restart: a new programmer that knows (from the agent's last
@@ -1208,21 +1183,10 @@ async fn stale_routes_are_removed_only_in_scope() {
     d.scope.tables.extend([200, 254]);
     d.scope.devices.insert(name("eth0"));
     let r = p.apply(&d).await.unwrap();
-    assert_eq!(
-        r.routes_removed
-            .iter()
-            .map(|s| s.destination)
-            .collect::<Vec<_>>(),
-        vec![cidr("198.19.0.0/16")],
-        "{r:?}"
-    );
+    assert_eq!(removed(&r), vec![cidr("198.19.0.0/16")], "{r:?}");
     assert!(!has_route(&b.node, &["table", "200"], "198.19.0.0/16"));
     // eth1 is still not in scope.
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.128/25 via 198.51.100.1 dev eth1"
-    ));
+    assert_route(&b.node, &[], on_eth1);
     d.scope.devices.insert(name("eth1"));
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.routes_removed.len(), 1, "{r:?}");
@@ -1273,16 +1237,16 @@ async fn route_outcomes_name_the_resolved_device() {
         matches!(r.routes[4].result, RouteResult::Failed(_)),
         "{r:?}"
     );
-    assert!(has_route(
+    assert_route(
         &b.node,
         &[],
-        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250"
-    ));
-    assert!(has_route(
+        "203.0.113.0/24 via 192.0.2.1 dev eth0 proto 250",
+    );
+    assert_route(
         &b.node,
         &[],
-        "198.18.0.0/16 via 198.51.100.1 dev eth1 proto 250"
-    ));
+        "198.18.0.0/16 via 198.51.100.1 dev eth1 proto 250",
+    );
     let again = p.apply(&d).await.unwrap();
     assert_eq!(again.kernel_writes, 0, "{again:?}");
     assert_eq!(devices(&again), want);
@@ -1291,6 +1255,85 @@ async fn route_outcomes_name_the_resolved_device() {
     let r = p.apply(&d).await.unwrap();
     assert_eq!(r.kernel_writes, 0, "{r:?}");
     assert_eq!(devices(&r), want, "{r:?}");
+}
+
+/// `update` with `remove` and `upsert`, which must succeed.
+async fn update(
+    p: &NetlinkProgrammer,
+    remove: &[&RouteSpec],
+    upsert: &[&RouteSpec],
+) -> ApplyReport {
+    p.update(&RouteChanges {
+        remove: remove.iter().map(|&r| r.clone()).collect(),
+        upsert: upsert.iter().map(|&r| r.clone()).collect(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Adds `c`, changes `a` into `a2` (remove + upsert of the same key: a
+/// replace), removes `bb`, then upserts `c` again: one write each, none
+/// for the last.
+async fn add_change_remove(p: &NetlinkProgrammer, node: &Netns, routes: [&RouteSpec; 4]) {
+    let [a, a2, bb, c] = routes;
+    let r = update(p, &[], &[c]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes.len(), 1);
+    assert_eq!(r.routes[0].result, RouteResult::Added);
+    assert_eq!(r.routes[0].device, Some(name("eth0")));
+    assert_route(node, &[], "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250");
+
+    let r = update(p, &[a], &[a2]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
+    assert!(r.routes_removed.is_empty(), "{r:?}");
+    assert_route(node, &[], "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250");
+
+    let r = update(p, &[bb], &[]).await;
+    assert_eq!(r.kernel_writes, 1, "{r:?}");
+    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
+    assert_eq!(r.routes_removed[0].destination, bb.destination);
+    assert!(!has_route(node, &["table", "1000"], "198.18.0.0/16"));
+
+    // Upserting what is there writes nothing.
+    let r = update(p, &[], &[c]).await;
+    assert_eq!(r.kernel_writes, 0, "{r:?}");
+    assert_eq!(r.routes[0].result, RouteResult::Unchanged);
+}
+
+/// Upserts `f`, whose key a foreign route holds (reported, not replaced),
+/// beside `v6`, which is added.
+async fn foreign_key_is_refused(
+    p: &NetlinkProgrammer,
+    node: &Netns,
+    f: &RouteSpec,
+    v6: &RouteSpec,
+) {
+    node.add_route("203.0.113.128/25", Some("192.0.2.1"), None)
+        .unwrap();
+    let r = update(p, &[], &[f, v6]).await;
+    match &r.routes[0].result {
+        RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.routes[0].device, None);
+    assert_eq!(r.routes[1].result, RouteResult::Added, "{r:?}");
+    let foreign: Vec<String> = node
+        .routes(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("203.0.113.128/25"))
+        .collect();
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    assert!(
+        foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
+        "{foreign:?}"
+    );
+    assert_route(
+        node,
+        &["-6"],
+        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250",
+    );
 }
 
 /// Issue 12: `update` writes exactly the changed routes, without a dump;
@@ -1324,104 +1367,12 @@ async fn update_changes_only_the_given_routes_without_dumps() {
     d.routes = vec![a.clone(), bb.clone()];
     p.apply(&d).await.unwrap();
     let start = p.counters();
-
-    // Add one.
-    let c = route("198.19.0.0/16", Some("192.0.2.1"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![c.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes.len(), 1);
-    assert_eq!(r.routes[0].result, RouteResult::Added);
-    assert_eq!(r.routes[0].device, Some(name("eth0")));
-    assert!(has_route(
-        &b.node,
-        &[],
-        "198.19.0.0/16 via 192.0.2.1 dev eth0 proto 250"
-    ));
-
-    // Change one (remove + upsert of the same key: a replace).
     let a2 = route("203.0.113.0/24", Some("192.0.2.2"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![a.clone()],
-            upsert: vec![a2.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes[0].result, RouteResult::Replaced, "{r:?}");
-    assert!(r.routes_removed.is_empty(), "{r:?}");
-    assert!(has_route(
-        &b.node,
-        &[],
-        "203.0.113.0/24 via 192.0.2.2 dev eth0 proto 250"
-    ));
-
-    // Remove one.
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![bb.clone()],
-            upsert: vec![],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 1, "{r:?}");
-    assert_eq!(r.routes_removed.len(), 1, "{r:?}");
-    assert_eq!(r.routes_removed[0].destination, bb.destination);
-    assert!(!has_route(&b.node, &["table", "1000"], "198.18.0.0/16"));
-
-    // Upserting what is there writes nothing.
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![c.clone()],
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.kernel_writes, 0, "{r:?}");
-    assert_eq!(r.routes[0].result, RouteResult::Unchanged);
-
-    // A foreign route holds the key: reported, not replaced.
-    b.node
-        .add_route("203.0.113.128/25", Some("192.0.2.1"), None)
-        .unwrap();
+    let c = route("198.19.0.0/16", Some("192.0.2.1"));
+    add_change_remove(&p, &b.node, [&a, &a2, &bb, &c]).await;
     let f = route("203.0.113.128/25", Some("192.0.2.2"));
     let v6 = route("2001:db8:7::/48", Some("2001:db8::1"));
-    let r = p
-        .update(&RouteChanges {
-            remove: vec![],
-            upsert: vec![f.clone(), v6.clone()],
-        })
-        .await
-        .unwrap();
-    match &r.routes[0].result {
-        RouteResult::Failed(m) => assert!(m.contains("did not install"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(r.routes[0].device, None);
-    assert_eq!(r.routes[1].result, RouteResult::Added, "{r:?}");
-    let foreign: Vec<String> = b
-        .node
-        .routes(&[])
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.starts_with("203.0.113.128/25"))
-        .collect();
-    assert_eq!(foreign.len(), 1, "{foreign:?}");
-    assert!(
-        foreign[0].contains("via 192.0.2.1 dev eth0") && !foreign[0].contains("proto 250"),
-        "{foreign:?}"
-    );
-    assert!(has_route(
-        &b.node,
-        &["-6"],
-        "2001:db8:7::/48 via 2001:db8::1 dev eth0 proto 250"
-    ));
+    foreign_key_is_refused(&p, &b.node, &f, &v6).await;
 
     let end = p.counters();
     assert_eq!(

@@ -479,6 +479,57 @@ impl Drop for Netns {
     }
 }
 
+/// A node namespace wired to a gateway namespace by a veth pair: the
+/// node's [`NodeWithGateway::NODE_LINK`] (`eth0`) to the gateway's
+/// [`NodeWithGateway::GATEWAY_LINK`] (`gw0`), both up, with addresses on
+/// either end. The set-up the netlink and agent tests and benchmarks share;
+/// both namespaces go when it is dropped.
+#[derive(Debug)]
+pub struct NodeWithGateway {
+    /// The node (where the code under test programs routes).
+    pub node: Netns,
+    /// The namespace at the other end of the node's `eth0`.
+    pub gateway: Netns,
+}
+
+impl NodeWithGateway {
+    /// The node's end of the veth pair.
+    pub const NODE_LINK: &'static str = "eth0";
+    /// The gateway's end of the veth pair.
+    pub const GATEWAY_LINK: &'static str = "gw0";
+
+    /// Creates namespaces labelled `label` and `label-gw`, the veth pair,
+    /// and the addresses (`address/prefix`, documentation ranges unless
+    /// the namespaces' policy says otherwise): `node_addrs` on the node's
+    /// `eth0`, `gateway_addrs` on the gateway's `gw0`.
+    pub fn new(label: &str, node_addrs: &[&str], gateway_addrs: &[&str]) -> Result<Self> {
+        let node = Netns::new(label)?;
+        let gateway = Netns::new(&format!("{label}-gw"))?;
+        node.add_veth(Self::NODE_LINK, &gateway, Self::GATEWAY_LINK)?;
+        for a in node_addrs {
+            node.add_addr(Self::NODE_LINK, a)?;
+        }
+        for a in gateway_addrs {
+            gateway.add_addr(Self::GATEWAY_LINK, a)?;
+        }
+        Ok(Self { node, gateway })
+    }
+}
+
+/// Runs `future` to its end on the runtime overlay's benchmarks measure on:
+/// tokio's multi-thread scheduler with two workers, I/O and timers on.
+pub fn run_bench<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| TestbedError::Io {
+            context: "build the benchmark runtime".into(),
+            source: e,
+        })?;
+    Ok(rt.block_on(future))
+}
+
 /// Moves the calling thread into the namespace at `path`.
 pub fn enter(path: &Path) -> Result<()> {
     let f = File::open(path).map_err(|e| TestbedError::Io {

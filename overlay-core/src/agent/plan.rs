@@ -10,8 +10,7 @@ use crate::model::{RouteResult, RouteSpec, RouteState};
 use crate::parse::Cidr;
 use crate::traits::{GatewayChoice, RouteReport, StaticRouteRecord, StaticRouteRule, StoreEvent};
 
-/// The kernel's identity of a route: destination, table, metric.
-pub(super) type RouteKey = (Cidr, u32, u32);
+pub(super) use crate::model::RouteKey;
 
 /// Gateway discovery results of one pass, by prefix.
 pub(super) type Discovery = HashMap<Cidr, Result<DiscoveredRoute, String>>;
