@@ -15,9 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use overlay_core::agent::{Agent, AgentConfig, AgentParts};
-use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+use overlay_core::fakes::{
+    MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes, node_in_zone, recorded_overlay_ip,
+};
 use overlay_core::{
     Cidr, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo, OverlayIpRecord,
     OverlayIpStore, RouteState, StaticRouteRule, StoreError, StoreEvent,
@@ -60,21 +63,17 @@ async fn bench() {
     let NodeWithGateway { node, gateway: _gw } =
         NodeWithGateway::new("bench-agent", &["198.51.100.10/24"], &[]).unwrap();
     let nodes = MemoryNodes::new();
-    let labels: BTreeMap<String, String> =
-        [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();
-    nodes.upsert(NodeInfo::from_labels(
+    nodes.upsert(node_in_zone(
         "n1",
-        labels,
+        "z1",
         vec!["198.51.100.10".parse().unwrap()],
     ));
     let ips = MemoryOverlayIps::new();
-    ips.insert(OverlayIpRecord {
-        name: "n1".into(),
-        finalizers: vec![FINALIZER.into()],
-        ip_addr: Some("192.0.2.20/24".parse().unwrap()),
-        gateway: Some("192.0.2.1".parse().unwrap()),
-        ..Default::default()
-    });
+    ips.insert(recorded_overlay_ip(
+        "n1",
+        "192.0.2.20/24".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+    ));
     let routes = MemoryStaticRoutes::new();
     let make_agent = || async {
         let p = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(node.path()))
@@ -92,7 +91,73 @@ async fn bench() {
         ))
     };
 
-    // Baseline: one `ip route replace` process per route (the original agents).
+    let exec_p50 = exec_baseline(&node);
+    // 1,000 routes in place, applied by the first full pass.
+    for i in 0..ROUTES {
+        routes.apply(&format!("r{i}"), spec(i));
+    }
+    let agent = make_agent().await;
+    let mut status = ips.watch();
+    let runner = tokio::spawn(agent.clone().run(futures::future::pending()));
+    let t = Instant::now();
+    while !agent.is_ready() {
+        assert!(t.elapsed() < Duration::from_secs(30), "first pass not done");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "first pass with {ROUTES} routes: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    while status.next().now_or_never().flatten().is_some() {}
+
+    let (p50, p99, status_p50) = new_routes_one_at_a_time(&node, &routes, &mut status).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss = rss_mib();
+    println!("steady-state RSS of the process running the agent: {rss:.1} MiB");
+
+    // Restart with the routes in place.
+    runner.abort();
+    let _ = runner.await;
+    drop(agent);
+    let t = Instant::now();
+    let agent2 = make_agent().await;
+    let report = agent2.reconcile().await.unwrap();
+    let restart_ms = t.elapsed().as_secs_f64() * 1e3;
+    let deletions = report.apply.routes_removed.len();
+    let after = node
+        .routes(&[])
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("198.18."))
+        .count();
+    drop(agent2);
+    let legacy_noop_ms = legacy_noop().await;
+    let idle_rss = binary_rss(0).await;
+    let binary_rss = binary_rss(ROUTES).await;
+    println!(
+        "restart to converged: {restart_ms:.1} ms, kernel writes {}, route deletions {deletions}, routes in kernel {after}",
+        report.apply.kernel_writes
+    );
+    println!(
+        "BENCH agent routes={ROUTES} route_latency_p50_ms={p50:.2} route_latency_p99_ms={p99:.2} exec_p50_ms={exec_p50:.2} ratio_vs_exec={:.1} restart_converge_ms={restart_ms:.1} restart_route_deletions={deletions} rss_mib={rss:.1} legacy_noop_ms={legacy_noop_ms:.2} status_latency_p50_ms={status_p50:.2} binary_rss_mib={binary_rss:.1} binary_idle_rss_mib={idle_rss:.1}",
+        exec_p50 / p50
+    );
+}
+
+/// A StaticRoute to `subnet(i)` via the overlay gateway, on every node.
+fn spec(i: usize) -> Result<StaticRouteRule, String> {
+    Ok(StaticRouteRule {
+        subnet: subnet(i).parse().unwrap(),
+        gateway: GatewayChoice::Overlay,
+        table: None,
+        metric: None,
+        selector: LabelSelector::default(),
+    })
+}
+
+/// Baseline: one `ip route replace` process per route (the original
+/// agents); p50 in ms.
+fn exec_baseline(node: &Netns) -> f64 {
     let n_exec = 100;
     let mut exec_ms = Vec::new();
     for i in 0..n_exec {
@@ -116,38 +181,20 @@ async fn bench() {
             .unwrap();
     }
 
-    // 1,000 routes in place, applied by the first full pass.
-    let spec = |i: usize| {
-        Ok(StaticRouteRule {
-            subnet: subnet(i).parse().unwrap(),
-            gateway: GatewayChoice::Overlay,
-            table: None,
-            metric: None,
-            selector: LabelSelector::default(),
-        })
-    };
-    for i in 0..ROUTES {
-        routes.apply(&format!("r{i}"), spec(i));
-    }
-    let agent = make_agent().await;
-    let mut status = ips.watch();
-    let runner = tokio::spawn(agent.clone().run(futures::future::pending()));
-    let t = Instant::now();
-    while !agent.is_ready() {
-        assert!(t.elapsed() < Duration::from_secs(30), "first pass not done");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    println!(
-        "first pass with {ROUTES} routes: {:.1} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    while status.next().now_or_never().flatten().is_some() {}
+    exec_p50
+}
 
-    // Then one new StaticRoute at a time: the time until its route is in
-    // the kernel (the kernel's notification in the node's namespace), and
-    // until the agent reports it Applied (written after the kernel
-    // acknowledged it). The next route is created once the report is in.
-    let mut monitor = RouteMonitor::start(&node);
+/// One new StaticRoute at a time, with the others in place: the time until
+/// its route is in the kernel (the kernel's notification in the node's
+/// namespace), and until the agent reports it Applied (written after the
+/// kernel acknowledged it). The next route is created once the report is
+/// in. Returns the kernel p50 and p99 and the report p50, in ms.
+async fn new_routes_one_at_a_time(
+    node: &Netns,
+    routes: &MemoryStaticRoutes,
+    status: &mut BoxStream<'static, Result<StoreEvent<OverlayIpRecord>, StoreError>>,
+) -> (f64, f64, f64) {
+    let mut monitor = RouteMonitor::start(node);
     let mut lat = Vec::with_capacity(NEW_ROUTES);
     let mut status_lat = Vec::with_capacity(NEW_ROUTES);
     for i in ROUTES..ROUTES + NEW_ROUTES {
@@ -192,37 +239,7 @@ async fn bench() {
     println!(
         "StaticRoute -> kernel route: p50 {p50:.2} ms, p99 {p99:.2} ms ({NEW_ROUTES} new routes one at a time, {ROUTES} in place)"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss = rss_mib();
-    println!("steady-state RSS of the process running the agent: {rss:.1} MiB");
-
-    // Restart with the routes in place.
-    runner.abort();
-    let _ = runner.await;
-    drop(agent);
-    let t = Instant::now();
-    let agent2 = make_agent().await;
-    let report = agent2.reconcile().await.unwrap();
-    let restart_ms = t.elapsed().as_secs_f64() * 1e3;
-    let deletions = report.apply.routes_removed.len();
-    let after = node
-        .routes(&[])
-        .unwrap()
-        .iter()
-        .filter(|l| l.starts_with("198.18."))
-        .count();
-    drop(agent2);
-    let legacy_noop_ms = legacy_noop().await;
-    let idle_rss = binary_rss(0).await;
-    let binary_rss = binary_rss(ROUTES).await;
-    println!(
-        "restart to converged: {restart_ms:.1} ms, kernel writes {}, route deletions {deletions}, routes in kernel {after}",
-        report.apply.kernel_writes
-    );
-    println!(
-        "BENCH agent routes={ROUTES} route_latency_p50_ms={p50:.2} route_latency_p99_ms={p99:.2} exec_p50_ms={exec_p50:.2} ratio_vs_exec={:.1} restart_converge_ms={restart_ms:.1} restart_route_deletions={deletions} rss_mib={rss:.1} legacy_noop_ms={legacy_noop_ms:.2} status_latency_p50_ms={status_p50:.2} binary_rss_mib={binary_rss:.1} binary_idle_rss_mib={idle_rss:.1}",
-        exec_p50 / p50
-    );
+    (p50, p99, status_p50)
 }
 
 /// A legacy-mode agent with 1,000 listed subnets in place: the time of a

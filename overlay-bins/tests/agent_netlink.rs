@@ -4,15 +4,15 @@
 //! agent converges without deleting anything.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_core::agent::{Agent, AgentConfig, AgentParts};
-use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+use overlay_core::fakes::{
+    MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes, node_in_zone, recorded_overlay_ip,
+};
 use overlay_core::{
-    FINALIZER, GatewayChoice, LabelSelector, NodeInfo, OverlayIpRecord, RouteState,
-    StaticRouteRule, StaticRouteStore,
+    FINALIZER, GatewayChoice, LabelSelector, RouteState, StaticRouteRule, StaticRouteStore,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{Netns, NodeWithGateway, privileged};
@@ -33,21 +33,17 @@ fn bed() -> Bed {
     )
     .unwrap();
     let nodes = MemoryNodes::new();
-    let labels: BTreeMap<String, String> =
-        [("topology.kubernetes.io/zone".to_owned(), "z1".to_owned())].into();
-    nodes.upsert(NodeInfo::from_labels(
+    nodes.upsert(node_in_zone(
         "n1",
-        labels,
+        "z1",
         vec!["198.51.100.10".parse().unwrap()],
     ));
     let ips = MemoryOverlayIps::new();
-    ips.insert(OverlayIpRecord {
-        name: "n1".into(),
-        finalizers: vec![FINALIZER.into()],
-        ip_addr: Some("192.0.2.20/24".parse().unwrap()),
-        gateway: Some("192.0.2.1".parse().unwrap()),
-        ..Default::default()
-    });
+    ips.insert(recorded_overlay_ip(
+        "n1",
+        "192.0.2.20/24".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+    ));
     Bed {
         node,
         _gw: gw,

@@ -50,6 +50,25 @@ fn watch_stream<T: Clone + Send + 'static>(
     .boxed()
 }
 
+/// A node named `name` labelled `topology.kubernetes.io/zone=<zone>`,
+/// with these InternalIPs.
+pub fn node_in_zone(name: &str, zone: &str, internal_ips: Vec<IpAddr>) -> NodeInfo {
+    let labels = BTreeMap::from([(crate::model::ZONE_LABELS[0].to_owned(), zone.to_owned())]);
+    NodeInfo::from_labels(name, labels, internal_ips)
+}
+
+/// The NodeOverlayIp of `name` as the controller leaves it: our finalizer,
+/// the address and gateway recorded, no agent status yet.
+pub fn recorded_overlay_ip(name: &str, address: IpNetwork, gateway: IpAddr) -> OverlayIpRecord {
+    OverlayIpRecord {
+        name: name.to_owned(),
+        finalizers: vec![crate::traits::FINALIZER.to_owned()],
+        ip_addr: Some(address),
+        gateway: Some(gateway),
+        ..OverlayIpRecord::default()
+    }
+}
+
 /// Nodes held in memory; [`MemoryNodes::upsert`] and
 /// [`MemoryNodes::remove`] drive the watch.
 #[derive(Clone)]
