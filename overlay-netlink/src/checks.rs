@@ -201,7 +201,6 @@ fn on_link(gw: IpAddr, oif: Option<u32>, table: u32, direct: &[Direct]) -> bool 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -126,7 +126,6 @@ fn parse_protocol_lines(text: &str) -> Vec<(usize, (u8, String))> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -290,7 +290,6 @@ pub(crate) fn kernel_route_spec(r: &KernelRoute, names: &HashMap<u32, String>) -
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -273,7 +273,6 @@ pub(crate) fn route_failure(spec: &RouteSpec, errno: Errno) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

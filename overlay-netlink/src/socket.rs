@@ -267,7 +267,6 @@ fn receive_acks(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// A datagram of `msgs`, each with its sequence number.

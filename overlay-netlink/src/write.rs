@@ -315,7 +315,6 @@ fn route_message(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::read::parse_addr;
     use crate::read::parse_route;

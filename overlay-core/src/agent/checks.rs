@@ -96,7 +96,6 @@ pub fn refuse_route(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn node() -> NodeInfo {
