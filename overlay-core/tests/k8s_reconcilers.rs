@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
+use overlay_core::events::EventRecorder;
 use overlay_core::fakes::{MemoryEvents, MemoryProgrammer};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
@@ -339,22 +340,7 @@ async fn the_controller_reconciles_every_node_past_malformed_objects_and_repairs
     );
     let events = MemoryEvents::new();
     let invalid = InvalidObjects::new(Arc::new(events.clone()));
-    let controller = Arc::new(
-        Controller::new(
-            ControllerConfig::new("c1"),
-            ControllerParts {
-                nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-                ipam: Arc::new(CountingIpam::default()),
-                overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-                routes: Arc::new(KubeStaticRoutes::new(
-                    client.clone(),
-                    "overlay-controller".into(),
-                    invalid.clone(),
-                )),
-            },
-        )
-        .with_events(Arc::new(events.clone())),
-    );
+    let controller = kube_controller(&client, &invalid, Arc::new(events.clone()));
     let run = tokio::spawn(controller.clone().run(futures::future::pending()));
     let addr = |n: &str| {
         api.object(NOIPS, n)
@@ -390,6 +376,25 @@ async fn the_controller_reconciles_every_node_past_malformed_objects_and_repairs
     run.abort();
 }
 
+/// A controller over the Kubernetes stores on `client` (IPAM: a counter).
+fn kube_controller(
+    client: &kube::Client,
+    invalid: &InvalidObjects,
+    events: Arc<dyn EventRecorder>,
+) -> Arc<Controller> {
+    let parts = ControllerParts {
+        nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
+        ipam: Arc::new(CountingIpam::default()),
+        overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
+        routes: Arc::new(KubeStaticRoutes::new(
+            client.clone(),
+            "overlay-controller".into(),
+            invalid.clone(),
+        )),
+    };
+    Arc::new(Controller::new(ControllerConfig::new("c1"), parts).with_events(events))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reports_and_the_controller_summary_show_each_route_per_node() {
     let (api, client) = FakeApiServer::start();
@@ -402,22 +407,7 @@ async fn agent_reports_and_the_controller_summary_show_each_route_per_node() {
     let invalid = InvalidObjects::new(Arc::new(MemoryEvents::new()));
     let a = agent(&client, &k, &invalid);
     let run = tokio::spawn(a.clone().run(futures::future::pending()));
-    let controller = Arc::new(
-        Controller::new(
-            ControllerConfig::new("c1"),
-            ControllerParts {
-                nodes: Arc::new(KubeNodes::new(client.clone(), None, invalid.clone())),
-                ipam: Arc::new(CountingIpam::default()),
-                overlay_ips: Arc::new(KubeOverlayIps::new(client.clone(), None, invalid.clone())),
-                routes: Arc::new(KubeStaticRoutes::new(
-                    client.clone(),
-                    "overlay-controller".into(),
-                    invalid.clone(),
-                )),
-            },
-        )
-        .with_events(Arc::new(MemoryEvents::new())),
-    );
+    let controller = kube_controller(&client, &invalid, Arc::new(MemoryEvents::new()));
     let ctl = tokio::spawn(controller.run(futures::future::pending()));
     let report = |route: &str| {
         api.object(NOIPS, ME).unwrap()["status"]["routes"]
