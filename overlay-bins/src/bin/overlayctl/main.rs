@@ -31,6 +31,13 @@ enum Cmd {
     /// SIGINT/SIGTERM.
     #[cfg(feature = "lab")]
     Lab(lab::LabArgs),
+    /// Without the `lab` feature: says how to get the lab.
+    #[cfg(not(feature = "lab"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
+    },
     /// Print the NodeOverlayIp and StaticRoute CRDs as YAML (generated from
     /// the Rust types), or write one file per CRD into --out.
     Crds {
@@ -115,6 +122,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         #[cfg(feature = "lab")]
         Cmd::Lab(args) => return lab::lab(args),
+        #[cfg(not(feature = "lab"))]
+        Cmd::Lab { .. } => {
+            return Err(
+                "this overlayctl was built without the lab (it keeps test doubles out of release builds); run it with `cargo run -p overlay-bins --features lab --bin overlayctl -- lab`".into(),
+            );
+        }
         Cmd::Status { output, kubeconfig } => status(output, kubeconfig)?,
         Cmd::CheckConfig { file } => config::check_config(&file)?,
         Cmd::Ipam(IpamCmd::Check { config, cluster_id }) => {
