@@ -36,13 +36,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{IpamError, StoreError};
 use crate::metrics::{Measurement, Metrics};
-use crate::model::{Owner, Reservation};
+use crate::model::{Adoption, Owner, Reservation};
 use crate::parse::Zone;
 use crate::traits::IpamBackend;
 
@@ -575,6 +576,18 @@ impl IpamBackend for FencedIpam {
 
     async fn list(&self) -> Result<Vec<Reservation>, IpamError> {
         self.inner.list().await
+    }
+
+    async fn inspect_adoption(
+        &self,
+        owner: &Owner,
+        address: IpNetwork,
+    ) -> Result<Adoption, IpamError> {
+        self.inner.inspect_adoption(owner, address).await
+    }
+
+    async fn adopt(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
+        self.write("adopt", self.inner.adopt(owner, address)).await
     }
 }
 

@@ -53,9 +53,9 @@ pub mod k8s;
 
 pub use error::{IpamError, ProgrammerError, StoreError};
 pub use model::{
-    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, Marker, NodeInfo, OverlayInterface,
-    Owner, Reservation, RouteChanges, RouteKey, RouteOutcome, RouteResult, RouteScope, RouteSpec,
-    RouteState,
+    Adoption, ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, Marker, NodeInfo,
+    OverlayInterface, Owner, Reservation, RouteChanges, RouteKey, RouteOutcome, RouteResult,
+    RouteScope, RouteSpec, RouteState,
 };
 pub use parse::{Cidr, InterfaceName, LabelSelector, ParseError, Zone};
 pub use traits::{

@@ -254,6 +254,47 @@ impl Reservation {
     }
 }
 
+/// What the IPAM holds at an address recorded for an owner (a node's
+/// NodeOverlayIp names the address, possibly written by an earlier tool):
+/// the answer of [`IpamBackend::inspect_adoption`] and
+/// [`IpamBackend::adopt`](crate::IpamBackend::adopt).
+///
+/// Serialized with a `state` tag (`{"state":"adoptable","subnet_id":7,...}`)
+/// so that tools can print it as JSON.
+///
+/// [`IpamBackend::inspect_adoption`]: crate::IpamBackend::inspect_adoption
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Adoption {
+    /// Already ours: carries this owner's marker.
+    Ours {
+        /// The owner's reservation at that address.
+        reservation: Reservation,
+    },
+    /// Held for this owner by an earlier tool, without a marker of ours:
+    /// adopt would mark it.
+    Adoptable {
+        /// The IPAM subnet (or pool) holding it.
+        subnet_id: u64,
+        /// What the IPAM holds there, in words (for logs and events).
+        detail: String,
+    },
+    /// Just marked ours by `adopt` (no new reservation).
+    Adopted {
+        /// The owner's reservation at that address, now carrying its marker.
+        reservation: Reservation,
+    },
+    /// Held by something else (another owner, another cluster's marker, a
+    /// held/blocked entry...): left alone.
+    Foreign {
+        /// Why it is not this owner's, in words a user understands
+        /// (`owned by node-b`).
+        reason: String,
+    },
+    /// The IPAM holds nothing at that address.
+    Missing,
+}
+
 /// The overlay sub-interface of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayInterface {

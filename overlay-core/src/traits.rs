@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IpamError, ProgrammerError, StoreError};
 use crate::model::{
-    ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, Owner, Reservation,
-    RouteChanges, RouteState,
+    Adoption, ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, Owner,
+    Reservation, RouteChanges, RouteState,
 };
 use crate::parse::{Cidr, InterfaceName, LabelSelector, Zone};
 
@@ -28,7 +28,9 @@ use crate::parse::{Cidr, InterfaceName, LabelSelector, Zone};
 ///   from every other owner until the hold expires, visibly in the IPAM;
 ///   the same owner gets it back if it reserves again in that zone;
 /// - **ours only**: `list` reports only entries carrying an owner marker;
-///   nothing else is ever changed.
+///   nothing else is ever changed, except by `adopt`, which marks an entry
+///   an earlier tool recorded for that very owner (see
+///   [`IpamBackend::inspect_adoption`]).
 #[async_trait]
 pub trait IpamBackend: Send + Sync {
     /// A short name for logs and metrics (`phpipam`, `memory`, ...).
@@ -88,6 +90,52 @@ pub trait IpamBackend: Send + Sync {
             self.release(r, hold).await?;
         }
         Ok(all)
+    }
+
+    /// What the IPAM holds at `address`, recorded for `owner` (by a
+    /// NodeOverlayIp, possibly written by an earlier tool). Read-only.
+    ///
+    /// The rules every backend keeps:
+    /// - [`Adoption::Ours`] when the owner's own marker is on the entry (a
+    ///   live reservation of `owner` at that address);
+    /// - [`Adoption::Adoptable`] only when the entry is in a subnet or pool
+    ///   this backend is configured with, an earlier tool recorded it for
+    ///   this very owner (node name), and it carries no owner marker at all
+    ///   (neither this cluster's nor another's) and is not held back;
+    /// - [`Adoption::Foreign`] for anything else at that address (another
+    ///   owner, another cluster's marker, a held entry, a gateway, an entry
+    ///   outside the configured subnets), with the reason;
+    /// - [`Adoption::Missing`] when nothing is there.
+    ///
+    /// The default, for backends that know no earlier tool: `Ours` when
+    /// [`IpamBackend::lookup_all`] of `owner` holds that address (compared
+    /// without the prefix), else `Missing`.
+    async fn inspect_adoption(
+        &self,
+        owner: &Owner,
+        address: IpNetwork,
+    ) -> Result<Adoption, IpamError> {
+        let found = self
+            .lookup_all(owner)
+            .await?
+            .into_iter()
+            .find(|r| r.address.ip() == address.ip());
+        Ok(match found {
+            Some(reservation) => Adoption::Ours { reservation },
+            None => Adoption::Missing,
+        })
+    }
+
+    /// Makes the entry at `address` this owner's when it is
+    /// [`Adoption::Adoptable`]: writes the owner marker on it (no new
+    /// reservation), so that `lookup`, `list` and `release_owner` find it
+    /// from then on, and answers [`Adoption::Adopted`]. Every other state
+    /// is answered as [`IpamBackend::inspect_adoption`] answers it, and
+    /// nothing is written. Idempotent: adopting again answers `Ours`.
+    ///
+    /// The default never writes: it is `inspect_adoption`.
+    async fn adopt(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
+        self.inspect_adoption(owner, address).await
     }
 }
 

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use ipnetwork::IpNetwork;
 
 use crate::error::IpamError;
-use crate::model::{Owner, Reservation};
+use crate::model::{Adoption, Owner, Reservation};
 use crate::parse::Zone;
 use crate::traits::IpamBackend;
 
@@ -44,6 +45,14 @@ pub enum Measurement<'a> {
         /// What was collected.
         what: &'a str,
     },
+    /// A recorded address found on a NodeOverlayIp not yet ours (the
+    /// original controller's), by what adoption did (`adopted`, or not
+    /// adopted: `foreign`, `missing`):
+    /// `overlay_controller_adoptions_total{result}`.
+    Adoption {
+        /// What happened.
+        result: &'a str,
+    },
     /// Addresses held for this cluster's nodes:
     /// `overlay_controller_reservations_held`.
     ReservationsHeld(usize),
@@ -54,7 +63,8 @@ pub enum Measurement<'a> {
     IpamCall {
         /// Backend name.
         backend: &'a str,
-        /// Call (`reserve`, `release`, `lookup`, `lookup_all`, `list`).
+        /// Call (`reserve`, `release`, `lookup`, `lookup_all`, `list`,
+        /// `inspect_adoption`, `adopt`).
         call: &'a str,
         /// `ok` or the error kind.
         result: &'a str,
@@ -182,6 +192,24 @@ impl IpamBackend for InstrumentedIpam {
         let t = Instant::now();
         let r = self.inner.list().await;
         self.observe("list", t, &r);
+        r
+    }
+
+    async fn inspect_adoption(
+        &self,
+        owner: &Owner,
+        address: IpNetwork,
+    ) -> Result<Adoption, IpamError> {
+        let t = Instant::now();
+        let r = self.inner.inspect_adoption(owner, address).await;
+        self.observe("inspect_adoption", t, &r);
+        r
+    }
+
+    async fn adopt(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
+        let t = Instant::now();
+        let r = self.inner.adopt(owner, address).await;
+        self.observe("adopt", t, &r);
         r
     }
 }

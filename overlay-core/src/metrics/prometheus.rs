@@ -40,6 +40,7 @@ pub struct PrometheusMetrics {
     controller_reconciles: Family<Labels, Counter>,
     controller_errors: Family<Labels, Counter>,
     orphans: Family<Labels, Counter>,
+    adoptions: Family<Labels, Counter>,
     reservations_held: Gauge,
     leader: Gauge,
     ipam_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -58,6 +59,7 @@ impl Default for PrometheusMetrics {
             controller_reconciles: Family::default(),
             controller_errors: Family::default(),
             orphans: Family::default(),
+            adoptions: Family::default(),
             reservations_held: Gauge::default(),
             leader: Gauge::default(),
             ipam_latency: Family::new_with_constructor(latency_histogram),
@@ -114,6 +116,11 @@ impl PrometheusMetrics {
             "overlay_controller_orphans_collected",
             "Orphaned reservations released and records deleted",
             self.orphans.clone(),
+        );
+        r.register(
+            "overlay_controller_adoptions",
+            "Recorded addresses of an earlier tool found not yet ours, by what adoption did (adopted, foreign, missing)",
+            self.adoptions.clone(),
         );
         r.register(
             "overlay_controller_leader",
@@ -188,6 +195,10 @@ impl Metrics for PrometheusMetrics {
             Measurement::OrphanCollected { what } => {
                 self.orphans.get_or_create(&labels(&[("type", what)])).inc();
             }
+            Measurement::Adoption { result } => {
+                let l = labels(&[("result", result)]);
+                self.adoptions.get_or_create(&l).inc();
+            }
             Measurement::ReservationsHeld(n) => {
                 self.reservations_held.set(gauge_value(n));
             }
@@ -255,6 +266,7 @@ mod tests {
             ok: true,
         });
         c.record(Measurement::Leader(true));
+        c.record(Measurement::Adoption { result: "adopted" });
         c.record(Measurement::IpamCall {
             backend: "phpipam",
             call: "reserve",
@@ -271,6 +283,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("overlay_controller_leader 1"), "{text}");
+        assert!(
+            text.contains(r#"overlay_controller_adoptions_total{result="adopted"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"overlay_ipam_request_duration_seconds_count{backend="phpipam",call="reserve",result="ok"} 1"#), "{text}");
         assert!(
             text.contains(r#"overlay_invalid_objects{kind="StaticRoute"} 2"#),
