@@ -34,13 +34,14 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use futures::{FutureExt, StreamExt};
+use ipnetwork::IpNetwork;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::error::{IpamError, StoreError};
 use crate::events::{Event, EventRecorder, EventType, NoEvents};
 use crate::metrics::{Measurement, Metrics, NoMetrics};
-use crate::model::{NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
+use crate::model::{Adoption, NodeInfo, Owner, Reservation, RouteState, overlay_ip_labels};
 use crate::parse::Zone;
 use crate::queue::{Next, WorkQueue};
 use crate::traits::{
@@ -445,7 +446,7 @@ impl Controller {
                         "NodeOverlayIp deleted while the node exists; it will be recreated"
                     );
                 }
-                self.release_and_unblock(name).await
+                self.release_and_unblock(&rec).await
             }
             (None, Some(_)) => {
                 if self.cfg.dry_run {
@@ -476,8 +477,15 @@ impl Controller {
 
     /// A NodeOverlayIp being deleted with our finalizer: releases the
     /// node's addresses first, then removes the finalizer (it stays until
-    /// the release succeeds).
-    async fn release_and_unblock(&self, name: &str) -> Result<NodeOutcome, ControllerError> {
+    /// the release succeeds). A record without an owner reference may
+    /// have been written by the original controller and never adopted (its
+    /// node went while no controller ran): its address is adopted first, so
+    /// that the release finds it.
+    async fn release_and_unblock(
+        &self,
+        rec: &OverlayIpRecord,
+    ) -> Result<NodeOutcome, ControllerError> {
+        let name = rec.name.as_str();
         let owner = self.owner(name);
         if self.cfg.dry_run {
             info!(
@@ -485,6 +493,12 @@ impl Controller {
                 "dry run: would release the address and remove the finalizer"
             );
             return Ok(NodeOutcome::DryRun(format!("release {owner}")));
+        }
+        if rec.owner_uid.is_none()
+            && let Some(address) = rec.ip_addr
+        {
+            self.adopt_recorded(name, address, "it is not released")
+                .await?;
         }
         let released = self
             .ipam
@@ -521,9 +535,6 @@ impl Controller {
         rec: Option<OverlayIpRecord>,
     ) -> Result<NodeOutcome, ControllerError> {
         let name = node.name.as_str();
-        if self.cfg.dry_run {
-            return Ok(dry_run_outcome(node, rec.as_ref()));
-        }
         let meta = OverlayIpMeta {
             name: name.to_owned(),
             labels: overlay_ip_labels(node),
@@ -534,6 +545,24 @@ impl Controller {
                 && r.owner_uid == meta.owner_uid
                 && r.finalizers.iter().any(|f| f == FINALIZER)
         });
+        // A recorded address on a record not yet ours (the original
+        // controller's, say): adopted before the record is made ours, so a
+        // crash in between adopts again.
+        let recorded = rec.as_ref().and_then(|r| r.ip_addr).filter(|_| !up_to_date);
+        if self.cfg.dry_run {
+            if let Some(address) = recorded {
+                return self.dry_run_adoption(name, address).await;
+            }
+            return Ok(dry_run_outcome(node, rec.as_ref()));
+        }
+        if let Some(address) = recorded {
+            self.adopt_recorded(
+                name,
+                address,
+                "the record and the address are kept as they are",
+            )
+            .await?;
+        }
         let rec = match rec {
             Some(r) if up_to_date => r,
             _ => self
@@ -555,6 +584,99 @@ impl Controller {
         };
         self.reserve_and_record(name, &zone).await?;
         Ok(NodeOutcome::Ready)
+    }
+
+    /// Makes the address recorded for `name` (by an earlier tool, or by us
+    /// before the record was ours) ours in the IPAM, through
+    /// [`IpamBackend::adopt`]: adopted → Normal Event `Adopted`; already
+    /// ours → nothing; held by something else or by nothing → Warning
+    /// Event `NotAdopted` with the reason and `otherwise` (what happens
+    /// instead). Never reserves: a recorded address is never replaced. An
+    /// IPAM error is returned (and retried like a reserve error).
+    async fn adopt_recorded(
+        &self,
+        name: &str,
+        address: IpNetwork,
+        otherwise: &str,
+    ) -> Result<(), ControllerError> {
+        let backend = self.ipam.name();
+        let adoption = self
+            .ipam
+            .adopt(&self.owner(name), address)
+            .await
+            .map_err(on_ipam(name))?;
+        let (result, reason) = match adoption {
+            Adoption::Ours { .. } => {
+                debug!(node = name, address = %address, "recorded address is ours already");
+                return Ok(());
+            }
+            Adoption::Adopted { reservation } => {
+                info!(node = name, address = %address, subnet = %reservation.subnet_id, backend, "adopted the recorded address: marked as ours");
+                self.metrics
+                    .record(Measurement::Adoption { result: "adopted" });
+                let message = format!(
+                    "adopted {address} from {backend} subnet {}: marked as ours; it is released when the node goes",
+                    reservation.subnet_id
+                );
+                self.event("NodeOverlayIp", name, EventType::Normal, "Adopted", message)
+                    .await;
+                return Ok(());
+            }
+            Adoption::Foreign { reason } => ("foreign", reason),
+            Adoption::Missing => (
+                "missing",
+                format!("{backend} holds nothing at that address"),
+            ),
+            // A backend whose adopt does not write.
+            Adoption::Adoptable { detail, .. } => (
+                "foreign",
+                format!("{backend} found it adoptable ({detail}) but did not adopt it"),
+            ),
+        };
+        self.metrics.record(Measurement::Adoption { result });
+        warn!(node = name, address = %address, backend, reason = %reason, "recorded address not adopted");
+        let message = format!(
+            "{address} is recorded for this node but was not adopted: {reason}; {otherwise}"
+        );
+        self.event(
+            "NodeOverlayIp",
+            name,
+            EventType::Warning,
+            "NotAdopted",
+            message,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// What a dry run would do with an address recorded on a record not
+    /// yet ours (read-only: [`IpamBackend::inspect_adoption`]).
+    async fn dry_run_adoption(
+        &self,
+        name: &str,
+        address: IpNetwork,
+    ) -> Result<NodeOutcome, ControllerError> {
+        let backend = self.ipam.name();
+        let adoption = self
+            .ipam
+            .inspect_adoption(&self.owner(name), address)
+            .await
+            .map_err(on_ipam(name))?;
+        Ok(NodeOutcome::DryRun(match adoption {
+            Adoption::Adoptable { subnet_id, detail } => {
+                info!(node = name, address = %address, subnet = subnet_id, backend, "dry run: would adopt the recorded address");
+                format!(
+                    "would adopt {address} for {name} from {backend} subnet {subnet_id} ({detail})"
+                )
+            }
+            Adoption::Ours { .. } | Adoption::Adopted { .. } => format!("{name} keeps {address}"),
+            Adoption::Foreign { reason } => {
+                format!("{name} keeps {address}; it would not be adopted: {reason}")
+            }
+            Adoption::Missing => format!(
+                "{name} keeps {address}; it would not be adopted: {backend} holds nothing at that address"
+            ),
+        }))
     }
 
     /// Reserves an address for `name` in `zone` and records it on the
