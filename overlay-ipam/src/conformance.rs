@@ -45,7 +45,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
+use overlay_core::{Adoption, IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use tokio::task::JoinSet;
 
 /// Number of concurrent reservations the concurrency checks make.
@@ -1158,6 +1158,87 @@ pub async fn release_owner_all(f: &Fixture) -> Result<(), Failure> {
     .await
 }
 
+/// Asks `inspect_adoption` and then `adopt` about `address` for `owner`;
+/// fails unless both answers pass `expect` (described as `expected`).
+async fn both_adoption_answers(
+    f: &Fixture,
+    owner: &Owner,
+    address: ipnetwork::IpNetwork,
+    expected: &str,
+    expect: impl Fn(&Adoption) -> bool,
+) -> Result<(), Failure> {
+    let inspected = f
+        .backend
+        .inspect_adoption(owner, address)
+        .await
+        .map_err(|e| call_failed("inspect_adoption", &e))?;
+    let adopted = f
+        .backend
+        .adopt(owner, address)
+        .await
+        .map_err(|e| call_failed("adopt", &e))?;
+    for (call, answer) in [("inspect_adoption", inspected), ("adopt", adopted)] {
+        if !expect(&answer) {
+            return Err(Failure(format!(
+                "{call}({owner}, {address}) answered {answer:?}, expected {expected}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adoption of what needs none: `inspect_adoption` and `adopt` of an
+/// address the owner already holds answer [`Adoption::Ours`] with that
+/// reservation and change nothing; of an address nobody holds they answer
+/// [`Adoption::Missing`] and reserve nothing.
+pub async fn adoption_ours_and_missing(f: &Fixture) -> Result<(), Failure> {
+    let zone = f.roomy_zone(2)?.zone.clone();
+    with_scratch(f, async |s| {
+        let owner = f.owner("adopt", 0);
+        let held = s
+            .reserve(&owner, &zone)
+            .await
+            .map_err(|e| call_failed("reserve", &e))?;
+        let before = entries_of(f, &owner).await?;
+        both_adoption_answers(f, &owner, held.address, "Ours with that reservation", |a| {
+            matches!(a, Adoption::Ours { reservation } if reservation.address.ip() == held.address.ip() && reservation.owner == owner && !reservation.is_held())
+        })
+        .await?;
+        let after = entries_of(f, &owner).await?;
+        if after != before {
+            return Err(Failure(format!(
+                "adopting {owner}'s own {} changed what list shows for it: {before:?} became {after:?}",
+                held.address
+            )));
+        }
+        // An address nobody holds: reserved, then freed.
+        let gone = f.owner("adopt", 1);
+        let freed = s
+            .reserve(&gone, &zone)
+            .await
+            .map_err(|e| call_failed("reserve", &e))?;
+        f.backend
+            .release(&freed, Duration::ZERO)
+            .await
+            .map_err(|e| call_failed("release", &e))?;
+        let stranger = f.owner("adopt", 2);
+        s.owners.insert(stranger.clone());
+        both_adoption_answers(f, &stranger, freed.address, "Missing", |a| {
+            *a == Adoption::Missing
+        })
+        .await?;
+        let now = ours(f).await?;
+        if let Some(r) = now.iter().find(|r| r.address.ip() == freed.address.ip()) {
+            return Err(Failure(format!(
+                "after adopt of the free {}, list shows {r:?}",
+                freed.address
+            )));
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn outcome(r: Result<(), Failure>) -> Outcome {
     match r {
         Ok(()) => Outcome::Passed,
@@ -1204,5 +1285,9 @@ pub async fn run_all(f: &Fixture) -> Report {
     );
     push("lookup_all_zones", outcome(lookup_all_zones(f).await));
     push("release_owner_all", outcome(release_owner_all(f).await));
+    push(
+        "adoption_ours_and_missing",
+        outcome(adoption_ours_and_missing(f).await),
+    );
     report
 }
