@@ -5,10 +5,11 @@
 //! notes): the `{code, success, message, id, data, time}` envelope, the
 //! same status codes and messages, ids as strings in 201 replies and numbers
 //! elsewhere, `mask` as a string, decimal `ip` values after the first hit of
-//! a hostname search, 404 instead of empty lists, a 500 with an empty HTML
-//! body when deleting by an ip that exists nowhere, one token per user with
-//! sliding expiry, the login-failure IP block, read-only apps, and
-//! `first_free` allocation under a lock with a unique (ip, subnet) key.
+//! a search (by hostname or by ip), 404 instead of empty lists, a 500 with
+//! an empty HTML body when deleting by an ip that exists nowhere, one token
+//! per user with sliding expiry, the login-failure IP block, read-only
+//! apps, and `first_free` allocation under a lock with a unique (ip,
+//! subnet) key.
 //!
 //! Tests can add latency, inject faults ([`Fault`]: also faults that strike
 //! after the request was committed, as a timeout or a cut connection does on
@@ -473,6 +474,28 @@ impl Emulator {
             ..blank(subnet_id, ip)
         })
         .ok()
+    }
+
+    /// Creates an address directly as the original Go
+    /// `iks-overlay-ip-controller` left it: it reserved with `POST
+    /// addresses/first_free/{subnet}/` carrying only `owner=<node>`, so the
+    /// entry has phpIPAM's `owner` field set to the node name, the default
+    /// description `API created`, no hostname, tag Used. Returns its id, or
+    /// `None` when the subnet is unknown or the ip taken.
+    pub fn seed_original_entry(&self, subnet_id: u64, ip: Ipv4Addr, node: &str) -> Option<u64> {
+        let mut db = lock(&self.inner.db);
+        db.subnets.get(&subnet_id)?;
+        db.insert(EmulatedAddress {
+            description: Some("API created".into()),
+            owner: Some(node.into()),
+            ..blank(subnet_id, ip)
+        })
+        .ok()
+    }
+
+    /// One address by id, as stored.
+    pub fn address(&self, id: u64) -> Option<EmulatedAddress> {
+        lock(&self.inner.db).addresses.get(&id).cloned()
     }
 
     /// Deletes an address directly; returns whether it existed.
@@ -1516,12 +1539,25 @@ fn search_ip(db: &Db, ip: &str) -> Reply {
         .addresses
         .values()
         .filter(|a| a.ip == ip)
-        .map(|a| address_json(a, json!(a.ip.to_string())))
+        .enumerate()
+        // Sic: as in the hostname search, after the first hit the object
+        // cache hands out the decimal ip.
+        .map(|(i, a)| address_json(a, search_hit_ip(i, a.ip)))
         .collect();
     if hits.is_empty() {
         Reply::msg(404, "Address not found")
     } else {
         Reply::ok(Value::Array(hits))
+    }
+}
+
+/// The `ip` of the `i`th hit of a search: dotted for the first, decimal
+/// for the others (phpIPAM's object cache).
+fn search_hit_ip(i: usize, ip: Ipv4Addr) -> Value {
+    if i == 0 {
+        json!(ip.to_string())
+    } else {
+        json!(u32::from(ip).to_string())
     }
 }
 
@@ -1535,14 +1571,7 @@ fn search_hostname(db: &Db, host: &str) -> Reply {
         .enumerate()
         // Sic: after the first hit the object cache hands out the
         // decimal ip.
-        .map(|(i, a)| {
-            let ip = if i == 0 {
-                json!(a.ip.to_string())
-            } else {
-                json!(u32::from(a.ip).to_string())
-            };
-            address_json(a, ip)
-        })
+        .map(|(i, a)| address_json(a, search_hit_ip(i, a.ip)))
         .collect();
     if hits.is_empty() {
         Reply::msg(404, "Hostname not found")
