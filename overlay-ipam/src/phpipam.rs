@@ -50,6 +50,11 @@
 //!   `unmapped-subnet-<id>` (see [`unmapped_zone`]).
 //! - **list**: every entry with this cluster's live or held marker in the
 //!   configured subnets.
+//! - **inspect_adoption** / **adopt**: the original controller's entries
+//!   (phpIPAM `owner` field = node name, no marker) at an address a
+//!   NodeOverlayIp records: `GET addresses/search/{ip}`, and to adopt one
+//!   `PATCH addresses/{id}` writing the owner marker and the hostname;
+//!   the rules are in the `adopt` module (`phpipam/adopt.rs`).
 //!
 //! Tokens and passwords are never logged.
 
@@ -65,12 +70,14 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use overlay_core::backoff::Backoff;
 use overlay_core::model::Marker;
-use overlay_core::{IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
+use overlay_core::{Adoption, IpamBackend, IpamError, Owner, ParseError, Reservation, Zone};
 use reqwest::Method;
 use reqwest::header::{HeaderValue, LOCATION};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, Semaphore, watch};
+
+mod adopt;
 
 const BACKEND: &str = "phpipam";
 
@@ -2080,6 +2087,18 @@ impl IpamBackend for PhpIpamBackend {
             }
         }
         Ok(out)
+    }
+
+    async fn inspect_adoption(
+        &self,
+        owner: &Owner,
+        address: IpNetwork,
+    ) -> Result<Adoption, IpamError> {
+        self.inspect_adoption_at(owner, address).await
+    }
+
+    async fn adopt(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
+        self.adopt_at(owner, address).await
     }
 }
 
