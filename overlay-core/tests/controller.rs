@@ -14,11 +14,12 @@ use ipnetwork::IpNetwork;
 use overlay_core::controller::{
     Controller, ControllerConfig, ControllerError, ControllerParts, NodeOutcome,
 };
+use overlay_core::events::{Event, EventType};
 use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
-    AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpMeta, OverlayIpRecord,
-    OverlayIpStore, Owner, Reservation, RouteReport, RouteState, RouteSummary, StaticRouteRecord,
-    StaticRouteRule, StaticRouteStore, StoreError, StoreEvent, Zone,
+    Adoption, AgentStatus, FINALIZER, IpamBackend, IpamError, NodeInfo, OverlayIpMeta,
+    OverlayIpRecord, OverlayIpStore, Owner, Reservation, RouteReport, RouteState, RouteSummary,
+    StaticRouteRecord, StaticRouteRule, StaticRouteStore, StoreError, StoreEvent, Zone,
 };
 use tokio::sync::Notify;
 
@@ -33,6 +34,11 @@ struct FakeIpam {
     gate: Option<Arc<Notify>>,
     entered: Arc<Notify>,
     reserves: AtomicUsize,
+    /// Entries an earlier tool left, without our marker: address → the
+    /// node its owner field names.
+    earlier: Mutex<HashMap<IpAddr, String>>,
+    /// Entries marked ours by adopt.
+    adoptions: AtomicUsize,
 }
 
 impl FakeIpam {
@@ -57,6 +63,21 @@ impl FakeIpam {
     }
     fn held(&self) -> Vec<Reservation> {
         self.held.lock().unwrap().values().cloned().collect()
+    }
+    /// An entry as the original controller left it: `address` held for
+    /// `node`, without our marker.
+    fn left_by_earlier_tool(&self, address: &str, node: &str) {
+        let ip: IpNetwork = address.parse().unwrap();
+        self.earlier.lock().unwrap().insert(ip.ip(), node.into());
+    }
+    fn zone_of(&self, address: IpNetwork) -> Zone {
+        let a = address.to_string();
+        let (z, _) = self
+            .zones
+            .iter()
+            .find(|(_, pool)| pool.contains(&a.as_str()))
+            .unwrap();
+        z.parse().unwrap()
     }
 }
 
@@ -128,6 +149,57 @@ impl IpamBackend for FakeIpam {
             return Err(Self::unavailable());
         }
         Ok(self.held())
+    }
+    async fn inspect_adoption(
+        &self,
+        owner: &Owner,
+        address: IpNetwork,
+    ) -> Result<Adoption, IpamError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Self::unavailable());
+        }
+        let holder = self
+            .held()
+            .into_iter()
+            .find(|r| r.address.ip() == address.ip());
+        Ok(
+            match (holder, self.earlier.lock().unwrap().get(&address.ip())) {
+                (Some(r), _) if &r.owner == owner => Adoption::Ours { reservation: r },
+                (Some(r), _) => Adoption::Foreign {
+                    reason: format!("owned by {}", r.owner.node),
+                },
+                (None, Some(node)) if node == &owner.node => Adoption::Adoptable {
+                    subnet_id: 1,
+                    detail: format!("left for {node} by an earlier tool"),
+                },
+                (None, Some(node)) => Adoption::Foreign {
+                    reason: format!("owned by {node}"),
+                },
+                (None, None) => Adoption::Missing,
+            },
+        )
+    }
+    async fn adopt(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
+        let found = self.inspect_adoption(owner, address).await?;
+        if !matches!(found, Adoption::Adoptable { .. }) {
+            return Ok(found);
+        }
+        self.earlier.lock().unwrap().remove(&address.ip());
+        self.adoptions.fetch_add(1, Ordering::SeqCst);
+        let reservation = Reservation {
+            address,
+            gateway: Some(IpAddr::from([192, 0, 2, 1])),
+            zone: self.zone_of(address),
+            subnet_id: "1".into(),
+            handle: address.ip().to_string(),
+            owner: owner.clone(),
+            held_until: None,
+        };
+        self.held
+            .lock()
+            .unwrap()
+            .insert(owner.clone(), reservation.clone());
+        Ok(Adoption::Adopted { reservation })
     }
 }
 
@@ -1025,4 +1097,183 @@ async fn a_recorded_address_the_ipam_no_longer_holds_is_reported_not_changed() {
         Some(held.address.ip()),
         "the live node keeps its address"
     );
+}
+
+/// A NodeOverlayIp as the original Go controller left it: labels, the
+/// finalizer, the address and gateway in status, no owner reference.
+fn left_by_original_controller(name: &str, address: &str) -> OverlayIpRecord {
+    OverlayIpRecord {
+        name: name.into(),
+        labels: BTreeMap::from([
+            ("node".into(), name.into()),
+            ("region".into(), "us-south".into()),
+            ("zone".into(), "dal10".into()),
+        ]),
+        finalizers: vec![FINALIZER.into()],
+        ip_addr: Some(address.parse().unwrap()),
+        gateway: Some(IpAddr::from([192, 0, 2, 1])),
+        ..Default::default()
+    }
+}
+
+fn events_named(e: &Env, reason: &str) -> Vec<Event> {
+    e.events
+        .all()
+        .into_iter()
+        .filter(|ev| ev.reason == reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_original_controllers_address_is_adopted_kept_and_released_when_the_node_goes() {
+    let e = env();
+    e.ipam.left_by_earlier_tool("192.0.2.11/24", "n1");
+    e.ips
+        .insert(left_by_original_controller("n1", "192.0.2.11/24"));
+    e.nodes.upsert(node("n1", Some("dal10")));
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    let rec = e.ips.snapshot().remove(0);
+    assert_eq!(
+        rec.ip_addr.unwrap().to_string(),
+        "192.0.2.11/24",
+        "the address is kept"
+    );
+    assert_eq!(
+        rec.owner_uid.as_deref(),
+        Some("uid-n1"),
+        "the record is ours"
+    );
+    assert_eq!(
+        e.ipam.reserves.load(Ordering::SeqCst),
+        0,
+        "nothing reserved"
+    );
+    let held = e.ipam.held();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].owner, Owner::new("c1", "n1"));
+    assert_eq!(held[0].address.to_string(), "192.0.2.11/24");
+    let adopted = events_named(&e, "Adopted");
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].type_, EventType::Normal);
+    assert_eq!(adopted[0].name, "n1");
+    assert_eq!(
+        adopted[0].message,
+        "adopted 192.0.2.11/24 from fake subnet 1: marked as ours; it is released when the node goes"
+    );
+    // Once ours, nothing more is adopted.
+    e.ctl.reconcile_node("n1").await.unwrap();
+    assert_eq!(e.ipam.adoptions.load(Ordering::SeqCst), 1);
+    assert_eq!(events_named(&e, "Adopted").len(), 1);
+    // The node goes: the address goes back to the IPAM.
+    e.nodes.remove("n1");
+    assert_eq!(settle(&e.ctl, "n1").await.unwrap(), NodeOutcome::Gone);
+    assert!(e.ips.snapshot().is_empty());
+    assert!(e.ipam.held().is_empty(), "leaked: {:?}", e.ipam.held());
+    let released = events_named(&e, "Released");
+    assert_eq!(released.len(), 1);
+    assert!(released[0].message.contains("192.0.2.11/24"));
+}
+
+#[tokio::test]
+async fn a_recorded_address_held_by_another_or_by_nothing_is_kept_and_reported() {
+    let e = env();
+    e.ipam.left_by_earlier_tool("192.0.2.11/24", "n2");
+    e.ips
+        .insert(left_by_original_controller("n1", "192.0.2.11/24"));
+    e.ips
+        .insert(left_by_original_controller("n3", "192.0.2.12/24"));
+    for n in ["n1", "n3"] {
+        e.nodes.upsert(node(n, Some("dal10")));
+        assert_eq!(e.ctl.reconcile_node(n).await.unwrap(), NodeOutcome::Ready);
+    }
+    let warnings = events_named(&e, "NotAdopted");
+    assert_eq!(warnings.len(), 2);
+    assert!(warnings.iter().all(|w| w.type_ == EventType::Warning));
+    assert_eq!(warnings[0].name, "n1");
+    assert!(
+        warnings[0].message.contains("192.0.2.11/24")
+            && warnings[0].message.contains("owned by n2"),
+        "{}",
+        warnings[0].message
+    );
+    assert!(
+        warnings[1].message.contains("fake holds nothing"),
+        "{}",
+        warnings[1].message
+    );
+    // Never re-reserved over: both records keep their addresses.
+    let recs = e.ips.snapshot();
+    let addrs: Vec<String> = recs
+        .iter()
+        .map(|r| r.ip_addr.unwrap().to_string())
+        .collect();
+    assert_eq!(addrs, ["192.0.2.11/24", "192.0.2.12/24"]);
+    assert!(recs.iter().all(|r| r.owner_uid.is_some()));
+    assert_eq!(e.ipam.reserves.load(Ordering::SeqCst), 0);
+    assert!(e.ipam.held().is_empty());
+    // Reported once, not at every reconcile.
+    e.ctl.reconcile_node("n1").await.unwrap();
+    assert_eq!(events_named(&e, "NotAdopted").len(), 2);
+}
+
+#[tokio::test]
+async fn an_ipam_outage_during_adoption_is_retried_and_changes_nothing() {
+    let e = env();
+    e.ipam.left_by_earlier_tool("192.0.2.11/24", "n1");
+    let original = left_by_original_controller("n1", "192.0.2.11/24");
+    e.ips.insert(original.clone());
+    e.nodes.upsert(node("n1", Some("dal10")));
+    e.ipam.down.store(true, Ordering::SeqCst);
+    let err = e.ctl.reconcile_node("n1").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(
+        e.ips.snapshot(),
+        [original],
+        "not made ours before the adoption"
+    );
+    e.ipam.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        e.ctl.reconcile_node("n1").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    assert_eq!(e.ipam.adoptions.load(Ordering::SeqCst), 1);
+    assert_eq!(e.ips.snapshot()[0].owner_uid.as_deref(), Some("uid-n1"));
+}
+
+#[tokio::test]
+async fn a_node_gone_before_adoption_still_gives_its_address_back() {
+    let e = env();
+    e.ipam.left_by_earlier_tool("192.0.2.11/24", "n1");
+    e.ips
+        .insert(left_by_original_controller("n1", "192.0.2.11/24"));
+    // No node n1: it went while no controller ran.
+    assert_eq!(settle(&e.ctl, "n1").await.unwrap(), NodeOutcome::Gone);
+    assert!(e.ips.snapshot().is_empty());
+    assert_eq!(e.ipam.adoptions.load(Ordering::SeqCst), 1);
+    assert!(e.ipam.held().is_empty(), "leaked: {:?}", e.ipam.held());
+    assert!(e.ipam.earlier.lock().unwrap().is_empty());
+    assert_eq!(events_named(&e, "Released").len(), 1);
+}
+
+#[tokio::test]
+async fn a_dry_run_says_it_would_adopt_and_changes_nothing() {
+    let e = env_with(FakeIpam::new(), None, true);
+    e.ipam.left_by_earlier_tool("192.0.2.11/24", "n1");
+    let original = left_by_original_controller("n1", "192.0.2.11/24");
+    e.ips.insert(original.clone());
+    e.nodes.upsert(node("n1", Some("dal10")));
+    match e.ctl.reconcile_node("n1").await.unwrap() {
+        NodeOutcome::DryRun(what) => assert!(
+            what.starts_with("would adopt 192.0.2.11/24 for n1 from fake subnet 1"),
+            "{what}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.ips.snapshot(), [original]);
+    assert_eq!(e.ipam.adoptions.load(Ordering::SeqCst), 0);
+    assert!(e.ipam.held().is_empty());
+    assert!(e.events.all().is_empty());
 }
