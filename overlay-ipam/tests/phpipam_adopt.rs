@@ -262,3 +262,82 @@ async fn the_entry_is_found_among_several_hits_with_the_decimal_ip_quirk() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The whole takeover through the controller: a node's NodeOverlayIp and
+/// its phpIPAM entry as the Go controller left them; our controller
+/// adopts the address (unchanged) and releases it when the node goes.
+#[tokio::test]
+async fn the_controller_adopts_the_original_address_and_releases_it_with_the_node() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use overlay_core::controller::{Controller, ControllerConfig, ControllerParts, NodeOutcome};
+    use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+    use overlay_core::{FINALIZER, NodeInfo, OverlayIpRecord};
+
+    let emu = emulator().await;
+    let id = emu
+        .seed_original_entry(1, Ipv4Addr::new(192, 0, 2, 4), "node-a")
+        .unwrap();
+    let nodes = MemoryNodes::new();
+    let ips = MemoryOverlayIps::new();
+    let events = MemoryEvents::new();
+    ips.insert(OverlayIpRecord {
+        name: "node-a".into(),
+        labels: BTreeMap::from([
+            ("node".into(), "node-a".into()),
+            ("zone".into(), "gw".into()),
+        ]),
+        finalizers: vec![FINALIZER.into()],
+        ip_addr: Some(net("192.0.2.4/24")),
+        gateway: Some("192.0.2.1".parse().unwrap()),
+        ..Default::default()
+    });
+    let mut n = NodeInfo::from_labels(
+        "node-a",
+        BTreeMap::from([("topology.kubernetes.io/zone".into(), "gw".into())]),
+        vec![],
+    );
+    n.uid = Some("uid-a".into());
+    nodes.upsert(n);
+    let ctl = Controller::new(
+        ControllerConfig {
+            hold_down: Duration::ZERO,
+            ..ControllerConfig::new(CLUSTER)
+        },
+        ControllerParts {
+            nodes: Arc::new(nodes.clone()),
+            ipam: Arc::new(backend(&emu)),
+            overlay_ips: Arc::new(ips.clone()),
+            routes: Arc::new(MemoryStaticRoutes::new()),
+        },
+    )
+    .with_events(Arc::new(events.clone()));
+
+    assert_eq!(
+        ctl.reconcile_node("node-a").await.unwrap(),
+        NodeOutcome::Ready
+    );
+    let rec = ips.snapshot().remove(0);
+    assert_eq!(rec.ip_addr, Some(net("192.0.2.4/24")));
+    assert_eq!(rec.owner_uid.as_deref(), Some("uid-a"));
+    assert_eq!(emu.count("POST /addresses/first_free/{}/"), 0);
+    assert_eq!(
+        emu.address(id).unwrap().description.as_deref(),
+        Some("overlay-owner:c1/node-a")
+    );
+    assert!(
+        events.all().iter().any(|e| e.reason == "Adopted"
+            && e.message
+                == "adopted 192.0.2.4/24 from phpipam subnet 1: marked as ours; it is released when the node goes"),
+        "{:?}",
+        events.all()
+    );
+
+    nodes.remove("node-a");
+    for _ in 0..3 {
+        ctl.reconcile_node("node-a").await.unwrap();
+    }
+    assert!(ips.snapshot().is_empty());
+    assert_eq!(emu.address(id), None, "released with the node");
+}
