@@ -96,6 +96,7 @@ mod checks;
 mod drift;
 mod errno;
 mod interface;
+mod preview;
 mod programmer;
 mod protocols;
 mod read;
@@ -111,6 +112,7 @@ pub use overlay_core::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, OverlayInterface, ProgrammerError,
     RouteProgrammer, RouteResult, RouteSpec,
 };
+pub use preview::{InterfaceAction, InterfacePreview, Preview, RouteAction, RoutePreview};
 pub use programmer::NetlinkProgrammer;
 pub use protocols::check_route_protocol;
 pub use state::DriftCounters;
