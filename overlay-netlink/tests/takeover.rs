@@ -567,7 +567,7 @@ async fn the_takeover_loses_no_packet() {
     // Neighbours resolved first, so that the count measures the route.
     assert!(n.ping("203.0.113.1", Some("198.51.100.4")).unwrap());
     let p = programmer(n).await;
-    let mut ping = start_ping(n, 300);
+    let mut ping = start_ping(n, 500);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = p.apply(&seed2_desired()).await.unwrap();
     assert!(
@@ -578,7 +578,7 @@ async fn the_takeover_loses_no_packet() {
     let result = ping.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&result.stdout);
     assert!(
-        result.status.success() && summary.contains("300 packets transmitted, 300 received"),
+        result.status.success() && summary.contains("500 packets transmitted, 500 received"),
         "{summary}{}",
         String::from_utf8_lossy(&result.stderr)
     );
