@@ -515,6 +515,18 @@ pub struct ApplyReport {
     pub routes_removed: Vec<RouteSpec>,
     /// Number of write requests sent to the kernel.
     pub kernel_writes: u64,
+    /// Desired routes found in the kernel exactly as desired but installed
+    /// by someone else with `ip route` (the original deployments), and
+    /// taken over in place: marked as ours with one replace, never deleted
+    /// and re-added. Their outcome in `routes` is
+    /// [`RouteResult::Replaced`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<RouteSpec>,
+    /// The overlay interface existed unmarked (a macvlan of the right
+    /// parent left by the original deployment) and was taken over in
+    /// place: marked as ours, not recreated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interface_adopted: bool,
 }
 
 impl ApplyReport {

@@ -12,24 +12,24 @@ use overlay_core::{
 use crate::checks::{self, Kept};
 use crate::read::{self, KernelRoute, Link};
 use crate::route_writes::{Decision, KnownRoutes, RouteWrite, decide, outcomes, send_route_writes};
-use crate::state::{Direct, Inner, RouteIntent, State, as_direct};
+use crate::state::{Direct, ForeignRoutes, Inner, RouteIntent, State, as_direct};
 
 /// The routes a dump found, sorted for the apply.
-struct FoundRoutes {
+pub(crate) struct FoundRoutes {
     /// Ours (carrying our protocol), by key.
-    ours: HashMap<RouteKey, KernelRoute>,
-    /// Everybody else's, by key: their protocol.
-    foreign: HashMap<RouteKey, u8>,
+    pub ours: HashMap<RouteKey, KernelRoute>,
+    /// Everybody else's, by key.
+    pub foreign: ForeignRoutes,
     /// The direct (connected) routes, whoever's.
-    direct: Vec<Direct>,
+    pub direct: Vec<Direct>,
 }
 
 impl FoundRoutes {
     /// Sorts dumped `routes` by whether they carry `protocol`.
-    fn sort(routes: Vec<KernelRoute>, protocol: u8) -> Self {
+    pub(crate) fn sort(routes: Vec<KernelRoute>, protocol: u8) -> Self {
         let mut found = FoundRoutes {
             ours: HashMap::new(),
-            foreign: HashMap::new(),
+            foreign: ForeignRoutes::new(),
             direct: Vec::new(),
         };
         for r in routes {
@@ -37,7 +37,7 @@ impl FoundRoutes {
             if r.protocol == protocol {
                 found.ours.insert(r.key, r);
             } else {
-                found.foreign.insert(r.key, r.protocol);
+                found.foreign.entry(r.key).or_default().push(r);
             }
         }
         found
@@ -45,26 +45,26 @@ impl FoundRoutes {
 }
 
 /// What the apply decided for the desired routes before writing anything.
-struct RoutePlan {
+pub(crate) struct RoutePlan {
     /// Each route's result where known without the kernel (failed,
     /// unchanged); the others get theirs from the kernel's answer.
-    results: Vec<Option<RouteResult>>,
+    pub results: Vec<Option<RouteResult>>,
     /// The device each route goes out of.
-    oifs: Vec<Option<u32>>,
+    pub oifs: Vec<Option<u32>>,
     /// The desired keys, each with the index of its first route.
-    seen: HashMap<RouteKey, usize>,
+    pub seen: HashMap<RouteKey, usize>,
     /// What each key should hold, for drift repair and updates.
-    intents: HashMap<RouteKey, RouteIntent>,
-    /// Adds and replaces.
-    adds: Vec<RouteWrite>,
+    pub intents: HashMap<RouteKey, RouteIntent>,
+    /// Adds, replaces and takeovers.
+    pub adds: Vec<RouteWrite>,
 }
 
 /// What planning one route looks at.
-struct PlanInput<'a> {
-    links: &'a HashMap<String, Link>,
-    names: &'a HashMap<u32, String>,
-    found: &'a FoundRoutes,
-    protocol: u8,
+pub(crate) struct PlanInput<'a> {
+    pub links: &'a HashMap<String, Link>,
+    pub names: &'a HashMap<u32, String>,
+    pub found: &'a FoundRoutes,
+    pub protocol: u8,
 }
 
 impl PlanInput<'_> {
@@ -75,9 +75,9 @@ impl PlanInput<'_> {
 }
 
 /// Our stale routes to delete, each with the route as reported.
-struct Removals {
-    deletes: Vec<RouteWrite>,
-    specs: Vec<RouteSpec>,
+pub(crate) struct Removals {
+    pub deletes: Vec<RouteWrite>,
+    pub specs: Vec<RouteSpec>,
 }
 
 impl Inner {
@@ -173,6 +173,7 @@ impl Inner {
     ) -> Result<(), ProgrammerError> {
         let mut known = KnownRoutes {
             ours: &mut found.ours,
+            foreign: &mut found.foreign,
             direct: &mut found.direct,
             protocol: self.protocol,
         };
@@ -182,21 +183,26 @@ impl Inner {
         }
         for (op, answer) in send_route_writes(self, adds).await {
             let Some(i) = op.route else { continue };
-            plan.results[i] = Some(known.added(&op, &routes[i], plan.oifs[i], answer)?);
+            let result = known.added(&op, &routes[i], plan.oifs[i], answer, report)?;
+            plan.results[i] = Some(result);
         }
         Ok(())
     }
 }
 
 /// The name of link `oif` in `names`, as a device of a route.
-fn device_name(names: &HashMap<u32, String>, oif: Option<u32>) -> Option<InterfaceName> {
+pub(crate) fn device_name(names: &HashMap<u32, String>, oif: Option<u32>) -> Option<InterfaceName> {
     oif.and_then(|i| names.get(&i))
         .and_then(|n| InterfaceName::parse("device", n).ok())
 }
 
 /// Checks every desired route, then decides what each needs; the tables
 /// and devices of the desired routes join `scope`.
-fn plan_routes(routes: &[RouteSpec], input: &PlanInput<'_>, scope: &mut RouteScope) -> RoutePlan {
+pub(crate) fn plan_routes(
+    routes: &[RouteSpec],
+    input: &PlanInput<'_>,
+    scope: &mut RouteScope,
+) -> RoutePlan {
     let n = routes.len();
     let mut plan = RoutePlan {
         results: vec![None; n],
@@ -221,8 +227,10 @@ fn plan_routes(routes: &[RouteSpec], input: &PlanInput<'_>, scope: &mut RouteSco
     plan
 }
 
-/// Decides what valid route `i`, `spec`, needs: nothing, a write, or a
-/// failure (gateway not on-link, key held by a foreign route).
+/// Decides what valid route `i`, `spec`, needs: nothing, a write (a new
+/// route, a replace of ours, or the takeover of a route added with `ip
+/// route` that is exactly this one), or a failure (gateway not on-link,
+/// key held by a route overlay did not install).
 fn plan_route(
     i: usize,
     spec: &RouteSpec,
@@ -232,35 +240,38 @@ fn plan_route(
     plan: &mut RoutePlan,
     scope: &mut RouteScope,
 ) {
-    let existing = input.found.ours.get(&key);
-    let decision = decide(spec, &key, dev_oif, existing, &input.found.direct);
-    plan.intents.insert(key, decision.intent(spec, dev_oif));
-    let (oif, add) = match decision {
+    let found = &input.found;
+    let existing = found.ours.get(&key);
+    let foreign = found.foreign.get(&key).map_or(&[][..], Vec::as_slice);
+    let decision = decide(spec, &key, dev_oif, existing, foreign, &found.direct);
+    let intent = decision.intent(spec, dev_oif);
+    let oif = intent.oif;
+    plan.intents.insert(key, intent);
+    let protocol = input.protocol;
+    let (result, write) = match decision {
         Decision::Unreachable(m) => {
             plan.results[i] = Some(RouteResult::Failed(m));
             return;
         }
-        Decision::InPlace(oif) => (oif, None),
-        Decision::Write { oif, add } => (oif, Some(add)),
+        Decision::InPlace(_) => (Some(RouteResult::Unchanged), None),
+        Decision::Foreign { message, .. } => (Some(RouteResult::Failed(message)), None),
+        Decision::Write { add, .. } => (
+            None,
+            Some(RouteWrite::add(i, key, spec, oif, protocol, add)),
+        ),
+        Decision::TakeOver { found, .. } => (
+            None,
+            Some(RouteWrite::take_over(i, key, spec, oif, protocol, found)),
+        ),
     };
     plan.oifs[i] = oif;
     scope.devices.extend(input.device(oif));
-    let Some(add) = add else {
-        plan.results[i] = Some(RouteResult::Unchanged);
-        return;
-    };
-    if existing.is_none()
-        && let Err(m) = checks::not_foreign(&key, input.found.foreign.get(&key).copied())
-    {
-        plan.results[i] = Some(RouteResult::Failed(m));
-        return;
-    }
-    plan.adds
-        .push(RouteWrite::add(i, key, spec, oif, input.protocol, add));
+    plan.results[i] = result;
+    plan.adds.extend(write);
 }
 
 impl Removals {
-    fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Removals {
             deletes: Vec::new(),
             specs: Vec::new(),
@@ -270,7 +281,7 @@ impl Removals {
 
 /// Deletes of our routes no longer desired (not in `seen`), only in
 /// `scope`, never a default route.
-fn plan_removals(
+pub(crate) fn plan_removals(
     ours: &HashMap<RouteKey, KernelRoute>,
     seen: &HashMap<RouteKey, usize>,
     names: &HashMap<u32, String>,
@@ -331,5 +342,6 @@ fn remember(
     state.all_links = links;
     state.direct = found.direct;
     state.ours = found.ours;
+    state.foreign = found.foreign;
     state.synced = true;
 }

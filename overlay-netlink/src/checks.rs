@@ -11,10 +11,14 @@
 //! 3. [`device_exists`]: the named device exists;
 //! 4. [`gateway_on_link`]: the gateway is on a connected network (only for
 //!    a route that is not in place already);
-//! 5. [`not_foreign`]: no route overlay did not install holds the key
-//!    (full apply; an update learns it from the kernel's `EEXIST`).
+//! 5. [`foreign_on_key`]: no route overlay did not install holds the key,
+//!    unless it is one added with `ip route` that is exactly the desired
+//!    route, which is taken over ([`takeover`]). A full apply refuses the
+//!    route on any other; an update learns it from the kernel's `EEXIST`.
 
 use std::net::IpAddr;
+
+use netlink_packet_route::route::RouteType;
 
 use overlay_core::model::MAIN_TABLE;
 use overlay_core::{InterfaceName, ProgrammerError, RouteKey, RouteScope, RouteSpec};
@@ -74,16 +78,103 @@ pub(crate) fn validate(
     device_exists(spec, index_of)
 }
 
-/// Check 5: no route that overlay did not install (`foreign`, its
-/// protocol) holds `key`; overlay never overwrites one.
-pub(crate) fn not_foreign(key: &RouteKey, foreign: Option<u8>) -> Result<(), String> {
-    match foreign {
-        Some(p) => Err(format!(
-            "{} (table {}, metric {}) is already routed by a route overlay did not install (protocol {p}); overlay never touches it: delete that route or give this one another metric",
-            key.destination, key.table, key.metric
-        )),
-        None => Ok(()),
+/// The route protocol `ip route add` gives a route (`RTPROT_BOOT`, shown
+/// as `proto boot`): how the original deployments installed their routes,
+/// and the only foreign protocol overlay ever takes a route over from.
+pub(crate) const RTPROT_BOOT: u8 = 3;
+
+/// Check 5: the key of a desired route that overlay holds no route on is
+/// free of routes overlay did not install (`foreign`: every such route on
+/// the key), or held by exactly one that overlay takes over. `gateway` and
+/// `oif` are those of the route overlay would install.
+///
+/// `Ok(None)` when the key is free, `Ok(Some(route))` when `route` is to
+/// be taken over ([`takeover`] says when), else the failure's message:
+/// overlay never overwrites any other route.
+pub(crate) fn foreign_on_key<'a>(
+    key: &RouteKey,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    foreign: &'a [KernelRoute],
+) -> Result<Option<&'a KernelRoute>, String> {
+    let Some(first) = foreign.first() else {
+        return Ok(None);
+    };
+    let why_not = match foreign {
+        [only] => match takeover(only, gateway, oif) {
+            Ok(()) => return Ok(Some(only)),
+            Err(why) => why,
+        },
+        _ => NoTakeover::Crowded,
+    };
+    let mut m = format!(
+        "{} (table {}, metric {}) is already routed by a route overlay did not install (protocol {}); overlay never touches it: delete that route or give this one another metric",
+        key.destination, key.table, key.metric, first.protocol
+    );
+    if foreign.iter().any(|r| r.protocol == RTPROT_BOOT) && why_not != NoTakeover::Protocol {
+        m.push_str(&format!(
+            " (a route added with `ip route` is taken over only when it is exactly this route; {why_not})"
+        ));
     }
+    Err(m)
+}
+
+/// Why a foreign route on a desired route's key is not taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoTakeover {
+    /// It was not added with `ip route` (protocol boot): it belongs to a
+    /// routing daemon, the kernel, or other software.
+    Protocol,
+    /// More than one route holds the key.
+    Crowded,
+    /// Its gateway differs.
+    Gateway,
+    /// It goes out of another device.
+    Device,
+    /// It is not a plain unicast route (multipath, another type, or extra
+    /// attributes such as a preferred source or an MTU).
+    NotPlain,
+}
+
+impl std::fmt::Display for NoTakeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoTakeover::Protocol => "it was not added with `ip route` (protocol boot)",
+            NoTakeover::Crowded => "here more than one route holds the key",
+            NoTakeover::Gateway => "here the gateway differs",
+            NoTakeover::Device => "here the device differs",
+            NoTakeover::NotPlain => {
+                "here it is not a plain unicast route (multipath, another type, or attributes such as src, mtu or onlink)"
+            }
+        })
+    }
+}
+
+/// Whether overlay takes over `found`, the only route on the key of a
+/// desired route it has none on, with one atomic replace into its own
+/// protocol: only when `found` was added with `ip route` (protocol boot,
+/// as the original deployments did) and is exactly the route overlay would
+/// install: plain unicast, same gateway (`gateway`) and same device
+/// (`oif`, which must be known). The replace then changes nothing about
+/// how packets go, only who owns the route; anything else is refused.
+pub(crate) fn takeover(
+    found: &KernelRoute,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+) -> Result<(), NoTakeover> {
+    if found.protocol != RTPROT_BOOT {
+        return Err(NoTakeover::Protocol);
+    }
+    if found.multipath || found.kind != RouteType::Unicast || !found.plain {
+        return Err(NoTakeover::NotPlain);
+    }
+    if found.gateway != gateway {
+        return Err(NoTakeover::Gateway);
+    }
+    if oif.is_none() || found.oif != oif {
+        return Err(NoTakeover::Device);
+    }
+    Ok(())
 }
 
 /// Why a route of ours that is no longer desired stays in place.
@@ -255,6 +346,7 @@ mod tests {
             protocol: 250,
             kind: netlink_packet_route::route::RouteType::Unicast,
             multipath: false,
+            plain: true,
         };
         let direct2: Vec<Direct> = vec![
             ("192.0.2.0/24".parse().unwrap(), Some(2), MAIN_TABLE),
@@ -338,15 +430,105 @@ mod tests {
         assert_eq!(validate(&dev, None, |_| Some(2)), Ok(Some(2)));
     }
 
+    /// A route on `dest`'s key in the main table, as dumped.
+    fn found(dest: &str, gw: Option<&str>, oif: u32, protocol: u8) -> KernelRoute {
+        KernelRoute {
+            key: route(dest, None, None).key(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            oif: Some(oif),
+            protocol,
+            kind: RouteType::Unicast,
+            multipath: false,
+            plain: true,
+        }
+    }
+
     #[test]
     fn foreign_routes_on_the_key_are_refused() {
         let key = route("203.0.113.0/24", None, None).key();
-        assert_eq!(not_foreign(&key, None), Ok(()));
-        let m = not_foreign(&key, Some(4)).unwrap_err();
+        let gw = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(foreign_on_key(&key, gw, Some(2), &[]), Ok(None));
+        // A routing daemon's route (protocol 4, static), even exactly the
+        // desired one, stays: the message as before.
+        let daemon = [found("203.0.113.0/24", Some("192.0.2.1"), 2, 4)];
+        let m = foreign_on_key(&key, gw, Some(2), &daemon).unwrap_err();
         assert!(
             m.contains("protocol 4") && m.contains("table 254, metric 0"),
             "{m}"
         );
+        assert!(!m.contains("taken over"), "{m}");
+    }
+
+    #[test]
+    fn an_exact_boot_route_is_taken_over() {
+        let key = route("203.0.113.0/24", None, None).key();
+        let gw = Some("192.0.2.1".parse().unwrap());
+        let boot = [found("203.0.113.0/24", Some("192.0.2.1"), 2, RTPROT_BOOT)];
+        assert_eq!(foreign_on_key(&key, gw, Some(2), &boot), Ok(Some(&boot[0])));
+        // A device route (no gateway) the same.
+        let dev = [found("203.0.113.0/24", None, 2, RTPROT_BOOT)];
+        assert_eq!(foreign_on_key(&key, None, Some(2), &dev), Ok(Some(&dev[0])));
+    }
+
+    #[test]
+    fn a_boot_route_that_differs_in_anything_stays() {
+        let key = route("203.0.113.0/24", None, None).key();
+        let gw = Some("192.0.2.1".parse().unwrap());
+        let exact = found("203.0.113.0/24", Some("192.0.2.1"), 2, RTPROT_BOOT);
+        let refused = |why: &str, routes: &[KernelRoute], oif: Option<u32>| {
+            let m = foreign_on_key(&key, gw, oif, routes).unwrap_err();
+            assert!(
+                m.contains("did not install (protocol 3)") && m.contains(why),
+                "{why}: {m}"
+            );
+        };
+        // Another gateway, another device, or no device known.
+        let other_gw = found("203.0.113.0/24", Some("192.0.2.9"), 2, RTPROT_BOOT);
+        refused("gateway differs", &[other_gw], Some(2));
+        refused("device differs", std::slice::from_ref(&exact), Some(3));
+        refused("device differs", std::slice::from_ref(&exact), None);
+        // Not plain: extra attributes, multipath, another type.
+        let extra = KernelRoute {
+            plain: false,
+            ..exact.clone()
+        };
+        refused("not a plain unicast route", &[extra], Some(2));
+        let multi = KernelRoute {
+            multipath: true,
+            ..exact.clone()
+        };
+        refused("not a plain unicast route", &[multi], Some(2));
+        let blackhole = KernelRoute {
+            kind: RouteType::BlackHole,
+            ..exact.clone()
+        };
+        refused("not a plain unicast route", &[blackhole], Some(2));
+        // Two routes on the key: neither is taken over.
+        let second = found("203.0.113.0/24", Some("192.0.2.1"), 3, RTPROT_BOOT);
+        refused("more than one route", &[exact.clone(), second], Some(2));
+        let kernel = found("203.0.113.0/24", None, 3, 2);
+        let m = foreign_on_key(&key, gw, Some(2), &[kernel, exact]).unwrap_err();
+        assert!(
+            m.contains("protocol 2") && m.contains("more than one"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn takeover_names_what_differs() {
+        let gw = Some("192.0.2.1".parse().unwrap());
+        let exact = found("203.0.113.0/24", Some("192.0.2.1"), 2, RTPROT_BOOT);
+        assert_eq!(takeover(&exact, gw, Some(2)), Ok(()));
+        let static_route = KernelRoute {
+            protocol: 4,
+            ..exact.clone()
+        };
+        assert_eq!(
+            takeover(&static_route, gw, Some(2)),
+            Err(NoTakeover::Protocol)
+        );
+        assert_eq!(takeover(&exact, None, Some(2)), Err(NoTakeover::Gateway));
+        assert_eq!(takeover(&exact, gw, Some(7)), Err(NoTakeover::Device));
     }
 
     #[test]
@@ -358,6 +540,7 @@ mod tests {
             protocol: 250,
             kind: netlink_packet_route::route::RouteType::Unicast,
             multipath: false,
+            plain: true,
         };
         let mut scope = RouteScope::default();
         scope.add_route(&route("203.0.113.0/24", None, Some("eth1")));

@@ -14,9 +14,11 @@
 //!   down), a new connected route or address re-applies too, so routes come
 //!   back when their network does.
 //! - Every route notification also keeps what incremental updates work
-//!   from current: the connected networks (for on-link checks) and which
+//!   from current: the connected networks (for on-link checks), which
 //!   keys hold our routes (a foreign route on a key makes an update refuse
-//!   it instead of replacing it).
+//!   it instead of replacing it), and the routes others installed (an
+//!   update takes over one added with `ip route` that is exactly the
+//!   desired route, as a full apply does).
 //!
 //! Notifications carrying one of our sockets' port ids were caused by our
 //! own writes and are skipped before they are even decoded. Repairs are
@@ -37,7 +39,7 @@ use crate::errno::{EEXIST, ENOBUFS};
 use crate::read::{self, Addr};
 use crate::route_writes::installed_route;
 use crate::socket::frames;
-use crate::state::{Counters, Inner, State, as_direct, matches_spec};
+use crate::state::{Counters, Inner, State, as_direct, foreign_added, foreign_gone, matches_spec};
 use crate::write::{RouteAdd, Write};
 
 /// Bytes read per notification datagram.
@@ -245,7 +247,9 @@ impl Watcher<'_> {
         if let Some(d) = as_direct(&r) {
             self.state.direct_gone(&d);
         }
-        if r.protocol == self.protocol {
+        if r.protocol != self.protocol {
+            foreign_gone(&mut self.state.foreign, &r);
+        } else {
             self.state.ours.remove(&r.key);
             if let Some(p) = self.state.intents.get(&r.key) {
                 self.findings.events.push(DriftEvent::Route(p.spec.clone()));
@@ -266,8 +270,10 @@ impl Watcher<'_> {
             self.state.ours.insert(r.key, r.clone());
         } else {
             // A foreign route on the key: an update must not replace it
-            // (a new route's write answers EEXIST instead).
+            // (a new route's write answers EEXIST instead), unless it is
+            // one to take over.
             self.state.ours.remove(&r.key);
+            foreign_added(&mut self.state.foreign, r.clone());
         }
         if let Some(p) = self.state.intents.get(&r.key) {
             if ours && !matches_spec(&r, &p.spec, p.oif) {

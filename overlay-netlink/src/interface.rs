@@ -2,10 +2,19 @@
 //! overlay's with [`crate::OWNED_LINK_ALIAS`], up, holding exactly the
 //! overlay address; and its removal. Only a link carrying the mark is ever
 //! deleted, recreated, brought up or configured.
+//!
+//! One unmarked link is taken over: a macvlan of the right parent without
+//! any alias, as the original deployment left it (`ip link add tmp0 link
+//! eth0 type macvlan`). It is marked in place (one alias write), keeping
+//! its index, mode, MAC address and the overlay address, so nothing that
+//! goes through it notices; only then is it ours like one overlay created.
+//! Anything else under the name (another kind, another parent, a link
+//! somebody marked with an alias of their own) is reported and left
+//! alone.
 
 use std::collections::HashMap;
 
-use netlink_packet_route::link::{InfoKind, MacVlanMode};
+use netlink_packet_route::link::InfoKind;
 use overlay_core::{ApplyReport, InterfaceName, OverlayInterface, ProgrammerError};
 
 use crate::errno::{EADDRNOTAVAIL, ENODEV, errno_error};
@@ -14,15 +23,16 @@ use crate::state::Inner;
 use crate::write::Write;
 
 /// The error for a link named like the overlay interface that overlay did
-/// not create.
-fn not_ours(l: &Link) -> ProgrammerError {
+/// not create and does not take over (the parent is `parent`).
+fn not_ours(l: &Link, parent: &Link) -> ProgrammerError {
     let name = &l.name;
     ProgrammerError::NotOurs {
         interface: name.clone(),
         message: format!(
-            "it exists ({}) without the alias {:?} that marks the interfaces overlay creates; delete or rename it (`ip link del {name}`) to let overlay create its own, or set INTERFACE_LABEL to another name",
+            "it exists ({}) without the alias {:?} that marks the interfaces overlay creates; overlay takes over only a macvlan of {} without any alias; delete or rename it (`ip link del {name}`) to let overlay create its own, or set INTERFACE_LABEL to another name",
             l.describe(),
-            crate::OWNED_LINK_ALIAS
+            crate::OWNED_LINK_ALIAS,
+            parent.name
         ),
     }
 }
@@ -52,13 +62,43 @@ fn check_address_free(
     })
 }
 
-/// Refuses a link with the overlay interface's name that overlay did not
-/// create (no mark) or that is not a macvlan.
-fn check_link_is_ours(l: &Link) -> Result<(), ProgrammerError> {
-    // Only a link we created is ours to delete, recreate, bring up or
-    // configure; the name alone proves nothing.
+/// What is under the overlay interface's name, as the apply goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LinkFound {
+    /// Nothing: the apply creates the macvlan.
+    Missing,
+    /// Our macvlan (marked): kept, and recreated only when it sits on
+    /// another parent ([`needs_recreate`]).
+    Ours(Link),
+    /// A macvlan of the parent without any alias, as the original
+    /// deployment created it: taken over in place (marked, not recreated).
+    TakeOver(Link),
+}
+
+/// Judges `current`, the link with the overlay interface's name (if any),
+/// against `parent`: refuses a link that overlay did not create (no mark)
+/// unless it is an unmarked macvlan of `parent` without any alias, and a
+/// marked one that is not a macvlan.
+pub(crate) fn judge_link(
+    current: Option<&Link>,
+    parent: &Link,
+) -> Result<LinkFound, ProgrammerError> {
+    let Some(l) = current else {
+        return Ok(LinkFound::Missing);
+    };
+    // Only a link we created or take over is ours to delete, recreate,
+    // bring up or configure; the name alone proves nothing. A macvlan of
+    // the parent with no alias at all is what the original deployment
+    // left; one with somebody else's alias is theirs.
     if !l.is_ours() {
-        return Err(not_ours(l));
+        let unmarked_macvlan = l.alias.is_none()
+            && l.kind == Some(InfoKind::MacVlan)
+            && l.parent == Some(parent.index);
+        return if unmarked_macvlan {
+            Ok(LinkFound::TakeOver(l.clone()))
+        } else {
+            Err(not_ours(l, parent))
+        };
     }
     if l.kind != Some(InfoKind::MacVlan) {
         let name = &l.name;
@@ -70,7 +110,43 @@ fn check_link_is_ours(l: &Link) -> Result<(), ProgrammerError> {
             ),
         });
     }
-    Ok(())
+    Ok(LinkFound::Ours(l.clone()))
+}
+
+/// True when our macvlan `l` must be recreated: it sits on another parent
+/// than `parent`. Its mode is kept whatever it is (overlay creates bridge
+/// mode; one taken over keeps the original's, vepa by default): a
+/// recreate loses packets and the address, and every mode carries the
+/// overlay address to and from the network alike.
+pub(crate) fn needs_recreate(l: &Link, parent: &Link) -> bool {
+    l.parent != Some(parent.index)
+}
+
+/// The parent link and what is under the overlay interface's name, from
+/// `links` and `addrs` as dumped: refused when the parent is missing, when
+/// the overlay address sits on another interface, or by [`judge_link`].
+pub(crate) fn find_overlay(
+    ov: &OverlayInterface,
+    links: &HashMap<String, Link>,
+    addrs: &[Addr],
+) -> Result<(Link, LinkFound), ProgrammerError> {
+    let parent =
+        links
+            .get(ov.parent.as_str())
+            .cloned()
+            .ok_or_else(|| ProgrammerError::MissingParent {
+                parent: ov.parent.to_string(),
+            })?;
+    let current = links.get(ov.name.as_str());
+    check_address_free(ov, links, addrs, current.map(|l| l.index))?;
+    let found = judge_link(current, &parent)?;
+    Ok((parent, found))
+}
+
+/// True for an address on the overlay interface that an apply leaves
+/// there: the overlay address and those the kernel manages itself.
+pub(crate) fn address_stays(ov: &OverlayInterface, a: &Addr) -> bool {
+    a.net == ov.address || a.kernel_managed()
 }
 
 impl Inner {
@@ -83,17 +159,13 @@ impl Inner {
         report: &mut ApplyReport,
         writes: &mut u64,
     ) -> Result<u32, ProgrammerError> {
-        let parent = links.get(ov.parent.as_str()).cloned().ok_or_else(|| {
-            ProgrammerError::MissingParent {
-                parent: ov.parent.to_string(),
-            }
-        })?;
         let addrs = self.dump_addrs().await?;
-        let current = links.get(ov.name.as_str()).cloned();
-        check_address_free(ov, links, &addrs, current.as_ref().map(|l| l.index))?;
-        if let Some(l) = &current {
-            check_link_is_ours(l)?;
-        }
+        let (parent, found) = find_overlay(ov, links, &addrs)?;
+        let current = match found {
+            LinkFound::Missing => None,
+            LinkFound::Ours(l) => Some(l),
+            LinkFound::TakeOver(l) => Some(self.take_over_link(l, links, report, writes).await?),
+        };
         let index = self
             .ensure_link(ov, &parent, current, links, report, writes)
             .await?;
@@ -102,9 +174,36 @@ impl Inner {
         Ok(index)
     }
 
-    /// Makes the overlay link (`current`, checked to be ours) a macvlan of
-    /// `parent` in bridge mode, up: recreated when its parent or mode is
-    /// wrong, created when missing. Its index.
+    /// Marks `l`, an unmarked macvlan of the parent left by the original
+    /// deployment, as ours in place: one alias write, nothing else (same
+    /// index, mode, MAC address and addresses, so no packet is lost). The
+    /// link as marked.
+    async fn take_over_link(
+        &self,
+        mut l: Link,
+        links: &mut HashMap<String, Link>,
+        report: &mut ApplyReport,
+        writes: &mut u64,
+    ) -> Result<Link, ProgrammerError> {
+        let name = l.name.clone();
+        let mark = Write::set_link_alias(l.index, crate::OWNED_LINK_ALIAS);
+        self.must_write(format!("mark link {name} as overlay's"), mark, writes)
+            .await?;
+        tracing::info!(
+            interface = %name,
+            index = l.index,
+            mode = ?l.macvlan_mode,
+            "took over the unmarked macvlan of the parent left by the original deployment, in place (marked, not recreated)"
+        );
+        report.interface_adopted = true;
+        l.alias = Some(crate::OWNED_LINK_ALIAS.to_owned());
+        links.insert(name, l.clone());
+        Ok(l)
+    }
+
+    /// Makes the overlay link (`current`, ours) a macvlan of `parent`, up:
+    /// recreated (in bridge mode) when it sits on another parent, created
+    /// when missing, its mode kept otherwise. Its index.
     async fn ensure_link(
         &self,
         ov: &OverlayInterface,
@@ -116,9 +215,9 @@ impl Inner {
     ) -> Result<u32, ProgrammerError> {
         let name = ov.name.as_str();
         if let Some(l) = &current
-            && (l.parent != Some(parent.index) || l.macvlan_mode != Some(MacVlanMode::Bridge))
+            && needs_recreate(l, parent)
         {
-            tracing::info!(interface = name, parent = %ov.parent, "recreating macvlan: wrong parent or mode");
+            tracing::info!(interface = name, parent = %ov.parent, "recreating macvlan: wrong parent");
             self.must_write(
                 format!("delete link {name}"),
                 Write::delete_link(l.index),
@@ -259,7 +358,7 @@ impl Inner {
     ) -> Result<bool, ProgrammerError> {
         let mut removed_v4 = false;
         for a in on_iface {
-            if a.net == ov.address || a.kernel_managed() {
+            if address_stays(ov, a) {
                 continue;
             }
             *writes += 1;
@@ -325,7 +424,81 @@ impl Inner {
         // The kernel took the link's routes along.
         state.all_links.remove(name.as_str());
         state.ours.retain(|_, r| r.oif != Some(l.index));
+        for on_key in state.foreign.values_mut() {
+            on_key.retain(|r| r.oif != Some(l.index));
+        }
+        state.foreign.retain(|_, on_key| !on_key.is_empty());
         state.direct.retain(|(_, o, _)| *o != Some(l.index));
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, kind: InfoKind, parent: Option<u32>, alias: Option<&str>) -> Link {
+        Link {
+            index,
+            name: if index == 2 { "eth0" } else { "tmp0" }.into(),
+            up: true,
+            kind: Some(kind),
+            parent,
+            macvlan_mode: Some(netlink_packet_route::link::MacVlanMode::Vepa),
+            alias: alias.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_unmarked_macvlan_of_the_parent_is_taken_over() {
+        let eth0 = link(2, InfoKind::Veth, None, None);
+        assert_eq!(judge_link(None, &eth0), Ok(LinkFound::Missing));
+        // As `ip link add tmp0 link eth0 type macvlan` leaves it: vepa, no
+        // alias.
+        let seed = link(5, InfoKind::MacVlan, Some(2), None);
+        assert_eq!(
+            judge_link(Some(&seed), &eth0),
+            Ok(LinkFound::TakeOver(seed.clone()))
+        );
+        let ours = link(5, InfoKind::MacVlan, Some(2), Some(crate::OWNED_LINK_ALIAS));
+        assert_eq!(
+            judge_link(Some(&ours), &eth0),
+            Ok(LinkFound::Ours(ours.clone()))
+        );
+    }
+
+    #[test]
+    fn other_links_under_the_name_are_refused() {
+        let eth0 = link(2, InfoKind::Veth, None, None);
+        let not_ours = |l: &Link| match judge_link(Some(l), &eth0) {
+            Err(ProgrammerError::NotOurs { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        // A macvlan of another parent, another kind, somebody else's alias.
+        let m = not_ours(&link(5, InfoKind::MacVlan, Some(9), None));
+        assert!(
+            m.contains("only a macvlan of eth0 without any alias"),
+            "{m}"
+        );
+        not_ours(&link(5, InfoKind::Bridge, None, None));
+        not_ours(&link(5, InfoKind::MacVlan, Some(2), Some("theirs")));
+        // Marked as ours but not a macvlan: refused too.
+        let marked_bridge = link(5, InfoKind::Bridge, None, Some(crate::OWNED_LINK_ALIAS));
+        assert!(matches!(
+            judge_link(Some(&marked_bridge), &eth0),
+            Err(ProgrammerError::Kernel { .. })
+        ));
+    }
+
+    #[test]
+    fn only_a_wrong_parent_recreates_our_macvlan() {
+        let eth0 = link(2, InfoKind::Veth, None, None);
+        let vepa = link(5, InfoKind::MacVlan, Some(2), Some(crate::OWNED_LINK_ALIAS));
+        assert!(!needs_recreate(&vepa, &eth0));
+        let elsewhere = Link {
+            parent: Some(9),
+            ..vepa
+        };
+        assert!(needs_recreate(&elsewhere, &eth0));
     }
 }

@@ -4,9 +4,10 @@
 //! text parsing. [`NetlinkProgrammer`] puts one node's overlay state into the
 //! kernel:
 //!
-//! - a macvlan sub-interface (mode bridge, up) of the parent interface,
-//!   marked as overlay's with the alias [`OWNED_LINK_ALIAS`], recreated
-//!   when it is missing or (marked) sits on the wrong parent;
+//! - a macvlan sub-interface (created in mode bridge, up) of the parent
+//!   interface, marked as overlay's with the alias [`OWNED_LINK_ALIAS`],
+//!   created when it is missing and recreated only when (marked) it sits
+//!   on the wrong parent, whatever its mode;
 //! - exactly the desired overlay address on it: every other IPv4 and IPv6
 //!   address on the overlay interface is removed, whoever added it (kernels
 //!   before 6.3 drop the protocol mark, and the original tooling never set
@@ -22,9 +23,15 @@
 //! The programmer creates the overlay interface with the alias
 //! [`OWNED_LINK_ALIAS`] and only ever deletes, recreates or brings up a
 //! link carrying it. An interface with the overlay interface's name that
-//! lacks the mark (created by hand, by other software, or by an overlay
-//! version before the mark) is left completely alone: `apply` answers
-//! [`ProgrammerError::NotOurs`] and `remove_interface` answers `false`.
+//! lacks the mark is left completely alone (`apply` answers
+//! [`ProgrammerError::NotOurs`] and `remove_interface` answers `false`),
+//! with one exception: a macvlan of the configured parent without any
+//! alias, as the original deployment created it (`ip link add tmp0 link
+//! eth0 type macvlan`), is taken over in place. The apply sets the alias
+//! and nothing else: the link keeps its index, mode (vepa there), MAC
+//! address and the overlay address, so nothing going through it notices
+//! ([`ApplyReport::interface_adopted`]). Another kind, another parent, or
+//! an alias of somebody else's stays refused.
 //!
 //! Every route and address overlay writes carries the route protocol number
 //! [`ProgrammerConfig::route_protocol`] (default [`DEFAULT_ROUTE_PROTOCOL`] =
@@ -36,9 +43,22 @@
 //! survives restarts without local state, and routes anybody else installed
 //! are never touched. A desired route whose destination, table and metric
 //! are already taken by a foreign route is reported as failed, not
-//! overwritten. Addresses are different: the overlay interface as a whole is
+//! overwritten, with one exception: a route added with `ip route`
+//! (protocol `boot`, 3, how both original deployments added theirs) that
+//! is *exactly* the desired route (the only route on the key, same
+//! gateway, same device, plain unicast with no other attribute such as
+//! `src`, `mtu` or `onlink`) is taken over with one `RTM_NEWROUTE` with
+//! `NLM_F_REPLACE` that puts the same route, now carrying our number, in
+//! its place atomically: packets keep flowing, and the route is ours from
+//! then on ([`ApplyReport::adopted`], and a log line each). Any other
+//! difference, or any other protocol, and the route stays untouched and
+//! reported. Addresses are different: the overlay interface as a whole is
 //! overlay's, so the mark on its addresses is informational, and addresses
 //! on other interfaces are never touched.
+//!
+//! [`NetlinkProgrammer::preview`] tells what an apply would do (create,
+//! take over, install, refuse and why) without writing anything, for
+//! `overlayctl migrate plan`.
 //! Pick another number when two overlay installations share a node.
 //!
 //! Removal is narrower still: a route of ours that is no longer desired is
@@ -96,6 +116,7 @@ mod checks;
 mod drift;
 mod errno;
 mod interface;
+mod preview;
 mod programmer;
 mod protocols;
 mod read;
@@ -111,14 +132,17 @@ pub use overlay_core::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, OverlayInterface, ProgrammerError,
     RouteProgrammer, RouteResult, RouteSpec,
 };
+pub use preview::{InterfaceAction, InterfacePreview, Preview, RouteAction, RoutePreview};
 pub use programmer::NetlinkProgrammer;
 pub use protocols::check_route_protocol;
 pub use state::DriftCounters;
 
 /// The interface alias (`IFLA_IFALIAS`, shown by `ip link show` as
-/// `alias ...`) that marks a link as created by overlay. Only links
-/// carrying it are ever deleted, recreated or brought up; a link with the
-/// overlay interface's name but without it is left alone.
+/// `alias ...`) that marks a link as created (or taken over) by overlay.
+/// Only links carrying it are ever deleted, recreated or brought up; a
+/// link with the overlay interface's name but without it is left alone,
+/// except a macvlan of the parent without any alias, which the apply
+/// marks in place (see the crate documentation).
 pub const OWNED_LINK_ALIAS: &str = "overlay: created by overlay-agent";
 
 /// The name overlay's route protocol number may carry in iproute2's

@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinHandle;
 
 use crate::ProgrammerConfig;
+use crate::preview::Preview;
 use crate::socket::{BatchSocket, in_netns, set_receive_buffer};
 use crate::state::{Counters, DriftCounters, Inner, State};
 use crate::write::Writer;
@@ -165,6 +166,19 @@ impl NetlinkProgrammer {
     /// The route protocol number marking our routes.
     pub fn route_protocol(&self) -> u8 {
         self.inner.protocol
+    }
+
+    /// What [`RouteProgrammer::apply`] of `desired` would do to the kernel
+    /// as it is now, without writing anything: the overlay interface
+    /// (create, already ours, recreate, take over, or refused and why) and
+    /// each desired route (install, already ours, replace, take over a
+    /// route added with `ip route`, or refused and why), and the routes of
+    /// ours it would remove. It runs the checks and decisions of the apply
+    /// itself, on dumps of links, addresses and routes, so the two agree
+    /// (barring changes to the kernel in between). For `overlayctl
+    /// migrate plan`.
+    pub async fn preview(&self, desired: &DesiredNodeState) -> Result<Preview, ProgrammerError> {
+        self.inner.preview(desired).await
     }
 }
 

@@ -15,7 +15,9 @@ use netlink_packet_route::address::{
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RoutePreference, RouteScope, RouteType,
+};
 use overlay_core::model::MAIN_TABLE;
 use overlay_core::{Cidr, ProgrammerError, RouteKey, RouteSpec};
 
@@ -207,6 +209,12 @@ pub(crate) struct KernelRoute {
     pub protocol: u8,
     pub kind: RouteType,
     pub multipath: bool,
+    /// True when the route carries nothing a route write of overlay's
+    /// would not reproduce: no preferred source, metrics (MTU, ...),
+    /// realm, encapsulation, nexthop object, source prefix, TOS, `onlink`
+    /// flag or unusual scope or preference. Only such a route can be taken
+    /// over without changing how packets go ([`crate::checks::takeover`]).
+    pub plain: bool,
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -229,6 +237,7 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
     let mut table = u32::from(m.header.table);
     let mut metric = 0;
     let mut multipath = false;
+    let mut plain = plain_header(m);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dest = route_ip(d),
@@ -250,9 +259,18 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
                     oif = hops.first().map(|h| h.interface_index);
                 }
             }
-            _ => {}
+            RouteAttribute::CacheInfo(_) | RouteAttribute::Preference(RoutePreference::Medium) => {}
+            _ => plain = false,
         }
     }
+    // IPv4 reports the scope a route was added with; what overlay writes
+    // is universe with a gateway, link without.
+    let scope = if gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    plain &= !v4 || m.header.scope == scope;
     let dest = dest.unwrap_or(if v4 {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
@@ -266,7 +284,16 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(m.header.protocol),
         kind: m.header.kind,
         multipath,
+        plain: plain && !multipath,
     })
+}
+
+/// True when the header of route `m` holds nothing a route write of
+/// overlay's would not reproduce: no source prefix, no TOS, no `onlink`.
+fn plain_header(m: &RouteMessage) -> bool {
+    m.header.source_prefix_length == 0
+        && m.header.tos == 0
+        && !m.header.flags.contains(RouteFlags::Onlink)
 }
 
 /// A kernel route turned back into a [`RouteSpec`] (for reports).
@@ -319,6 +346,55 @@ mod tests {
         let l = parse_link(&m);
         assert!(l.is_ours(), "{l:?}");
         assert!(l.describe().contains("alias"));
+    }
+
+    #[test]
+    fn only_routes_without_extras_are_plain() {
+        let msg = |gw: Option<&str>| {
+            let mut m = RouteMessage::default();
+            m.header.address_family = AddressFamily::Inet;
+            m.header.destination_prefix_length = 24;
+            m.header.kind = RouteType::Unicast;
+            m.header.scope = RouteScope::Link;
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    "203.0.113.0".parse::<IpAddr>().unwrap(),
+                )));
+            if let Some(g) = gw {
+                m.header.scope = RouteScope::Universe;
+                m.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::from(
+                        g.parse::<IpAddr>().unwrap(),
+                    )));
+            }
+            m.attributes.push(RouteAttribute::Oif(2));
+            m
+        };
+        let plain = |m: &RouteMessage| parse_route(m).unwrap().plain;
+        // As `ip route add 203.0.113.0/24 via 192.0.2.1 dev eth0` or `dev
+        // eth0` leaves them; IPv6 adds cache info and medium preference.
+        assert!(plain(&msg(Some("192.0.2.1"))));
+        assert!(plain(&msg(None)));
+        let mut v6 = msg(Some("192.0.2.1"));
+        v6.attributes
+            .push(RouteAttribute::Preference(RoutePreference::Medium));
+        assert!(plain(&v6));
+        // `src`, `onlink`, `tos`, an unusual scope: not plain.
+        let mut src = msg(Some("192.0.2.1"));
+        src.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(
+                "192.0.2.10".parse::<IpAddr>().unwrap(),
+            )));
+        assert!(!plain(&src));
+        let mut onlink = msg(Some("192.0.2.1"));
+        onlink.header.flags = RouteFlags::Onlink;
+        assert!(!plain(&onlink));
+        let mut tos = msg(Some("192.0.2.1"));
+        tos.header.tos = 0x10;
+        assert!(!plain(&tos));
+        let mut host = msg(None);
+        host.header.scope = RouteScope::Host;
+        assert!(!plain(&host));
     }
 
     #[test]

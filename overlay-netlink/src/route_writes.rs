@@ -17,10 +17,10 @@ use crate::errno::{
     errno_message, is_permission,
 };
 use crate::read::KernelRoute;
-use crate::state::{Direct, Inner, RouteIntent, as_direct, matches_spec};
+use crate::state::{Direct, ForeignRoutes, Inner, RouteIntent, as_direct, matches_spec};
 use crate::write::{RouteAdd, Write};
 
-/// What a validated desired route needs, decided against our route in
+/// What a validated desired route needs, decided against the routes in
 /// place on its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -29,32 +29,62 @@ pub(crate) enum Decision {
     InPlace(Option<u32>),
     /// A write out of `oif`: a new route, or a replace of ours.
     Write { oif: Option<u32>, add: RouteAdd },
+    /// `found`, added with `ip route`, is exactly the route: taken over
+    /// with one replace into our protocol, out of `oif` (its device).
+    TakeOver {
+        oif: Option<u32>,
+        found: KernelRoute,
+    },
+    /// Routes overlay did not install hold the key (check 5): the route
+    /// would go out of `oif`; the failure's message.
+    Foreign { oif: Option<u32>, message: String },
     /// The gateway is not on-link (check 4): the failure's message.
     Unreachable(String),
 }
 
 /// Decides what `spec` (key `key`, its named device `dev_oif`) needs, given
-/// our route in place on the key (`existing`) and the direct routes.
+/// our route in place on the key (`existing`), the routes overlay did not
+/// install on it (`foreign`) and the direct routes.
 pub(crate) fn decide(
     spec: &RouteSpec,
     key: &RouteKey,
     dev_oif: Option<u32>,
     existing: Option<&KernelRoute>,
+    foreign: &[KernelRoute],
     direct: &[Direct],
 ) -> Decision {
-    match existing {
-        Some(k) if matches_spec(k, spec, dev_oif) => Decision::InPlace(k.oif),
-        _ => match checks::gateway_on_link(spec, key, dev_oif, direct, existing) {
+    if let Some(k) = existing {
+        if matches_spec(k, spec, dev_oif) {
+            return Decision::InPlace(k.oif);
+        }
+        return match checks::gateway_on_link(spec, key, dev_oif, direct, existing) {
             Ok(oif) => Decision::Write {
                 oif,
-                add: if existing.is_some() {
-                    RouteAdd::Replace
-                } else {
-                    RouteAdd::New
-                },
+                add: RouteAdd::Replace,
             },
             Err(m) => Decision::Unreachable(m),
+        };
+    }
+    // A single route on the key keeps its device when the gateway is
+    // on-link there, as ours would: that is what taking it over needs.
+    let single = match foreign {
+        [only] => Some(only),
+        _ => None,
+    };
+    let oif = match checks::gateway_on_link(spec, key, dev_oif, direct, single) {
+        Ok(oif) => oif,
+        Err(m) => return Decision::Unreachable(m),
+    };
+    match checks::foreign_on_key(key, spec.gateway, oif, foreign) {
+        Ok(None) => Decision::Write {
+            oif,
+            add: RouteAdd::New,
         },
+        Ok(Some(found)) => Decision::TakeOver {
+            oif,
+            found: found.clone(),
+        },
+        Err(message) => Decision::Foreign { oif, message },
     }
 }
 
@@ -63,7 +93,10 @@ impl Decision {
     /// device decided (for an unreachable route, the device it names).
     pub(crate) fn intent(&self, spec: &RouteSpec, dev_oif: Option<u32>) -> RouteIntent {
         let oif = match self {
-            Decision::InPlace(oif) | Decision::Write { oif, .. } => *oif,
+            Decision::InPlace(oif)
+            | Decision::Write { oif, .. }
+            | Decision::TakeOver { oif, .. }
+            | Decision::Foreign { oif, .. } => *oif,
             Decision::Unreachable(_) => dev_oif,
         };
         RouteIntent {
@@ -82,6 +115,8 @@ pub(crate) struct RouteWrite {
     pub write: Write,
     /// The route's result when the kernel accepts the write.
     pub result: RouteResult,
+    /// The route added with `ip route` this write takes over, if any.
+    pub takes_over: Option<KernelRoute>,
 }
 
 impl RouteWrite {
@@ -102,6 +137,25 @@ impl RouteWrite {
                 RouteAdd::New => RouteResult::Added,
                 RouteAdd::Replace => RouteResult::Replaced,
             },
+            takes_over: None,
+        }
+    }
+
+    /// Takes over `found`, exactly desired route `i`, `spec`, out of
+    /// `oif`: one `RTM_NEWROUTE` with `NLM_F_REPLACE` that swaps it for
+    /// the same route carrying our `protocol`, atomically (never a delete
+    /// and an add, so no packet finds the key empty).
+    pub(crate) fn take_over(
+        i: usize,
+        key: RouteKey,
+        spec: &RouteSpec,
+        oif: Option<u32>,
+        protocol: u8,
+        found: KernelRoute,
+    ) -> Self {
+        RouteWrite {
+            takes_over: Some(found),
+            ..Self::add(i, key, spec, oif, protocol, RouteAdd::Replace)
         }
     }
 
@@ -112,6 +166,7 @@ impl RouteWrite {
             key,
             write: Write::delete_route(&key, oif, protocol),
             result: RouteResult::Unchanged,
+            takes_over: None,
         }
     }
 }
@@ -131,6 +186,7 @@ pub(crate) async fn send_route_writes(
 /// updates alike).
 pub(crate) struct KnownRoutes<'a> {
     pub ours: &'a mut HashMap<RouteKey, KernelRoute>,
+    pub foreign: &'a mut ForeignRoutes,
     pub direct: &'a mut Vec<Direct>,
     pub protocol: u8,
 }
@@ -166,13 +222,15 @@ impl KnownRoutes<'_> {
     }
 
     /// Takes in the kernel's answer to the write of `op` (route `spec`
-    /// through `oif`); the route's result.
+    /// through `oif`); the route's result. A route taken over is ours from
+    /// now on and joins `report.adopted`.
     pub(crate) fn added(
         &mut self,
         op: &RouteWrite,
         spec: &RouteSpec,
         oif: Option<u32>,
         answer: Result<(), Errno>,
+        report: &mut ApplyReport,
     ) -> Result<RouteResult, ProgrammerError> {
         match answer {
             Ok(()) => {
@@ -183,6 +241,17 @@ impl KnownRoutes<'_> {
                     self.direct.push(d);
                 }
                 self.ours.insert(op.key, k);
+                if let Some(found) = &op.takes_over {
+                    self.foreign.remove(&op.key);
+                    tracing::info!(
+                        route = %spec,
+                        oif = ?found.oif,
+                        from_protocol = found.protocol,
+                        to_protocol = self.protocol,
+                        "took over a route added with `ip route` that is exactly the desired route (one atomic replace; no packet lost)"
+                    );
+                    report.adopted.push(spec.clone());
+                }
                 Ok(op.result.clone())
             }
             Err(e) if is_permission(e) => Err(errno_error(&format!("add route {spec}"), e)),
@@ -242,6 +311,7 @@ pub(crate) fn installed_route(
         protocol,
         kind: RouteType::Unicast,
         multipath: false,
+        plain: true,
     }
 }
 

@@ -95,6 +95,34 @@ pub(crate) struct RouteIntent {
 /// A direct (connected) unicast route: network, output device, table.
 pub(crate) type Direct = (IpNetwork, Option<u32>, u32);
 
+/// The routes overlay did not install, by key: every one on each key (the
+/// kernel may keep several, e.g. appended ones or two connected routes).
+pub(crate) type ForeignRoutes = HashMap<RouteKey, Vec<KernelRoute>>;
+
+/// Notes `r`, a route overlay did not install, in `foreign`.
+pub(crate) fn foreign_added(foreign: &mut ForeignRoutes, r: KernelRoute) {
+    let on_key = foreign.entry(r.key).or_default();
+    if !on_key.iter().any(|x| same_route(x, &r)) {
+        on_key.push(r);
+    }
+}
+
+/// Forgets `r`, a route overlay did not install that is gone, in `foreign`.
+pub(crate) fn foreign_gone(foreign: &mut ForeignRoutes, r: &KernelRoute) {
+    if let Some(on_key) = foreign.get_mut(&r.key) {
+        on_key.retain(|x| !same_route(x, r));
+        if on_key.is_empty() {
+            foreign.remove(&r.key);
+        }
+    }
+}
+
+/// True when `a` and `b` are the same route on one key (its notifications
+/// describe it the same way).
+fn same_route(a: &KernelRoute, b: &KernelRoute) -> bool {
+    a.protocol == b.protocol && a.gateway == b.gateway && a.oif == b.oif && a.kind == b.kind
+}
+
 /// What the last apply wanted and found; drift repair and incremental
 /// updates work from it.
 #[derive(Default)]
@@ -117,6 +145,9 @@ pub(crate) struct State {
     pub direct: Vec<Direct>,
     /// Our routes in the kernel, as last seen or written.
     pub ours: HashMap<RouteKey, KernelRoute>,
+    /// Routes overlay did not install, as last seen: an update takes over
+    /// a route added with `ip route` from this.
+    pub foreign: ForeignRoutes,
     /// Tables and devices of every route this programmer installed or
     /// found in place since it started: where stale routes may go.
     pub scope: RouteScope,

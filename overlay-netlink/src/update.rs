@@ -13,6 +13,7 @@ use crate::checks::{self, Kept};
 use crate::read::{self, Link};
 use crate::route_writes::{Decision, KnownRoutes, RouteWrite, decide, outcomes, send_route_writes};
 use crate::state::{Inner, State};
+use crate::write::RouteAdd;
 
 /// The upserts of an update, checked and decided.
 struct UpsertPlan {
@@ -68,6 +69,7 @@ impl Inner {
         let mut removed_specs = removed_specs.into_iter();
         let mut known = KnownRoutes {
             ours: &mut state.ours,
+            foreign: &mut state.foreign,
             direct: &mut state.direct,
             protocol: self.protocol,
         };
@@ -79,7 +81,7 @@ impl Inner {
                 continue;
             }
             let Some(i) = op.route else { continue };
-            let result = known.added(&op, &changes.upsert[i], upserts.oifs[i], answer)?;
+            let result = known.added(&op, &changes.upsert[i], upserts.oifs[i], answer, report)?;
             upserts.results[i] = Some(result);
         }
         let links = &state.all_links;
@@ -181,21 +183,17 @@ impl Inner {
                     continue;
                 }
             };
-            let decision = decide(spec, &key, dev_oif, state.ours.get(&key), &state.direct);
+            let foreign = state.foreign.get(&key).map_or(&[][..], Vec::as_slice);
+            let decision = decide(
+                spec,
+                &key,
+                dev_oif,
+                state.ours.get(&key),
+                foreign,
+                &state.direct,
+            );
             state.intents.insert(key, decision.intent(spec, dev_oif));
-            match decision {
-                Decision::Unreachable(m) => plan.results[i] = Some(RouteResult::Failed(m)),
-                Decision::InPlace(oif) => {
-                    plan.oifs[i] = oif;
-                    plan.results[i] = Some(RouteResult::Unchanged);
-                }
-                Decision::Write { oif, add } => {
-                    plan.oifs[i] = oif;
-                    // Not ours: a foreign route on the key answers EEXIST.
-                    let write = RouteWrite::add(i, key, spec, oif, self.protocol, add);
-                    plan.writes.push(write);
-                }
-            }
+            plan.decided(i, key, spec, decision, self.protocol);
         }
         Ok(plan)
     }
@@ -236,6 +234,49 @@ impl Inner {
             state.all_links.insert(l.name.clone(), l.clone());
         }
         Ok(l)
+    }
+}
+
+impl UpsertPlan {
+    /// Takes in `decision` for upsert `i`, `spec` (key `key`).
+    fn decided(
+        &mut self,
+        i: usize,
+        key: RouteKey,
+        spec: &RouteSpec,
+        decision: Decision,
+        protocol: u8,
+    ) {
+        match decision {
+            Decision::Unreachable(m) => self.results[i] = Some(RouteResult::Failed(m)),
+            Decision::InPlace(oif) => {
+                self.oifs[i] = oif;
+                self.results[i] = Some(RouteResult::Unchanged);
+            }
+            // What the last full apply and the drift watcher saw on the
+            // key may be out of date (a route added a moment ago, one
+            // flushed with its link): the write goes out, and a foreign
+            // route on the key answers EEXIST.
+            Decision::Write { oif, add } => {
+                self.oifs[i] = oif;
+                self.writes
+                    .push(RouteWrite::add(i, key, spec, oif, protocol, add));
+            }
+            // What the last full apply and the drift watcher saw on the
+            // key may be out of date (a route flushed with its link, say):
+            // the write goes out, and a route overlay did not install on
+            // the key answers EEXIST.
+            Decision::Foreign { oif, .. } => {
+                self.oifs[i] = oif;
+                self.writes
+                    .push(RouteWrite::add(i, key, spec, oif, protocol, RouteAdd::New));
+            }
+            Decision::TakeOver { oif, found } => {
+                self.oifs[i] = oif;
+                self.writes
+                    .push(RouteWrite::take_over(i, key, spec, oif, protocol, found));
+            }
+        }
     }
 }
 
@@ -285,6 +326,8 @@ fn follow_last_report(
     last.routes.retain(|o| !changes.remove.contains(&o.route));
     last.routes.extend(report.routes.iter().cloned());
     last.routes_removed = report.routes_removed.clone();
+    last.adopted = report.adopted.clone();
+    last.interface_adopted = false;
     last.kernel_writes = report.kernel_writes;
     last.interface_created = false;
     last.interface_up = false;

@@ -973,17 +973,20 @@ async fn the_interface_holding_an_address_is_found() {
 /// Issue 12: a link named like the overlay interface that overlay did not
 /// create (no alias mark) is never deleted, recreated, brought up or given
 /// addresses: not by apply, not by drift repair, not by remove_interface.
+/// (Issue 14: except an unmarked macvlan of the right parent without any
+/// alias, which is taken over in place: see `tests/takeover.rs`.)
 #[tokio::test]
 async fn a_link_overlay_did_not_create_is_left_alone() {
     if !privileged("a_link_overlay_did_not_create_is_left_alone") {
         return;
     }
     let b = bed("notours");
-    // Somebody's own macvlan, on the right parent in the right mode even,
-    // down, with an address of theirs.
+    // Somebody's own macvlan, in the right mode even, but of another
+    // parent, down, with an address of theirs.
+    b.node.add_bridge("br1").unwrap();
     b.node
         .ip(&[
-            "link", "add", "tmp0", "link", "eth0", "type", "macvlan", "mode", "bridge",
+            "link", "add", "tmp0", "link", "br1", "type", "macvlan", "mode", "bridge",
         ])
         .unwrap();
     b.node
@@ -1029,6 +1032,20 @@ async fn a_link_overlay_did_not_create_is_left_alone() {
     assert!(matches!(e, ProgrammerError::NotOurs { .. }), "{e}");
     assert!(!p.remove_interface(&name("tmp0")).await.unwrap());
     assert!(b.node.links().unwrap().contains(&"tmp0".to_string()));
+
+    // A macvlan of the right parent that somebody marked with an alias of
+    // their own: theirs, refused the same way.
+    b.node.ip(&["link", "del", "tmp0"]).unwrap();
+    b.node
+        .ip(&["link", "add", "tmp0", "link", "eth0", "type", "macvlan"])
+        .unwrap();
+    b.node
+        .ip(&["link", "set", "tmp0", "alias", "managed by someone else"])
+        .unwrap();
+    let e = p.apply(&desired()).await.unwrap_err();
+    assert!(matches!(e, ProgrammerError::NotOurs { .. }), "{e}");
+    assert!(link_details(&b.node, "tmp0").contains("alias managed by someone else"));
+    assert!(!p.remove_interface(&name("tmp0")).await.unwrap());
 
     // Once it is gone, overlay creates its own, marked, and removes it.
     b.node.ip(&["link", "del", "tmp0"]).unwrap();
