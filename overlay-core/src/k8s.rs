@@ -151,11 +151,12 @@ fn node_info_changed(old: &Entry<NodeInfo>, new: &Entry<NodeInfo>) -> bool {
     old.record != new.record
 }
 
-/// A StaticRoute's spec, deletion or finalizers changed; a status-only
-/// write (the controller's summary) is not worth an event.
+/// A StaticRoute's spec, zone label, deletion or finalizers changed; a
+/// status-only write (the controller's summary) is not worth an event.
 fn route_spec_changed(old: &Entry<StaticRouteRecord>, new: &Entry<StaticRouteRecord>) -> bool {
     let (a, b) = (&old.raw, &new.raw);
     a.data.get("spec") != b.data.get("spec")
+        || crate::crd::route_zone(&a.metadata) != crate::crd::route_zone(&b.metadata)
         || a.metadata.deletion_timestamp != b.metadata.deletion_timestamp
         || a.metadata.finalizers != b.metadata.finalizers
 }
