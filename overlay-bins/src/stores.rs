@@ -102,10 +102,9 @@ pub fn agent_inputs(
                 invalid.clone(),
             )))
         }
-        (None, Some(path)) => Some(Arc::new(FileRoutes::new(
-            path.clone(),
-            Duration::from_secs(5),
-        ))),
+        (None, Some(path)) => Some(Arc::new(
+            FileRoutes::new(path.clone(), Duration::from_secs(5)).with_invalid(invalid.clone()),
+        )),
         (None, None) => None,
     };
     Ok(AgentInputs {

@@ -33,6 +33,11 @@ fn controller_help_documents_every_flag_and_variable() {
         "KUBECONFIG",
         "PHPIPAM_USERNAME",
         "PHPIPAM_PASSWORD",
+        "--phpipam-secret-dir",
+        "PHPIPAM_SECRET_DIR",
+        "phpipam-secret",
+        "/opt/controller-config/overlay-ip-config.yaml",
+        "/etc/overlay/overlay-ip-config.yaml",
         "--log-format",
     ] {
         assert!(h.contains(needle), "--help lacks {needle}:\n{h}");
@@ -99,6 +104,32 @@ fn a_bad_config_exits_at_start_naming_file_field_and_problem() {
 }
 
 #[test]
+fn without_a_config_the_controller_names_both_places_it_looked() {
+    let paths = [
+        overlay_ipam::config::DEFAULT_PATH,
+        overlay_ipam::config::ORIGINAL_PATH,
+    ];
+    for p in paths {
+        assert!(
+            !std::path::Path::new(p).exists(),
+            "this test expects no controller config at {p} on the machine running it"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_overlay-controller"))
+        .args(["--metrics-addr", "off"])
+        .env_remove("OVERLAY_CONFIG")
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for p in paths {
+        assert!(err.contains(p), "{err}");
+    }
+    assert!(err.contains("overlay-ip-controller-config"), "{err}");
+}
+
+#[test]
 fn check_config_prints_the_parsed_original_config_or_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("overlay-ip-config.yaml");
@@ -123,6 +154,27 @@ fn check_config_prints_the_parsed_original_config_or_the_problem() {
             && text.contains("http://phpipam"),
         "{text}"
     );
+    assert!(!text.contains("warning"), "{text}");
+
+    // The original controller's config may hold the credentials: valid,
+    // with a warning, and the password is never printed.
+    let inline = dir.path().join("inline.yaml");
+    std::fs::write(
+        &inline,
+        "phpIPAM: {url: http://phpipam, appID: iks, username: apiuser, password: Pass-In-Config-1, subnetMap: {dal10: [7]}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["check-config", inline.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning") && text.contains("phpipam-secret"),
+        "{text}"
+    );
+    assert!(!text.contains("Pass-In-Config-1"), "{text}");
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(

@@ -318,42 +318,6 @@ fn controller_deployment_runs_locked_down_with_leader_election() {
         .expect("port 8080 (the controller's default METRICS_ADDR)");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], port["name"]);
 
-    // The config file the controller reads is the mounted ConfigMap key.
-    let config_path = env(c, "OVERLAY_CONFIG")["value"].as_str().unwrap();
-    let (dir, file) = config_path.rsplit_once('/').unwrap();
-    let mount = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"] == dir)
-        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
-    let volume = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap();
-    let cm_name = volume["configMap"]["name"].as_str().unwrap();
-    let cm = find(&docs, "ConfigMap", cm_name);
-    assert_eq!(cm.namespace(), d.namespace());
-    assert!(
-        cm.value["data"][file].is_string(),
-        "ConfigMap {cm_name} lacks key {file}"
-    );
-
-    // Credentials from the Secret the example shows, key for key.
-    let secret = find(&docs, "Secret", "phpipam-credentials");
-    assert_eq!(secret.namespace(), d.namespace());
-    for var in ["PHPIPAM_USERNAME", "PHPIPAM_PASSWORD"] {
-        let r = &env(c, var)["valueFrom"]["secretKeyRef"];
-        assert_eq!(r["name"], "phpipam-credentials");
-        let key = r["key"].as_str().unwrap();
-        assert!(
-            secret.value["stringData"][key].is_string(),
-            "example Secret lacks {key}"
-        );
-    }
-
     // The metrics Service selects the controller's pods.
     let svc = find(&docs, "Service", "overlay-controller-metrics");
     let labels = &pod_labels(d);
@@ -361,6 +325,93 @@ fn controller_deployment_runs_locked_down_with_leader_election() {
         assert_eq!(labels.get(k), v.as_str().map(str::to_owned).as_ref(), "{k}");
     }
     assert_eq!(svc.value["spec"]["ports"][0]["port"], 8080);
+}
+
+/// The Deployment reads today's ConfigMap and Secret and the original
+/// controller's (`overlay-ip-controller-config`, `phpipam-secret`), all
+/// optional, where the controller looks for them.
+#[test]
+fn controller_deployment_reads_todays_and_the_original_config_and_secret() {
+    let docs = all_docs();
+    let d = find(&docs, "Deployment", "overlay-controller");
+    let pod = &d.value["spec"]["template"]["spec"];
+    let c = only_container(d);
+    // The controller looks for its config at its default path, then at the
+    // original controller's mount path: both ConfigMaps are mounted there,
+    // optional, and nothing pins one file.
+    assert!(
+        !env_names(c).iter().any(|n| n == "OVERLAY_CONFIG"),
+        "OVERLAY_CONFIG would make the controller read one file only"
+    );
+    for (path, cm_name, installed) in [
+        (
+            overlay_ipam::config::DEFAULT_PATH,
+            "overlay-ip-config",
+            true,
+        ),
+        (
+            overlay_ipam::config::ORIGINAL_PATH,
+            "overlay-ip-controller-config",
+            false,
+        ),
+    ] {
+        let (dir, file) = path.rsplit_once('/').unwrap();
+        let volume = mounted_volume(pod, c, dir);
+        assert_eq!(volume["configMap"]["name"], cm_name, "{dir}");
+        assert_eq!(volume["configMap"]["optional"], true, "{dir}");
+        let shipped = kinds(&docs, "ConfigMap").find(|d| d.name() == cm_name);
+        assert_eq!(shipped.is_some(), installed, "{cm_name}");
+        if let Some(cm) = shipped {
+            assert_eq!(cm.namespace(), d.namespace());
+            assert!(
+                cm.value["data"][file].is_string(),
+                "ConfigMap {cm_name} lacks key {file}"
+            );
+        }
+    }
+
+    // Credentials from the Secret the example shows, key for key.
+    let secret = find(&docs, "Secret", "phpipam-credentials");
+    assert_eq!(secret.namespace(), d.namespace());
+    for var in ["PHPIPAM_USERNAME", "PHPIPAM_PASSWORD"] {
+        let r = &env(c, var)["valueFrom"]["secretKeyRef"];
+        assert_eq!(r["name"], "phpipam-credentials");
+        assert_eq!(r["optional"], true);
+        let key = r["key"].as_str().unwrap();
+        assert!(
+            secret.value["stringData"][key].is_string(),
+            "example Secret lacks {key}"
+        );
+    }
+    // ... and from the original controller's Secret, whose keys are files
+    // in the directory the controller reads by default.
+    let volume = mounted_volume(pod, c, overlay_ipam::phpipam::DEFAULT_SECRET_DIR);
+    assert_eq!(
+        volume["secret"]["secretName"],
+        overlay_ipam::phpipam::ORIGINAL_SECRET
+    );
+    assert_eq!(volume["secret"]["optional"], true);
+    assert!(
+        volume["secret"]["items"].is_null(),
+        "keys username and password as files"
+    );
+}
+
+/// The volume `container` mounts at `dir`, read-only.
+fn mounted_volume<'a>(pod: &'a Value, container: &Value, dir: &str) -> &'a Value {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true, "{dir}");
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]))
 }
 
 fn pod_labels(workload: &Doc) -> BTreeMap<String, String> {
@@ -643,6 +694,7 @@ fn samples_are_valid_custom_resources() {
         .filter(|d| d.file.starts_with("samples/"))
         .collect();
     let mut routes = Vec::new();
+    let mut zoned = Vec::new();
     let mut overlay_ips = 0;
     for d in &samples {
         match d.kind() {
@@ -659,6 +711,13 @@ fn samples_are_valid_custom_resources() {
                 let model =
                     static_route_model(&r.spec).unwrap_or_else(|e| panic!("{}: {e}", d.file));
                 routes.push(model);
+                // As the agents read it: with the zone label of the older
+                // agents.
+                let rec = overlay_core::StaticRouteRecord::from(&r);
+                zoned.extend(
+                    overlay_core::crd::route_zone(&r.metadata)
+                        .map(|z| (z.to_owned(), rec.spec.clone().unwrap().selector)),
+                );
             }
             "ConfigMap" => {}
             other => panic!("{}: unexpected sample kind {other}", d.file),
@@ -675,6 +734,13 @@ fn samples_are_valid_custom_resources() {
             && r.metric.is_some()
             && !r.selector.matches(&BTreeMap::new()))
     );
+
+    let [(zone, selector)] = zoned.as_slice() else {
+        panic!("one sample limited to a zone by its label: {zoned:?}")
+    };
+    let node = |z: &str| BTreeMap::from([("topology.kubernetes.io/zone".to_owned(), z.to_owned())]);
+    assert!(selector.matches(&node(zone)));
+    assert!(!selector.matches(&node("another-zone")));
 
     // The original fixtures, unchanged.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay-core/tests/fixtures");

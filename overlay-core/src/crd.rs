@@ -543,6 +543,34 @@ pub fn static_route_model(spec: &StaticRouteSpec) -> Result<StaticRouteRule, Par
     })
 }
 
+/// The label on a StaticRoute that limits it to the nodes of one zone, as
+/// the older agents honoured it: `failure-domain.beta.kubernetes.io/zone:
+/// dal10` on the object is a route for dal10's nodes only.
+pub const ROUTE_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
+
+/// The zone a StaticRoute is limited to by its [`ROUTE_ZONE_LABEL`] label
+/// (an empty value limits nothing).
+pub fn route_zone(meta: &kube::core::ObjectMeta) -> Option<&str> {
+    meta.labels
+        .as_ref()?
+        .get(ROUTE_ZONE_LABEL)
+        .map(|z| z.trim())
+        .filter(|z| !z.is_empty())
+}
+
+/// `rule` limited to the zone of the object's [`ROUTE_ZONE_LABEL`] label,
+/// if it has one: the zone is AND-ed with `spec.nodeSelector` (a node is
+/// selected when it is in the zone, by the same labels its zone is read
+/// from, and matches the selector).
+fn with_route_zone(mut rule: StaticRouteRule, meta: &kube::core::ObjectMeta) -> StaticRouteRule {
+    if let Some(zone) = route_zone(meta) {
+        rule.selector
+            .requirements
+            .push(Requirement::InZone(zone.to_owned()));
+    }
+    rule
+}
+
 /// Converts a Kubernetes `LabelSelector` (matchLabels/matchExpressions).
 pub fn selector_from_k8s(s: &K8sSelector) -> Result<LabelSelector, ParseError> {
     let mut reqs: Vec<Requirement> = s
@@ -801,7 +829,9 @@ fn static_route_record(
 ) -> (StaticRouteRecord, Option<FieldProblem>) {
     let mut problem = None;
     let spec = match read::<StaticRouteSpec>(data.get("spec"), "spec") {
-        Ok(Some(spec)) => static_route_model(&spec).map_err(FieldProblem::from),
+        Ok(Some(spec)) => static_route_model(&spec)
+            .map(|rule| with_route_zone(rule, meta))
+            .map_err(FieldProblem::from),
         Ok(None) => Err(FieldProblem::new(
             "spec",
             "missing; set at least spec.subnet",

@@ -210,12 +210,14 @@ pub enum ProgrammerError {
 /// Errors of a [`crate::NodeSource`] or a record store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The object does not exist.
-    #[error("{kind} {name:?} not found")]
+    /// The object does not exist. With an empty `name`, the kind itself
+    /// is not served: the API server answers 404 for the collection (its
+    /// CRD is not installed); see [`StoreError::not_served`].
+    #[error("{}", not_found(.kind, .name))]
     NotFound {
         /// Object kind.
         kind: String,
-        /// Object name.
+        /// Object name (empty: the kind is not served).
         name: String,
     },
     /// A concurrent writer changed the object; re-read and retry.
@@ -250,7 +252,29 @@ pub enum StoreError {
     },
 }
 
+fn not_found(kind: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{kind}: the API server does not serve this kind (is its CRD installed?)")
+    } else {
+        format!("{kind} {name:?} not found")
+    }
+}
+
 impl StoreError {
+    /// The kind is not served at all (the API server answers 404 for the
+    /// collection: its CRD is not installed), so no object of it exists.
+    pub fn not_served(kind: impl Into<String>) -> Self {
+        StoreError::NotFound {
+            kind: kind.into(),
+            name: String::new(),
+        }
+    }
+
+    /// True for [`StoreError::not_served`].
+    pub fn is_not_served(&self) -> bool {
+        matches!(self, StoreError::NotFound { name, .. } if name.is_empty())
+    }
+
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(

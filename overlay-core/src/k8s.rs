@@ -151,11 +151,12 @@ fn node_info_changed(old: &Entry<NodeInfo>, new: &Entry<NodeInfo>) -> bool {
     old.record != new.record
 }
 
-/// A StaticRoute's spec, deletion or finalizers changed; a status-only
-/// write (the controller's summary) is not worth an event.
+/// A StaticRoute's spec, zone label, deletion or finalizers changed; a
+/// status-only write (the controller's summary) is not worth an event.
 fn route_spec_changed(old: &Entry<StaticRouteRecord>, new: &Entry<StaticRouteRecord>) -> bool {
     let (a, b) = (&old.raw, &new.raw);
     a.data.get("spec") != b.data.get("spec")
+        || crate::crd::route_zone(&a.metadata) != crate::crd::route_zone(&b.metadata)
         || a.metadata.deletion_timestamp != b.metadata.deletion_timestamp
         || a.metadata.finalizers != b.metadata.finalizers
 }
@@ -172,6 +173,57 @@ fn overlay_ip_changed_besides_agent(
     strip(&old.record) != strip(&new.record)
 }
 
+/// How far a cache's list has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    /// The initial list has not completed.
+    Pending,
+    /// Listed: the cache holds what the API server has.
+    Done,
+    /// The API server answered 404 for the collection: the kind is not
+    /// served (its CRD is not installed). The watch keeps retrying, and the
+    /// cache becomes `Done` once the kind is served.
+    NotServed,
+}
+
+/// True when a watch failed because the API server does not serve the
+/// collection at all (404 on the list or watch: the CRD is not installed).
+fn is_not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// A failed list or watch: logged (at most once per [`ERROR_LOG_PERIOD`]),
+/// a 404 marks the kind as not served, and the error for the subscribers.
+fn watch_failed(
+    kind: &'static str,
+    e: &watcher::Error,
+    errors: &Repeats,
+    listed: &watch::Sender<Listed>,
+) -> StoreError {
+    let message = error_chain(e);
+    let not_served = is_not_served(e);
+    if not_served {
+        let _ = listed.send(Listed::NotServed);
+    }
+    if let Some(repeats) = errors.failure() {
+        if not_served {
+            warn!(kind, error = %message, repeats, "the API server does not serve this kind (is its CRD installed?); retrying with backoff");
+        } else {
+            warn!(kind, error = %message, repeats, "watch failed; retrying with backoff (routes and addresses in place are kept)");
+        }
+    }
+    StoreError::Unavailable {
+        kind: kind.into(),
+        name: String::new(),
+        message,
+    }
+}
+
 /// One cached object: as the API server sent it, and as a record.
 struct Entry<R> {
     raw: Arc<DynamicObject>,
@@ -185,7 +237,7 @@ type Entries<R> = Arc<RwLock<BTreeMap<String, Arc<Entry<R>>>>>;
 struct Cache<R> {
     kind: &'static str,
     entries: Entries<R>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Listed>,
     tx: broadcast::Sender<Result<StoreEvent<R>, StoreError>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -217,7 +269,7 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
         invalid: InvalidObjects,
     ) -> Self {
         let entries: Entries<R> = Arc::default();
-        let (ready_tx, ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(Listed::Pending);
         let (tx, _) = broadcast::channel(16_384);
         let sender = tx.clone();
         let cache = entries.clone();
@@ -257,7 +309,7 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
                         invalid.retain(kind, &names);
                         let records = all.values().map(|e| e.record.clone()).collect();
                         *write_entries(&cache) = all;
-                        let _ = ready_tx.send(true);
+                        let _ = ready_tx.send(Listed::Done);
                         Ok(StoreEvent::Restarted(records))
                     }
                     Ok(watcher::Event::Apply(o)) => {
@@ -274,17 +326,7 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
                         invalid.forget(kind, &name);
                         Ok(StoreEvent::Deleted(name))
                     }
-                    Err(e) => {
-                        let message = error_chain(&e);
-                        if let Some(repeats) = errors.failure() {
-                            warn!(kind, error = %message, repeats, "watch failed; retrying with backoff (routes and addresses in place are kept)");
-                        }
-                        Err(StoreError::Unavailable {
-                            kind: kind.into(),
-                            name: String::new(),
-                            message,
-                        })
-                    }
+                    Err(e) => Err(watch_failed(kind, &e, &errors, &ready_tx)),
                 };
                 let _ = sender.send(out);
             }
@@ -300,8 +342,12 @@ impl<R: Clone + Send + Sync + 'static> Cache<R> {
 
     async fn ready(&self) -> Result<(), StoreError> {
         let mut ready = self.ready.clone();
-        match tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
+        let listed = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r != Listed::Pending))
+            .await
+            .map(|r| r.map(|l| *l));
+        match listed {
+            Ok(Ok(Listed::Done)) => Ok(()),
+            Ok(Ok(Listed::NotServed)) => Err(StoreError::not_served(self.kind)),
             _ => Err(StoreError::Unavailable {
                 kind: self.kind.into(),
                 name: String::new(),
@@ -936,6 +982,13 @@ impl KubeConfigMapRoutes {
 #[async_trait]
 impl LegacyRouteSource for KubeConfigMapRoutes {
     async fn subnets(&self) -> Result<Vec<Cidr>, StoreError> {
+        self.routes().await.map(|l| l.subnets)
+    }
+
+    /// The list, with entries that are not subnets skipped and reported
+    /// (log, Warning Event on the ConfigMap naming them, gauge); a `routes`
+    /// value that is not a JSON array rejects the list.
+    async fn routes(&self) -> Result<crate::legacy::LegacyRoutes, StoreError> {
         let cm = self
             .api
             .get_opt(&self.name)
@@ -965,19 +1018,25 @@ impl LegacyRouteSource for KubeConfigMapRoutes {
                         .into(),
             });
         };
-        let parsed = crate::legacy::parse_legacy_routes(json);
-        let problem = parsed.as_ref().err().map(|e| {
-            FieldProblem::new(
-                format!("data.{}", e.field),
-                format!("{:?}: {}", e.value, e.reason),
-            )
-        });
-        self.invalid.observe("ConfigMap", &id, problem.as_ref());
-        parsed.map_err(|e| StoreError::Rejected {
-            kind: "ConfigMap".into(),
-            name: id,
-            message: e.to_string(),
-        })
+        match crate::legacy::parse_legacy_list(json) {
+            Ok(list) => {
+                let problem = list.field_problem("data.routes");
+                self.invalid.observe("ConfigMap", &id, problem.as_ref());
+                Ok(list)
+            }
+            Err(e) => {
+                let problem = FieldProblem::new(
+                    format!("data.{}", e.field),
+                    format!("{:?}: {}", e.value, e.reason),
+                );
+                self.invalid.observe("ConfigMap", &id, Some(&problem));
+                Err(StoreError::Rejected {
+                    kind: "ConfigMap".into(),
+                    name: id,
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 
     fn changes(&self) -> BoxStream<'static, ()> {

@@ -354,6 +354,12 @@ pub enum Requirement {
     Exists(String),
     /// `!key`.
     DoesNotExist(String),
+    /// The node's zone is this one: the value of the first of
+    /// [`ZONE_LABELS`](crate::model::ZONE_LABELS) the node carries, as
+    /// [`NodeInfo::from_labels`](crate::NodeInfo::from_labels) reads it.
+    /// What the label `failure-domain.beta.kubernetes.io/zone` on a
+    /// StaticRoute meant to the older agents ("a route for that zone only").
+    InZone(String),
 }
 
 impl Requirement {
@@ -365,6 +371,12 @@ impl Requirement {
             Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|x| !vs.contains(x)),
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::InZone(z) => {
+                crate::model::ZONE_LABELS
+                    .iter()
+                    .find_map(|k| labels.get(*k))
+                    == Some(z)
+            }
         }
     }
 }
@@ -545,5 +557,40 @@ mod tests {
         assert!(LabelSelector::parse("s", "Bad Key=x").is_err());
         let nk = LabelSelector::parse("s", "topology.kubernetes.io/zone notin (dal12)").unwrap();
         assert!(nk.matches(&l));
+    }
+
+    #[test]
+    fn the_zone_requirement_reads_the_node_zone_like_node_info() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let dal10 = LabelSelector::from_requirements(vec![Requirement::InZone("dal10".into())]);
+        for node in [
+            labels(&[("topology.kubernetes.io/zone", "dal10")]),
+            labels(&[("failure-domain.beta.kubernetes.io/zone", "dal10")]),
+            labels(&[("ibm-cloud.kubernetes.io/zone", "dal10")]),
+            // The most specific label wins, as for NodeInfo::zone.
+            labels(&[
+                ("topology.kubernetes.io/zone", "dal10"),
+                ("failure-domain.beta.kubernetes.io/zone", "dal12"),
+            ]),
+        ] {
+            assert!(dal10.matches(&node), "{node:?}");
+            let info = crate::NodeInfo::from_labels("n", node.clone(), vec![]);
+            assert_eq!(info.zone.map(|z| z.to_string()).as_deref(), Some("dal10"));
+        }
+        for node in [
+            labels(&[]),
+            labels(&[("topology.kubernetes.io/zone", "dal12")]),
+            labels(&[
+                ("topology.kubernetes.io/zone", "dal12"),
+                ("failure-domain.beta.kubernetes.io/zone", "dal10"),
+            ]),
+        ] {
+            assert!(!dal10.matches(&node), "{node:?}");
+        }
     }
 }

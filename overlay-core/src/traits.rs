@@ -227,6 +227,18 @@ pub trait LegacyRouteSource: Send + Sync {
     /// in place.
     async fn subnets(&self) -> Result<Vec<Cidr>, StoreError>;
 
+    /// The subnets now and the entries skipped because they are not
+    /// subnets (the agent logs those and applies the others). An error
+    /// means "unknown", as for [`LegacyRouteSource::subnets`]. The default
+    /// reports no skipped entries; sources that parse the list leniently
+    /// ([`crate::legacy::parse_legacy_list`]) override it.
+    async fn routes(&self) -> Result<crate::legacy::LegacyRoutes, StoreError> {
+        Ok(crate::legacy::LegacyRoutes {
+            subnets: self.subnets().await?,
+            problems: Vec::new(),
+        })
+    }
+
     /// Fires when the list may have changed.
     fn changes(&self) -> BoxStream<'static, ()>;
 }

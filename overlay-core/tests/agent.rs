@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryProgrammer, MemoryStaticRoutes};
-use overlay_core::legacy::parse_legacy_routes;
+use overlay_core::legacy::{LegacyRoutes, parse_legacy_list, parse_legacy_routes};
 use overlay_core::{
     Cidr, DiscoveredRoute, FINALIZER, GatewayChoice, LabelSelector, LegacyRouteSource, NodeInfo,
     OverlayIpRecord, OverlayIpStore, RouteReport, RouteState, StaticRouteRule, StoreError,
@@ -448,6 +448,71 @@ async fn legacy_configmap_routes_use_the_discovered_private_gateway_and_survive_
     e.legacy.set(Ok(vec![]));
     a.reconcile().await.unwrap();
     assert!(e.kernel_routes().is_empty());
+}
+
+/// A route list read from its text, as the ConfigMap and file sources
+/// read it.
+#[derive(Default)]
+struct TextLegacy(Mutex<String>);
+
+#[async_trait]
+impl LegacyRouteSource for TextLegacy {
+    async fn subnets(&self) -> Result<Vec<Cidr>, StoreError> {
+        self.routes().await.map(|l| l.subnets)
+    }
+    async fn routes(&self) -> Result<LegacyRoutes, StoreError> {
+        let text = self.0.lock().unwrap().clone();
+        parse_legacy_list(&text).map_err(|e| StoreError::Rejected {
+            kind: "ConfigMap".into(),
+            name: "default/static-routes".into(),
+            message: e.to_string(),
+        })
+    }
+    fn changes(&self) -> BoxStream<'static, ()> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+#[tokio::test]
+async fn one_bad_entry_of_the_original_route_list_costs_only_itself() {
+    let e = env();
+    let list = Arc::new(TextLegacy::default());
+    // The older DaemonSet's `routes`: a subnet, a bare address (a host
+    // route, as `ip route add` took it) and garbage.
+    *list.0.lock().unwrap() = r#"["198.51.100.0/25", "198.51.100.7", "nonsense"]"#.to_owned();
+    let a = Agent::new(
+        e.cfg.clone(),
+        AgentParts {
+            programmer: Arc::new(e.kernel.clone()),
+            nodes: Arc::new(e.nodes.clone()),
+            overlay_ips: Arc::new(e.ips.clone()),
+            routes: None,
+            legacy: Some(list.clone()),
+        },
+    );
+    a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "198.51.100.0/25 via 203.0.113.1 dev eth0",
+            "198.51.100.7/32 via 203.0.113.1 dev eth0"
+        ]
+    );
+    // Text that is not a JSON array: the list is unknown, the routes stay.
+    *list.0.lock().unwrap() = "198.51.100.0/25, 192.0.2.0/25".to_owned();
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 2);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+    // Fixed: the list is applied as written, the host route goes.
+    *list.0.lock().unwrap() = r#"["198.51.100.0/25", "192.0.2.0/25"]"#.to_owned();
+    a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "192.0.2.0/25 via 203.0.113.1 dev eth0",
+            "198.51.100.0/25 via 203.0.113.1 dev eth0"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -953,4 +1018,260 @@ async fn a_kernel_refusal_stays_reported_when_the_object_changes_only_in_status(
     let st = e.entry("onprem").unwrap();
     assert_eq!(st.state, RouteState::Failed);
     assert!(st.message.contains("kernel refused"), "{}", st.message);
+}
+
+/// A kind the API server does not serve (its CRD is not installed): every
+/// read answers "not served", as the Kubernetes stores do after a 404 for
+/// the collection.
+struct NotServed;
+
+fn not_served<T>(kind: &str) -> Result<T, StoreError> {
+    Err(StoreError::not_served(kind))
+}
+
+#[async_trait]
+impl OverlayIpStore for NotServed {
+    async fn get(&self, _: &str) -> Result<Option<OverlayIpRecord>, StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    async fn list(&self) -> Result<Vec<OverlayIpRecord>, StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    async fn ensure(&self, _: &overlay_core::OverlayIpMeta) -> Result<OverlayIpRecord, StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    async fn set_address(
+        &self,
+        _: &str,
+        _: ipnetwork::IpNetwork,
+        _: Option<std::net::IpAddr>,
+    ) -> Result<(), StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    async fn set_agent_status(
+        &self,
+        _: &str,
+        _: &overlay_core::AgentStatus,
+    ) -> Result<(), StoreError> {
+        panic!("no status write without a NodeOverlayIp")
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    async fn remove_finalizer(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        not_served("NodeOverlayIp")
+    }
+    fn watch(&self) -> BoxStream<'static, Result<StoreEvent<OverlayIpRecord>, StoreError>> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+#[async_trait]
+impl overlay_core::StaticRouteStore for NotServed {
+    async fn list(&self) -> Result<Vec<overlay_core::StaticRouteRecord>, StoreError> {
+        not_served("StaticRoute")
+    }
+    async fn add_finalizer(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        not_served("StaticRoute")
+    }
+    async fn remove_finalizer(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        not_served("StaticRoute")
+    }
+    async fn set_summary(&self, _: &str, _: &overlay_core::RouteSummary) -> Result<(), StoreError> {
+        not_served("StaticRoute")
+    }
+    fn watch(
+        &self,
+    ) -> BoxStream<'static, Result<StoreEvent<overlay_core::StaticRouteRecord>, StoreError>> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+impl Env {
+    /// The agent of a cluster without the NodeOverlayIp CRD, legacy list
+    /// on; `static_routes`: whether it watches StaticRoutes (whose CRD is
+    /// missing too) or runs with --no-static-routes.
+    fn agent_without_crds(&self, static_routes: bool) -> Agent {
+        Agent::new(
+            self.cfg.clone(),
+            AgentParts {
+                programmer: Arc::new(self.kernel.clone()),
+                nodes: Arc::new(self.nodes.clone()),
+                overlay_ips: Arc::new(NotServed),
+                routes: static_routes
+                    .then(|| Arc::new(NotServed) as Arc<dyn overlay_core::StaticRouteStore>),
+                legacy: Some(self.legacy.clone()),
+            },
+        )
+    }
+}
+
+#[tokio::test]
+async fn without_the_crds_legacy_routes_go_via_the_discovered_gateway() {
+    let e = env();
+    // An overlay interface some earlier install left: not ours to judge
+    // without the NodeOverlayIp kind, so it stays.
+    let left = overlay_core::OverlayInterface {
+        name: "tmp0".parse().unwrap(),
+        parent: "eth0".parse().unwrap(),
+        address: "192.0.2.20/24".parse().unwrap(),
+    };
+    e.kernel.with(|k| k.interface = Some(left.clone()));
+    e.legacy
+        .set(Ok(vec![cidr("192.0.2.0/25"), cidr("198.51.100.7/32")]));
+    let a = e.agent_without_crds(false);
+    let rep = a.reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "192.0.2.0/25 via 203.0.113.1 dev eth0",
+            "198.51.100.7/32 via 203.0.113.1 dev eth0"
+        ]
+    );
+    assert!(!rep.interface_removed);
+    assert_eq!(e.kernel.with(|k| k.interface.clone()), Some(left));
+    // The list changes: added and removed as in the older DaemonSet.
+    e.legacy.set(Ok(vec![cidr("192.0.2.0/25")]));
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes(), ["192.0.2.0/25 via 203.0.113.1 dev eth0"]);
+}
+
+#[tokio::test]
+async fn watching_static_routes_without_their_crd_adds_legacy_routes_and_removes_nothing() {
+    let e = env();
+    e.legacy
+        .set(Ok(vec![cidr("192.0.2.0/25"), cidr("198.51.100.7/32")]));
+    let a = e.agent_without_crds(true);
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 2);
+    // Without the StaticRoute kind the picture is incomplete: a route the
+    // list dropped stays until the agent runs with --no-static-routes.
+    e.legacy.set(Ok(vec![cidr("192.0.2.0/25")]));
+    a.reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes().len(), 2);
+    assert_eq!(e.kernel.with(|k| k.deletions), 0);
+    e.agent_without_crds(false).reconcile().await.unwrap();
+    assert_eq!(e.kernel_routes(), ["192.0.2.0/25 via 203.0.113.1 dev eth0"]);
+}
+
+#[tokio::test]
+async fn without_a_node_overlay_ip_or_its_address_legacy_routes_still_apply() {
+    for with_record in [false, true] {
+        let e = env();
+        let ips = if with_record {
+            e.ips.clone()
+        } else {
+            MemoryOverlayIps::new()
+        };
+        e.legacy.set(Ok(vec![cidr("192.0.2.0/25")]));
+        let a = Agent::new(
+            e.cfg.clone(),
+            AgentParts {
+                programmer: Arc::new(e.kernel.clone()),
+                nodes: Arc::new(e.nodes.clone()),
+                overlay_ips: Arc::new(ips),
+                routes: None,
+                legacy: Some(e.legacy.clone()),
+            },
+        );
+        a.reconcile().await.unwrap();
+        assert_eq!(
+            e.kernel_routes(),
+            ["192.0.2.0/25 via 203.0.113.1 dev eth0"],
+            "NodeOverlayIp present: {with_record}"
+        );
+        if with_record {
+            let s = condition(&e);
+            assert!(!s.configured);
+            assert_eq!(s.reason, "WaitingForAddress");
+        }
+    }
+}
+
+/// A StaticRoute as the API server holds it, read the way the Kubernetes
+/// store reads it.
+fn static_route_object(
+    name: &str,
+    labels: serde_json::Value,
+    spec: serde_json::Value,
+) -> overlay_core::StaticRouteRecord {
+    let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
+        "metadata": {"name": name, "labels": labels}, "spec": spec}))
+    .unwrap();
+    let (record, problem) = overlay_core::crd::decode_static_route(&obj);
+    assert_eq!(problem, None);
+    record
+}
+
+#[tokio::test]
+async fn the_zone_label_of_the_older_agents_limits_a_static_route_to_that_zone() {
+    let e = env();
+    let gw = serde_json::json!("203.0.113.1");
+    let zone = |z: &str| serde_json::json!({"failure-domain.beta.kubernetes.io/zone": z});
+    for (name, labels, spec) in [
+        (
+            "here",
+            zone("dal10"),
+            serde_json::json!({"subnet": "192.0.2.0/26", "gateway": gw}),
+        ),
+        (
+            "elsewhere",
+            zone("dal12"),
+            serde_json::json!({"subnet": "192.0.2.64/26", "gateway": gw}),
+        ),
+        // AND-ed with the nodeSelector.
+        (
+            "here-and-edge",
+            zone("dal10"),
+            serde_json::json!({"subnet": "192.0.2.128/26", "gateway": gw,
+            "nodeSelector": {"matchLabels": {"tier": "edge"}}}),
+        ),
+        (
+            "here-not-core",
+            zone("dal10"),
+            serde_json::json!({"subnet": "192.0.2.192/26", "gateway": gw,
+            "nodeSelector": {"matchLabels": {"tier": "core"}}}),
+        ),
+        (
+            "everywhere",
+            serde_json::json!({}),
+            serde_json::json!({"subnet": "198.51.100.0/25", "gateway": gw}),
+        ),
+    ] {
+        let r = static_route_object(name, labels, spec);
+        e.routes.apply(&r.name, r.spec);
+    }
+    let rep = e.agent(false).reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "192.0.2.0/26 via 203.0.113.1",
+            "192.0.2.128/26 via 203.0.113.1",
+            "198.51.100.0/25 via 203.0.113.1"
+        ]
+    );
+    let mut selected: Vec<&str> = rep.reports.keys().map(String::as_str).collect();
+    selected.sort_unstable();
+    assert_eq!(selected, ["everywhere", "here", "here-and-edge"]);
+
+    // A node of dal12 (zone read from the older label) takes the other one.
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "failure-domain.beta.kubernetes.io/zone".to_owned(),
+        "dal12".to_owned(),
+    );
+    e.nodes.upsert(NodeInfo::from_labels(
+        ME,
+        labels,
+        vec!["203.0.113.10".parse().unwrap()],
+    ));
+    e.agent(false).reconcile().await.unwrap();
+    assert_eq!(
+        e.kernel_routes(),
+        [
+            "192.0.2.64/26 via 203.0.113.1",
+            "198.51.100.0/25 via 203.0.113.1"
+        ]
+    );
 }

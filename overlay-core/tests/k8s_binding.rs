@@ -574,21 +574,69 @@ async fn the_legacy_configmap_is_read_by_name_and_a_malformed_list_is_reported()
     api.find("GET", "/configmaps/static-routes");
     assert_eq!(invalid.count("ConfigMap"), 0);
 
+    // Not a JSON array: the whole list is rejected (the agent keeps the
+    // routes it has).
     api.put(
         &configmaps("kube-system"),
-        cm("[\"192.168.1.0/24\", \"oops\"]"),
+        cm("192.168.1.0/24, 192.168.2.0/24"),
     );
     let err = src.subnets().await.unwrap_err();
-    assert!(err.to_string().contains("routes[1]"), "{err}");
+    assert!(err.to_string().contains("JSON array"), "{err}");
     assert_eq!(invalid.count("ConfigMap"), 1);
     let ev = events_named(&events, "static-routes").await;
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].namespace.as_deref(), Some("kube-system"));
+    assert!(ev[0].message.contains("data.routes"), "{}", ev[0].message);
+}
+
+/// The older DaemonSet's ConfigMap exactly as its users wrote it (with
+/// documentation addresses): a subnet, a bare address (which `ip route add`
+/// took as a host route) and an entry that is no address at all.
+#[tokio::test]
+async fn the_original_static_routes_configmap_applies_every_entry_but_the_bad_one() {
+    let (api, client) = FakeApiServer::start();
+    api.put(
+        &configmaps("default"),
+        json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":"static-routes","namespace":"default"},
+            "data":{"routes": "[\"198.51.100.0/24\", \"198.51.100.7\", \"nonsense\"]"}}),
+    );
+    let (invalid, events) = tracker();
+    let src = KubeConfigMapRoutes::new(client, "default", "static-routes", invalid.clone());
+    let list = src.routes().await.unwrap();
+    let cidr = |s: &str| s.parse::<overlay_core::Cidr>().unwrap();
+    assert_eq!(
+        list.subnets,
+        [cidr("198.51.100.0/24"), cidr("198.51.100.7/32")]
+    );
+    assert_eq!(list.problems.len(), 1, "{:?}", list.problems);
+    assert_eq!(list.problems[0].index, 2);
+    assert_eq!(list.problems[0].entry, "nonsense");
+    assert_eq!(src.subnets().await.unwrap().len(), 2);
+    // Reported once, on the ConfigMap, naming the entry.
+    assert_eq!(invalid.count("ConfigMap"), 1);
+    let ev = events_named(&events, "static-routes").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].namespace.as_deref(), Some("default"));
     assert!(
-        ev[0].message.contains("data.routes[1]"),
+        ev[0].message.contains("data.routes[2]") && ev[0].message.contains("nonsense"),
         "{}",
         ev[0].message
     );
+    // Fixed: valid again.
+    api.put(
+        &configmaps("default"),
+        json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":"static-routes","namespace":"default"},
+            "data":{"routes": "[\"198.51.100.0/24\", \"2001:db8::7\"]"}}),
+    );
+    let list = src.routes().await.unwrap();
+    assert_eq!(
+        list.subnets,
+        [cidr("198.51.100.0/24"), cidr("2001:db8::7/128")]
+    );
+    assert!(list.problems.is_empty());
+    assert_eq!(invalid.count("ConfigMap"), 0);
 }
 
 #[tokio::test]
@@ -1099,4 +1147,96 @@ async fn the_orphan_check_reads_the_node_live_not_from_the_cache() {
             .contains("nodes/late")
     );
     assert!(nodes.get_live("never").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_kind_the_api_server_does_not_serve_reads_as_not_served_until_its_crd_comes() {
+    let (api, client) = FakeApiServer::start();
+    api.serve_collection(NOIPS, false);
+    api.serve_collection(ROUTES, false);
+    let ips = KubeOverlayIps::new(client.clone(), Some("n1"), InvalidObjects::default());
+    let routes = KubeStaticRoutes::new(client, node_field_manager("n1"), InvalidObjects::default());
+    // At once, not after the initial-list timeout: the 404 says it all.
+    let err = tokio::time::timeout(Duration::from_secs(10), ips.get("n1"))
+        .await
+        .expect("answered before the list timeout")
+        .unwrap_err();
+    assert!(err.is_not_served(), "{err:?}");
+    assert!(err.to_string().contains("CRD"), "{err}");
+    let err = tokio::time::timeout(Duration::from_secs(10), routes.list())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_not_served(), "{err:?}");
+    // The CRD is installed: the watch retries and the kind is read.
+    api.serve_collection(NOIPS, true);
+    api.put(NOIPS, noip_json("n1", "192.0.2.9/24"));
+    let mut found = None;
+    for _ in 0..300 {
+        if let Ok(Some(r)) = ips.get("n1").await {
+            found = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.unwrap().ip_addr.unwrap().to_string(), "192.0.2.9/24");
+}
+
+#[tokio::test]
+async fn the_zone_label_of_a_static_route_selects_the_nodes_of_that_zone() {
+    let (api, client) = FakeApiServer::start();
+    let mut route = route_json(
+        "dal10-only",
+        json!({"subnet": "198.51.100.0/24", "gateway": "203.0.113.1",
+            "nodeSelector": {"matchLabels": {"tier": "edge"}}}),
+    );
+    route["metadata"]["labels"] = json!({"failure-domain.beta.kubernetes.io/zone": "dal10"});
+    api.put(ROUTES, route);
+    let store = KubeStaticRoutes::new(client, node_field_manager("n1"), InvalidObjects::default());
+    let mut watch = store.watch();
+    let list = store.list().await.unwrap();
+    let sel = list[0].spec.as_ref().unwrap().selector.clone();
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert!(sel.matches(&labels(&[
+        ("topology.kubernetes.io/zone", "dal10"),
+        ("tier", "edge")
+    ])));
+    assert!(sel.matches(&labels(&[
+        ("failure-domain.beta.kubernetes.io/zone", "dal10"),
+        ("tier", "edge")
+    ])));
+    assert!(!sel.matches(&labels(&[
+        ("topology.kubernetes.io/zone", "dal12"),
+        ("tier", "edge")
+    ])));
+    assert!(!sel.matches(&labels(&[("topology.kubernetes.io/zone", "dal10")])));
+    assert!(matches!(
+        next_event(&mut watch, Duration::from_secs(5)).await,
+        Some(StoreEvent::Restarted(_))
+    ));
+    // Moving the route to another zone is a change the agents hear of.
+    let mut moved = api.object(ROUTES, "dal10-only").unwrap();
+    moved["metadata"]["labels"]["failure-domain.beta.kubernetes.io/zone"] = json!("dal12");
+    api.put(ROUTES, moved);
+    let Some(StoreEvent::Applied(r)) = next_event(&mut watch, Duration::from_secs(5)).await else {
+        panic!("a zone label change is an event")
+    };
+    let sel = r.spec.unwrap().selector;
+    assert!(sel.matches(&labels(&[
+        ("topology.kubernetes.io/zone", "dal12"),
+        ("tier", "edge")
+    ])));
+    // Another label is not.
+    let mut other = api.object(ROUTES, "dal10-only").unwrap();
+    other["metadata"]["labels"]["team"] = json!("net");
+    api.put(ROUTES, other);
+    assert_eq!(
+        next_event(&mut watch, Duration::from_millis(300)).await,
+        None
+    );
 }

@@ -18,7 +18,8 @@ use overlay_core::events::EventRecorder;
 use overlay_core::fakes::{MemoryEvents, MemoryProgrammer};
 use overlay_core::invalid::InvalidObjects;
 use overlay_core::k8s::{
-    KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges, node_field_manager,
+    KubeConfigMapRoutes, KubeNodes, KubeOverlayIps, KubeStaticRoutes, OverlayIpChanges,
+    node_field_manager,
 };
 use overlay_core::{IpamBackend, IpamError, Owner, Reservation, Zone};
 use serde_json::{Value, json};
@@ -442,4 +443,69 @@ async fn agent_reports_and_the_controller_summary_show_each_route_per_node() {
     );
     run.abort();
     ctl.abort();
+}
+
+/// The older DaemonSet's cluster: no NodeOverlayIp or StaticRoute CRD,
+/// only the `static-routes` ConfigMap in `default`. The agent (with
+/// --no-static-routes) routes its entries via the gateway of the route
+/// covering the private network, as the DaemonSet did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_crds_the_agent_routes_the_configmap_via_the_discovered_gateway() {
+    let (api, client) = FakeApiServer::start();
+    api.serve_collection(NOIPS, false);
+    api.serve_collection(ROUTES, false);
+    api.put(NODES, node_json(ME, "203.0.113.10"));
+    api.put(
+        &support::apiserver::configmaps("default"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "static-routes", "namespace": "default"},
+            "data": {"routes": "[\"198.51.100.0/24\", \"198.51.100.7\", \"nonsense\"]"}}),
+    );
+    let k = kernel();
+    k.with(|k| {
+        k.covering.push(overlay_core::DiscoveredRoute {
+            destination: "198.18.0.0/15".parse().unwrap(),
+            gateway: "203.0.113.1".parse().unwrap(),
+            device: "eth0".parse().unwrap(),
+        });
+    });
+    let invalid = InvalidObjects::default();
+    let mut cfg = AgentConfig::new(ME).unwrap();
+    cfg.resync = Duration::from_secs(3600);
+    cfg.legacy_gateway_from = "198.18.0.0/15".parse().unwrap();
+    let a = Arc::new(Agent::new(
+        cfg,
+        AgentParts {
+            programmer: Arc::new(k.clone()),
+            nodes: Arc::new(KubeNodes::new(client.clone(), Some(ME), invalid.clone())),
+            overlay_ips: Arc::new(KubeOverlayIps::with_changes(
+                client.clone(),
+                Some(ME),
+                OverlayIpChanges::IgnoreAgentStatus,
+                invalid.clone(),
+            )),
+            routes: None,
+            legacy: Some(Arc::new(KubeConfigMapRoutes::new(
+                client.clone(),
+                "default",
+                "static-routes",
+                invalid.clone(),
+            ))),
+        },
+    ));
+    let run = tokio::spawn(a.clone().run(futures::future::pending()));
+    wait_until("readiness", || a.is_ready()).await;
+    assert_eq!(
+        kernel_routes(&k),
+        [
+            "198.51.100.0/24 via 203.0.113.1 dev eth0",
+            "198.51.100.7/32 via 203.0.113.1 dev eth0"
+        ]
+    );
+    assert_eq!(invalid.count("ConfigMap"), 1, "the bad entry is reported");
+    assert!(
+        api.requests("PATCH", "nodeoverlayips").is_empty(),
+        "no status to write without the CRD"
+    );
+    run.abort();
 }

@@ -60,6 +60,38 @@ pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(300);
 /// The default name of the configuration file.
 pub const DEFAULT_FILE: &str = "overlay-ip-config.yaml";
 
+/// Where the controller reads its configuration by default (the shipped
+/// Deployment mounts ConfigMap `overlay-ip-config` at `/etc/overlay`).
+pub const DEFAULT_PATH: &str = "/etc/overlay/overlay-ip-config.yaml";
+
+/// Where iks-overlay-ip-controller read its configuration: ConfigMap
+/// `overlay-ip-controller-config` mounted at `/opt/controller-config`. The
+/// controller reads it when [`DEFAULT_PATH`] does not exist.
+pub const ORIGINAL_PATH: &str = "/opt/controller-config/overlay-ip-config.yaml";
+
+/// The first of `candidates` that is a file (a ConfigMap volume that is
+/// optional and absent is an empty directory). The error lists them all.
+pub fn locate(candidates: &[&Path]) -> Result<PathBuf, ConfigError> {
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.to_path_buf());
+    }
+    let all: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(ConfigError {
+        file: all.join(", "),
+        field: "(file)".into(),
+        problem: format!(
+            "none of these exists: {}; mount the ConfigMap overlay-ip-config (key {DEFAULT_FILE}) at {}, or the original overlay-ip-controller-config at {}, or give --config",
+            all.join(" or "),
+            parent_dir(DEFAULT_PATH),
+            parent_dir(ORIGINAL_PATH),
+        ),
+    })
+}
+
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(dir, _)| dir)
+}
+
 /// A problem with the configuration: which file, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {field}: {problem}")]
@@ -403,6 +435,63 @@ mod tests {
 
         let e = IpamConfig::load(Path::new("/nonexistent/overlay-ip-config.yaml")).unwrap_err();
         assert_eq!(e.field, "(file)");
+    }
+
+    #[test]
+    fn the_default_path_wins_and_the_original_mount_path_is_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let today = dir.path().join("etc-overlay/overlay-ip-config.yaml");
+        let original = dir
+            .path()
+            .join("opt-controller-config/overlay-ip-config.yaml");
+        // An optional ConfigMap volume without its ConfigMap: an empty dir.
+        std::fs::create_dir_all(today.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(original.parent().unwrap()).unwrap();
+        let both = [today.as_path(), original.as_path()];
+        let e = locate(&both).unwrap_err();
+        for p in [&today, &original] {
+            assert!(e.file.contains(&p.display().to_string()), "{e}");
+            assert!(e.problem.contains(&p.display().to_string()), "{e}");
+        }
+        assert!(e.problem.contains("overlay-ip-controller-config"), "{e}");
+        std::fs::write(
+            &original,
+            "phpIPAM: {url: http://phpipam, appID: iks, subnetMap: {dal10: [7]}}",
+        )
+        .unwrap();
+        assert_eq!(locate(&both).unwrap(), original);
+        std::fs::write(&today, "embedded: {zones: {dal10: [{cidr: 192.0.2.0/24}]}}").unwrap();
+        assert_eq!(locate(&both).unwrap(), today);
+        assert_eq!(DEFAULT_PATH, "/etc/overlay/overlay-ip-config.yaml");
+        assert_eq!(
+            ORIGINAL_PATH,
+            "/opt/controller-config/overlay-ip-config.yaml"
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_original_config_keys_parse_and_are_never_written_back() {
+        let text = "phpIPAM:\n  url: http://phpipam\n  appID: iks\n  username: apiuser\n  password: s3cret-value\n  subnetMap:\n    dal10: [7]\n";
+        let cfg = IpamConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
+        let p = cfg.php_ipam.as_ref().unwrap();
+        assert_eq!(p.username.as_deref(), Some("apiuser"));
+        assert_eq!(
+            p.password.as_ref().map(crate::phpipam::Secret::expose),
+            Some("s3cret-value")
+        );
+        let written = serde_yaml::to_string(&cfg).unwrap();
+        assert!(written.contains("username: apiuser"), "{written}");
+        assert!(!written.contains("s3cret-value"), "{written}");
+        assert!(!format!("{cfg:?}").contains("s3cret-value"));
+        // Only the credentials: the backend is built from them.
+        let creds = crate::phpipam::Credentials::resolve_with(p, |_| None).unwrap();
+        assert_eq!(
+            creds,
+            Credentials::User {
+                username: "apiuser".into(),
+                password: crate::phpipam::Secret::new("s3cret-value"),
+            }
+        );
     }
 
     #[test]

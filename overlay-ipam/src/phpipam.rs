@@ -105,6 +105,16 @@ pub const ENV_PASSWORD: &str = "PHPIPAM_PASSWORD";
 /// security).
 pub const ENV_APP_CODE: &str = "PHPIPAM_APP_CODE";
 
+/// The Secret iks-overlay-ip-controller read its credentials from (keys
+/// `username` and `password`).
+pub const ORIGINAL_SECRET: &str = "phpipam-secret";
+
+/// Where the shipped Deployment mounts the Secret [`ORIGINAL_SECRET`]
+/// (optional volume): the files `username` and `password` in it are used
+/// when neither the environment nor `usernameFile`/`passwordFile` give a
+/// credential.
+pub const DEFAULT_SECRET_DIR: &str = "/etc/phpipam-secret";
+
 fn default_timeout() -> u64 {
     10
 }
@@ -133,7 +143,10 @@ fn default_concurrency() -> usize {
 ///
 /// Optional additions: `caFile` (extra CA bundle, PEM), `usernameFile`,
 /// `passwordFile`, `appCodeFile` (credentials from files when the
-/// environment variables are not set), `timeoutSeconds` (10),
+/// environment variables are not set), `username`/`password` (the
+/// original's config declared them: accepted, used only when no other
+/// source gives a credential, with a warning that they belong in the
+/// Secret), `timeoutSeconds` (10),
 /// `connectTimeoutSeconds` (5), `ownerIndexMaxAgeSeconds` (60),
 /// `maxConcurrentRequests` (16).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +187,15 @@ pub struct PhpIpamConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub app_code_file: Option<PathBuf>,
+    /// The API user, written into the config file (the original
+    /// controller's config declared the key). Used only when no other
+    /// source gives the user name; a warning says it belongs in the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The API password, written into the config file (see `username`).
+    /// Never serialized back.
+    #[serde(default, skip_serializing)]
+    pub password: Option<Secret>,
     /// Whole-request timeout.
     #[serde(rename = "timeoutSeconds", default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -200,6 +222,8 @@ impl PhpIpamConfig {
             username_file: None,
             password_file: None,
             app_code_file: None,
+            username: None,
+            password: None,
             timeout_seconds: default_timeout(),
             connect_timeout_seconds: default_connect_timeout(),
             owner_index_max_age_seconds: default_index_age(),
@@ -297,7 +321,8 @@ impl PhpIpamConfig {
 }
 
 /// A secret string; `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -378,20 +403,45 @@ pub enum Credentials {
 }
 
 impl Credentials {
-    /// Resolves credentials as a Kubernetes deployment provides them:
-    /// `PHPIPAM_APP_CODE` or `appCodeFile` for an app code; otherwise
-    /// `PHPIPAM_USERNAME`/`PHPIPAM_PASSWORD`, each falling back to
-    /// `usernameFile`/`passwordFile`. Files are read once here (the error
-    /// names what is missing or unreadable) and again at every login (see
-    /// [`Credentials::UserFrom`]).
+    /// Resolves credentials as a Kubernetes deployment provides them, from
+    /// the environment and [`DEFAULT_SECRET_DIR`]; see
+    /// [`Credentials::resolve_from`].
     pub fn resolve(config: &PhpIpamConfig) -> Result<Self, (String, String)> {
-        Self::resolve_with(config, |k| std::env::var(k).ok())
+        Self::resolve_from(
+            config,
+            |k| std::env::var(k).ok(),
+            Some(Path::new(DEFAULT_SECRET_DIR)),
+        )
     }
 
-    /// [`Credentials::resolve`] with an explicit environment lookup.
+    /// [`Credentials::resolve_from`] without a Secret directory.
     pub fn resolve_with(
         config: &PhpIpamConfig,
         env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, (String, String)> {
+        Self::resolve_from(config, env, None)
+    }
+
+    /// Resolves the credentials. An app code wins: `PHPIPAM_APP_CODE`, then
+    /// `appCodeFile`. Otherwise the user name and the password are each
+    /// taken from the first source that has them:
+    ///
+    /// 1. `PHPIPAM_USERNAME` / `PHPIPAM_PASSWORD` (`env`; the shipped
+    ///    Deployment fills them from the Secret `phpipam-credentials`);
+    /// 2. `usernameFile` / `passwordFile` in the config;
+    /// 3. the files `username` / `password` in `secret_dir` (the
+    ///    original's Secret [`ORIGINAL_SECRET`], mounted there);
+    /// 4. `username` / `password` in the config's `phpIPAM:` section, with
+    ///    a warning that they belong in the Secret (their values are
+    ///    never logged).
+    ///
+    /// Files are read once here (the error names what is missing or
+    /// unreadable) and again at every login (see
+    /// [`Credentials::UserFrom`]).
+    pub fn resolve_from(
+        config: &PhpIpamConfig,
+        env: impl Fn(&str) -> Option<String>,
+        secret_dir: Option<&Path>,
     ) -> Result<Self, (String, String)> {
         let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
         if let Some(code) = nonempty(env(ENV_APP_CODE)) {
@@ -401,25 +451,44 @@ impl Credentials {
             read_secret_file("appCodeFile", p)?;
             return Ok(Self::AppCodeFile(p.clone()));
         }
-        let username = match (nonempty(env(ENV_USERNAME)), &config.username_file) {
-            (Some(u), _) => CredentialSource::Value(Secret(u)),
-            (None, Some(p)) => CredentialSource::File(p.clone()),
-            (None, None) => {
-                return Err((
-                    ENV_USERNAME.into(),
-                    "not set; set PHPIPAM_USERNAME/PHPIPAM_PASSWORD (e.g. from a Secret), usernameFile/passwordFile, or an app code".into(),
-                ));
-            }
+        let in_dir = |name: &str| {
+            secret_dir
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+                .map(CredentialSource::File)
         };
-        let password = match (nonempty(env(ENV_PASSWORD)), &config.password_file) {
-            (Some(p), _) => CredentialSource::Value(Secret(p)),
-            (None, Some(p)) => CredentialSource::File(p.clone()),
-            (None, None) => {
-                return Err((
-                    ENV_PASSWORD.into(),
-                    "not set; set PHPIPAM_PASSWORD or passwordFile".into(),
-                ));
-            }
+        let username = nonempty(env(ENV_USERNAME))
+            .map(|u| CredentialSource::Value(Secret(u)))
+            .or_else(|| config.username_file.clone().map(CredentialSource::File))
+            .or_else(|| in_dir("username"));
+        let password = nonempty(env(ENV_PASSWORD))
+            .map(|p| CredentialSource::Value(Secret(p)))
+            .or_else(|| config.password_file.clone().map(CredentialSource::File))
+            .or_else(|| in_dir("password"));
+        let inline_user = config.username.clone().filter(|u| !u.is_empty());
+        let inline_pass = config.password.clone().filter(|p| !p.0.is_empty());
+        warn_inline_credentials(
+            (inline_user.is_some(), username.is_none()),
+            (inline_pass.is_some(), password.is_none()),
+        );
+        let Some(username) = username.or(inline_user.map(|u| CredentialSource::Value(Secret(u))))
+        else {
+            return Err((
+                ENV_USERNAME.into(),
+                format!(
+                    "not set; set PHPIPAM_USERNAME/PHPIPAM_PASSWORD (e.g. from a Secret), usernameFile/passwordFile, the Secret {ORIGINAL_SECRET} (keys username, password) mounted at {}, or an app code",
+                    secret_dir
+                        .map_or_else(|| DEFAULT_SECRET_DIR.into(), |d| d.display().to_string())
+                ),
+            ));
+        };
+        let Some(password) = password.or(inline_pass.map(CredentialSource::Value)) else {
+            return Err((
+                ENV_PASSWORD.into(),
+                format!(
+                    "not set; set PHPIPAM_PASSWORD, passwordFile, or key password of the Secret {ORIGINAL_SECRET}"
+                ),
+            ));
         };
         // Read now: a missing file is a configuration error at startup.
         let user = username.read("usernameFile")?;
@@ -461,6 +530,30 @@ impl Credentials {
             Credentials::AppCode(_) | Credentials::AppCodeFile(_) => Ok(None),
         }
     }
+}
+
+/// Warns about `username`/`password` in the config file: `(present, used)`
+/// for each. Never logs their values.
+fn warn_inline_credentials(user: (bool, bool), pass: (bool, bool)) {
+    let keys: Vec<&str> = [("username", user.0), ("password", pass.0)]
+        .into_iter()
+        .filter_map(|(k, present)| present.then_some(k))
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let used = (user.0 && user.1) || (pass.0 && pass.1);
+    tracing::warn!(
+        backend = BACKEND,
+        keys = %keys.join(", "),
+        used,
+        "phpIPAM credentials in the config file: a ConfigMap is readable by anyone who may read the config, and the values may end up in logs and backups; put them into the Secret {ORIGINAL_SECRET} (keys username, password) or PHPIPAM_USERNAME/PHPIPAM_PASSWORD and remove them from the config{}",
+        if used {
+            " (used now: no other source gives them)"
+        } else {
+            " (ignored: another source gives them)"
+        }
+    );
 }
 
 /// A subnet's prefix and gateway, as cached.

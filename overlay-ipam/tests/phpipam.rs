@@ -524,6 +524,92 @@ fn credentials_from_env_or_files() {
     );
 }
 
+/// The original controller's Secret `phpipam-secret` (keys `username`,
+/// `password`, mounted as a directory) and the `username`/`password` keys
+/// its config declared, beside today's sources, in their order.
+#[test]
+fn credentials_from_the_original_secret_or_the_config_file_come_last() {
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("username"), "olduser\n").unwrap();
+    std::fs::write(secret.path().join("password"), "oldpass").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let cfg = PhpIpamConfig::new("http://phpipam", "iks").with_zone("dal10", [7]);
+    let file = |name: &str| CredentialSource::File(secret.path().join(name));
+    // The mounted Secret alone: read from its files (again at every login).
+    assert_eq!(
+        Credentials::resolve_from(&cfg, |_| None, Some(secret.path())).unwrap(),
+        Credentials::UserFrom {
+            username: file("username"),
+            password: file("password"),
+        }
+    );
+    // Today's environment (Secret phpipam-credentials) wins.
+    let env = |k: &str| match k {
+        "PHPIPAM_USERNAME" => Some("envuser".to_string()),
+        "PHPIPAM_PASSWORD" => Some("envpass".to_string()),
+        _ => None,
+    };
+    assert_eq!(
+        Credentials::resolve_from(&cfg, env, Some(secret.path())).unwrap(),
+        Credentials::User {
+            username: "envuser".into(),
+            password: Secret::new("envpass")
+        }
+    );
+    // An optional Secret volume whose Secret does not exist is an empty
+    // directory: nothing found, and the error names every source.
+    let err = Credentials::resolve_from(&cfg, |_| None, Some(empty.path())).unwrap_err();
+    assert_eq!(err.0, "PHPIPAM_USERNAME");
+    assert!(err.1.contains("phpipam-secret"), "{}", err.1);
+    assert!(
+        err.1.contains(&empty.path().display().to_string()),
+        "{}",
+        err.1
+    );
+
+    // The config file's own keys: used only when nothing else gives them.
+    let inline = overlay_ipam::config::IpamConfig::from_yaml(
+        "overlay-ip-config.yaml",
+        "phpIPAM:\n  url: https://phpipam\n  appID: iks\n  username: cfguser\n  password: cfgpass\n  subnetMap:\n    dal10: [7]\n",
+    )
+    .unwrap()
+    .php_ipam
+    .unwrap();
+    assert_eq!(
+        Credentials::resolve_from(&inline, |_| None, Some(empty.path())).unwrap(),
+        Credentials::User {
+            username: "cfguser".into(),
+            password: Secret::new("cfgpass")
+        }
+    );
+    assert_eq!(
+        Credentials::resolve_from(&inline, |_| None, Some(secret.path())).unwrap(),
+        Credentials::UserFrom {
+            username: file("username"),
+            password: file("password"),
+        }
+    );
+    assert_eq!(
+        Credentials::resolve_from(&inline, env, None).unwrap(),
+        Credentials::User {
+            username: "envuser".into(),
+            password: Secret::new("envpass")
+        }
+    );
+    // usernameFile/passwordFile in the config come before the mounted
+    // Secret.
+    let mut with_files = cfg.clone();
+    with_files.username_file = Some(empty.path().join("missing"));
+    assert_eq!(
+        Credentials::resolve_from(&with_files, |_| None, Some(secret.path()))
+            .unwrap_err()
+            .0,
+        "usernameFile"
+    );
+    // The password never shows in the config's Debug output.
+    assert!(!format!("{inline:?}").contains("cfgpass"));
+}
+
 #[tokio::test]
 async fn release_without_a_handle_finds_the_address_by_owner() {
     // A reservation rebuilt from a NodeOverlayIp status has no handle.

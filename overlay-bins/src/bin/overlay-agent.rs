@@ -42,7 +42,12 @@ struct Args {
     #[arg(long, env = "PROTECTED_SUBNETS", value_delimiter = ',')]
     protected_subnets: Vec<String>,
     /// Older deployment mode: read the route list from this ConfigMap
-    /// (`NAMESPACE/NAME`, key `routes`, a JSON array of subnets).
+    /// (`NAMESPACE/NAME`, key `routes`, a JSON array of subnets; the older
+    /// DaemonSet's was default/static-routes). A bare address is a host
+    /// route (/32, /128); an entry that is not a subnet is skipped and
+    /// reported, the others apply. Without an overlay address (no
+    /// NodeOverlayIp CRD, object or ipAddr) the routes still go via the
+    /// gateway found for LEGACY_GATEWAY_FROM.
     #[arg(long, env = "STATIC_ROUTES_CONFIGMAP", value_name = "NAMESPACE/NAME")]
     legacy_configmap: Option<String>,
     /// Older deployment mode: read the route list from this file (the
@@ -57,7 +62,9 @@ struct Args {
     /// Legacy routes go via the gateway of the kernel route covering this prefix.
     #[arg(long, env = "LEGACY_GATEWAY_FROM", default_value = "10.0.0.0/8")]
     legacy_gateway_from: String,
-    /// Do not watch StaticRoute objects (legacy-only clusters without the CRD).
+    /// Do not watch StaticRoute objects (legacy-only clusters without the
+    /// CRD). Watched without their CRD, no StaticRoute applies and no route
+    /// is removed.
     #[arg(long, env = "NO_STATIC_ROUTES")]
     no_static_routes: bool,
     /// Route protocol number marking the routes and addresses the agent owns

@@ -2,7 +2,7 @@
 //! takes it back when the node goes. One active replica (Lease-based leader
 //! election); standbys wait.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -25,7 +25,10 @@ use overlay_core::k8s::cluster_uid;
 use overlay_core::leader::{Fence, FencedIpam, LeaderConfig, Leadership, Term};
 use overlay_core::metrics::prometheus::PrometheusMetrics;
 use overlay_core::metrics::{InstrumentedIpam, Measurement, Metrics};
-use overlay_ipam::config::{IpamConfig, parse_duration, validate_cluster_id};
+use overlay_ipam::config::{
+    DEFAULT_PATH, IpamConfig, ORIGINAL_PATH, locate, parse_duration, validate_cluster_id,
+};
+use overlay_ipam::phpipam::Credentials;
 use tracing::{error, info, warn};
 
 /// The overlay controller: one overlay IP per node from phpIPAM or embedded
@@ -36,14 +39,27 @@ use tracing::{error, info, warn};
 struct Args {
     /// Controller configuration (the original overlay-ip-config.yaml:
     /// `phpIPAM: {url, appID, subnetMap}`, or an `embedded:` pools section).
-    /// phpIPAM credentials come from PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or
-    /// PHPIPAM_APP_CODE), or the files the config names.
+    /// Unset: /etc/overlay/overlay-ip-config.yaml, else the original
+    /// controller's mount path /opt/controller-config/overlay-ip-config.yaml
+    /// (ConfigMap overlay-ip-controller-config); the log says which was
+    /// read. phpIPAM credentials, first found wins (user name and password
+    /// each): PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or PHPIPAM_APP_CODE), the
+    /// files the config names (usernameFile/passwordFile), the files
+    /// `username`/`password` in --phpipam-secret-dir, then
+    /// `username`/`password` in the config (with a warning).
+    #[arg(long, env = "OVERLAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory holding the original controller's Secret phpipam-secret
+    /// (files `username` and `password`; the shipped Deployment mounts it
+    /// there, optional). Used for a credential that PHPIPAM_USERNAME,
+    /// PHPIPAM_PASSWORD and the config's files do not give.
     #[arg(
         long,
-        env = "OVERLAY_CONFIG",
-        default_value = "/etc/overlay/overlay-ip-config.yaml"
+        env = "PHPIPAM_SECRET_DIR",
+        value_name = "DIR",
+        default_value = overlay_ipam::phpipam::DEFAULT_SECRET_DIR
     )]
-    config: PathBuf,
+    phpipam_secret_dir: PathBuf,
     /// Cluster id written into IPAM owner markers (overrides `clusterId` in
     /// the config). Unset: the UID of the kube-system Namespace, unique to
     /// this cluster. Set it to keep the id across a cluster rebuild; never
@@ -179,15 +195,49 @@ async fn cluster_id(
 }
 
 /// The controller config file with the command line's overrides applied,
-/// and the durations it sets.
+/// the durations it sets, and the phpIPAM credentials.
 struct Settings {
     file: IpamConfig,
     orphan_grace: Duration,
     hold_down: Duration,
+    /// `None` for embedded pools.
+    credentials: Option<Credentials>,
+}
+
+/// The config file to read: `--config`, else the default path, else the
+/// original controller's mount path; logged with why.
+fn config_path(args: &Args) -> Result<PathBuf, Failure> {
+    if let Some(p) = &args.config {
+        info!(config = %p.display(), "reading the controller config given by --config/OVERLAY_CONFIG");
+        return Ok(p.clone());
+    }
+    let path = locate(&[Path::new(DEFAULT_PATH), Path::new(ORIGINAL_PATH)])
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    if path == Path::new(DEFAULT_PATH) {
+        info!(config = %path.display(), "reading the controller config at the default path");
+    } else {
+        info!(config = %path.display(), missing = DEFAULT_PATH,
+            "reading the controller config at the original controller's mount path (ConfigMap overlay-ip-controller-config); the default path does not exist");
+    }
+    Ok(path)
+}
+
+/// The phpIPAM credentials (see `--config`), resolved once at start; files
+/// are read again at every login, so a rotated Secret is picked up.
+fn credentials(args: &Args, file: &IpamConfig) -> Result<Option<Credentials>, Failure> {
+    let Some(p) = &file.php_ipam else {
+        return Ok(None);
+    };
+    Credentials::resolve_from(p, |k| std::env::var(k).ok(), Some(&args.phpipam_secret_dir))
+        .map(Some)
+        .map_err(|(field, problem)| {
+            Failure::Config(format!("{}: phpIPAM.{field}: {problem}", file.source))
+        })
 }
 
 fn settings(args: &Args) -> Result<Settings, Failure> {
-    let mut file = IpamConfig::load(&args.config).map_err(|e| Failure::Config(e.to_string()))?;
+    let path = config_path(args)?;
+    let mut file = IpamConfig::load(&path).map_err(|e| Failure::Config(e.to_string()))?;
     if let Some(g) = &args.orphan_grace {
         file.orphan_grace_period = Some(g.clone());
     }
@@ -208,10 +258,12 @@ fn settings(args: &Args) -> Result<Settings, Failure> {
             file.source
         )));
     }
+    let credentials = credentials(args, &file)?;
     Ok(Settings {
         file,
         orphan_grace,
         hold_down,
+        credentials,
     })
 }
 
@@ -239,7 +291,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     if let Some(addr) = metrics_addr {
         serve(addr, &shared).await?;
     }
-    info!(config = %args.config.display(), cluster_id = %shared.cluster, dry_run = args.dry_run, "overlay-controller starting");
+    info!(config = %settings.file.source, cluster_id = %shared.cluster, dry_run = args.dry_run, "overlay-controller starting");
     let leadership = match leader {
         None => Leadership::single(),
         Some(cfg) => {
@@ -278,7 +330,7 @@ async fn start(args: &Args, settings: &mut Settings) -> Result<Shared, Failure> 
     drop(
         settings
             .file
-            .build()
+            .build_with(settings.credentials.clone())
             .map_err(|e| Failure::Config(e.to_string()))?,
     );
     info!(cluster_id = %cluster, source = id_source.describe(), orphan_grace_s = settings.orphan_grace.as_secs(), hold_down_s = settings.hold_down.as_secs(), "cluster identity");
@@ -321,7 +373,7 @@ async fn lead(
 ) -> Result<(), Failure> {
     let backend = match settings
         .file
-        .build_phpipam(None)
+        .build_phpipam(settings.credentials.clone())
         .map_err(|e| Failure::Config(e.to_string()))?
     {
         Some(php) => {

@@ -15,7 +15,9 @@
 //!   StaticRoute that does not convert is reported Failed and the others
 //!   are applied;
 //! - the legacy list keeps its last good value when it becomes unreadable,
-//!   malformed or deleted; never read successfully, it removes nothing;
+//!   malformed (not a JSON array) or deleted; never read successfully, it
+//!   removes nothing; an entry that is not a subnet is skipped and logged,
+//!   and the others are applied;
 //! - routes that would shadow the node's own networks are refused and
 //!   reported, never installed;
 //! - routes are removed only in the tables and devices of the agent's own
@@ -39,6 +41,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::error::{ProgrammerError, StoreError};
+use crate::legacy::LegacyEntryProblem;
 use crate::metrics::{Measurement, Metrics, NoMetrics};
 use crate::model::{
     ApplyReport, DesiredNodeState, DiscoveredRoute, DriftEvent, NodeInfo, OverlayInterface,
@@ -170,6 +173,10 @@ struct OverlaySetup {
     /// Set when the address is garbage or refused: the interface (if any)
     /// is the last good one.
     problem: Option<String>,
+    /// The API server does not serve NodeOverlayIp (its CRD is not
+    /// installed): no address to configure, and an overlay interface left
+    /// from before is left alone.
+    not_served: bool,
 }
 
 /// What the last full pass planned: the base of incremental changes.
@@ -198,6 +205,8 @@ struct LastPass {
 #[derive(Default)]
 struct Memory {
     legacy: Option<Vec<Cidr>>,
+    /// The entries of the legacy list last skipped (logged when they change).
+    legacy_problems: Vec<LegacyEntryProblem>,
     /// The overlay interface and gateway last applied from a valid
     /// NodeOverlayIp, kept while the object's address is garbage.
     last_overlay: Option<(OverlayInterface, Option<IpAddr>)>,
@@ -205,6 +214,10 @@ struct Memory {
     discovered: BTreeMap<Cidr, DiscoveredRoute>,
     /// Whether the persisted gateways were loaded (once, at the first pass).
     gateways_loaded: bool,
+    /// Why the node has no overlay address, as last logged.
+    no_address: Option<String>,
+    /// Whether the StaticRoute kind was last seen not served.
+    routes_not_served: bool,
     last: Option<LastPass>,
 }
 
@@ -228,6 +241,11 @@ struct Inputs {
     legacy: Option<Vec<Cidr>>,
     /// No legacy list was ever read: remove nothing.
     legacy_unknown: bool,
+    /// The API server does not serve NodeOverlayIp (no CRD).
+    overlay_not_served: bool,
+    /// The API server does not serve StaticRoute (no CRD) although the
+    /// agent watches them: none applies, and nothing is removed.
+    routes_not_served: bool,
 }
 
 /// What an [`Agent`] works with.
@@ -327,10 +345,15 @@ impl Agent {
         let started = Instant::now();
         let inputs = self.read_inputs(&mut mem).await?;
         let live = inputs.record.as_ref().filter(|r| !r.deleting);
-        let overlay = match self.observe_overlay(&mut mem, &inputs.node, live).await {
-            Ok(o) => o,
-            Err(e) => return Err(self.report_failure(&mut mem, live, e).await),
+        let overlay = if inputs.overlay_not_served {
+            not_served_overlay(&mem)
+        } else {
+            match self.observe_overlay(&mut mem, &inputs.node, live).await {
+                Ok(o) => o,
+                Err(e) => return Err(self.report_failure(&mut mem, live, e).await),
+            }
         };
+        self.note_no_address(&mut mem, &overlay, live);
         let mut pass = self.plan_pass(&mut mem, &inputs, live, overlay).await;
         let apply = match self.programmer.apply(&pass.desired).await {
             Ok(a) => a,
@@ -397,7 +420,7 @@ impl Agent {
                 .chain(legacy.iter())
                 .filter_map(|p| p.route.clone())
                 .collect(),
-            keep_unlisted: inputs.legacy_unknown || broken,
+            keep_unlisted: inputs.legacy_unknown || broken || inputs.routes_not_served,
             scope: self.scope(mem, live, inputs.legacy.is_some()),
         };
         Pass {
@@ -563,15 +586,22 @@ impl Agent {
             .await
             .map_err(self.read_err("Node"))?
             .ok_or_else(|| AgentError::NoNode { node: name.into() })?;
-        let record = self
-            .overlay_ips
-            .get(name)
-            .await
-            .map_err(self.read_err("NodeOverlayIp"))?;
-        let routes = match &self.routes {
-            Some(s) => s.list().await.map_err(self.read_err("StaticRoutes"))?,
-            None => Vec::new(),
+        // A kind the API server does not serve (no CRD) has no objects:
+        // the legacy list still applies, via the discovered gateway.
+        let (record, overlay_not_served) = match self.overlay_ips.get(name).await {
+            Ok(r) => (r, false),
+            Err(e) if e.is_not_served() => (None, true),
+            Err(e) => return Err(self.read_err("NodeOverlayIp")(e)),
         };
+        let (routes, routes_not_served) = match &self.routes {
+            Some(s) => match s.list().await {
+                Ok(r) => (r, false),
+                Err(e) if e.is_not_served() => (Vec::new(), true),
+                Err(e) => return Err(self.read_err("StaticRoutes")(e)),
+            },
+            None => (Vec::new(), false),
+        };
+        self.note_routes_not_served(mem, routes_not_served);
         let (legacy, legacy_unknown) = self.legacy_subnets(mem).await;
         Ok(Inputs {
             node,
@@ -579,6 +609,8 @@ impl Agent {
             routes,
             legacy,
             legacy_unknown,
+            overlay_not_served,
+            routes_not_served,
         })
     }
 
@@ -608,6 +640,7 @@ impl Agent {
                 iface,
                 gateway: gateway.flatten(),
                 problem: Some(why),
+                not_served: false,
             });
         }
         let Some(address) = rec.ip_addr else {
@@ -632,6 +665,7 @@ impl Agent {
             }),
             gateway: rec.gateway,
             problem: None,
+            not_served: false,
         })
     }
 
@@ -796,7 +830,7 @@ impl Agent {
     /// Removes the overlay interface when the node has no NodeOverlayIp
     /// (and its address is not merely unreadable).
     async fn remove_interface_if_unused(&self, overlay: &OverlaySetup) -> Result<bool, AgentError> {
-        if overlay.iface.is_some() || overlay.problem.is_some() {
+        if overlay.iface.is_some() || overlay.problem.is_some() || overlay.not_served {
             return Ok(false);
         }
         let removed = self
@@ -920,8 +954,11 @@ impl Agent {
         let Some(src) = self.legacy.as_ref() else {
             return (None, false);
         };
-        match src.subnets().await {
-            Ok(list) => mem.legacy = Some(list),
+        match src.routes().await {
+            Ok(list) => {
+                self.report_skipped_entries(mem, list.problems);
+                mem.legacy = Some(list.subnets);
+            }
             Err(e) => match mem.legacy.as_ref() {
                 Some(kept) => {
                     warn!(node = %self.cfg.node_name, error = %e, kept = kept.len(),
@@ -935,6 +972,79 @@ impl Agent {
             },
         }
         (mem.legacy.clone(), false)
+    }
+
+    /// Logs why the node has no overlay address (no NodeOverlayIp CRD, no
+    /// NodeOverlayIp, no `status.ipAddr` yet) when that changes, and where
+    /// the legacy routes go meanwhile.
+    fn note_no_address(
+        &self,
+        mem: &mut Memory,
+        overlay: &OverlaySetup,
+        live: Option<&OverlayIpRecord>,
+    ) {
+        let why = match (overlay.not_served, live, &overlay.iface) {
+            (true, _, None) => Some(
+                "the API server does not serve NodeOverlayIp (the CRD is not installed)".to_owned(),
+            ),
+            (true, _, Some(o)) => Some(format!(
+                "the API server does not serve NodeOverlayIp (is the CRD installed?); {} stays on {} until it is served again",
+                o.address, o.name
+            )),
+            (false, None, _) => Some(format!(
+                "there is no NodeOverlayIp {} (the controller creates it)",
+                self.cfg.node_name
+            )),
+            (false, Some(r), None) if overlay.problem.is_none() && r.ip_addr.is_none() => {
+                Some(format!("NodeOverlayIp {} has no status.ipAddr yet", r.name))
+            }
+            _ => None,
+        };
+        if why == mem.no_address {
+            return;
+        }
+        match &why {
+            Some(w) if self.legacy.is_some() => {
+                info!(node = %self.cfg.node_name, reason = %w, legacy_gateway_from = %self.cfg.legacy_gateway_from,
+                    "no overlay address from a NodeOverlayIp; static-routes entries go via the gateway of the route covering legacy_gateway_from");
+            }
+            Some(w) => {
+                info!(node = %self.cfg.node_name, reason = %w, "no overlay address from a NodeOverlayIp")
+            }
+            None => {}
+        }
+        mem.no_address = why;
+    }
+
+    /// Logs, when it changes, that StaticRoutes are watched but the API
+    /// server does not serve them.
+    fn note_routes_not_served(&self, mem: &mut Memory, not_served: bool) {
+        if not_served == mem.routes_not_served {
+            return;
+        }
+        mem.routes_not_served = not_served;
+        if not_served {
+            warn!(node = %self.cfg.node_name,
+                "the API server does not serve StaticRoute (the CRD is not installed): no StaticRoute applies, and no route is removed until it is served; on clusters without the CRD run the agent with --no-static-routes (NO_STATIC_ROUTES=true)");
+        } else {
+            info!(node = %self.cfg.node_name, "the API server serves StaticRoute again");
+        }
+    }
+
+    /// Logs the entries of the legacy list that are skipped (not subnets),
+    /// once per change of the list's problems; the others are applied.
+    fn report_skipped_entries(&self, mem: &mut Memory, problems: Vec<LegacyEntryProblem>) {
+        if problems == mem.legacy_problems {
+            return;
+        }
+        for p in &problems {
+            warn!(node = %self.cfg.node_name, index = p.index, entry = %p.entry, reason = %p.reason,
+                "static-routes entry is not a subnet; skipped, the other entries are applied");
+        }
+        if problems.is_empty() {
+            info!(node = %self.cfg.node_name, "every static-routes entry is a subnet again");
+        }
+        mem.legacy_problems = problems;
     }
 
     fn agent_status(&self, overlay: &OverlaySetup, routes: Vec<RouteReport>) -> AgentStatus {
@@ -1129,6 +1239,27 @@ fn same_address(r: &OverlayIpRecord, last: &LastPass) -> bool {
         && r.address_error.is_none()
         && r.ip_addr == applied
         && r.gateway == last.overlay.gateway
+}
+
+/// The overlay interface when the API server does not serve NodeOverlayIp:
+/// the last good one (kept, with the reason, like an address that cannot
+/// be read) when this agent configured one, else none, with the interface
+/// and the routes through it left alone.
+fn not_served_overlay(mem: &Memory) -> OverlaySetup {
+    match mem.last_overlay.clone() {
+        Some((iface, gateway)) => OverlaySetup {
+            iface: Some(iface),
+            gateway,
+            problem: Some(
+                "the API server does not serve NodeOverlayIp (is the CRD installed?)".into(),
+            ),
+            not_served: true,
+        },
+        None => OverlaySetup {
+            not_served: true,
+            ..OverlaySetup::default()
+        },
+    }
 }
 
 /// Loads the gateways a previous run persisted in the NodeOverlayIp status,

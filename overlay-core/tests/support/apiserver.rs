@@ -65,6 +65,8 @@ struct State {
     seen: Vec<Seen>,
     schemas: BTreeMap<String, Value>,
     unreachable: bool,
+    /// Collections not served (their CRD is not installed): 404.
+    not_served: std::collections::BTreeSet<String>,
     hold_lists: bool,
     held: Vec<(String, tower_test::mock::SendResponse<Response<RespBody>>)>,
     /// Every watch connection ever opened: collection and bytes sent.
@@ -122,6 +124,17 @@ fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code});
     Response::builder().status(code).body(full(&body)).unwrap()
+}
+
+/// What a real API server answers for a path of an API group no installed
+/// CRD serves: 404 with a plain-text body, not a `Status` (kube turns it
+/// into an API error with code 404 all the same).
+fn not_served() -> Response<RespBody> {
+    Response::builder()
+        .status(404)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(b"404 page not found\n")).boxed_unsync())
+        .unwrap()
 }
 
 fn event_bytes(type_: &str, object: &Value) -> Bytes {
@@ -442,6 +455,11 @@ impl FakeApiServer {
             return;
         }
         let (collection, name, sub) = split_path(&path);
+        if st.not_served.contains(&collection) {
+            drop(st);
+            send.send_response(not_served());
+            return;
+        }
         let watch = query(&uri, "watch").as_deref() == Some("true");
         let selected = query(&uri, "fieldSelector")
             .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
@@ -724,6 +742,19 @@ impl FakeApiServer {
             let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "too old resource version: 1 (2)", "reason": "Expired", "code": 410});
             let _ = w.tx.send(event_line("ERROR", &gone));
+        }
+    }
+
+    /// Stops (`false`) or starts (`true`) serving `collection`, as
+    /// deleting or installing its CRD does: while not served, every request
+    /// to it answers 404 and its watches end.
+    pub fn serve_collection(&self, collection: &str, on: bool) {
+        let mut st = self.lock();
+        if on {
+            st.not_served.remove(collection);
+        } else {
+            st.not_served.insert(collection.to_owned());
+            st.watchers.retain(|w| w.collection != collection);
         }
     }
 

@@ -82,6 +82,12 @@ fn describe_config(cfg: &IpamConfig) -> String {
                 ids.join(", ")
             );
         }
+        if p.username.is_some() || p.password.is_some() {
+            let _ = writeln!(
+                s,
+                "warning: phpIPAM.username/password are in the config file (used only when PHPIPAM_USERNAME/PHPIPAM_PASSWORD, usernameFile/passwordFile and the Secret phpipam-secret give none); move them into the Secret phpipam-secret"
+            );
+        }
     }
     if let Some(e) = &cfg.embedded {
         let _ = writeln!(
