@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod migrate;
 pub mod status;
 pub mod stores;
 

@@ -372,6 +372,22 @@ impl Agent {
         Ok(report)
     }
 
+    /// What a full pass would ask the kernel for, computed from every
+    /// input exactly as [`Agent::reconcile`] computes it, without applying
+    /// or reporting anything (`overlayctl migrate plan --node` hands it to
+    /// the netlink programmer's read-only preview). A fresh agent's view:
+    /// what it would do on its first pass.
+    pub async fn desired(&self) -> Result<DesiredNodeState, AgentError> {
+        let mut mem = self.memory.lock().await;
+        let inputs = self.read_inputs(&mut mem).await?;
+        let live = inputs.record.as_ref().filter(|r| !r.deleting);
+        let overlay = self.observe_overlay(&mut mem, &inputs.node, live).await?;
+        Ok(self
+            .plan_pass(&mut mem, &inputs, live, overlay)
+            .await
+            .desired)
+    }
+
     /// Observe: the overlay interface this node should have, from its
     /// live NodeOverlayIp (the persisted gateways are loaded once, first).
     async fn observe_overlay(

@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod config;
 #[cfg(feature = "lab")]
 mod lab;
+mod migrate;
 
 /// Operate overlay: inspect a cluster, check configs and the IPAM, generate
 /// CRDs and shell completions, and (built with the `lab` feature) run the
@@ -64,11 +65,29 @@ enum Cmd {
     /// Work with the IPAM a controller config points at.
     #[command(subcommand)]
     Ipam(IpamCmd),
+    /// Take over from the original deployments (the Go
+    /// iks-overlay-ip-controller, the static-routes DaemonSet): plan what is
+    /// adopted and what conflicts, then apply the cluster-side steps.
+    #[command(subcommand)]
+    Migrate(MigrateCmd),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCmd {
+    /// Read the cluster, the IPAM (--config) and, with --node, this node's
+    /// kernel; print what will be adopted, what conflicts and why, and the
+    /// steps in order. Changes nothing.
+    Plan(migrate::PlanArgs),
+    /// Perform the cluster-side steps: apply overlay's CRDs server-side and
+    /// adopt the phpIPAM records the original made (with --config).
+    /// Idempotent. Refuses while the original controller runs (its
+    /// Deployment has replicas or its leader-lock ConfigMap is held).
+    Apply(migrate::MigrateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +155,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
             config::ipam_conformance(&config, &zone)?;
         }
+        Cmd::Migrate(MigrateCmd::Plan(args)) => migrate::plan(args)?,
+        Cmd::Migrate(MigrateCmd::Apply(args)) => migrate::apply(args)?,
         Cmd::Crds { out } => crds(out)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(
