@@ -41,6 +41,8 @@ use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+mod migrate;
+
 /// The on-prem host every node must reach.
 pub const ONPREM_HOST: &str = "203.0.113.10";
 /// The on-prem subnet (the first StaticRoute).
@@ -66,6 +68,15 @@ pub enum Scenario {
     /// Delete a node and a route mid-run, check everything is released and
     /// removed, then add them back.
     Churn,
+    /// Instead of a fresh start: leave odd nodes as the Go
+    /// iks-overlay-ip-controller left them (a phpIPAM record with only its
+    /// owner, a NodeOverlayIp without owner reference, macvlan tmp0 and
+    /// `boot` routes) and even nodes as the static-routes DaemonSet left
+    /// them (`boot` routes via the private gateway), then start the
+    /// controller and agents under a continuous ping; report lost pings,
+    /// changed addresses and adopted records, then delete a node and check
+    /// its original record is released. Uses the phpIPAM emulator.
+    Migrate,
 }
 
 /// Lab settings.
@@ -271,8 +282,19 @@ pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String>
             opts.zones
         ));
     }
-    if opts.legacy && opts.scenario.is_some() {
+    if opts.legacy && opts.scenario == Some(Scenario::Churn) {
         return Err("--scenario churn deletes a node's overlay IP and a StaticRoute; the --legacy mode has neither, so drop one of the two options".into());
+    }
+    if opts.scenario == Some(Scenario::Migrate) {
+        if opts.legacy {
+            return Err("--scenario migrate takes over nodes of both originals in one run (the static-routes DaemonSet's are its legacy-mode nodes); drop --legacy".into());
+        }
+        if opts.nodes < 2 {
+            return Err("--scenario migrate needs --nodes 2 or more: odd nodes are left by the Go controller, even ones by the static-routes DaemonSet".into());
+        }
+        if opts.ipam == IpamChoice::Phpipam {
+            return Err("--scenario migrate seeds phpIPAM records as the Go controller made them, in the emulator; drop --ipam phpipam".into());
+        }
     }
     if opts.keep && opts.hold {
         return Err("--hold ends with Ctrl-C or SIGTERM, which removes the lab, so --keep would keep nothing; drop one of the two".into());
@@ -357,7 +379,11 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
         let _ = writeln!(
             s,
             "IPAM: {:?}; zones: {}",
-            opts.ipam,
+            if opts.scenario == Some(Scenario::Migrate) {
+                IpamChoice::Emulator
+            } else {
+                opts.ipam
+            },
             zones
                 .iter()
                 .map(|z| format!("{} {} (gateway {})", z.zone, z.subnet, z.gateway))
@@ -375,13 +401,16 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
             }
         );
     }
+    if opts.scenario == Some(Scenario::Migrate) {
+        let _ = writeln!(s, "{}", migrate::describe());
+    }
     let _ = writeln!(
         s,
         "then: wait for convergence, ping {ONPREM_HOST} from every node, print a table{}{}",
-        if opts.scenario.is_some() {
-            ", run the churn scenario"
-        } else {
-            ""
+        match opts.scenario {
+            Some(Scenario::Churn) => ", run the churn scenario",
+            Some(Scenario::Migrate) => "",
+            None => "",
         },
         if opts.hold {
             ", keep running until Ctrl-C or SIGTERM, then remove everything"
@@ -952,10 +981,12 @@ impl Drop for Running {
     }
 }
 
+/// Starts `name`'s agent in `ns` over `r`'s stores; with `legacy`, in
+/// legacy mode with that route list and no StaticRoutes.
 async fn start_agent(
     name: &str,
     ns: &Netns,
-    legacy: bool,
+    legacy: Option<&[Cidr]>,
     r: &Running,
 ) -> Result<JoinHandle<()>, String> {
     let programmer = NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(ns.path()))
@@ -974,11 +1005,9 @@ async fn start_agent(
         Option<Arc<dyn overlay_core::StaticRouteStore>>,
         Option<Arc<dyn LegacyRouteSource>>,
     );
-    let (routes, legacy_src): Sources = if legacy {
-        let subnet = Cidr::parse("route", ONPREM_SUBNET).map_err(|e| e.to_string())?;
-        (None, Some(Arc::new(FixedRoutes(vec![subnet]))))
-    } else {
-        (Some(Arc::new(r.routes.clone())), None)
+    let (routes, legacy_src): Sources = match legacy {
+        Some(list) => (None, Some(Arc::new(FixedRoutes(list.to_vec())))),
+        None => (Some(Arc::new(r.routes.clone())), None),
     };
     let agent = Arc::new(Agent::new(
         cfg,
@@ -1000,6 +1029,10 @@ async fn run_in(
     stop: &Stop,
     on_ready: impl FnOnce(&LabReport),
 ) -> Result<LabReport, LabError> {
+    if opts.scenario == Some(Scenario::Migrate) {
+        let (report, _alive) = migrate::run(opts, zones, topo, stop).await?;
+        return hold(opts, topo, report, on_ready).await;
+    }
     let (ipam, _keepalive) = if opts.legacy {
         ipam_for(
             &LabOptions {
@@ -1049,8 +1082,9 @@ async fn run_in(
         progress("controller started (in-memory nodes, IPAM pools per zone)");
     }
     r.started = Instant::now();
+    let onprem = [Cidr::parse("route", ONPREM_SUBNET).map_err(|e| e.to_string())?];
     for (name, _, _, ns) in &topo.nodes {
-        let h = start_agent(name, ns, opts.legacy, &r).await?;
+        let h = start_agent(name, ns, opts.legacy.then_some(&onprem[..]), &r).await?;
         r.agents.insert(name.clone(), h);
     }
     progress(&format!(
@@ -1068,6 +1102,17 @@ async fn run_in(
     if opts.scenario == Some(Scenario::Churn) {
         churn(opts, &mut r, topo, &mut report, stop).await?;
     }
+    hold(opts, topo, report, on_ready).await
+}
+
+/// With `--hold`: hands the report to `on_ready` and stays up until the
+/// caller's select on the stop ends this; otherwise returns the report.
+async fn hold(
+    opts: &LabOptions,
+    topo: &Topology,
+    report: LabReport,
+    on_ready: impl FnOnce(&LabReport),
+) -> Result<LabReport, LabError> {
     if opts.hold {
         on_ready(&report);
         let node = topo.nodes.first().map(|n| n.3.name()).unwrap_or_default();
@@ -1075,7 +1120,6 @@ async fn run_in(
             "holding: the lab stays up (controller, agents, namespaces {}); inspect it with e.g. `ip netns exec {node} ip route`; Ctrl-C or SIGTERM removes it",
             report.namespaces.join(" ")
         ));
-        // The caller's select on `stop` ends this.
         std::future::pending::<()>().await;
     }
     Ok(report)
@@ -1306,7 +1350,7 @@ async fn churn(
     let (name, spec) = route_spec(0, GatewayChoice::Overlay)?;
     r.routes.apply(&name, Ok(spec));
     let ns = topo.node(&victim).ok_or("victim namespace")?;
-    let h = start_agent(&victim, ns, false, r).await?;
+    let h = start_agent(&victim, ns, None, r).await?;
     r.agents.insert(victim.clone(), h);
     r.started = Instant::now();
     let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();

@@ -87,10 +87,53 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
     );
     assert_nothing_left();
 
+    lab_takes_over_from_both_originals().await;
     lab_passes_with_the_ipam_emulator().await;
     lab_passes_with_phpipam().await;
 
     assert_eq!(before, host(), "the lab changed the host's links or routes");
+}
+
+/// `--scenario migrate`: nodes left by the Go controller (odd) and by the
+/// static-routes DaemonSet (even) are taken over under a continuous ping:
+/// not one ping lost, no address changed, every record adopted, and the
+/// deleted node's original record released.
+async fn lab_takes_over_from_both_originals() {
+    let r = lab_passes(LabOptions {
+        scenario: Some(Scenario::Migrate),
+        nodes: 4,
+        ..Default::default()
+    })
+    .await;
+    let check = |needle: &str| {
+        r.checks
+            .iter()
+            .find(|(c, _)| c.contains(needle))
+            .unwrap_or_else(|| panic!("no check {needle:?}:\n{}", r.table()))
+            .clone()
+    };
+    let (summary, ok) = check("takeover: 0 of ");
+    assert!(ok, "{summary}");
+    assert!(
+        summary.contains("0 addresses changed") && summary.contains("2 of 2 records adopted"),
+        "{summary}"
+    );
+    assert!(check("node-1 deleted: the record the Go controller made").1);
+    for node in ["node-1", "node-3"] {
+        assert!(
+            check(&format!(
+                "{node} (left by iks-overlay-ip-controller): tmp0 kept"
+            ))
+            .1
+        );
+    }
+    assert!(check("node-2 (left by static-routes): 0 of").1);
+    assert!(
+        r.rows.iter().all(|x| x.routes == "ours"),
+        "every original route is overlay's now:\n{}",
+        r.table()
+    );
+    assert_nothing_left();
 }
 
 /// `--ipam emulator`: the controller reserves from the phpIPAM emulator.
@@ -176,6 +219,44 @@ fn dry_run_describes_the_plan_without_root() {
     })
     .unwrap_err();
     assert!(kept_and_held.contains("--hold"), "{kept_and_held}");
+    let migrate = overlay_bins::lab::describe(&LabOptions {
+        scenario: Some(Scenario::Migrate),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        migrate.contains("ip link add tmp0") && migrate.contains("owner=<node>"),
+        "{migrate}"
+    );
+    for (opts, flag) in [
+        (
+            LabOptions {
+                scenario: Some(Scenario::Migrate),
+                nodes: 1,
+                ..Default::default()
+            },
+            "--nodes",
+        ),
+        (
+            LabOptions {
+                scenario: Some(Scenario::Migrate),
+                legacy: true,
+                ..Default::default()
+            },
+            "--legacy",
+        ),
+        (
+            LabOptions {
+                scenario: Some(Scenario::Migrate),
+                ipam: IpamChoice::Phpipam,
+                ..Default::default()
+            },
+            "--ipam phpipam",
+        ),
+    ] {
+        let e = overlay_bins::lab::describe(&opts).unwrap_err();
+        assert!(e.contains(flag), "{e}");
+    }
 }
 
 fn row(node: &str, ping_ok: bool, converge_ms: Option<u128>) -> NodeRow {
