@@ -781,6 +781,9 @@ pub struct NodePreviewOptions {
     pub interface_label: String,
     /// The legacy ConfigMap, `NAMESPACE/NAME`, read when it exists.
     pub legacy_configmap: Option<String>,
+    /// The network namespace to read (a path such as
+    /// `/run/netns/NAME`); `None`: this process's.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// What the agent would do to this machine's kernel: the agent's own
@@ -806,8 +809,12 @@ pub async fn node_preview(
                 .map_err(|e: overlay_core::ParseError| e.to_string())?,
         );
     }
+    let mut netlink = overlay_netlink::ProgrammerConfig::default();
+    if let Some(path) = &opts.netns {
+        netlink = netlink.in_namespace(path);
+    }
     let programmer = Arc::new(
-        overlay_netlink::NetlinkProgrammer::new(overlay_netlink::ProgrammerConfig::default())
+        overlay_netlink::NetlinkProgrammer::new(netlink)
             .await
             .map_err(|e| format!("opening netlink (run on the node, as root): {e}"))?,
     );

@@ -271,3 +271,105 @@ async fn apply_refuses_while_the_original_runs_then_adopts_once() {
     assert_eq!(api.writes(), writes, "{}", again.render());
     assert_eq!(emu.count("PATCH /addresses/{}/"), patches);
 }
+
+/// `migrate plan --node`: a node left by the Go controller's network pod
+/// (macvlan tmp0, its address, a `proto boot` route) previewed through the
+/// agent's own planning over the node's objects: the link and the route
+/// would be adopted, a foreign route is a conflict, and the kernel is
+/// exactly as it was.
+#[tokio::test]
+async fn node_preview_sees_the_kernel_through_the_agent_and_writes_nothing() {
+    if !overlay_testbed::privileged("node_preview_sees_the_kernel_through_the_agent") {
+        return;
+    }
+    let bed = overlay_testbed::NodeWithGateway::new(
+        "migrate-preview",
+        &["198.51.100.10/24"],
+        &["198.51.100.1/24", "192.0.2.1/24"],
+    )
+    .unwrap();
+    let ns = &bed.node;
+    for args in [
+        &["link", "add", "tmp0", "link", "eth0", "type", "macvlan"][..],
+        &["addr", "add", "192.0.2.10/24", "dev", "tmp0"],
+        &["link", "set", "tmp0", "up"],
+        &[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "tmp0",
+        ],
+        &[
+            "route",
+            "add",
+            "198.19.0.0/24",
+            "via",
+            "198.51.100.1",
+            "dev",
+            "eth0",
+        ],
+    ] {
+        ns.ip(args).unwrap();
+    }
+    let kernel = || {
+        let links = ns.ip(&["-d", "link", "show"]).unwrap().stdout;
+        let routes = ns.ip(&["route", "show", "table", "all"]).unwrap().stdout;
+        let addrs = ns.ip(&["addr", "show"]).unwrap().stdout;
+        (links, routes, addrs)
+    };
+    let before = kernel();
+
+    let (api, client) = FakeApiServer::start();
+    api.put(NODES, json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-1", "uid": "u-1", "labels": {"topology.kubernetes.io/zone": "dal10"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.10"}]}
+    }));
+    api.put(NOIPS, original_record("node-1", "192.0.2.10/24"));
+    for (name, subnet) in [("onprem", "203.0.113.0/24"), ("other", "198.19.0.0/24")] {
+        api.put(
+            ROUTES,
+            json!({
+                "apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
+                "metadata": {"name": name}, "spec": {"subnet": subnet}
+            }),
+        );
+    }
+    let opts = migrate::NodePreviewOptions {
+        node: "node-1".into(),
+        interface: None,
+        interface_label: "tmp0".into(),
+        legacy_configmap: None,
+        netns: Some(ns.path()),
+    };
+    let preview = migrate::node_preview(&client, &opts).await.unwrap();
+    let lines: Vec<String> = preview["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    let text = lines.join("\n");
+    println!("{text}");
+    assert_eq!(preview["interface"]["action"], "adopt", "{text}");
+    let action = |dest: &str| {
+        preview["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"]["destination"] == dest)
+            .unwrap_or_else(|| panic!("no route {dest}: {preview}"))["action"]
+            .clone()
+    };
+    assert_eq!(action("203.0.113.0/24"), "adopt", "{text}");
+    assert_eq!(
+        action("198.19.0.0/24"),
+        "conflict",
+        "via another gateway and device:\n{text}"
+    );
+    assert_eq!(kernel(), before, "the preview wrote to the kernel");
+    assert_eq!(api.writes(), 0, "the preview wrote to the cluster");
+}

@@ -152,6 +152,7 @@ pub fn plan(args: PlanArgs) -> Result<(), String> {
                 interface: args.interface.clone(),
                 interface_label: args.interface_label.clone(),
                 legacy_configmap: Some(args.common.legacy_configmap.clone()),
+                netns: None,
             };
             plan.node = Some(migrate::node_preview(&client, &opts).await?);
         }
