@@ -109,6 +109,18 @@ pub struct LabOptions {
     pub timeout: Duration,
 }
 
+impl LabOptions {
+    /// The IPAM the controller will use: the migrate scenario's is always
+    /// the emulator (it seeds entries as the original controller made them).
+    pub fn effective_ipam(&self) -> IpamChoice {
+        if self.scenario == Some(Scenario::Migrate) {
+            IpamChoice::Emulator
+        } else {
+            self.ipam
+        }
+    }
+}
+
 impl Default for LabOptions {
     fn default() -> Self {
         Self {
@@ -379,11 +391,7 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
         let _ = writeln!(
             s,
             "IPAM: {:?}; zones: {}",
-            if opts.scenario == Some(Scenario::Migrate) {
-                IpamChoice::Emulator
-            } else {
-                opts.ipam
-            },
+            opts.effective_ipam(),
             zones
                 .iter()
                 .map(|z| format!("{} {} (gateway {})", z.zone, z.subnet, z.gateway))

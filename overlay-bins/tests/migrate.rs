@@ -272,23 +272,9 @@ async fn apply_refuses_while_the_original_runs_then_adopts_once() {
     assert_eq!(emu.count("PATCH /addresses/{}/"), patches);
 }
 
-/// `migrate plan --node`: a node left by the Go controller's network pod
-/// (macvlan tmp0, its address, a `proto boot` route) previewed through the
-/// agent's own planning over the node's objects: the link and the route
-/// would be adopted, a foreign route is a conflict, and the kernel is
-/// exactly as it was.
-#[tokio::test]
-async fn node_preview_sees_the_kernel_through_the_agent_and_writes_nothing() {
-    if !overlay_testbed::privileged("node_preview_sees_the_kernel_through_the_agent") {
-        return;
-    }
-    let bed = overlay_testbed::NodeWithGateway::new(
-        "migrate-preview",
-        &["198.51.100.10/24"],
-        &["198.51.100.1/24", "192.0.2.1/24"],
-    )
-    .unwrap();
-    let ns = &bed.node;
+/// The kernel of node-1 as the Go controller's network pod leaves it, and
+/// a foreign route beside.
+fn leave_as_the_network_pod(ns: &overlay_testbed::Netns) {
     for args in [
         &["link", "add", "tmp0", "link", "eth0", "type", "macvlan"][..],
         &["addr", "add", "192.0.2.10/24", "dev", "tmp0"],
@@ -314,14 +300,11 @@ async fn node_preview_sees_the_kernel_through_the_agent_and_writes_nothing() {
     ] {
         ns.ip(args).unwrap();
     }
-    let kernel = || {
-        let links = ns.ip(&["-d", "link", "show"]).unwrap().stdout;
-        let routes = ns.ip(&["route", "show", "table", "all"]).unwrap().stdout;
-        let addrs = ns.ip(&["addr", "show"]).unwrap().stdout;
-        (links, routes, addrs)
-    };
-    let before = kernel();
+}
 
+/// node-1, its NodeOverlayIp as the Go controller left it, two
+/// StaticRoutes.
+fn node_1_objects() -> (FakeApiServer, kube::Client) {
     let (api, client) = FakeApiServer::start();
     api.put(NODES, json!({
         "apiVersion": "v1", "kind": "Node",
@@ -338,6 +321,36 @@ async fn node_preview_sees_the_kernel_through_the_agent_and_writes_nothing() {
             }),
         );
     }
+    (api, client)
+}
+
+/// `migrate plan --node`: a node left by the Go controller's network pod
+/// (macvlan tmp0, its address, a `proto boot` route) previewed through the
+/// agent's own planning over the node's objects: the link and the route
+/// would be adopted, a foreign route is a conflict, and the kernel is
+/// exactly as it was.
+#[tokio::test]
+async fn node_preview_sees_the_kernel_through_the_agent_and_writes_nothing() {
+    if !overlay_testbed::privileged("node_preview_sees_the_kernel_through_the_agent") {
+        return;
+    }
+    let bed = overlay_testbed::NodeWithGateway::new(
+        "migrate-preview",
+        &["198.51.100.10/24"],
+        &["198.51.100.1/24", "192.0.2.1/24"],
+    )
+    .unwrap();
+    let ns = &bed.node;
+    leave_as_the_network_pod(ns);
+    let kernel = || {
+        let links = ns.ip(&["-d", "link", "show"]).unwrap().stdout;
+        let routes = ns.ip(&["route", "show", "table", "all"]).unwrap().stdout;
+        let addrs = ns.ip(&["addr", "show"]).unwrap().stdout;
+        (links, routes, addrs)
+    };
+    let before = kernel();
+
+    let (api, client) = node_1_objects();
     let opts = migrate::NodePreviewOptions {
         node: "node-1".into(),
         interface: None,
