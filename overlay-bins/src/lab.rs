@@ -989,6 +989,28 @@ impl Drop for Running {
     }
 }
 
+/// Starts the controller over `r`'s stores, releasing with `hold_down`.
+fn start_controller(r: &mut Running, hold_down: Duration) {
+    let controller = Arc::new(
+        Controller::new(
+            ControllerConfig {
+                resync: Duration::from_secs(30),
+                hold_down,
+                ..ControllerConfig::new("lab")
+            },
+            ControllerParts {
+                nodes: Arc::new(r.nodes.clone()),
+                ipam: r.ipam.clone(),
+                overlay_ips: Arc::new(r.ips.clone()),
+                routes: Arc::new(r.routes.clone()),
+            },
+        )
+        .with_events(Arc::new(MemoryEvents::new())),
+    );
+    r.tasks
+        .push(tokio::spawn(controller.run(futures::future::pending())));
+}
+
 /// Starts `name`'s agent in `ns` over `r`'s stores; with `legacy`, in
 /// legacy mode with that route list and no StaticRoutes.
 async fn start_agent(
@@ -1070,23 +1092,7 @@ async fn run_in(
             let (name, spec) = route_spec(i, GatewayChoice::Overlay)?;
             r.routes.apply(&name, Ok(spec));
         }
-        let controller = Arc::new(
-            Controller::new(
-                ControllerConfig {
-                    resync: Duration::from_secs(30),
-                    ..ControllerConfig::new("lab")
-                },
-                ControllerParts {
-                    nodes: Arc::new(r.nodes.clone()),
-                    ipam: r.ipam.clone(),
-                    overlay_ips: Arc::new(r.ips.clone()),
-                    routes: Arc::new(r.routes.clone()),
-                },
-            )
-            .with_events(Arc::new(MemoryEvents::new())),
-        );
-        r.tasks
-            .push(tokio::spawn(controller.run(futures::future::pending())));
+        start_controller(&mut r, ControllerConfig::new("lab").hold_down);
         progress("controller started (in-memory nodes, IPAM pools per zone)");
     }
     r.started = Instant::now();

@@ -28,8 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
-use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
+use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{Adoption, Cidr, GatewayChoice, IpamBackend, Owner};
 use overlay_ipam::emulator::Emulator;
 use overlay_testbed::Netns;
@@ -319,25 +318,8 @@ async fn start_new(
     topo: &Topology,
     seeded: &[Seeded],
 ) -> Result<(), String> {
-    let controller = Arc::new(
-        Controller::new(
-            ControllerConfig {
-                resync: Duration::from_secs(30),
-                // Released means deleted from phpIPAM here, not held back.
-                hold_down: Duration::ZERO,
-                ..ControllerConfig::new("lab")
-            },
-            ControllerParts {
-                nodes: Arc::new(go.nodes.clone()),
-                ipam: go.ipam.clone(),
-                overlay_ips: Arc::new(go.ips.clone()),
-                routes: Arc::new(go.routes.clone()),
-            },
-        )
-        .with_events(Arc::new(MemoryEvents::new())),
-    );
-    go.tasks
-        .push(tokio::spawn(controller.run(futures::future::pending())));
+    // Released means deleted from phpIPAM here, not held back.
+    super::start_controller(go, Duration::ZERO);
     let legacy = seed1_routes()?;
     go.started = Instant::now();
     bash.started = go.started;
