@@ -115,26 +115,7 @@ impl Inner {
             None => None,
         };
         let mut found = FoundRoutes::sort(self.dump_routes().await?, self.protocol);
-        let names: HashMap<u32, String> =
-            links.values().map(|l| (l.index, l.name.clone())).collect();
-        // Where stale routes may be removed: what the caller names, what
-        // this process installed or found before, and (while planning) the
-        // tables and devices of the desired routes.
-        let mut scope = desired.scope.clone();
-        scope.extend(&state.scope);
-        let input = PlanInput {
-            links: &links,
-            names: &names,
-            found: &found,
-            protocol: self.protocol,
-        };
-        let mut plan = plan_routes(&desired.routes, &input, &mut scope);
-        let removals = if desired.keep_unlisted {
-            // The caller could not tell which routes are no longer desired.
-            Removals::none()
-        } else {
-            plan_removals(&found.ours, &plan.seen, &names, &scope, self.protocol)
-        };
+        let (mut plan, removals) = full_plan(desired, &links, &found, state, self.protocol);
         let sent = (removals.deletes.len() + plan.adds.len()) as u64;
         *writes += sent;
         self.count_writes(sent);
@@ -148,6 +129,7 @@ impl Inner {
             report,
         )
         .await?;
+        let names = link_names(&links);
         let name_of = |oif| device_name(&names, oif);
         report.routes = outcomes(
             &desired.routes,
@@ -194,6 +176,43 @@ impl Inner {
 pub(crate) fn device_name(names: &HashMap<u32, String>, oif: Option<u32>) -> Option<InterfaceName> {
     oif.and_then(|i| names.get(&i))
         .and_then(|n| InterfaceName::parse("device", n).ok())
+}
+
+/// The plan of a full apply of `desired` against the kernel as dumped
+/// (`links`, `found`): each route's writes and the stale routes to remove.
+/// Apply and preview both plan through this, so they cannot disagree.
+pub(crate) fn full_plan(
+    desired: &DesiredNodeState,
+    links: &HashMap<String, Link>,
+    found: &FoundRoutes,
+    state: &State,
+    protocol: u8,
+) -> (RoutePlan, Removals) {
+    let names = link_names(links);
+    // Where stale routes may be removed: what the caller names, what this
+    // process installed or found before, and (while planning) the tables
+    // and devices of the desired routes.
+    let mut scope = desired.scope.clone();
+    scope.extend(&state.scope);
+    let input = PlanInput {
+        links,
+        names: &names,
+        found,
+        protocol,
+    };
+    let plan = plan_routes(&desired.routes, &input, &mut scope);
+    let removals = if desired.keep_unlisted {
+        // The caller could not tell which routes are no longer desired.
+        Removals::none()
+    } else {
+        plan_removals(&found.ours, &plan.seen, &names, &scope, protocol)
+    };
+    (plan, removals)
+}
+
+/// Link names by index.
+pub(crate) fn link_names(links: &HashMap<String, Link>) -> HashMap<u32, String> {
+    links.values().map(|l| (l.index, l.name.clone())).collect()
 }
 
 /// Checks every desired route, then decides what each needs; the tables

@@ -17,7 +17,7 @@ use overlay_core::{
 };
 use serde::Serialize;
 
-use crate::apply::{FoundRoutes, PlanInput, RoutePlan, device_name, plan_removals, plan_routes};
+use crate::apply::{FoundRoutes, RoutePlan, device_name, full_plan, link_names};
 use crate::interface::{LinkFound, address_stays, find_overlay, needs_recreate};
 use crate::read::{Addr, Link};
 use crate::state::Inner;
@@ -232,22 +232,9 @@ impl Inner {
             .overlay
             .as_ref()
             .map(|ov| preview_interface(ov, &mut links, &addrs, &mut found));
-        let names: HashMap<u32, String> =
-            links.values().map(|l| (l.index, l.name.clone())).collect();
-        let mut scope = desired.scope.clone();
-        scope.extend(&state.scope);
-        let input = PlanInput {
-            links: &links,
-            names: &names,
-            found: &found,
-            protocol: self.protocol,
-        };
-        let plan = plan_routes(&desired.routes, &input, &mut scope);
-        let removals = if desired.keep_unlisted {
-            Vec::new()
-        } else {
-            plan_removals(&found.ours, &plan.seen, &names, &scope, self.protocol).specs
-        };
+        let (plan, removals) = full_plan(desired, &links, &found, &state, self.protocol);
+        let removals = removals.specs;
+        let names = link_names(&links);
         let routes = route_previews(&desired.routes, plan, |oif| device_name(&names, oif));
         Ok(Preview {
             interface,
