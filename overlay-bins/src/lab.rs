@@ -981,6 +981,21 @@ struct Running {
     started: Instant,
 }
 
+impl Running {
+    /// Empty stores over `ipam`; nothing started yet.
+    fn new(ipam: Arc<dyn IpamBackend>) -> Self {
+        Self {
+            nodes: MemoryNodes::new(),
+            ips: MemoryOverlayIps::new(),
+            routes: MemoryStaticRoutes::new(),
+            ipam,
+            agents: BTreeMap::new(),
+            tasks: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         for t in self.tasks.iter().chain(self.agents.values()) {
@@ -1075,15 +1090,7 @@ async fn run_in(
     } else {
         ipam_for(opts, zones).await?
     };
-    let mut r = Running {
-        nodes: MemoryNodes::new(),
-        ips: MemoryOverlayIps::new(),
-        routes: MemoryStaticRoutes::new(),
-        ipam,
-        agents: BTreeMap::new(),
-        tasks: Vec::new(),
-        started: Instant::now(),
-    };
+    let mut r = Running::new(ipam);
     for (name, zone, ip, _) in &topo.nodes {
         r.nodes.upsert(node_info(name, zone, ip)?);
     }

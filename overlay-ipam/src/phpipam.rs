@@ -1756,6 +1756,23 @@ impl PhpIpamBackend {
         }
     }
 
+    /// Runs `work` holding `owner`'s lock (no other reserve or adoption of
+    /// the same owner runs meanwhile), then drops the lock when nobody
+    /// else waits for it.
+    async fn under_owner_lock<T>(
+        &self,
+        owner: &Owner,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let l = self.owner_lock(owner);
+        let result = {
+            let _g = l.lock().await;
+            work.await
+        };
+        self.forget_owner_lock(owner, l);
+        result
+    }
+
     /// The allocation call of `owner` failed in a way that leaves open
     /// whether the server committed it.
     fn ambiguous(&self, owner: &Owner, zone: &Zone, call: &str, why: &str) {
@@ -2097,13 +2114,8 @@ impl IpamBackend for PhpIpamBackend {
 
     async fn reserve(&self, owner: &Owner, zone: &Zone) -> Result<Reservation, IpamError> {
         self.zone_subnets(zone)?;
-        let l = self.owner_lock(owner);
-        let result = {
-            let _g = l.lock().await;
-            self.reserve_locked(owner, zone).await
-        };
-        self.forget_owner_lock(owner, l);
-        result
+        self.under_owner_lock(owner, self.reserve_locked(owner, zone))
+            .await
     }
 
     async fn release(&self, reservation: &Reservation, hold: Duration) -> Result<(), IpamError> {

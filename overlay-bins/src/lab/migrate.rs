@@ -24,11 +24,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use overlay_core::fakes::{MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{Adoption, Cidr, GatewayChoice, IpamBackend, Owner};
 use overlay_ipam::emulator::Emulator;
 use overlay_testbed::Netns;
@@ -120,8 +118,8 @@ pub(super) async fn run(
         .as_ref()
         .and_then(|k| k.downcast_ref::<Emulator>())
         .ok_or("the migrate scenario needs the phpIPAM emulator")?;
-    let go = running(ipam.clone());
-    let bash = running(ipam.clone());
+    let go = Running::new(ipam.clone());
+    let bash = Running::new(ipam.clone());
     let seeded = seed_all(zones, topo, emu, &go, &bash)?;
     for s in &seeded {
         stop.check()?;
@@ -176,18 +174,6 @@ pub(super) struct Alive {
     _go: Running,
     _bash: Running,
     _ipam: super::KeepAlive,
-}
-
-fn running(ipam: Arc<dyn IpamBackend>) -> Running {
-    Running {
-        nodes: MemoryNodes::new(),
-        ips: MemoryOverlayIps::new(),
-        routes: MemoryStaticRoutes::new(),
-        ipam,
-        agents: BTreeMap::new(),
-        tasks: Vec::new(),
-        started: Instant::now(),
-    }
 }
 
 /// Leaves every node as its original would have: records, objects and

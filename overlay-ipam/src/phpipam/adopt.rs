@@ -236,13 +236,8 @@ impl PhpIpamBackend {
         owner: &Owner,
         address: IpNetwork,
     ) -> Result<Adoption, IpamError> {
-        let l = self.owner_lock(owner);
-        let result = {
-            let _g = l.lock().await;
-            self.adopt_locked(owner, address).await
-        };
-        self.forget_owner_lock(owner, l);
-        result
+        self.under_owner_lock(owner, self.adopt_locked(owner, address))
+            .await
     }
 
     async fn adopt_locked(&self, owner: &Owner, address: IpNetwork) -> Result<Adoption, IpamError> {
