@@ -220,7 +220,18 @@ pub enum StoreError {
         /// Object name (empty: the kind is not served).
         name: String,
     },
-    /// A concurrent writer changed the object; re-read and retry.
+    /// A create found the name taken (HTTP 409, reason `AlreadyExists`):
+    /// another writer created the object first. The API server is the
+    /// arbiter of uniqueness by name.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// Object kind.
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// A concurrent writer changed the object (HTTP 409, reason
+    /// `Conflict`: a stale resourceVersion); re-read and retry.
     #[error("{kind} {name:?}: conflict: {message}")]
     Conflict {
         /// Object kind.
@@ -279,7 +290,9 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Conflict { .. } | StoreError::Unavailable { .. }
+            StoreError::Conflict { .. }
+                | StoreError::AlreadyExists { .. }
+                | StoreError::Unavailable { .. }
         )
     }
 }

@@ -80,6 +80,10 @@ fn api_err(kind: &str, name: &str, e: kube::Error) -> StoreError {
     let (kind, name) = (kind.to_owned(), name.to_owned());
     match &e {
         kube::Error::Api(s) if s.code == 404 => StoreError::NotFound { kind, name },
+        // The two 409s differ only by reason.
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
+            StoreError::AlreadyExists { kind, name }
+        }
         kube::Error::Api(s) if s.code == 409 || s.code == 422 && s.message.contains("test") => {
             StoreError::Conflict {
                 kind,

@@ -78,7 +78,7 @@ pub trait LeaseStore: Send + Sync {
     fn describe(&self) -> String;
     /// The Lease now; `None` when it does not exist.
     async fn get(&self) -> Result<Option<LeaseRecord>, StoreError>;
-    /// Creates it; [`StoreError::Conflict`] when it already exists.
+    /// Creates it; [`StoreError::AlreadyExists`] when it already exists.
     async fn create(&self, record: &LeaseRecord) -> Result<LeaseRecord, StoreError>;
     /// Replaces it if its version is still `record.version`;
     /// [`StoreError::Conflict`] when someone else wrote in between.

@@ -20,6 +20,8 @@
 //! - [`metrics`]: the [`metrics::Metrics`] sink the reconcilers report to.
 //! - [`backoff`]: the one retry policy.
 //! - [`legacy`]: the older DaemonSet's route list.
+//! - [`ippool`]: Kubernetes-native IPAM as records (pools, allocations,
+//!   claims) and [`ippool::PoolStore`], the seam its backend uses.
 //!
 //! ## Features (all off by default)
 //!
@@ -37,6 +39,7 @@ pub mod events;
 #[cfg(any(test, feature = "testing"))]
 pub mod fakes;
 pub mod invalid;
+pub mod ippool;
 pub mod leader;
 pub mod legacy;
 pub mod metrics;

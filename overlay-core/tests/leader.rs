@@ -97,10 +97,9 @@ impl LeaseStore for Client {
         self.reach().await?;
         let mut l = self.server.lease.lock().unwrap();
         if l.is_some() {
-            return Err(StoreError::Conflict {
+            return Err(StoreError::AlreadyExists {
                 kind: "Lease".into(),
                 name: "overlay-controller".into(),
-                message: "already exists".into(),
             });
         }
         let mut r = r.clone();
