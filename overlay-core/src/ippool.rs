@@ -300,7 +300,7 @@ mod tests {
         let odd = claim_name(&Owner::new("c1", "Node_A"), "z");
         assert!(odd.starts_with("node-a."), "{odd}");
         assert!(claim_name(&Owner::new("c1", "__"), "z").starts_with("claim."));
-        let long = claim_name(&Owner::new("c1", &"n".repeat(253)), "z");
+        let long = claim_name(&Owner::new("c1", "n".repeat(253)), "z");
         assert!(long.len() <= 253, "{}", long.len());
     }
 }
