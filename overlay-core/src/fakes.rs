@@ -1,6 +1,7 @@
 //! In-memory implementations of [`NodeSource`], [`OverlayIpStore`],
 //! [`StaticRouteStore`] and [`EventRecorder`], with Kubernetes-like
-//! semantics (finalizers hold deletion; watches deliver changes). The lab,
+//! semantics (finalizers hold deletion; watches deliver changes), and
+//! [`MemoryPoolStore`] of Kubernetes-native IPAM. The lab,
 //! the benchmarks, the tests and users who drive the reconcilers without
 //! Kubernetes use them.
 
@@ -21,6 +22,9 @@ use crate::traits::{
     AgentStatus, NodeSource, OverlayIpMeta, OverlayIpRecord, OverlayIpStore, RouteSummary,
     StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
+
+mod pools;
+pub use pools::MemoryPoolStore;
 
 const WATCH_CAPACITY: usize = 4096;
 

@@ -250,9 +250,10 @@ pub trait PoolStore: Send + Sync {
     /// Replaces an allocation; `a.resource_version` is the precondition.
     async fn replace_allocation(&self, a: &IpAllocation) -> Result<IpAllocation, StoreError>;
 
-    /// Deletes the allocation `name` if its uid is `uid`; `Ok(false)` when
-    /// it was already gone.
-    async fn delete_allocation(&self, name: &str, uid: &str) -> Result<bool, StoreError>;
+    /// Deletes allocation `a` if it is unchanged: preconditions on its uid
+    /// and (when set) its resourceVersion, [`StoreError::Conflict`] when
+    /// either differs. `Ok(false)` when it was already gone.
+    async fn delete_allocation(&self, a: &IpAllocation) -> Result<bool, StoreError>;
 
     /// The claim named `name`, read now.
     async fn get_claim(&self, name: &str) -> Result<Option<IpClaim>, StoreError>;
@@ -269,8 +270,7 @@ pub trait PoolStore: Send + Sync {
 
     /// Writes pool `name`'s status (server-side apply, the controller's
     /// field manager).
-    async fn apply_pool_status(&self, name: &str, status: &IpPoolStatus)
-    -> Result<(), StoreError>;
+    async fn apply_pool_status(&self, name: &str, status: &IpPoolStatus) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //!   embedding; both are an [`embedded::EmbeddedBackend`] and differ
 //!   only in where their state is kept.
 //! - [`phpipam`]: the phpIPAM REST backend.
+//! - [`kubernetes`]: Kubernetes-native pools (`OverlayIPPool`), one
+//!   `OverlayIPAllocation` per address, uniqueness kept by the API server.
 //! - [`config`]: `overlay-ip-config.yaml`, selecting and building a backend.
 //! - [`conformance`]: a suite of checks any backend can run in its tests.
 //! - [`check`]: the logic of `overlayctl ipam check` / `ipam conformance`.
@@ -20,6 +22,7 @@ pub mod embedded;
 #[cfg(feature = "testing")]
 pub mod emulator;
 pub mod file;
+pub mod kubernetes;
 pub mod memory;
 pub mod phpipam;
 pub mod pools;

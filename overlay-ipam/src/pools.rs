@@ -72,7 +72,7 @@ impl PoolConfig {
 
     /// Whether this pool hands out `address`: a host address of the pool,
     /// neither its gateway nor reserved.
-    fn assignable(&self, address: IpAddr) -> bool {
+    pub(crate) fn assignable(&self, address: IpAddr) -> bool {
         let (lo, hi) = host_range(&self.cidr);
         let v = to_u128(address);
         self.cidr.network().contains(address)
@@ -520,14 +520,14 @@ fn lowest_free(entries: &[Entry], pool: &PoolConfig, now: SystemTime) -> Option<
     (candidate <= hi).then(|| from_u128(&pool.cidr, candidate))
 }
 
-fn to_u128(a: IpAddr) -> u128 {
+pub(crate) fn to_u128(a: IpAddr) -> u128 {
     match a {
         IpAddr::V4(v) => u128::from(u32::from(v)),
         IpAddr::V6(v) => u128::from(v),
     }
 }
 
-fn from_u128(cidr: &Cidr, v: u128) -> IpAddr {
+pub(crate) fn from_u128(cidr: &Cidr, v: u128) -> IpAddr {
     if cidr.is_ipv4() {
         IpAddr::V4(Ipv4Addr::from(v as u32))
     } else {
@@ -538,7 +538,7 @@ fn from_u128(cidr: &Cidr, v: u128) -> IpAddr {
 /// First and last assignable address of a prefix (as integers). IPv4
 /// prefixes up to /30 skip network and broadcast; /31 and /32 use every
 /// address. IPv6 skips the subnet-router anycast (network) address.
-fn host_range(cidr: &Cidr) -> (u128, u128) {
+pub(crate) fn host_range(cidr: &Cidr) -> (u128, u128) {
     let net = cidr.network();
     let first = to_u128(net.network());
     let (bits, v4) = if cidr.is_ipv4() {

@@ -1,0 +1,352 @@
+//! The backend's view of pools, allocations and claims, fed by the watch
+//! and by its own writes, and the one decision it makes from it: the next
+//! step of a reservation ([`Cache::plan`]).
+//!
+//! The view may be behind the API server; that costs a request, never an
+//! address: every step is a write the API server judges (a create of a
+//! taken name fails, a replace of a changed object fails), and a failed
+//! step brings the view up to date before the next plan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::SystemTime;
+
+use overlay_core::ippool::{IpAllocation, IpClaim, IpPool, PoolEvent, PoolObject, claim_name};
+use overlay_core::{IpamError, Owner, Zone, ippool::allocation_name};
+
+use super::pool::{Judged, ValidPool, judge};
+use crate::pools::from_u128;
+
+/// At most this many addresses are looked at per pool and plan: a pool
+/// with a free address finds it long before (the cursor starts after the
+/// last address handed out).
+const MAX_SCAN: u128 = 1 << 20;
+
+/// What a reservation does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Done: the owner's claimed, live allocation.
+    Have(IpAllocation),
+    /// Make this held allocation of the owner live again.
+    Unhold(IpAllocation),
+    /// Claim this live allocation of the owner.
+    Claim(IpAllocation),
+    /// Delete this allocation: another owner's expired hold.
+    Delete(IpAllocation),
+    /// Delete this claim: its address is someone else's, or in no pool.
+    Unclaim(IpClaim),
+    /// Create this allocation.
+    Allocate(IpAllocation),
+}
+
+/// Pools, allocations and claims as last seen.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    pools: BTreeMap<String, IpPool>,
+    allocations: BTreeMap<String, IpAllocation>,
+    claims: BTreeMap<String, IpClaim>,
+    /// Allocation names by owner.
+    by_owner: HashMap<Owner, BTreeSet<String>>,
+    /// Per pool: where the search for a free address starts.
+    cursors: HashMap<String, u128>,
+    /// The pools judged, per zone in the order they are tried; `None`
+    /// after the pools changed.
+    judged: Option<Judgement>,
+    /// Which of the three lists arrived (pools, allocations, claims).
+    listed: [bool; 3],
+}
+
+#[derive(Debug, Clone)]
+struct Judgement {
+    all: BTreeMap<String, Judged>,
+    /// Zone → ready pools, by order then name.
+    ready: BTreeMap<Zone, Vec<ValidPool>>,
+}
+
+impl Cache {
+    /// Whether all three lists arrived.
+    pub(crate) fn synced(&self) -> bool {
+        self.listed.iter().all(|l| *l)
+    }
+
+    /// Applies a watch event.
+    pub(crate) fn apply(&mut self, event: PoolEvent) {
+        match event {
+            PoolEvent::Pools(ps) => {
+                self.pools = ps.into_iter().map(|p| (p.name.clone(), p)).collect();
+                self.judged = None;
+                self.listed[0] = true;
+            }
+            PoolEvent::Allocations(list) => {
+                self.allocations.clear();
+                self.by_owner.clear();
+                for a in list {
+                    self.put_allocation(a);
+                }
+                self.listed[1] = true;
+            }
+            PoolEvent::Claims(cs) => {
+                self.claims = cs.into_iter().map(|c| (c.name.clone(), c)).collect();
+                self.listed[2] = true;
+            }
+            PoolEvent::Applied(o) => self.put(o),
+            PoolEvent::Deleted(o) => self.forget(&o),
+        }
+    }
+
+    /// Records an object (seen, or written by this backend).
+    pub(crate) fn put(&mut self, o: PoolObject) {
+        match o {
+            PoolObject::Pool(p) => {
+                self.pools.insert(p.name.clone(), p);
+                self.judged = None;
+            }
+            PoolObject::Allocation(a) => self.put_allocation(a),
+            PoolObject::Claim(c) => {
+                self.claims.insert(c.name.clone(), c);
+            }
+        }
+    }
+
+    fn put_allocation(&mut self, a: IpAllocation) {
+        if let Some(old) = self.allocations.get(&a.name)
+            && old.owner != a.owner
+            && let Some(set) = self.by_owner.get_mut(&old.owner)
+        {
+            set.remove(&a.name);
+        }
+        self.by_owner
+            .entry(a.owner.clone())
+            .or_default()
+            .insert(a.name.clone());
+        self.allocations.insert(a.name.clone(), a);
+    }
+
+    /// Forgets an object (deleted).
+    pub(crate) fn forget(&mut self, o: &PoolObject) {
+        match o {
+            PoolObject::Pool(p) => {
+                self.pools.remove(&p.name);
+                self.judged = None;
+            }
+            PoolObject::Allocation(a) => self.forget_allocation(&a.name),
+            PoolObject::Claim(c) => {
+                self.claims.remove(&c.name);
+            }
+        }
+    }
+
+    /// Forgets the allocation `name`.
+    pub(crate) fn forget_allocation(&mut self, name: &str) {
+        if let Some(a) = self.allocations.remove(name)
+            && let Some(set) = self.by_owner.get_mut(&a.owner)
+        {
+            set.remove(name);
+            if set.is_empty() {
+                self.by_owner.remove(&a.owner);
+            }
+        }
+    }
+
+    /// The allocation `name`.
+    pub(crate) fn allocation(&self, name: &str) -> Option<&IpAllocation> {
+        self.allocations.get(name)
+    }
+
+    /// The claim `name`.
+    pub(crate) fn claim(&self, name: &str) -> Option<&IpClaim> {
+        self.claims.get(name)
+    }
+
+    /// Every allocation.
+    pub(crate) fn allocations(&self) -> impl Iterator<Item = &IpAllocation> {
+        self.allocations.values()
+    }
+
+    /// Every pool.
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &IpPool> {
+        self.pools.values()
+    }
+
+    /// `owner`'s allocations, lowest address first.
+    pub(crate) fn owned(&self, owner: &Owner) -> Vec<&IpAllocation> {
+        let mut v: Vec<&IpAllocation> = self
+            .by_owner
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.allocations.get(n))
+            .collect();
+        v.sort_by_key(|a| a.address.ip());
+        v
+    }
+
+    fn judgement(&mut self) -> &Judgement {
+        let pools = &self.pools;
+        self.judged.get_or_insert_with(|| {
+            let all = judge(&pools.values().collect::<Vec<_>>());
+            let mut ready: BTreeMap<Zone, Vec<ValidPool>> = BTreeMap::new();
+            for j in all.values() {
+                if let (Some(v), None) = (&j.valid, &j.not_ready) {
+                    ready.entry(v.zone.clone()).or_default().push(v.clone());
+                }
+            }
+            for pools in ready.values_mut() {
+                pools.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
+            }
+            Judgement { all, ready }
+        })
+    }
+
+    /// The next step of reserving for `owner` in `zone` at `now`.
+    pub(crate) fn plan(
+        &mut self,
+        owner: &Owner,
+        zone: &Zone,
+        now: SystemTime,
+    ) -> Result<Step, IpamError> {
+        let mine: Vec<IpAllocation> = self
+            .owned(owner)
+            .into_iter()
+            .filter(|a| a.zone == zone.as_str())
+            .cloned()
+            .collect();
+        let claim_key = claim_name(owner, zone.as_str());
+        if let Some(c) = self.claims.get(&claim_key).cloned() {
+            return self.plan_claimed(&c, owner, zone);
+        }
+        if let Some(a) = mine.iter().find(|a| a.held_until.is_none()) {
+            return Ok(Step::Claim(a.clone()));
+        }
+        if let Some(a) = mine.first() {
+            return Ok(Step::Unhold(a.clone()));
+        }
+        self.fresh(owner, zone, now)
+    }
+
+    /// The next step when `owner` has a claim `c` in `zone`.
+    fn plan_claimed(&mut self, c: &IpClaim, owner: &Owner, zone: &Zone) -> Result<Step, IpamError> {
+        if &c.owner != owner || c.zone != zone.as_str() {
+            return Err(IpamError::Rejected {
+                backend: super::BACKEND.into(),
+                call: "reserve".into(),
+                message: format!(
+                    "OverlayIPClaim {} belongs to {} in zone {}, not {owner} in {zone} (a name collision); delete it if neither exists",
+                    c.name, c.owner, c.zone
+                ),
+            });
+        }
+        let name = allocation_name(c.address);
+        match self.allocations.get(&name) {
+            Some(a) if &a.owner == owner && a.zone == zone.as_str() => {
+                if a.held_until.is_some() {
+                    return Ok(Step::Unhold(a.clone()));
+                }
+                Ok(Step::Have(a.clone()))
+            }
+            Some(_) => Ok(Step::Unclaim(c.clone())),
+            None => {
+                // The claim outlived its allocation (a release stopped
+                // half-way): the same address again, if a pool of the
+                // zone still hands it out.
+                let pool = self
+                    .judgement()
+                    .ready
+                    .get(zone)
+                    .and_then(|ps| ps.iter().find(|p| p.assignable(c.address)).cloned());
+                Ok(match pool {
+                    Some(p) => Step::Allocate(new_allocation(&p, owner, c.address)),
+                    None => Step::Unclaim(c.clone()),
+                })
+            }
+        }
+    }
+
+    /// A new address for `owner` in `zone`: the first free one after each
+    /// pool's cursor, pools in order.
+    fn fresh(&mut self, owner: &Owner, zone: &Zone, now: SystemTime) -> Result<Step, IpamError> {
+        let judgement = self.judgement().clone();
+        let Some(pools) = judgement.ready.get(zone) else {
+            let in_zone: Vec<String> = judgement
+                .all
+                .iter()
+                .filter(|(_, j)| j.zone == zone.as_str())
+                .map(|(name, j)| match &j.not_ready {
+                    Some(n) => format!("{name} ({})", n.reason()),
+                    None => name.clone(),
+                })
+                .collect();
+            if in_zone.is_empty() {
+                let known: BTreeSet<String> =
+                    judgement.all.values().map(|j| j.zone.clone()).collect();
+                return Err(IpamError::UnknownZone {
+                    zone: zone.to_string(),
+                    known: known.into_iter().collect(),
+                });
+            }
+            return Err(IpamError::Exhausted {
+                zone: zone.to_string(),
+                subnets: in_zone,
+            });
+        };
+        for p in pools {
+            if let Some(step) = self.scan(p, owner, now) {
+                return Ok(step);
+            }
+        }
+        Err(IpamError::Exhausted {
+            zone: zone.to_string(),
+            subnets: pools.iter().map(|p| p.name.clone()).collect(),
+        })
+    }
+
+    /// The first free (or expired-held) address of `p` from its cursor.
+    fn scan(&mut self, p: &ValidPool, owner: &Owner, now: SystemTime) -> Option<Step> {
+        let (lo, hi) = p.range();
+        if lo > hi {
+            return None;
+        }
+        let span = hi - lo + 1;
+        let start = self
+            .cursors
+            .get(&p.name)
+            .copied()
+            .filter(|c| (lo..=hi).contains(c))
+            .unwrap_or(lo);
+        for i in 0..span.min(MAX_SCAN) {
+            let v = lo + (start - lo + i) % span;
+            let ip = from_u128(&p.config.cidr, v);
+            if !p.assignable(ip) {
+                continue;
+            }
+            match self.allocations.get(&allocation_name(ip)) {
+                None => {
+                    self.cursors.insert(p.name.clone(), v);
+                    return Some(Step::Allocate(new_allocation(p, owner, ip)));
+                }
+                Some(a) if a.held_until.is_some_and(|t| t <= now) => {
+                    return Some(Step::Delete(a.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// A new, live allocation of `ip` in `p` for `owner`.
+pub(crate) fn new_allocation(p: &ValidPool, owner: &Owner, ip: std::net::IpAddr) -> IpAllocation {
+    let prefix = p.network().prefix();
+    IpAllocation {
+        name: allocation_name(ip),
+        resource_version: None,
+        uid: String::new(),
+        pool: p.name.clone(),
+        pool_uid: p.uid.clone(),
+        zone: p.zone.to_string(),
+        owner: owner.clone(),
+        address: ipnetwork::IpNetwork::new(ip, prefix)
+            .unwrap_or_else(|_| ipnetwork::IpNetwork::from(ip)),
+        gateway: p.gateway(),
+        held_until: None,
+    }
+}
