@@ -55,7 +55,8 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Steps one reservation may take (each a request) before it gives up and
 /// reports the contention: an address taken by another process costs one
-/// step and a re-read.
+/// step and a re-read. (Reservations running side by side in one process
+/// never try the same address.)
 const MAX_STEPS: usize = 1024;
 
 /// Serialises one owner's reservations in a zone within this process.
@@ -198,7 +199,9 @@ impl KubernetesBackend {
     /// Creates `a`; `Ok(None)` when the address was taken meanwhile (the
     /// view now knows by whom).
     async fn create(&self, a: &IpAllocation) -> Result<Option<IpAllocation>, IpamError> {
-        match self.store.create_allocation(a).await {
+        let made = self.store.create_allocation(a).await;
+        self.view().settle(&a.name);
+        match made {
             Ok(made) => {
                 self.view().put(PoolObject::Allocation(made.clone()));
                 Ok(Some(made))

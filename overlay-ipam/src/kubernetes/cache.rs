@@ -46,6 +46,9 @@ pub(crate) struct Cache {
     claims: BTreeMap<String, IpClaim>,
     /// Allocation names by owner.
     by_owner: HashMap<Owner, BTreeSet<String>>,
+    /// Addresses this process is creating allocations of now: the
+    /// reservations running side by side look past them.
+    pending: BTreeSet<String>,
     /// Per pool: where the search for a free address starts.
     cursors: HashMap<String, u128>,
     /// The pools judged, per zone in the order they are tried; `None`
@@ -145,6 +148,11 @@ impl Cache {
                 self.by_owner.remove(&a.owner);
             }
         }
+    }
+
+    /// The create of allocation `name` is over (made or refused).
+    pub(crate) fn settle(&mut self, name: &str) {
+        self.pending.remove(name);
     }
 
     /// The allocation `name`.
@@ -318,9 +326,14 @@ impl Cache {
             if !p.assignable(ip) {
                 continue;
             }
-            match self.allocations.get(&allocation_name(ip)) {
+            let name = allocation_name(ip);
+            if self.pending.contains(&name) {
+                continue;
+            }
+            match self.allocations.get(&name) {
                 None => {
                     self.cursors.insert(p.name.clone(), v);
+                    self.pending.insert(name);
                     return Some(Step::Allocate(new_allocation(p, owner, ip)));
                 }
                 Some(a) if a.held_until.is_some_and(|t| t <= now) => {
