@@ -25,6 +25,13 @@
 //!         reserved: [192.0.2.10]             # optional
 //! ```
 //!
+//! Kubernetes-native pools (`OverlayIPPool` objects; see
+//! [`crate::kubernetes`]), the default of the shipped manifests:
+//!
+//! ```yaml
+//! kubernetes: {}
+//! ```
+//!
 //! `clusterId` goes into the owner marker of every reservation. Leave it
 //! out and the controller derives one from the cluster (the UID of the
 //! `kube-system` Namespace), unique to this cluster; set it to keep the id
@@ -44,13 +51,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use overlay_core::ippool::PoolStore;
 use overlay_core::{IpamBackend, IpamError};
 use serde::{Deserialize, Serialize};
 
 use crate::file::FileBackend;
+use crate::kubernetes::KubernetesBackend;
 use crate::memory::MemoryBackend;
 use crate::phpipam::{Credentials, PhpIpamBackend, PhpIpamConfig};
 use crate::pools::{PoolConfig, PoolsConfig};
+
+/// The field named when no backend, or more than one, is configured.
+const BACKENDS: &str = "phpIPAM/embedded/kubernetes";
 
 /// Default of `orphanGracePeriod`.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(600);
@@ -126,9 +138,15 @@ impl EmbeddedConfig {
     }
 }
 
+/// The `kubernetes:` section: pools are `OverlayIPPool` objects of the
+/// cluster, so there is nothing to configure here (`kubernetes: {}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {}
+
 /// The controller's IPAM configuration, `overlay-ip-config.yaml`: cluster id,
-/// orphan grace period, hold-down, and exactly one of `phpIPAM` and
-/// `embedded`.
+/// orphan grace period, hold-down, and exactly one of `phpIPAM`,
+/// `embedded` and `kubernetes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpamConfig {
@@ -154,6 +172,9 @@ pub struct IpamConfig {
     /// Embedded pools backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded: Option<EmbeddedConfig>,
+    /// Kubernetes-native pools backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
     /// Where the configuration came from (for error messages).
     #[serde(skip)]
     pub source: String,
@@ -179,6 +200,7 @@ impl IpamConfig {
             hold_down: None,
             php_ipam: Some(config),
             embedded: None,
+            kubernetes: None,
             source: "<inline>".into(),
         }
     }
@@ -198,6 +220,7 @@ impl IpamConfig {
                 state_file,
                 zones: pools.zones,
             }),
+            kubernetes: None,
             source: "<inline>".into(),
         }
     }
@@ -255,23 +278,36 @@ impl IpamConfig {
         }
         self.orphan_grace()?;
         self.hold_down()?;
-        match (&self.php_ipam, &self.embedded) {
-            (Some(p), None) => p
-                .validate()
-                .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem)),
-            (None, Some(e)) => e
-                .pools()
-                .validate()
-                .map_err(|pe| self.err(format!("embedded.{}", pe.field), pe.problem)),
-            (Some(_), Some(_)) => Err(self.err(
-                "phpIPAM/embedded",
-                "both are set; configure exactly one IPAM backend",
-            )),
-            (None, None) => Err(self.err(
-                "phpIPAM/embedded",
-                "no IPAM backend configured; add a phpIPAM: or an embedded: section",
-            )),
+        let chosen = [
+            self.php_ipam.is_some(),
+            self.embedded.is_some(),
+            self.kubernetes.is_some(),
+        ];
+        match chosen.iter().filter(|c| **c).count() {
+            0 => {
+                return Err(self.err(
+                    BACKENDS,
+                    "no IPAM backend configured; add a phpIPAM:, an embedded: or a kubernetes: {} section",
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err(self.err(
+                    BACKENDS,
+                    "more than one is set; configure exactly one IPAM backend",
+                ));
+            }
         }
+        if let Some(p) = &self.php_ipam {
+            p.validate()
+                .map_err(|(field, problem)| self.err(format!("phpIPAM.{field}"), problem))?;
+        }
+        if let Some(e) = &self.embedded {
+            e.pools()
+                .validate()
+                .map_err(|pe| self.err(format!("embedded.{}", pe.field), pe.problem))?;
+        }
+        Ok(())
     }
 
     /// Builds the configured backend. phpIPAM credentials come from the
@@ -347,7 +383,28 @@ impl IpamConfig {
                 )),
             };
         }
-        Err(self.err("phpIPAM/embedded", "no IPAM backend configured"))
+        Err(self.err(
+            "kubernetes",
+            "Kubernetes-native pools need the cluster: build them with build_kubernetes and a PoolStore (the controller does)",
+        ))
+    }
+
+    /// Builds the Kubernetes-native backend over `store` (the controller
+    /// passes `overlay_core::k8s::KubePoolStore`); `None` when the file
+    /// configures another backend. Starts the backend's watch in the
+    /// current tokio runtime.
+    pub fn build_kubernetes(
+        &self,
+        store: Arc<dyn PoolStore>,
+    ) -> Result<Option<Arc<KubernetesBackend>>, ConfigError> {
+        self.validate()?;
+        if self.kubernetes.is_none() {
+            return Ok(None);
+        }
+        let Some(cluster) = self.cluster_id.as_deref() else {
+            return Err(self.err("clusterId", "not set, and not derived yet: the controller derives it from the cluster (kube-system Namespace UID) before building the backend"));
+        };
+        Ok(Some(Arc::new(KubernetesBackend::start(store, cluster))))
     }
 }
 
@@ -427,7 +484,20 @@ mod tests {
         assert!(e.problem.contains("exactly one"), "{e}");
 
         let none = "clusterId: x\n";
-        assert!(IpamConfig::from_yaml("cfg.yaml", none).is_err());
+        let e = IpamConfig::from_yaml("cfg.yaml", none).unwrap_err();
+        assert!(e.problem.contains("kubernetes: {}"), "{e}");
+
+        let kube = IpamConfig::from_yaml("cfg.yaml", "kubernetes: {}").unwrap();
+        assert_eq!(kube.kubernetes, Some(KubernetesConfig {}));
+        let Err(e) = kube.build() else {
+            panic!("built Kubernetes pools without a store")
+        };
+        assert!(e.problem.contains("build_kubernetes"), "{e}");
+        let e = IpamConfig::from_yaml("cfg.yaml", "kubernetes: {pools: 3}").unwrap_err();
+        assert!(e.problem.contains("unknown field `pools`"), "{e}");
+        let two = "kubernetes: {}\nembedded: {zones: {dal10: [{cidr: 192.0.2.0/24}]}}";
+        let e = IpamConfig::from_yaml("cfg.yaml", two).unwrap_err();
+        assert!(e.problem.contains("exactly one"), "{e}");
 
         let gw = "embedded: {zones: {dal10: [{cidr: 192.0.2.0/24, gateway: 198.51.100.1}]}}";
         let e = IpamConfig::from_yaml("cfg.yaml", gw).unwrap_err();
