@@ -60,6 +60,9 @@ pub enum IpamChoice {
     Emulator,
     /// A real phpIPAM server, from `--ipam-config`.
     Phpipam,
+    /// Kubernetes-native pools: one `OverlayIPPool` per zone in the lab's
+    /// in-memory API, one `OverlayIPAllocation` per address.
+    Kubernetes,
 }
 
 /// A scripted scenario run after the first convergence.
@@ -815,6 +818,7 @@ pub async fn ipam_for(
             let b = PhpIpamBackend::new(&pcfg, "lab", creds).map_err(|e| e.to_string())?;
             Ok((Arc::new(b), Some(Box::new(emu))))
         }
+        IpamChoice::Kubernetes => kubernetes_pools(zones).await,
         IpamChoice::Phpipam => {
             let mut cfg = phpipam_config(opts)?;
             // The lab's controller writes the owner marker `lab/<node>`.
@@ -822,6 +826,31 @@ pub async fn ipam_for(
             cfg.build().map(|b| (b, None)).map_err(|e| e.to_string())
         }
     }
+}
+
+/// One `OverlayIPPool` per zone in an in-memory API, and the backend over
+/// it, its pools kept once (finalizer, status) before the controller starts.
+async fn kubernetes_pools(zones: &[ZonePlan]) -> Result<(Arc<dyn IpamBackend>, KeepAlive), String> {
+    use overlay_core::ippool::IpPool;
+    let store = overlay_core::fakes::MemoryPoolStore::new();
+    for z in zones {
+        store.put_pool(IpPool {
+            name: format!("lab-{}", z.zone),
+            zone: z.zone.clone(),
+            cidr: z.subnet.to_string(),
+            gateway: Some(z.gateway.to_string()),
+            ..IpPool::default()
+        });
+    }
+    let b = overlay_ipam::kubernetes::KubernetesBackend::start(Arc::new(store), "lab");
+    let kept = b.keep_pools().await.map_err(|e| e.to_string())?;
+    progress(&format!(
+        "{} OverlayIPPools in the lab's API ({} finalizers, {} statuses written)",
+        zones.len(),
+        kept.finalizers,
+        kept.statuses
+    ));
+    Ok((Arc::new(b), None))
 }
 
 fn phpipam_config(opts: &LabOptions) -> Result<overlay_ipam::config::IpamConfig, String> {

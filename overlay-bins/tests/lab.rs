@@ -89,6 +89,7 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
 
     lab_takes_over_from_both_originals().await;
     lab_passes_with_the_ipam_emulator().await;
+    lab_passes_with_kubernetes_pools().await;
     lab_passes_with_phpipam().await;
 
     assert_eq!(before, host(), "the lab changed the host's links or routes");
@@ -144,6 +145,18 @@ async fn lab_passes_with_the_ipam_emulator() {
     })
     .await;
     assert!(r.rows.iter().all(|x| x.address.starts_with("192.0.2.")));
+    assert_nothing_left();
+}
+
+/// `--ipam kubernetes`: the controller reserves OverlayIPAllocations from
+/// OverlayIPPools in the lab's in-memory API.
+async fn lab_passes_with_kubernetes_pools() {
+    let r = lab_passes(LabOptions {
+        ipam: IpamChoice::Kubernetes,
+        ..Default::default()
+    })
+    .await;
+    assert!(r.rows.iter().all(|x| x.address.starts_with("192.0.2.")), "{}", r.table());
     assert_nothing_left();
 }
 
