@@ -1,6 +1,9 @@
 //! The custom resources `NodeOverlayIp` and `StaticRoute`
 //! (`iks.ibm.com/v1alpha1`, cluster-scoped), as the original deployments
-//! named them, and their conversion into the domain records.
+//! named them, and their conversion into the domain records; and the three
+//! kinds of the Kubernetes-native IPAM, `OverlayIPPool`,
+//! `OverlayIPAllocation` and `OverlayIPClaim` (same group, cluster-scoped;
+//! read into [`crate::ippool`]'s records by `k8s::KubePoolStore`).
 //!
 //! `deploy/crds/*.yaml` is generated from these types by `overlayctl crds`;
 //! a test fails when the committed YAML drifts.
@@ -136,12 +139,12 @@ fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-list-map-keys": ["type"],
         "items": {
             "type": "object",
-            "description": "One aspect of the node's overlay state (metav1.Condition).",
+            "description": "One aspect of the object's state (metav1.Condition).",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
                 "type": {"type": "string", "maxLength": 316,
                     "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
-                    "description": "Type of the condition, e.g. Configured."},
+                    "description": "Type of the condition, e.g. Configured or Ready."},
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
                 "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
                 "lastTransitionTime": {"type": "string", "format": "date-time"},
@@ -404,10 +407,235 @@ pub struct NodeStatusEntry {
     pub message: Option<String>,
 }
 
-/// Both CRDs, as YAML documents separated by `---`, in a stable order.
+// ---- Kubernetes-native IPAM: pools, allocations, claims ----
+
+/// Most entries of an `OverlayIPPool`'s `spec.reserved`.
+pub const MAX_RESERVED: usize = 256;
+/// Largest `spec.order` of an `OverlayIPPool`.
+pub const MAX_POOL_ORDER: i64 = 1_000_000;
+/// Longest object name (a DNS subdomain): pools, allocations, claims.
+pub const OBJECT_NAME_MAX_LEN: usize = 253;
+/// Longest cluster id an allocation or claim records.
+pub const CLUSTER_ID_MAX_LEN: usize = 63;
+/// Longest `status.usage` of a pool (`allocated/size`).
+pub const USAGE_MAX_LEN: usize = 64;
+
+/// `pattern` of a non-empty label value (a zone).
+const LABEL_VALUE_PATTERN: &str = "^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+
+/// `pattern` of an address or an address with prefix length (an entry of
+/// a pool's `spec.reserved`).
+pub fn ip_or_cidr_pattern() -> String {
+    let inner = |p: String| p.trim_start_matches('^').trim_end_matches('$').to_owned();
+    format!("^(?:{}|{})$", inner(ip_pattern()), inner(cidr_pattern()))
+}
+
+fn zone_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "minLength": 1, "maxLength": LABEL_VALUE_MAX_LEN,
+        "pattern": LABEL_VALUE_PATTERN})
+}
+
+fn reserved_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "array", "maxItems": MAX_RESERVED,
+        "items": {"type": "string", "maxLength": CIDR_MAX_LEN, "pattern": ip_or_cidr_pattern()}})
+}
+
+fn held_until_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "format": "date-time"})
+}
+
+/// A count of a pool's status: an integer from 0.
+fn count_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "format": "int64", "minimum": 0})
+}
+
+/// An address pool of one zone, for the Kubernetes-native IPAM
+/// (`kubernetes: {}` in the controller config).
+///
+/// What a schema cannot check on Kubernetes 1.30 (the gateway and the
+/// reserved entries inside `cidr`, no host bits in `cidr`, no overlap with
+/// another pool) is checked by the controller: a pool that fails is
+/// `Ready=False` with reason `InvalidSpec` (or `Overlaps`: of two
+/// overlapping pools the older one is used) and is never allocated from.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "iks.ibm.com",
+    version = "v1alpha1",
+    kind = "OverlayIPPool",
+    plural = "overlayippools",
+    shortname = "oippool",
+    status = "OverlayIPPoolStatus",
+    derive = "Default",
+    doc = "A pool of overlay addresses for the nodes of one zone (Kubernetes-native IPAM).",
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.zone"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".spec.gateway"}"#,
+    printcolumn = r#"{"name":"Usage","type":"string","jsonPath":".status.usage"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayIPPoolSpec {
+    /// The zone whose nodes get addresses from this pool (the value of the
+    /// node's `topology.kubernetes.io/zone` label), e.g. `dal10`.
+    #[schemars(schema_with = "zone_schema")]
+    pub zone: String,
+    /// The pool's prefix, IPv4 or IPv6, e.g. `198.51.100.0/24` or
+    /// `2001:db8:0:1::/64`. Host bits must be zero, and the prefix must not
+    /// overlap another pool's: checked by the controller; an invalid pool
+    /// is Ready=False, reason InvalidSpec (Overlaps for an overlap, where
+    /// the older pool is used), and never allocated from.
+    #[schemars(schema_with = "cidr_schema")]
+    pub cidr: String,
+    /// The gateway the nodes route through; default: the first host
+    /// address of `cidr`. Must lie inside `cidr`: checked by the
+    /// controller; an invalid pool is Ready=False, reason InvalidSpec, and
+    /// never allocated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ip_schema")]
+    pub gateway: Option<String>,
+    /// Addresses (`198.51.100.10`) or prefixes (`198.51.100.240/28`) never
+    /// handed out, at most 256. Each must lie inside `cidr`: checked by the
+    /// controller; an invalid pool is Ready=False, reason InvalidSpec, and
+    /// never allocated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "reserved_schema")]
+    pub reserved: Option<Vec<String>>,
+    /// Pools of one zone are tried in ascending order, then by name;
+    /// 0 to 1000000, default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000i64))]
+    pub order: Option<i64>,
+    /// No new allocations from this pool; those it has stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+/// Status of an `OverlayIPPool`, written by the controller (server-side
+/// apply).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayIPPoolStatus {
+    /// Addresses the pool can hand out (the prefix without network,
+    /// broadcast, gateway and reserved addresses; at most
+    /// 9223372036854775807).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "count_schema")]
+    pub size: Option<i64>,
+    /// Live allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "count_schema")]
+    pub allocated: Option<i64>,
+    /// Allocations held back after a release (hold-down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "count_schema")]
+    pub held: Option<i64>,
+    /// `size - allocated - held`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "count_schema")]
+    pub free: Option<i64>,
+    /// `allocated/size`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub usage: Option<String>,
+    /// `Ready`: whether new allocations come from this pool; reasons
+    /// `Ready`, `InvalidSpec`, `Overlaps`, `Disabled`, `Deleting`, `Full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// One address held by one node: an `OverlayIPAllocation`, named after the
+/// address (`198-51-100-7`; IPv6 every group in hex), so that the API
+/// server refuses a second allocation of one address. Written only by the
+/// controller.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "iks.ibm.com",
+    version = "v1alpha1",
+    kind = "OverlayIPAllocation",
+    plural = "overlayipallocations",
+    shortname = "oipalloc",
+    derive = "Default",
+    doc = "One overlay address held by one node, named after the address (Kubernetes-native IPAM).",
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
+    printcolumn = r#"{"name":"Held-Until","type":"string","jsonPath":".spec.heldUntil"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayIPAllocationSpec {
+    /// The `OverlayIPPool` the address comes from (also the owner
+    /// reference).
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: String,
+    /// The pool's zone.
+    #[schemars(schema_with = "zone_schema")]
+    pub zone: String,
+    /// The cluster id of the owner.
+    #[schemars(length(min = 1, max = 63))]
+    pub cluster: String,
+    /// The node that holds the address.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// The address with the pool's prefix length, e.g. `198.51.100.7/24`.
+    #[schemars(schema_with = "cidr_schema")]
+    pub address: String,
+    /// The pool's gateway.
+    #[schemars(schema_with = "ip_schema")]
+    pub gateway: String,
+    /// Set when the node released the address: it is held back from other
+    /// nodes until then (RFC 3339), and goes back to the node if it
+    /// returns before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "held_until_schema")]
+    pub held_until: Option<String>,
+}
+
+/// A node's claim on its one live address in a zone: an `OverlayIPClaim`,
+/// named after the node and a hash of cluster, node and zone, so that a
+/// node cannot hold two. Written only by the controller.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "iks.ibm.com",
+    version = "v1alpha1",
+    kind = "OverlayIPClaim",
+    plural = "overlayipclaims",
+    shortname = "oipclaim",
+    derive = "Default",
+    doc = "A node's claim on its one overlay address in a zone (Kubernetes-native IPAM).",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.zone"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayIPClaimSpec {
+    /// The cluster id of the owner.
+    #[schemars(length(min = 1, max = 63))]
+    pub cluster: String,
+    /// The node.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// The zone.
+    #[schemars(schema_with = "zone_schema")]
+    pub zone: String,
+    /// The claimed address (its `OverlayIPAllocation` is named after it).
+    #[schemars(schema_with = "ip_schema")]
+    pub address: String,
+}
+
+/// Every CRD, as YAML documents by CRD name, in a stable order.
 pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_json::Error> {
     let mut out = Vec::new();
-    for crd in [NodeOverlayIp::crd(), StaticRoute::crd()] {
+    for crd in [
+        NodeOverlayIp::crd(),
+        StaticRoute::crd(),
+        OverlayIPPool::crd(),
+        OverlayIPAllocation::crd(),
+        OverlayIPClaim::crd(),
+    ] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let value = serde_json::to_value(&crd)?;
         out.push((name, to_yaml(&value)));

@@ -1,6 +1,7 @@
 //! Kubernetes adapters of the traits (feature `kube`): nodes, the
-//! NodeOverlayIp and StaticRoute stores, Events, and the legacy
-//! `static-routes` ConfigMap.
+//! NodeOverlayIp and StaticRoute stores, Events, the legacy
+//! `static-routes` ConfigMap, and the Kubernetes-native IPAM's pools,
+//! allocations and claims ([`KubePoolStore`]).
 //!
 //! Reads come from caches fed by watches (one LIST + WATCH per kind, never a
 //! GET per reconcile); writes are server-side apply under each writer's own
@@ -38,6 +39,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
+
+mod pools;
+pub use pools::KubePoolStore;
 
 use crate::crd::{
     CONFIGURED_CONDITION, KnownGatewayEntry, MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS,

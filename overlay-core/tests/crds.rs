@@ -11,8 +11,9 @@ mod support;
 use std::path::Path;
 
 use overlay_core::crd::{
-    MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_ROUTE_REPORTS, NodeOverlayIp, StaticRoute, StaticRouteSpec,
-    cidr_pattern, crds_yaml, ip_pattern, static_route_model,
+    MAX_COUNT, MAX_KNOWN_GATEWAYS, MAX_POOL_ORDER, MAX_RESERVED, MAX_ROUTE_REPORTS, NodeOverlayIp,
+    OverlayIPAllocation, OverlayIPClaim, OverlayIPPool, StaticRoute, StaticRouteSpec, cidr_pattern,
+    crds_yaml, ip_or_cidr_pattern, ip_pattern, static_route_model,
 };
 use overlay_core::{
     Cidr, GatewayChoice, OverlayIpRecord, RouteState, RouteSummary, StaticRouteRecord,
@@ -29,6 +30,15 @@ fn fixture(name: &str) -> String {
     )
     .unwrap()
 }
+
+/// Every CRD, by plural.
+const PLURALS: [&str; 5] = [
+    "nodeoverlayips",
+    "staticroutes",
+    "overlayippools",
+    "overlayipallocations",
+    "overlayipclaims",
+];
 
 /// The generated CRDs as JSON, by plural.
 fn crd(plural: &str) -> Value {
@@ -125,7 +135,7 @@ fn cel_under_unbounded(s: &Value) -> Vec<String> {
 
 #[test]
 fn every_list_map_and_string_of_the_crds_is_bounded() {
-    for plural in ["nodeoverlayips", "staticroutes"] {
+    for plural in PLURALS {
         let root = schema(plural);
         let mut nodes = Vec::new();
         walk(&root, String::new(), &mut nodes);
@@ -139,7 +149,7 @@ fn every_list_map_and_string_of_the_crds_is_bounded() {
 
 #[test]
 fn no_cel_rule_sits_under_an_unbounded_list_map_or_string() {
-    for plural in ["nodeoverlayips", "staticroutes"] {
+    for plural in PLURALS {
         let found = cel_under_unbounded(&schema(plural));
         assert!(found.is_empty(), "{plural}: {found:#?}");
     }
@@ -273,6 +283,233 @@ fn generated_crds_carry_validation_and_columns() {
     }
 }
 
+// ---- the Kubernetes-native IPAM's kinds ----
+
+fn columns(plural: &str) -> Vec<(String, String)> {
+    crd(plural)["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["jsonPath"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_crd_is_generated_cluster_scoped_in_the_one_group() {
+    let plurals: Vec<String> = crds_yaml()
+        .unwrap()
+        .into_iter()
+        .map(|(_, y)| serde_yaml::from_str::<Value>(&y).unwrap()["spec"]["names"]["plural"].clone())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(plurals, PLURALS);
+    for plural in PLURALS {
+        let c = crd(plural);
+        assert_eq!(c["spec"]["scope"], "Cluster", "{plural}");
+        assert_eq!(c["spec"]["group"], "iks.ibm.com", "{plural}");
+        assert_eq!(c["spec"]["versions"][0]["name"], "v1alpha1", "{plural}");
+    }
+    for (plural, short, kind) in [
+        ("overlayippools", "oippool", "OverlayIPPool"),
+        ("overlayipallocations", "oipalloc", "OverlayIPAllocation"),
+        ("overlayipclaims", "oipclaim", "OverlayIPClaim"),
+    ] {
+        let names = &crd(plural)["spec"]["names"];
+        assert_eq!(names["shortNames"], json!([short]), "{plural}");
+        assert_eq!(names["kind"], kind);
+    }
+    // Only the pool has a status, written through its subresource.
+    assert_eq!(
+        crd("overlayippools")["spec"]["versions"][0]["subresources"],
+        json!({"status": {}})
+    );
+    for plural in ["overlayipallocations", "overlayipclaims"] {
+        assert!(
+            schema(plural)["properties"].get("status").is_none(),
+            "{plural}"
+        );
+    }
+}
+
+#[test]
+fn ipam_kinds_show_usage_readiness_owners_and_hold_downs_in_kubectl_get() {
+    let names =
+        |plural: &str| -> Vec<String> { columns(plural).into_iter().map(|c| c.0).collect() };
+    assert_eq!(
+        names("overlayippools"),
+        ["Zone", "CIDR", "Gateway", "Usage", "Ready", "Age"]
+    );
+    let pool: std::collections::BTreeMap<String, String> =
+        columns("overlayippools").into_iter().collect();
+    assert_eq!(pool["Usage"], ".status.usage");
+    assert_eq!(
+        pool["Ready"],
+        r#".status.conditions[?(@.type=="Ready")].status"#
+    );
+    assert_eq!(
+        names("overlayipallocations"),
+        ["Address", "Node", "Pool", "Held-Until", "Age"]
+    );
+    let alloc: std::collections::BTreeMap<String, String> =
+        columns("overlayipallocations").into_iter().collect();
+    assert_eq!(alloc["Held-Until"], ".spec.heldUntil");
+    assert_eq!(names("overlayipclaims"), ["Node", "Zone", "Address", "Age"]);
+}
+
+#[test]
+fn ipam_schemas_have_the_documented_bounds() {
+    let pool = &schema("overlayippools")["properties"];
+    let spec = &pool["spec"]["properties"];
+    assert_eq!(pool["spec"]["required"], json!(["cidr", "zone"]));
+    assert_eq!(spec["zone"]["maxLength"], json!(63));
+    assert_eq!(spec["cidr"]["pattern"], json!(cidr_pattern()));
+    assert_eq!(spec["gateway"]["pattern"], json!(ip_pattern()));
+    assert_eq!(spec["reserved"]["maxItems"], json!(MAX_RESERVED));
+    assert_eq!(
+        spec["reserved"]["items"]["pattern"],
+        json!(ip_or_cidr_pattern())
+    );
+    assert_eq!(spec["order"]["minimum"], json!(0.0));
+    assert_eq!(spec["order"]["maximum"], json!(MAX_POOL_ORDER as f64));
+    assert_eq!(spec["disabled"]["type"], "boolean");
+    for p in ["cidr", "gateway", "reserved"] {
+        let doc = spec[p]["description"].as_str().unwrap();
+        let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            doc.contains("checked by the controller") && doc.contains("InvalidSpec"),
+            "spec.{p}: {doc}"
+        );
+    }
+    let status = &pool["status"]["properties"];
+    for count in ["size", "allocated", "held", "free"] {
+        assert_eq!(status[count]["type"], "integer", "{count}");
+        assert_eq!(status[count]["minimum"], json!(0.0), "{count}");
+    }
+    assert_eq!(status["usage"]["maxLength"], json!(64));
+    assert_eq!(
+        status["conditions"]["x-kubernetes-list-map-keys"],
+        json!(["type"])
+    );
+    let alloc = &schema("overlayipallocations")["properties"]["spec"];
+    assert_eq!(
+        alloc["required"],
+        json!(["address", "cluster", "gateway", "node", "pool", "zone"])
+    );
+    let a = &alloc["properties"];
+    assert_eq!(a["pool"]["maxLength"], json!(253));
+    assert_eq!(a["node"]["maxLength"], json!(253));
+    assert_eq!(a["cluster"]["maxLength"], json!(63));
+    assert_eq!(a["address"]["pattern"], json!(cidr_pattern()));
+    assert_eq!(a["gateway"]["pattern"], json!(ip_pattern()));
+    assert_eq!(a["heldUntil"]["format"], "date-time");
+    let claim = &schema("overlayipclaims")["properties"]["spec"];
+    assert_eq!(
+        claim["required"],
+        json!(["address", "cluster", "node", "zone"])
+    );
+    assert_eq!(
+        claim["properties"]["address"]["pattern"],
+        json!(ip_pattern())
+    );
+}
+
+fn ipam_object(kind: &str, spec: Value) -> Value {
+    json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": kind,
+        "metadata": {"name": "x"}, "spec": spec})
+}
+
+#[test]
+fn the_ipam_schemas_take_good_objects_and_refuse_what_users_get_wrong() {
+    let pools = schema("overlayippools");
+    let ok = |spec: Value| {
+        let errors = validate_object(&pools, &ipam_object("OverlayIPPool", spec.clone()));
+        assert!(errors.is_empty(), "{spec}: {errors:?}");
+        let p: OverlayIPPool = serde_json::from_value(ipam_object("OverlayIPPool", spec)).unwrap();
+        p
+    };
+    let p = ok(json!({"zone": "dal10", "cidr": "198.51.100.0/24"}));
+    assert_eq!(p.spec.gateway, None);
+    let p = ok(
+        json!({"zone": "dal10", "cidr": "2001:db8:0:1::/64", "gateway": "2001:db8:0:1::1",
+        "reserved": ["2001:db8:0:1::10", "2001:db8:0:1::100/120"], "order": 1000000,
+        "disabled": true}),
+    );
+    assert_eq!(p.spec.order, Some(1_000_000));
+    let refused = |spec: Value, field: &str| {
+        let errors = validate_object(&pools, &ipam_object("OverlayIPPool", spec.clone()));
+        assert!(
+            errors.iter().any(|e| e.contains(field)),
+            "{spec}: {errors:?}"
+        );
+    };
+    let base = json!({"zone": "dal10", "cidr": "198.51.100.0/24"});
+    let with = |k: &str, v: Value| {
+        let mut s = base.clone();
+        s[k] = v;
+        s
+    };
+    refused(with("cidr", json!("300.1.2.3/40")), "spec.cidr");
+    refused(with("cidr", json!("198.51.100.0")), "spec.cidr");
+    refused(with("zone", json!("")), "spec.zone");
+    refused(with("zone", json!("dal 10")), "spec.zone");
+    refused(with("zone", json!("z".repeat(64))), "spec.zone");
+    refused(with("gateway", json!("198.51.100.0/24")), "spec.gateway");
+    refused(
+        with("reserved", json!(["198.51.100.x"])),
+        "spec.reserved[0]",
+    );
+    let too_many: Vec<String> = (0..=MAX_RESERVED)
+        .map(|i| format!("198.51.100.{}", i % 256))
+        .collect();
+    refused(with("reserved", json!(too_many)), "spec.reserved");
+    refused(with("order", json!(-1)), "spec.order");
+    refused(with("order", json!(MAX_POOL_ORDER + 1)), "spec.order");
+    refused(with("disabled", json!("yes")), "spec.disabled");
+    refused(with("typo", json!(1)), "spec.typo");
+    refused(json!({"cidr": "198.51.100.0/24"}), "spec.zone");
+    let mut negative = ipam_object("OverlayIPPool", base.clone());
+    negative["status"] = json!({"free": -1});
+    assert!(!validate_object(&pools, &negative).is_empty());
+
+    let allocs = schema("overlayipallocations");
+    let alloc = json!({"pool": "dal10-a", "zone": "dal10", "cluster": "c1", "node": "node-a",
+        "address": "198.51.100.7/24", "gateway": "198.51.100.1",
+        "heldUntil": "2026-11-27T12:00:00Z"});
+    let obj = ipam_object("OverlayIPAllocation", alloc.clone());
+    assert_eq!(validate_object(&allocs, &obj), Vec::<String>::new());
+    let a: OverlayIPAllocation = serde_json::from_value(obj).unwrap();
+    assert_eq!(a.spec.held_until.as_deref(), Some("2026-11-27T12:00:00Z"));
+    for (field, bad) in [
+        ("address", json!("198.51.100.7")),
+        ("gateway", json!("198.51.100.1/24")),
+        ("cluster", json!("")),
+        ("node", json!("n".repeat(254))),
+    ] {
+        let mut spec = alloc.clone();
+        spec[field] = bad;
+        let errors = validate_object(&allocs, &ipam_object("OverlayIPAllocation", spec));
+        assert!(
+            errors.iter().any(|e| e.contains(&format!("spec.{field}"))),
+            "{field}: {errors:?}"
+        );
+    }
+    let claims = schema("overlayipclaims");
+    let claim = ipam_object(
+        "OverlayIPClaim",
+        json!({"cluster": "c1", "node": "node-a", "zone": "dal10", "address": "198.51.100.7"}),
+    );
+    assert_eq!(validate_object(&claims, &claim), Vec::<String>::new());
+    let _: OverlayIPClaim = serde_json::from_value(claim.clone()).unwrap();
+    let mut bad = claim;
+    bad["spec"]["address"] = json!("198.51.100.7/24");
+    assert!(!validate_object(&claims, &bad).is_empty());
+}
+
 #[test]
 fn committed_crds_equal_the_generated_ones() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
@@ -298,6 +535,8 @@ static IP: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(&ip_pattern()).unwrap());
 static CIDR: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(&cidr_pattern()).unwrap());
+static IP_OR_CIDR: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(&ip_or_cidr_pattern()).unwrap());
 
 fn matches(re: &regex::Regex, s: &str) -> bool {
     re.is_match(s)
@@ -329,6 +568,10 @@ proptest! {
         prop_assert!(matches(cidr, &n6.to_string()), "{n6}");
         let with_host_bits = format!("{a4}/{p4}");
         prop_assert!(matches(cidr, &with_host_bits), "{}", with_host_bits);
+        let either = &*IP_OR_CIDR;
+        for s in [a4.to_string(), a6.to_string(), n4.to_string(), n6.to_string()] {
+            prop_assert!(matches(either, &s), "{s}");
+        }
     }
 
     #[test]
@@ -338,6 +581,12 @@ proptest! {
         }
         if matches(&CIDR, &s) {
             prop_assert!(s.parse::<ipnetwork::IpNetwork>().is_ok(), "{s}");
+        }
+        if matches(&IP_OR_CIDR, &s) {
+            prop_assert!(
+                s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnetwork::IpNetwork>().is_ok(),
+                "{s}"
+            );
         }
     }
 }

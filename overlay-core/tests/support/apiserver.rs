@@ -11,7 +11,13 @@
 //!   no longer applies (unless another manager owns it); guarded JSON
 //!   patches that fail with 422 when a `test` fails, deletion held by
 //!   finalizers;
-//! - creates (POST) that refuse an existing name with 409 `AlreadyExists`;
+//! - creates (POST) that refuse an existing name with 409 `AlreadyExists`
+//!   and give the object a `uid` and a `creationTimestamp`; replaces (PUT)
+//!   that refuse a stale resourceVersion or another uid with 409
+//!   `Conflict` and keep what the server owns (uid, creation and deletion
+//!   timestamps, and the status of a kind with a status subresource);
+//!   deletes that honour `preconditions` (uid, resourceVersion: 409
+//!   `Conflict`);
 //! - writes validated against the CRD schema (422 `Invalid`), ratcheting
 //!   errors the stored object already had, while objects stored "before
 //!   validation existed" can be put in directly;
@@ -84,6 +90,9 @@ pub struct FakeApiServer {
 pub const NODES: &str = "/api/v1/nodes";
 pub const NOIPS: &str = "/apis/iks.ibm.com/v1alpha1/nodeoverlayips";
 pub const ROUTES: &str = "/apis/iks.ibm.com/v1alpha1/staticroutes";
+pub const POOLS: &str = "/apis/iks.ibm.com/v1alpha1/overlayippools";
+pub const ALLOCATIONS: &str = "/apis/iks.ibm.com/v1alpha1/overlayipallocations";
+pub const CLAIMS: &str = "/apis/iks.ibm.com/v1alpha1/overlayipclaims";
 
 pub fn configmaps(ns: &str) -> String {
     format!("/api/v1/namespaces/{ns}/configmaps")
@@ -403,7 +412,10 @@ impl FakeApiServer {
             .unwrap()
     }
 
-    /// A PUT: Conflict on a stale resourceVersion, like a real server.
+    /// A PUT: Conflict on a stale resourceVersion or another object's uid,
+    /// like a real server; the uid, the creation and deletion timestamps
+    /// and (for a kind with a status subresource) the status stay as
+    /// stored; the schema is checked.
     fn replace(st: &mut State, collection: &str, n: &str, body: Value) -> Response<RespBody> {
         let Some(cur) = st.objects.get(collection).and_then(|m| m.get(n)).cloned() else {
             return status(404, "NotFound", &format!("{n} not found"));
@@ -418,9 +430,52 @@ impl FakeApiServer {
                 ),
             );
         }
-        Self::store(st, collection, body, false);
+        if let Some(conflict) = uid_conflict(n, body["metadata"]["uid"].as_str(), &cur) {
+            return conflict;
+        }
+        let mut obj = body;
+        for kept in ["uid", "creationTimestamp", "deletionTimestamp"] {
+            match cur["metadata"].get(kept) {
+                Some(v) => obj["metadata"][kept] = v.clone(),
+                None => {
+                    if let Some(m) = obj["metadata"].as_object_mut() {
+                        m.remove(kept);
+                    }
+                }
+            }
+        }
+        if let Some(schema) = st.schemas.get(collection) {
+            if schema["properties"].get("status").is_some() {
+                match cur.get("status") {
+                    Some(v) => obj["status"] = v.clone(),
+                    None => {
+                        if let Some(m) = obj.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            let errors = super::schema::validate_object(schema, &obj);
+            if !errors.is_empty() {
+                return status(
+                    422,
+                    "Invalid",
+                    &format!("{n} is invalid: {}", errors.join(", ")),
+                );
+            }
+        }
+        Self::store(st, collection, obj, false);
         let stored = st.objects[collection][n].clone();
         Response::builder().body(full(&stored)).unwrap()
+    }
+
+    /// What the server sets on a new object: a uid and a creation time
+    /// (whatever the client sent), one second apart per write.
+    fn server_fields(st: &State, obj: &mut Value) {
+        let created = std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000 + st.rv);
+        obj["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", st.rv + 1));
+        obj["metadata"]["creationTimestamp"] =
+            json!(humantime::format_rfc3339_seconds(created).to_string());
     }
 
     async fn serve(
@@ -494,7 +549,7 @@ impl FakeApiServer {
                 };
                 Self::patch(&mut st, &write, &content_type, &body)
             }
-            ("DELETE", Some(n)) => Self::delete(&mut st, &collection, &n),
+            ("DELETE", Some(n)) => Self::delete(&mut st, &collection, &n, &body),
             _ => status(405, "MethodNotAllowed", "not scripted"),
         };
         drop(st);
@@ -546,6 +601,8 @@ impl FakeApiServer {
                 );
             }
         }
+        let mut body = body;
+        Self::server_fields(st, &mut body);
         Self::store(st, collection, body, true);
         let stored = st.objects[collection][&n].clone();
         Response::builder().status(201).body(full(&stored)).unwrap()
@@ -566,7 +623,9 @@ impl FakeApiServer {
         let mut obj = match (&current, content_type.contains("apply-patch")) {
             (Some(o), _) => o.clone(),
             (None, true) if sub.is_none() => {
-                json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}})
+                let mut o = json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}});
+                Self::server_fields(st, &mut o);
+                o
             }
             (None, _) => return status(404, "NotFound", &format!("{name} not found")),
         };
@@ -630,7 +689,10 @@ impl FakeApiServer {
         Response::builder().body(full(&obj)).unwrap()
     }
 
-    fn delete(st: &mut State, collection: &str, name: &str) -> Response<RespBody> {
+    /// A DELETE: 404 when gone, 409 `Conflict` when the `preconditions`
+    /// of the DeleteOptions (uid, resourceVersion) do not hold; held by
+    /// finalizers (marked deleting) or gone.
+    fn delete(st: &mut State, collection: &str, name: &str, options: &Value) -> Response<RespBody> {
         let Some(mut obj) = st
             .objects
             .get(collection)
@@ -639,6 +701,24 @@ impl FakeApiServer {
         else {
             return status(404, "NotFound", &format!("{name} not found"));
         };
+        let pre = &options["preconditions"];
+        if let Some(conflict) = uid_conflict(name, pre["uid"].as_str(), &obj) {
+            return conflict;
+        }
+        if let Some(rv) = pre["resourceVersion"].as_str()
+            && Some(rv) != obj["metadata"]["resourceVersion"].as_str()
+        {
+            let stored = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            return status(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on {name}: Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {stored}"
+                ),
+            );
+        }
         let held = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
@@ -863,6 +943,20 @@ impl FakeApiServer {
             .next()
             .unwrap_or_else(|| panic!("no {method} {needle} in {:#?}", self.seen()))
     }
+}
+
+/// The 409 a real server answers when a precondition's uid (a DELETE's, or
+/// the `metadata.uid` of a PUT) is not the stored object's.
+fn uid_conflict(name: &str, uid: Option<&str>, stored: &Value) -> Option<Response<RespBody>> {
+    let theirs = stored["metadata"]["uid"].as_str().unwrap_or_default();
+    let uid = uid.filter(|u| *u != theirs)?;
+    Some(status(
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {name}: Precondition failed: UID in precondition: {uid}, UID in object meta: {theirs}"
+        ),
+    ))
 }
 
 /// One write's target and writer.
