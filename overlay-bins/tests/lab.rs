@@ -156,7 +156,11 @@ async fn lab_passes_with_kubernetes_pools() {
         ..Default::default()
     })
     .await;
-    assert!(r.rows.iter().all(|x| x.address.starts_with("192.0.2.")), "{}", r.table());
+    assert!(
+        r.rows.iter().all(|x| x.address.starts_with("192.0.2.")),
+        "{}",
+        r.table()
+    );
     assert_nothing_left();
 }
 

@@ -274,11 +274,15 @@ async fn a_delete_is_idempotent_and_never_takes_an_object_recreated_under_the_na
         .create_allocation(&allocation("node-a", "198.51.100.7/24"))
         .await
         .unwrap();
-    assert!(store.delete_allocation(&a.name, &a.uid).await.unwrap());
-    assert!(!store.delete_allocation(&a.name, &a.uid).await.unwrap());
+    assert!(store.delete_allocation(&a).await.unwrap());
+    assert!(!store.delete_allocation(&a).await.unwrap());
     assert!(store.get_allocation(&a.name).await.unwrap().is_none());
     let delete = api.find("DELETE", "/overlayipallocations/198-51-100-7");
     assert_eq!(delete.body["preconditions"]["uid"], json!(a.uid));
+    assert_eq!(
+        delete.body["preconditions"]["resourceVersion"],
+        json!(a.resource_version)
+    );
 
     // Deleted and created again by another writer: the old uid no longer
     // matches, and the new object stays.
@@ -287,7 +291,7 @@ async fn a_delete_is_idempotent_and_never_takes_an_object_recreated_under_the_na
         .await
         .unwrap();
     assert_ne!(again.uid, a.uid);
-    let err = store.delete_allocation(&a.name, &a.uid).await.unwrap_err();
+    let err = store.delete_allocation(&a).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(api.object(ALLOCATIONS, &a.name).is_some());
 
@@ -366,7 +370,7 @@ async fn the_watch_starts_with_the_three_lists_then_reports_changes() {
         PoolEvent::Applied(PoolObject::Allocation(got)) => assert_eq!(got, b),
         other => panic!("{other:?}"),
     }
-    assert!(store2.delete_allocation(&b.name, &b.uid).await.unwrap());
+    assert!(store2.delete_allocation(&b).await.unwrap());
     match next(&mut watch).await {
         PoolEvent::Deleted(PoolObject::Allocation(got)) => assert_eq!(got.name, b.name),
         other => panic!("{other:?}"),

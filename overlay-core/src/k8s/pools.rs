@@ -399,11 +399,12 @@ async fn delete_with_uid(
     kind: &str,
     name: &str,
     uid: &str,
+    resource_version: Option<&str>,
 ) -> Result<bool, StoreError> {
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
+            uid: (!uid.is_empty()).then(|| uid.to_owned()),
+            resource_version: resource_version.map(str::to_owned),
         }),
         ..DeleteParams::background()
     };
@@ -671,8 +672,9 @@ impl PoolStore for KubePoolStore {
         decoded(ALLOCATION, &replaced, decode_allocation)
     }
 
-    async fn delete_allocation(&self, name: &str, uid: &str) -> Result<bool, StoreError> {
-        delete_with_uid(&self.allocations, ALLOCATION, name, uid).await
+    async fn delete_allocation(&self, a: &IpAllocation) -> Result<bool, StoreError> {
+        let rv = a.resource_version.as_deref();
+        delete_with_uid(&self.allocations, ALLOCATION, &a.name, &a.uid, rv).await
     }
 
     async fn get_claim(&self, name: &str) -> Result<Option<IpClaim>, StoreError> {
@@ -694,7 +696,7 @@ impl PoolStore for KubePoolStore {
     }
 
     async fn delete_claim(&self, name: &str, uid: &str) -> Result<bool, StoreError> {
-        delete_with_uid(&self.claims, CLAIM, name, uid).await
+        delete_with_uid(&self.claims, CLAIM, name, uid, None).await
     }
 
     async fn set_pool_finalizer(&self, name: &str, present: bool) -> Result<(), StoreError> {
