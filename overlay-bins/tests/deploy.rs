@@ -696,6 +696,7 @@ fn samples_are_valid_custom_resources() {
     let mut routes = Vec::new();
     let mut zoned = Vec::new();
     let mut overlay_ips = 0;
+    let mut pools = 0;
     for d in &samples {
         match d.kind() {
             "NodeOverlayIp" => {
@@ -719,11 +720,30 @@ fn samples_are_valid_custom_resources() {
                         .map(|z| (z.to_owned(), rec.spec.clone().unwrap().selector)),
                 );
             }
+            "OverlayIPPool" => {
+                let p: overlay_core::crd::OverlayIPPool = serde_json::from_value(d.value.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.file));
+                // As the controller judges it: valid, so allocated from.
+                let record = overlay_core::ippool::IpPool {
+                    name: p.metadata.name.clone().unwrap(),
+                    zone: p.spec.zone.clone(),
+                    cidr: p.spec.cidr.clone(),
+                    gateway: p.spec.gateway.clone(),
+                    reserved: p.spec.reserved.clone().unwrap_or_default(),
+                    ..Default::default()
+                };
+                let v = overlay_ipam::kubernetes::pool::ValidPool::check(&record)
+                    .unwrap_or_else(|e| panic!("{}: {e}", d.file));
+                // 254 hosts, less the gateway, .2 and .240-.254 (.255 is
+                // the broadcast address, no host).
+                assert_eq!(v.capacity(), 254 - 1 - 1 - 15, "{}", d.file);
+                pools += 1;
+            }
             "ConfigMap" => {}
             other => panic!("{}: unexpected sample kind {other}", d.file),
         }
     }
-    assert_eq!(overlay_ips, 1);
+    assert_eq!((overlay_ips, pools), (1, 1));
     use overlay_core::GatewayChoice;
     assert!(routes.iter().any(|r| r.gateway == GatewayChoice::Overlay));
     assert!(routes.iter().any(|r| matches!(
@@ -762,10 +782,31 @@ fn config_map_holds_a_valid_controller_config() {
     let cm = find(&docs, "ConfigMap", "overlay-ip-config");
     let text = cm.value["data"]["overlay-ip-config.yaml"].as_str().unwrap();
     let cfg = overlay_ipam::config::IpamConfig::from_yaml("overlay-ip-config.yaml", text).unwrap();
-    let p = cfg.php_ipam.expect("the original phpIPAM section");
-    assert_eq!(p.url, "http://phpipam");
-    assert_eq!(p.app_id, "iks");
-    assert_eq!(p.subnet_map["dal10"], [7]);
+    // Kubernetes-native pools by default; no shared cluster id.
+    assert_eq!(
+        cfg.kubernetes,
+        Some(overlay_ipam::config::KubernetesConfig {})
+    );
+    assert_eq!(cfg.cluster_id, None);
+    // The phpIPAM alternative the comment shows is a valid config too.
+    let raw = std::fs::read_to_string(deploy_dir().join("controller/configmap.yaml")).unwrap();
+    let shown: String = raw
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("#   phpIPAM:"))
+        .take_while(|l| l.starts_with("#  "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let alt = overlay_ipam::config::IpamConfig::from_yaml("comment", &shown)
+        .unwrap_or_else(|e| panic!("{e}\n{shown}"));
+    assert_eq!(alt.php_ipam.unwrap().subnet_map["dal10"], [7]);
+}
+
+#[test]
+fn the_controller_runs_two_replicas_which_kubernetes_pools_keep_safe() {
+    let docs = all_docs();
+    let d = find(&docs, "Deployment", "overlay-controller");
+    assert_eq!(d.value["spec"]["replicas"], 2);
+    assert_ne!(d.value["spec"]["strategy"]["type"], "Recreate");
 }
 
 #[test]

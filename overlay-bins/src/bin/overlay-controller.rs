@@ -327,12 +327,16 @@ async fn start(args: &Args, settings: &mut Settings) -> Result<Shared, Failure> 
     settings.file.cluster_id = Some(cluster.clone());
     // The backend the controller uses is built again once this replica
     // leads, so a standby never works from state read before it took over.
-    drop(
-        settings
-            .file
-            .build_with(settings.credentials.clone())
-            .map_err(|e| Failure::Config(e.to_string()))?,
-    );
+    // Kubernetes-native pools need no check beyond the file's: their
+    // objects are read when the backend starts.
+    if settings.file.kubernetes.is_none() {
+        drop(
+            settings
+                .file
+                .build_with(settings.credentials.clone())
+                .map_err(|e| Failure::Config(e.to_string()))?,
+        );
+    }
     info!(cluster_id = %cluster, source = id_source.describe(), orphan_grace_s = settings.orphan_grace.as_secs(), hold_down_s = settings.hold_down.as_secs(), "cluster identity");
     let metrics = Arc::new(PrometheusMetrics::controller());
     let events = controller_events(client.clone());
@@ -371,20 +375,7 @@ async fn lead(
     fence: Fence,
     until: BoxFuture<'static, ()>,
 ) -> Result<(), Failure> {
-    let backend = match settings
-        .file
-        .build_phpipam(settings.credentials.clone())
-        .map_err(|e| Failure::Config(e.to_string()))?
-    {
-        Some(php) => {
-            watch_login_blocks(&php, shared, args);
-            php as Arc<dyn IpamBackend>
-        }
-        None => settings
-            .file
-            .build()
-            .map_err(|e| Failure::Config(e.to_string()))?,
-    };
+    let (backend, keeper) = build_backend(args, settings, shared)?;
     let ipam: Arc<dyn IpamBackend> = Arc::new(FencedIpam::new(
         Arc::new(InstrumentedIpam::new(backend, shared.metrics.clone())),
         fence,
@@ -414,7 +405,47 @@ async fn lead(
         warn_if_id_is_shared(&controller, &shared.cluster).await;
     }
     controller.run(until).await;
+    if let Some(k) = keeper {
+        k.abort();
+    }
     Ok(())
+}
+
+/// How often the leader keeps the `OverlayIPPool`s (finalizers, status,
+/// expired holds) with Kubernetes-native pools.
+const KEEP_POOLS_EVERY: Duration = Duration::from_secs(10);
+
+/// The configured backend, and with Kubernetes-native pools the task that
+/// keeps them while this replica leads.
+fn build_backend(
+    args: &Args,
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<(Arc<dyn IpamBackend>, Option<tokio::task::JoinHandle<()>>), Failure> {
+    let config = |e: overlay_ipam::config::ConfigError| Failure::Config(e.to_string());
+    if let Some(php) = settings
+        .file
+        .build_phpipam(settings.credentials.clone())
+        .map_err(config)?
+    {
+        watch_login_blocks(&php, shared, args);
+        return Ok((php, None));
+    }
+    let store = Arc::new(overlay_core::k8s::KubePoolStore::new(shared.client.clone()));
+    if let Some(kube) = settings.file.build_kubernetes(store).map_err(config)? {
+        let keeper = kube.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_POOLS_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = keeper.keep_pools().await {
+                    warn!(error = %e, "keeping the OverlayIPPools failed; retrying");
+                }
+            }
+        });
+        return Ok((kube, Some(task)));
+    }
+    Ok((settings.file.build().map_err(config)?, None))
 }
 
 /// phpIPAM blocked this client's IP (too many failed logins): an Event on
