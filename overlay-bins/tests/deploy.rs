@@ -554,6 +554,29 @@ fn controller_rbac_is_exactly_what_it_calls() {
                 &["get", "list", "watch", "patch"]
             ),
             ("iks.ibm.com", "staticroutes/status", &[], &["patch"]),
+            // Kubernetes-native IPAM: allocations and claims are created,
+            // read, deleted (allocations also replaced: a hold-down);
+            // pools are read, their finalizer patched, their status
+            // applied.
+            (
+                "iks.ibm.com",
+                "overlayipallocations",
+                &[],
+                &["get", "list", "watch", "create", "update", "delete"]
+            ),
+            (
+                "iks.ibm.com",
+                "overlayipclaims",
+                &[],
+                &["get", "list", "watch", "create", "delete"]
+            ),
+            (
+                "iks.ibm.com",
+                "overlayippools",
+                &[],
+                &["get", "list", "watch", "patch"]
+            ),
+            ("iks.ibm.com", "overlayippools/status", &[], &["patch"]),
         ])
     );
     // Leader election: the Lease the controller uses by default

@@ -424,7 +424,7 @@ fn ipam_object(kind: &str, spec: Value) -> Value {
 }
 
 #[test]
-fn the_ipam_schemas_take_good_objects_and_refuse_what_users_get_wrong() {
+fn the_pool_schema_takes_good_pools_and_refuses_what_users_get_wrong() {
     let pools = schema("overlayippools");
     let ok = |spec: Value| {
         let errors = validate_object(&pools, &ipam_object("OverlayIPPool", spec.clone()));
@@ -475,7 +475,10 @@ fn the_ipam_schemas_take_good_objects_and_refuse_what_users_get_wrong() {
     let mut negative = ipam_object("OverlayIPPool", base.clone());
     negative["status"] = json!({"free": -1});
     assert!(!validate_object(&pools, &negative).is_empty());
+}
 
+#[test]
+fn the_allocation_and_claim_schemas_take_what_the_controller_writes_and_nothing_odd() {
     let allocs = schema("overlayipallocations");
     let alloc = json!({"pool": "dal10-a", "zone": "dal10", "cluster": "c1", "node": "node-a",
         "address": "198.51.100.7/24", "gateway": "198.51.100.1",

@@ -22,7 +22,9 @@ use overlay_ipam::memory::MemoryBackend;
 use overlay_ipam::pools::{PoolConfig, PoolsConfig};
 use serde_json::{Value, json};
 
-use super::support::apiserver::{FakeApiServer, NODES, NOIPS, ROUTES, configmaps, wait_until};
+use super::support::apiserver::{
+    FakeApiServer, NODES, NOIPS, POOLS, ROUTES, configmaps, wait_until,
+};
 
 /// The node the agent runs on.
 pub const ME: &str = "node-a";
@@ -206,7 +208,8 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
 /// finalizer, then the summary of a node's report in its status), a
 /// deleted one no existing node reports (finalizer removed), the live read of a node before trusting a
 /// reservation is orphaned, and the Event on its own Pod when phpIPAM
-/// blocks it (twice).
+/// blocks it (twice); and every call of the Kubernetes-native IPAM's store
+/// (`KubePoolStore`).
 pub async fn controller_run() -> Vec<(String, String)> {
     let (api, client) = FakeApiServer::start();
     seed_controller_objects(&api);
@@ -234,11 +237,88 @@ pub async fn controller_run() -> Vec<(String, String)> {
             wait_for_request(&api, "a Lease renewal", "PUT", "/leases/overlay-controller").await;
             let (controller, ipam, events) = reconcile_as_leader(&api, &client, &cluster).await;
             summarize_and_report(&api, &controller, &ipam, &events, &cluster).await;
+            kubernetes_ipam_calls(&api, &client, &cluster).await;
             Ok::<(), String>(())
         })
         .await;
     assert_eq!(term, Ok(Term::ShutDown));
     requests(&api)
+}
+
+/// Every call of the Kubernetes-native IPAM's store (`KubePoolStore`):
+/// its watch of pools, allocations and claims; a reservation (allocation,
+/// then claim), a hold-down (replace), a release (deletes guarded by uid);
+/// the pool finalizer added and removed; the pool's status.
+async fn kubernetes_ipam_calls(api: &FakeApiServer, client: &kube::Client, cluster: &str) {
+    use futures::StreamExt;
+    use overlay_core::ippool::{
+        IpAllocation, IpClaim, IpPoolStatus, PoolStore, allocation_name, claim_name,
+    };
+    api.put(
+        POOLS,
+        json!({"apiVersion": "iks.ibm.com/v1alpha1", "kind": "OverlayIPPool",
+            "metadata": {"name": "dal10-a", "uid": "uid-dal10-a"},
+            "spec": {"zone": "dal10", "cidr": "198.51.100.0/24"}}),
+    );
+    let store = overlay_core::k8s::KubePoolStore::new(client.clone());
+    // The watch runs in its own task, as the backend runs it.
+    let mut watch = store.watch();
+    let watching = tokio::spawn(async move { while watch.next().await.is_some() {} });
+    for kind in ["overlayippools", "overlayipallocations", "overlayipclaims"] {
+        api.wait_for_watchers(&format!("/apis/iks.ibm.com/v1alpha1/{kind}"), 1)
+            .await;
+    }
+    let owner = Owner::new(cluster, "node-a");
+    let address: ipnetwork::IpNetwork = "198.51.100.7/24".parse().unwrap();
+    let wanted = IpAllocation {
+        name: allocation_name(address.ip()),
+        resource_version: None,
+        uid: String::new(),
+        pool: "dal10-a".into(),
+        pool_uid: "uid-dal10-a".into(),
+        zone: "dal10".into(),
+        owner: owner.clone(),
+        address,
+        gateway: "198.51.100.1".parse().unwrap(),
+        held_until: None,
+    };
+    assert!(store.get_allocation(&wanted.name).await.unwrap().is_none());
+    let a = store.create_allocation(&wanted).await.unwrap();
+    let c = IpClaim {
+        name: claim_name(&owner, "dal10"),
+        uid: String::new(),
+        owner,
+        zone: "dal10".into(),
+        address: address.ip(),
+    };
+    assert!(store.get_claim(&c.name).await.unwrap().is_none());
+    let c = store.create_claim(&c).await.unwrap();
+    store.set_pool_finalizer("dal10-a", true).await.unwrap();
+    let held = IpAllocation {
+        held_until: Some(SystemTime::now() + Duration::from_secs(600)),
+        ..a
+    };
+    let held = store.replace_allocation(&held).await.unwrap();
+    assert!(store.delete_claim(&c.name, &c.uid).await.unwrap());
+    assert!(
+        store
+            .delete_allocation(&held.name, &held.uid)
+            .await
+            .unwrap()
+    );
+    assert!(store.list_allocations().await.unwrap().is_empty());
+    assert_eq!(store.list_pools().await.unwrap().len(), 1);
+    store.set_pool_finalizer("dal10-a", false).await.unwrap();
+    let status = IpPoolStatus {
+        size: 252,
+        free: 252,
+        usage: "0/252".into(),
+        ready: true,
+        reason: "Ready".into(),
+        ..Default::default()
+    };
+    store.apply_pool_status("dal10-a", &status).await.unwrap();
+    watching.abort();
 }
 
 fn seed_controller_objects(api: &FakeApiServer) {

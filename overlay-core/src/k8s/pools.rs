@@ -474,11 +474,14 @@ fn remember_ready(since: &ReadySince, o: &DynamicObject) {
 
 // ---- the watch ----
 
+/// The record of an object; `None` skips it.
+type ToRecord = Box<dyn Fn(&DynamicObject) -> Option<PoolObject> + Send>;
+
 /// How one kind's objects become [`PoolEvent`]s.
 struct KindEvents {
     kind: &'static str,
     /// The record of an object; `None` skips it.
-    one: Box<dyn Fn(&DynamicObject) -> Option<PoolObject> + Send>,
+    one: ToRecord,
     /// The full list after a (re)list.
     all: fn(Vec<PoolObject>) -> PoolEvent,
 }
