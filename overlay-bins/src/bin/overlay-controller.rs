@@ -415,13 +415,16 @@ async fn lead(
 /// expired holds) with Kubernetes-native pools.
 const KEEP_POOLS_EVERY: Duration = Duration::from_secs(10);
 
+/// The task that keeps the `OverlayIPPool`s while this replica leads.
+type Keeper = tokio::task::JoinHandle<()>;
+
 /// The configured backend, and with Kubernetes-native pools the task that
 /// keeps them while this replica leads.
 fn build_backend(
     args: &Args,
     settings: &Settings,
     shared: &Shared,
-) -> Result<(Arc<dyn IpamBackend>, Option<tokio::task::JoinHandle<()>>), Failure> {
+) -> Result<(Arc<dyn IpamBackend>, Option<Keeper>), Failure> {
     let config = |e: overlay_ipam::config::ConfigError| Failure::Config(e.to_string());
     if let Some(php) = settings
         .file

@@ -302,7 +302,7 @@ async fn kubernetes_ipam_calls(api: &FakeApiServer, client: &kube::Client, clust
     assert!(store.delete_claim(&c.name, &c.uid).await.unwrap());
     assert!(
         store
-            .delete_allocation(&held.name, &held.uid)
+            .delete_allocation(&held)
             .await
             .unwrap()
     );
