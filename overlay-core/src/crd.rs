@@ -536,7 +536,7 @@ pub struct OverlayIPPoolStatus {
     pub free: Option<i64>,
     /// `allocated/size`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = USAGE_MAX_LEN))]
     pub usage: Option<String>,
     /// `Ready`: whether new allocations come from this pool; reasons
     /// `Ready`, `InvalidSpec`, `Overlaps`, `Disabled`, `Deleting`, `Full`.
@@ -568,16 +568,16 @@ pub struct OverlayIPPoolStatus {
 pub struct OverlayIPAllocationSpec {
     /// The `OverlayIPPool` the address comes from (also the owner
     /// reference).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = OBJECT_NAME_MAX_LEN))]
     pub pool: String,
     /// The pool's zone.
     #[schemars(schema_with = "zone_schema")]
     pub zone: String,
     /// The cluster id of the owner.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = CLUSTER_ID_MAX_LEN))]
     pub cluster: String,
     /// The node that holds the address.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = OBJECT_NAME_MAX_LEN))]
     pub node: String,
     /// The address with the pool's prefix length, e.g. `198.51.100.7/24`.
     #[schemars(schema_with = "cidr_schema")]
@@ -613,10 +613,10 @@ pub struct OverlayIPAllocationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct OverlayIPClaimSpec {
     /// The cluster id of the owner.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = CLUSTER_ID_MAX_LEN))]
     pub cluster: String,
     /// The node.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = OBJECT_NAME_MAX_LEN))]
     pub node: String,
     /// The zone.
     #[schemars(schema_with = "zone_schema")]

@@ -566,3 +566,38 @@ async fn the_pool_finalizer_is_added_and_removed_by_guarded_patches() {
     let err = store.set_pool_finalizer("bare", true).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn without_the_crds_installed_the_store_says_so() {
+    let (api, client) = FakeApiServer::start();
+    api.serve_collection(ALLOCATIONS, false);
+    let store = KubePoolStore::new(client);
+    let err = store.list_allocations().await.unwrap_err();
+    assert!(err.is_not_served(), "{err:?}");
+    assert!(err.to_string().contains("CRD"), "{err}");
+    let mut watch = spawn_watch(&store);
+    let first_error = loop {
+        match tokio::time::timeout(Duration::from_secs(10), watch.recv())
+            .await
+            .expect("a watch event")
+            .expect("the stream goes on")
+        {
+            Err(e) => break e,
+            Ok(_) => continue,
+        }
+    };
+    assert!(first_error.is_not_served(), "{first_error:?}");
+    // Installed: the lists come.
+    api.serve_collection(ALLOCATIONS, true);
+    let allocations = loop {
+        if let Ok(PoolEvent::Allocations(a)) =
+            tokio::time::timeout(Duration::from_secs(30), watch.recv())
+                .await
+                .expect("the allocations once served")
+                .expect("the stream goes on")
+        {
+            break a;
+        }
+    };
+    assert!(allocations.is_empty());
+}

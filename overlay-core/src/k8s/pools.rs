@@ -526,10 +526,15 @@ fn claims_of(objects: Vec<PoolObject>) -> PoolEvent {
 /// per [`ERROR_LOG_PERIOD`]); the watcher retries with backoff.
 fn watch_error(kind: &'static str, e: &watcher::Error, errors: &Repeats) -> StoreError {
     let message = error_chain(e);
+    let not_served = is_not_served(e);
     if let Some(repeats) = errors.failure() {
-        warn!(kind, error = %message, repeats, "watch failed; retrying with backoff");
+        if not_served {
+            warn!(kind, error = %message, repeats, "the API server does not serve this kind (is its CRD installed? kubectl apply -k deploy/); retrying with backoff");
+        } else {
+            warn!(kind, error = %message, repeats, "watch failed; retrying with backoff");
+        }
     }
-    if is_not_served(e) {
+    if not_served {
         return StoreError::not_served(kind);
     }
     StoreError::Unavailable {
