@@ -31,8 +31,7 @@ pub const POOL_FINALIZER: &str = "overlay.iks.ibm.com/allocations";
 /// The condition type of a pool's status.
 pub const POOL_READY_CONDITION: &str = "Ready";
 
-/// Label on allocations and claims: the pool (allocations) or the zone
-/// (claims) they belong to, for `kubectl get -l`.
+/// Label on allocations: the pool they come from, for `kubectl get -l`.
 pub const POOL_LABEL: &str = "overlay.iks.ibm.com/pool";
 
 /// Label on allocations and claims: the owning node.

@@ -300,12 +300,7 @@ async fn kubernetes_ipam_calls(api: &FakeApiServer, client: &kube::Client, clust
     };
     let held = store.replace_allocation(&held).await.unwrap();
     assert!(store.delete_claim(&c.name, &c.uid).await.unwrap());
-    assert!(
-        store
-            .delete_allocation(&held)
-            .await
-            .unwrap()
-    );
+    assert!(store.delete_allocation(&held).await.unwrap());
     assert!(store.list_allocations().await.unwrap().is_empty());
     assert_eq!(store.list_pools().await.unwrap().len(), 1);
     store.set_pool_finalizer("dal10-a", false).await.unwrap();
