@@ -168,9 +168,22 @@ pub async fn gather(client: &kube::Client, opts: &GatherOptions) -> Result<Clust
         crds: crd_states(client).await?,
         ..Default::default()
     };
-    let crds_installed = facts.crds.iter().all(|c| c.state != "missing");
-    if crds_installed {
+    // The originals' two kinds are read when served; the IPAM kinds are
+    // new (missing until `migrate apply` or the install).
+    let served = |name: &str| {
+        facts
+            .crds
+            .iter()
+            .any(|c| c.name == name && c.state != "missing")
+    };
+    let (noips, routes) = (
+        served("nodeoverlayips.iks.ibm.com"),
+        served("staticroutes.iks.ibm.com"),
+    );
+    if noips {
         facts.records = records(client).await?;
+    }
+    if routes {
         facts.static_routes = static_routes(client).await?;
     }
     if let Some((ns, name)) = &opts.legacy_configmap {

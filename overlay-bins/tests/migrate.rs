@@ -166,7 +166,23 @@ async fn plan_says_what_is_adopted_what_conflicts_and_the_order() {
         running.contains("1 replica") && running.contains("overlay-network-controller-5d9f"),
         "{running}"
     );
-    assert!(plan.crds.iter().all(|c| c.state == "different"), "{text}");
+    // The originals' two kinds are there (theirs); the IPAM kinds are new.
+    let states: Vec<(&str, &str)> = plan
+        .crds
+        .iter()
+        .map(|c| (c.name.as_str(), c.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("nodeoverlayips.iks.ibm.com", "different"),
+            ("staticroutes.iks.ibm.com", "different"),
+            ("overlayippools.iks.ibm.com", "missing"),
+            ("overlayipallocations.iks.ibm.com", "missing"),
+            ("overlayipclaims.iks.ibm.com", "missing"),
+        ],
+        "{text}"
+    );
     assert_eq!(plan.static_routes[0].zone.as_deref(), Some("dal10"));
     let legacy = plan.legacy.clone().unwrap();
     assert_eq!(
