@@ -233,7 +233,7 @@ impl KubernetesBackend {
     async fn delete(&self, a: &IpAllocation) -> Result<bool, IpamError> {
         match self.store.delete_allocation(a).await {
             Ok(_) => {
-                self.view().forget_allocation(&a.name);
+                self.view().deleted(a);
                 Ok(true)
             }
             Err(StoreError::Conflict { .. }) => {
@@ -314,7 +314,15 @@ impl KubernetesBackend {
             Step::Delete(a) => {
                 self.delete(&a).await?;
             }
-            Step::Unclaim(c) => self.unclaim(&c).await?,
+            Step::Unclaim(c) => {
+                // The view may hold an allocation already gone (an event
+                // seen late): the claim is deleted only when a fresh read
+                // says its address is not its owner's.
+                let fresh = self.refresh_allocation(&allocation_name(c.address)).await?;
+                if !fresh.is_some_and(|a| a.owner == c.owner && a.zone == c.zone) {
+                    self.unclaim(&c).await?;
+                }
+            }
             Step::Allocate(a) => {
                 if let Some(made) = self.create(&a).await?
                     && !self.claim(&made, zone).await?

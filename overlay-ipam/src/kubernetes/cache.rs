@@ -32,7 +32,8 @@ pub(crate) enum Step {
     Claim(IpAllocation),
     /// Delete this allocation: another owner's expired hold.
     Delete(IpAllocation),
-    /// Delete this claim: its address is someone else's, or in no pool.
+    /// Delete this claim: its address is someone else's, or in no pool
+    /// (run only after a fresh read of the allocation agrees).
     Unclaim(IpClaim),
     /// Create this allocation.
     Allocate(IpAllocation),
@@ -46,6 +47,10 @@ pub(crate) struct Cache {
     claims: BTreeMap<String, IpClaim>,
     /// Allocation names by owner.
     by_owner: HashMap<Owner, BTreeSet<String>>,
+    /// Allocations this process deleted (name, uid) whose deletion the
+    /// watch has not shown yet: an older event of one of them must not
+    /// bring it back into the view.
+    deleted: BTreeSet<(String, String)>,
     /// Addresses this process is creating allocations of now: the
     /// reservations running side by side look past them.
     pending: BTreeSet<String>,
@@ -80,6 +85,7 @@ impl Cache {
                 self.listed[0] = true;
             }
             PoolEvent::Allocations(list) => {
+                self.deleted.clear();
                 self.allocations.clear();
                 self.by_owner.clear();
                 for a in list {
@@ -91,8 +97,50 @@ impl Cache {
                 self.claims = cs.into_iter().map(|c| (c.name.clone(), c)).collect();
                 self.listed[2] = true;
             }
+            PoolEvent::Applied(PoolObject::Allocation(a)) => {
+                let gone = self.deleted.contains(&(a.name.clone(), a.uid.clone()));
+                if !gone && self.is_news(&a) {
+                    self.put_allocation(a);
+                }
+            }
             PoolEvent::Applied(o) => self.put(o),
+            // A deletion seen late never removes what replaced it: this
+            // process may have created the name again meanwhile.
+            PoolEvent::Deleted(PoolObject::Allocation(a)) => {
+                self.deleted.remove(&(a.name.clone(), a.uid.clone()));
+                if self
+                    .allocations
+                    .get(&a.name)
+                    .is_some_and(|c| c.uid == a.uid)
+                {
+                    self.forget_allocation(&a.name);
+                }
+            }
+            PoolEvent::Deleted(PoolObject::Claim(c)) => {
+                if self.claims.get(&c.name).is_some_and(|k| k.uid == c.uid) {
+                    self.claims.remove(&c.name);
+                }
+            }
             PoolEvent::Deleted(o) => self.forget(&o),
+        }
+    }
+
+    /// Whether a watched allocation is newer than what the view holds
+    /// (which may be this process's own, later write). resourceVersions
+    /// are compared as numbers where both are (etcd revisions are);
+    /// otherwise the watch wins.
+    fn is_news(&self, a: &IpAllocation) -> bool {
+        let Some(cur) = self.allocations.get(&a.name) else {
+            return true;
+        };
+        let rv = |x: &IpAllocation| {
+            x.resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match (rv(a), rv(cur)) {
+            (Some(new), Some(old)) => new >= old,
+            _ => true,
         }
     }
 
@@ -147,6 +195,20 @@ impl Cache {
             if set.is_empty() {
                 self.by_owner.remove(&a.owner);
             }
+        }
+    }
+
+    /// This process deleted `a`.
+    pub(crate) fn deleted(&mut self, a: &IpAllocation) {
+        if self
+            .allocations
+            .get(&a.name)
+            .is_some_and(|c| c.uid == a.uid)
+        {
+            self.forget_allocation(&a.name);
+        }
+        if !a.uid.is_empty() {
+            self.deleted.insert((a.name.clone(), a.uid.clone()));
         }
     }
 
@@ -361,5 +423,62 @@ pub(crate) fn new_allocation(p: &ValidPool, owner: &Owner, ip: std::net::IpAddr)
             .unwrap_or_else(|_| ipnetwork::IpNetwork::from(ip)),
         gateway: p.gateway(),
         held_until: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(uid: &str, rv: &str) -> IpAllocation {
+        IpAllocation {
+            name: "192-0-2-7".into(),
+            resource_version: Some(rv.into()),
+            uid: uid.into(),
+            pool: "p".into(),
+            pool_uid: "p-uid".into(),
+            zone: "z".into(),
+            owner: Owner::new("c", "node-a"),
+            address: "192.0.2.7/24".parse().unwrap(),
+            gateway: "192.0.2.1".parse().unwrap(),
+            held_until: None,
+        }
+    }
+
+    #[test]
+    fn events_seen_late_never_undo_this_processs_own_writes() {
+        let mut view = Cache::default();
+        // Created again by this process, after another incarnation that
+        // the watch shows only now.
+        view.put(PoolObject::Allocation(alloc("new", "10")));
+        view.apply(PoolEvent::Applied(PoolObject::Allocation(alloc(
+            "old", "5",
+        ))));
+        view.apply(PoolEvent::Deleted(PoolObject::Allocation(alloc(
+            "old", "6",
+        ))));
+        assert_eq!(
+            view.allocation("192-0-2-7").map(|a| a.uid.as_str()),
+            Some("new")
+        );
+        // Deleted by this process: its creation, seen late, does not bring
+        // it back.
+        view.deleted(&alloc("new", "10"));
+        view.apply(PoolEvent::Applied(PoolObject::Allocation(alloc(
+            "new", "10",
+        ))));
+        assert!(view.allocation("192-0-2-7").is_none());
+        view.apply(PoolEvent::Deleted(PoolObject::Allocation(alloc(
+            "new", "11",
+        ))));
+        assert!(view.deleted.is_empty());
+        // A newer write by another process is taken.
+        view.apply(PoolEvent::Applied(PoolObject::Allocation(alloc(
+            "third", "12",
+        ))));
+        assert_eq!(
+            view.allocation("192-0-2-7").map(|a| a.uid.as_str()),
+            Some("third")
+        );
     }
 }
