@@ -240,3 +240,84 @@ fn the_controller_refuses_in_memory_pools_that_would_forget_reservations() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("embedded.stateFile"), "{err}");
 }
+
+#[test]
+fn ipam_pools_and_migrate_document_every_flag() {
+    let bin = env!("CARGO_BIN_EXE_overlayctl");
+    let help = |args: &[&str]| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let h = help(&["ipam", "migrate", "--help"]);
+    for needle in [
+        "--from-state-file",
+        "embedded.stateFile",
+        "--dry-run",
+        "--output",
+        "json",
+        "--kubeconfig",
+        "KUBECONFIG",
+        "Idempotent",
+        "Exit status 1",
+    ] {
+        assert!(
+            h.contains(needle),
+            "ipam migrate --help lacks {needle}:\n{h}"
+        );
+    }
+    let h = help(&["ipam", "pools", "--help"]);
+    for needle in ["--output", "json", "--kubeconfig", "KUBECONFIG", "usage"] {
+        assert!(h.contains(needle), "ipam pools --help lacks {needle}:\n{h}");
+    }
+    let h = help(&["ipam", "--help"]);
+    assert!(h.contains("pools") && h.contains("migrate"), "{h}");
+}
+
+#[test]
+fn ipam_migrate_names_a_state_file_it_cannot_read_before_it_asks_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+            .args(["ipam", "migrate", "--dry-run", "--from-state-file"])
+            .arg(file)
+            // Never a cluster: the file is read first.
+            .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("missing-pools.json");
+    let out = run(&missing);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing-pools.json") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("embedded.stateFile"),
+        "says what to give: {err}"
+    );
+    assert!(out.stdout.is_empty(), "no plan without a state file");
+
+    let corrupt = dir.path().join("corrupt-pools.json");
+    std::fs::write(
+        &corrupt,
+        "{\"format\": \"overlay-ipam-pools\", \"version\": 1, \"reserv",
+    )
+    .unwrap();
+    let out = run(&corrupt);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt-pools.json") && err.contains("not an overlay pool state file"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        .args(["ipam", "migrate", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from-state-file"));
+}

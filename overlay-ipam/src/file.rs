@@ -97,7 +97,14 @@ impl FileBackend {
         }
         let lock = StateLock::acquire(&path)?;
         match std::fs::read(&path) {
-            Ok(bytes) => engine.set_entries(parse_state(&path, &bytes)?),
+            Ok(bytes) => engine.set_entries(parse_state(&bytes).map_err(|why| {
+                storage(
+                    &path,
+                    format!(
+                        "{why}; not an overlay pool state file, refusing to use or overwrite it (move it away or point stateFile elsewhere)"
+                    ),
+                )
+            })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(storage(&path, format!("cannot read: {e}"))),
         }
@@ -114,6 +121,17 @@ impl FileBackend {
     pub fn lock_path(&self) -> &Path {
         &self.store.lock.path
     }
+}
+
+/// Reads the state file at `path` as it is now, without taking its lock and
+/// without changing it: the entries a [`FileBackend`] over it would start
+/// from (for tools such as `overlayctl ipam migrate`). A missing or
+/// unreadable file, or one that is not an overlay pool state file, is an
+/// [`IpamError::Storage`] error naming the file and the problem.
+pub fn read_state(path: &Path) -> Result<Vec<Entry>, IpamError> {
+    let bytes = std::fs::read(path).map_err(|e| storage(path, format!("cannot read: {e}")))?;
+    parse_state(&bytes)
+        .map_err(|why| storage(path, format!("{why}; not an overlay pool state file")))
 }
 
 /// The exclusive lock on `<stateFile>.lock`, released when dropped (the
@@ -198,29 +216,22 @@ fn storage(path: &Path, message: impl Into<String>) -> IpamError {
     }
 }
 
-fn parse_state(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, IpamError> {
-    let refuse = |why: String| {
-        storage(
-            path,
-            format!(
-                "{why}; not an overlay pool state file, refusing to use or overwrite it (move it away or point stateFile elsewhere)"
-            ),
-        )
-    };
+/// The entries of a state file, or why it is not one.
+fn parse_state(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| refuse(format!("not valid JSON ({e})")))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
     match value.get("format").and_then(|f| f.as_str()) {
         Some(FORMAT) => {}
-        Some(other) => return Err(refuse(format!("format is {other:?}, expected {FORMAT:?}"))),
-        None => return Err(refuse("no \"format\" field".into())),
+        Some(other) => return Err(format!("format is {other:?}, expected {FORMAT:?}")),
+        None => return Err("no \"format\" field".into()),
     }
     let state: StateDocument =
-        serde_json::from_value(value).map_err(|e| refuse(format!("malformed ({e})")))?;
+        serde_json::from_value(value).map_err(|e| format!("malformed ({e})"))?;
     if state.version != VERSION {
-        return Err(refuse(format!(
+        return Err(format!(
             "version {} is not supported (expected {VERSION})",
             state.version
-        )));
+        ));
     }
     Ok(state.reservations)
 }

@@ -25,6 +25,7 @@
 //! Over a real cluster the store is `overlay_core::k8s::KubePoolStore`; in
 //! tests, benchmarks and the lab, `overlay_core::fakes::MemoryPoolStore`.
 
+pub mod import;
 pub mod pool;
 
 mod cache;

@@ -212,12 +212,17 @@ impl PoolsConfig {
 
 /// One address entry of the embedded backends: in use by `owner` (live) or,
 /// with `held_until`, released and held back from every other owner until
-/// then. The file backend stores these as they are.
+/// then. The file backend stores these as they are; read a state file with
+/// [`crate::file::read_state`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Entry {
+pub struct Entry {
+    /// Zone of the pool the address came from.
     pub zone: Zone,
+    /// The pool (its CIDR) the address came from.
     pub pool: Cidr,
+    /// The address.
     pub address: IpAddr,
+    /// Who holds it (or held it, while `held_until` is set).
     pub owner: Owner,
     /// End of the hold-down, an RFC 3339 string in the state file. Absent
     /// while live, and in state files written before hold-downs existed.
@@ -279,7 +284,7 @@ const YEAR_10000: u64 = 253_402_300_800;
 
 /// `t` as RFC 3339, `None` when it cannot be written (before 1970, after
 /// 9999).
-fn format_time(t: SystemTime) -> Option<String> {
+pub(crate) fn format_time(t: SystemTime) -> Option<String> {
     let since = t.duration_since(UNIX_EPOCH).ok()?;
     (since.as_secs() < YEAR_10000).then(|| humantime::format_rfc3339(t).to_string())
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod config;
+mod ipam;
 #[cfg(feature = "lab")]
 mod lab;
 mod migrate;
@@ -62,7 +63,9 @@ enum Cmd {
         /// The config file.
         file: PathBuf,
     },
-    /// Work with the IPAM a controller config points at.
+    /// Work with the IPAM: the one a controller config points at (check,
+    /// conformance), Kubernetes-native pools (pools) and importing embedded
+    /// pools into them (migrate).
     #[command(subcommand)]
     Ipam(IpamCmd),
     /// Take over from the original deployments (the Go
@@ -120,6 +123,24 @@ enum IpamCmd {
         #[arg(long)]
         zone: String,
     },
+    /// Show the OverlayIPPools of Kubernetes-native IPAM (`kubernetes: {}`)
+    /// with their usage, as the controller computes it from a fresh list
+    /// of pools and allocations: zone, CIDR, gateway, order, allocated/size,
+    /// held, free, and whether new addresses come from each pool (the
+    /// reason and what to do when not). Sorted by zone, order and name.
+    Pools(ipam::PoolsArgs),
+    /// Import an embedded-pools state file into Kubernetes-native IPAM:
+    /// one OverlayIPAllocation per entry, for the owner (cluster id and
+    /// node) written in the file, from the OverlayIPPool of its zone that
+    /// contains the address; an OverlayIPClaim for each live entry; held
+    /// entries keep their hold-down and get no claim. Prints the plan, then
+    /// (without --dry-run) what was written. Idempotent: entries already
+    /// imported are skipped. Exit status 1 when an entry conflicts (its
+    /// address allocated to another owner, or no usable pool of its zone
+    /// hands it out) or a request failed; the other entries are imported.
+    /// Create the pools first (disabled, so that no controller hands out
+    /// their addresses before the import is done; enable them after).
+    Migrate(ipam::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -155,6 +176,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
             config::ipam_conformance(&config, &zone)?;
         }
+        Cmd::Ipam(IpamCmd::Pools(args)) => ipam::pools(args)?,
+        Cmd::Ipam(IpamCmd::Migrate(args)) => return ipam::migrate(args),
         Cmd::Migrate(MigrateCmd::Plan(args)) => migrate::plan(args)?,
         Cmd::Migrate(MigrateCmd::Apply(args)) => migrate::apply(args)?,
         Cmd::Crds { out } => crds(out)?,
