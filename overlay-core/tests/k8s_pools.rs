@@ -601,3 +601,19 @@ async fn without_the_crds_installed_the_store_says_so() {
     };
     assert!(allocations.is_empty());
 }
+
+#[tokio::test]
+async fn another_writer_writes_under_its_own_field_manager() {
+    let (api, client) = FakeApiServer::start();
+    let store = KubePoolStore::new(client).with_field_manager("overlayctl-ipam-migrate");
+    store
+        .create_allocation(&allocation("node-a", "198.51.100.9/24"))
+        .await
+        .unwrap();
+    let post = api.find("POST", "/overlayipallocations?");
+    assert!(
+        post.uri.contains("fieldManager=overlayctl-ipam-migrate"),
+        "{}",
+        post.uri
+    );
+}

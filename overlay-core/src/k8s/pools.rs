@@ -71,6 +71,7 @@ pub struct KubePoolStore {
     allocations: Api<DynamicObject>,
     claims: Api<DynamicObject>,
     ready_since: ReadySince,
+    manager: String,
 }
 
 impl KubePoolStore {
@@ -81,7 +82,15 @@ impl KubePoolStore {
             allocations: dynamic_api::<OverlayIPAllocation>(client.clone()),
             claims: dynamic_api::<OverlayIPClaim>(client),
             ready_since: ReadySince::default(),
+            manager: CONTROLLER_MANAGER.into(),
         }
+    }
+
+    /// The same store writing under field manager `manager` (each writer
+    /// its own: `overlayctl ipam migrate` is not the controller).
+    pub fn with_field_manager(mut self, manager: impl Into<String>) -> Self {
+        self.manager = manager.into();
+        self
     }
 }
 
@@ -385,9 +394,9 @@ fn object(kind: &str, name: &str, v: Value) -> Result<DynamicObject, StoreError>
     })
 }
 
-fn post_params() -> PostParams {
+fn post_params(manager: &str) -> PostParams {
     PostParams {
-        field_manager: Some(CONTROLLER_MANAGER.into()),
+        field_manager: Some(manager.into()),
         ..PostParams::default()
     }
 }
@@ -658,7 +667,7 @@ impl PoolStore for KubePoolStore {
         })?;
         let created = self
             .allocations
-            .create(&post_params(), &obj)
+            .create(&post_params(&self.manager), &obj)
             .await
             .map_err(|e| api_err(ALLOCATION, &a.name, e))?;
         decoded(ALLOCATION, &created, decode_allocation)
@@ -674,7 +683,7 @@ impl PoolStore for KubePoolStore {
         }
         let replaced = self
             .allocations
-            .replace(&a.name, &post_params(), &allocation_object(a)?)
+            .replace(&a.name, &post_params(&self.manager), &allocation_object(a)?)
             .await
             .map_err(|e| api_err(ALLOCATION, &a.name, e))?;
         decoded(ALLOCATION, &replaced, decode_allocation)
@@ -697,7 +706,7 @@ impl PoolStore for KubePoolStore {
     async fn create_claim(&self, c: &IpClaim) -> Result<IpClaim, StoreError> {
         let created = self
             .claims
-            .create(&post_params(), &claim_object(c)?)
+            .create(&post_params(&self.manager), &claim_object(c)?)
             .await
             .map_err(|e| api_err(CLAIM, &c.name, e))?;
         decoded(CLAIM, &created, decode_claim)
@@ -741,7 +750,7 @@ impl PoolStore for KubePoolStore {
             .filter(|(ready, _)| *ready == status.ready)
             .map(|(_, t)| t)
             .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        let pp = PatchParams::apply(CONTROLLER_MANAGER).force();
+        let pp = PatchParams::apply(&self.manager).force();
         let stored = self
             .pools
             .patch_status(

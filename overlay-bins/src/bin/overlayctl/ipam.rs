@@ -224,7 +224,8 @@ pub fn migrate(args: MigrateArgs) -> Result<ExitCode, String> {
     let entries = read_state_file(&args.from_state_file)?;
     let (plan, report) = super::runtime()?.block_on(async {
         let client = overlay_bins::kube_client(args.kubeconfig.clone()).await?;
-        let store = KubePoolStore::new(client);
+        // Its own field manager: the import is not the controller's write.
+        let store = KubePoolStore::new(client).with_field_manager("overlayctl-ipam-migrate");
         let cluster = read_cluster(&store).await.map_err(store_error)?;
         let plan = plan_import(
             &entries,
