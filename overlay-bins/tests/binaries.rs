@@ -1,9 +1,13 @@
 //! The binaries as a user meets them: `--help` names every flag and
 //! environment variable, and a bad config stops the controller at start with
-//! one message naming the file, the field and the problem.
+//! one message naming the file, the field and the problem; every metric
+//! they export is documented in docs/OPERATIONS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+
+use overlay_core::metrics::prometheus::PrometheusMetrics;
 
 fn help(bin: &str) -> String {
     let out = Command::new(bin).arg("--help").output().unwrap();
@@ -320,4 +324,134 @@ fn ipam_migrate_names_a_state_file_it_cannot_read_before_it_asks_the_cluster() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from-state-file"));
+}
+
+/// One process's metrics as OpenMetrics text, with one sample of every
+/// measurement, so that every family shows its labels.
+fn exported_metrics(metrics: &PrometheusMetrics) -> String {
+    use overlay_core::metrics::{Measurement, Metrics};
+    for m in [
+        Measurement::ControllerReconciled {
+            object: "node",
+            ok: true,
+        },
+        Measurement::ControllerError { kind: "exhausted" },
+        Measurement::OrphanCollected {
+            what: "reservation",
+        },
+        Measurement::Adoption { result: "adopted" },
+        Measurement::ReservationsHeld(3),
+        Measurement::Leader(true),
+        Measurement::IpamCall {
+            backend: "phpipam",
+            call: "reserve",
+            result: "ok",
+            elapsed: std::time::Duration::from_millis(2),
+        },
+        Measurement::IpamLoginBlocked(false),
+        Measurement::AgentRoutes {
+            desired: 2,
+            applied: 1,
+            failed: 1,
+        },
+        Measurement::AgentRepaired,
+        Measurement::AgentApplied(std::time::Duration::from_millis(2)),
+        Measurement::AgentReconciled { ok: true },
+        Measurement::InvalidObjects {
+            kind: "StaticRoute",
+            count: 1,
+        },
+    ] {
+        metrics.record(m);
+    }
+    metrics.encode()
+}
+
+/// Exported metric name (counters with `_total`) → (type, label names),
+/// read from OpenMetrics text.
+fn metric_families(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let mut families = BTreeMap::new();
+    for rest in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let exported = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        families.insert(exported, (kind.to_owned(), BTreeSet::new()));
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let series = line.split_once(' ').unwrap().0;
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let family = families
+            .iter_mut()
+            .find(|(f, _)| {
+                name == f.as_str()
+                    || name
+                        .strip_prefix(f.as_str())
+                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
+            })
+            .unwrap_or_else(|| panic!("sample {line:?} of no family"));
+        let labels = labels.trim_end_matches('}');
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let key = pair.split_once('=').unwrap().0;
+            if key != "le" {
+                family.1.1.insert(key.to_owned());
+            }
+        }
+    }
+    families
+}
+
+/// The rows of docs/OPERATIONS.md's metrics table: name → (type, label
+/// names, exported by).
+fn documented_metrics() -> BTreeMap<String, (String, BTreeSet<String>, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/OPERATIONS.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let ticked = |cell: &str| -> BTreeSet<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    doc.lines()
+        .filter(|l| l.starts_with("| `overlay_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`').to_owned();
+            let row = (cells[2].to_owned(), ticked(cells[3]), cells[4].to_owned());
+            (name, row)
+        })
+        .collect()
+}
+
+#[test]
+fn every_metric_the_daemons_export_is_documented() {
+    let controller = metric_families(&exported_metrics(&PrometheusMetrics::controller()));
+    let agent = metric_families(&exported_metrics(&PrometheusMetrics::agent()));
+    let documented = documented_metrics();
+    let mut all = controller.clone();
+    all.extend(agent.clone());
+    assert!(all.len() >= 13, "{all:?}");
+    for (name, (kind, labels)) in &all {
+        let Some((doc_kind, doc_labels, by)) = documented.get(name) else {
+            panic!("{name} is exported but not in docs/OPERATIONS.md's metrics table");
+        };
+        assert_eq!(doc_kind, kind, "type of {name} in docs/OPERATIONS.md");
+        assert_eq!(doc_labels, labels, "labels of {name} in docs/OPERATIONS.md");
+        for (process, families) in [("controller", &controller), ("agent", &agent)] {
+            assert_eq!(
+                by.contains(process),
+                families.contains_key(name),
+                "docs/OPERATIONS.md: is {name} exported by the {process}?"
+            );
+        }
+    }
+    for name in documented.keys() {
+        assert!(
+            all.contains_key(name),
+            "docs/OPERATIONS.md documents {name}, which neither daemon exports"
+        );
+    }
 }

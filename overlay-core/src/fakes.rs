@@ -398,7 +398,7 @@ impl EventRecorder for MemoryEvents {
     }
 }
 
-/// A [`RouteProgrammer`] over an in-memory "kernel": for tests, examples and
+/// A [`RouteProgrammer`](crate::RouteProgrammer) over an in-memory "kernel": for tests, examples and
 /// dry runs. It implements the same contract as the netlink programmer:
 /// declarative apply, ownership of the routes it installed, zero writes on a
 /// repeated apply.

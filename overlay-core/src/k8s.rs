@@ -901,7 +901,7 @@ impl KubeEvents {
 impl EventRecorder for KubeEvents {
     async fn record(&self, ev: Event) {
         let api_version = match ev.kind.as_str() {
-            "Node" | "ConfigMap" => "v1",
+            "Node" | "ConfigMap" | "Pod" => "v1",
             _ => API_VERSION,
         };
         let reference = ObjectReference {

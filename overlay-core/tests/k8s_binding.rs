@@ -527,6 +527,19 @@ async fn events_land_in_default_or_in_the_objects_namespace() {
     let p = api.find("POST", "/namespaces/kube-system/events");
     assert_eq!(p.body["regarding"]["apiVersion"], "v1");
     assert_eq!(p.body["regarding"]["namespace"], "kube-system");
+    // The controller's own Pod (IpamLoginBlocked) is a core object too.
+    ev.record(Event {
+        kind: "Pod".into(),
+        namespace: Some("overlay-system".into()),
+        name: "overlay-controller-5d9f".into(),
+        type_: EventType::Warning,
+        reason: "IpamLoginBlocked".into(),
+        message: "phpIPAM blocked this client's IP".into(),
+    })
+    .await;
+    let p = api.find("POST", "/namespaces/overlay-system/events");
+    assert_eq!(p.body["regarding"]["kind"], "Pod");
+    assert_eq!(p.body["regarding"]["apiVersion"], "v1");
 }
 
 #[tokio::test]

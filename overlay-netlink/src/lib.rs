@@ -110,6 +110,60 @@
 //! .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Example
+//!
+//! One node's overlay address and a route, put into a real kernel and
+//! checked with `ip`. The node is a network namespace wired to a gateway
+//! namespace, built by `overlay-testbed` (this crate's dev-dependency) and
+//! removed again at the end, so nothing on the host changes; creating
+//! namespaces needs root, so without it the example says why and returns
+//! early (and fails under `CI=true`, like every namespace test here):
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use overlay_netlink::{
+//!     DesiredNodeState, NetlinkProgrammer, ProgrammerConfig, RouteProgrammer, RouteSpec,
+//!     overlay_interface,
+//! };
+//! use overlay_testbed::{NodeWithGateway, privileged};
+//!
+//! if !privileged("the overlay-netlink crate example") {
+//!     return Ok(());
+//! }
+//! // A node with eth0 192.0.2.10/24, its gateway at 192.0.2.1.
+//! let bed = NodeWithGateway::new("doc", &["192.0.2.10/24"], &["192.0.2.1/24"])?;
+//! let desired = DesiredNodeState {
+//!     overlay: Some(overlay_interface("tmp0", "eth0", "198.51.100.5/24")?),
+//!     routes: vec![RouteSpec {
+//!         destination: "203.0.113.0/24".parse()?,
+//!         gateway: Some("192.0.2.1".parse()?),
+//!         device: None,
+//!         table: None,
+//!         metric: None,
+//!     }],
+//!     ..Default::default()
+//! };
+//! let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! rt.block_on(async {
+//!     let programmer =
+//!         NetlinkProgrammer::new(ProgrammerConfig::default().in_namespace(bed.node.path()))
+//!             .await?;
+//!     let report = programmer.apply(&desired).await?;
+//!     assert!(report.interface_created && report.kernel_writes > 0);
+//!     // The same state again: nothing to write.
+//!     assert_eq!(programmer.apply(&desired).await?.kernel_writes, 0);
+//!     Ok::<(), overlay_netlink::ProgrammerError>(())
+//! })?;
+//! // The route carries overlay's protocol number, 250.
+//! let routes = bed.node.routes(&["proto", "250"])?;
+//! assert!(
+//!     routes.iter().any(|r| r.starts_with("203.0.113.0/24 via 192.0.2.1 dev eth0")),
+//!     "{routes:?}"
+//! );
+//! # Ok(())
+//! # }
+//! ```
 
 mod apply;
 mod checks;
@@ -136,6 +190,12 @@ pub use preview::{InterfaceAction, InterfacePreview, Preview, RouteAction, Route
 pub use programmer::NetlinkProgrammer;
 pub use protocols::check_route_protocol;
 pub use state::DriftCounters;
+
+// The README's example is compiled as a doctest too (`no_run`: it changes
+// the kernel of the namespace it names).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The interface alias (`IFLA_IFALIAS`, shown by `ip link show` as
 /// `alias ...`) that marks a link as created (or taken over) by overlay.

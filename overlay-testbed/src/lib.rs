@@ -16,6 +16,46 @@
 //!
 //! Setup uses iproute2's `ip` (installed by `.ci/run`); the code under test
 //! never does.
+//!
+//! ## Example
+//!
+//! Two namespaces joined by a veth pair, a ping across, and both gone again
+//! when they are dropped. Creating namespaces needs root and `ip`;
+//! [`privileged`] says why when they are missing, and the example then
+//! returns early (a test does the same, and under `CI=true` fails instead):
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use overlay_testbed::{AddressPolicy, Netns, privileged};
+//!
+//! // Only documentation and benchmarking ranges, unless you opt in.
+//! let private: ipnetwork::IpNetwork = "10.0.0.0/8".parse()?;
+//! assert!(AddressPolicy::Documentation.check(&private).is_err());
+//! assert!(AddressPolicy::Any.check(&private).is_ok());
+//!
+//! if !privileged("the overlay-testbed crate example") {
+//!     return Ok(());
+//! }
+//! let a = Netns::new("doc-a")?;
+//! let b = Netns::new("doc-b")?;
+//! a.add_veth("veth-a", &b, "veth-b")?;
+//! a.add_addr("veth-a", "192.0.2.1/24")?;
+//! b.add_addr("veth-b", "192.0.2.2/24")?;
+//! assert!(a.ping("192.0.2.2", None)?);
+//! // A range outside the policy is refused before anything runs.
+//! assert!(a.add_addr("veth-a", "10.1.2.3/8").is_err());
+//!
+//! let path = a.path();
+//! drop(a);
+//! assert!(!path.exists(), "the namespace is removed on drop");
+//! # Ok(())
+//! # }
+//! ```
+
+// The README's example is compiled as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 use std::fs::File;
 use std::net::IpAddr;

@@ -3,9 +3,10 @@
 //! The controller, the agent and the adapters report each measurement to a
 //! [`Metrics`] sink: one small trait with one method, so that core depends
 //! on no metrics library. [`NoMetrics`] drops everything (the default);
-//! [`prometheus::PrometheusMetrics`] (feature `prometheus`) keeps them as
+//! `prometheus::PrometheusMetrics` (feature `prometheus`) keeps them as
 //! Prometheus families and serves OpenMetrics text; an embedder can
-//! forward them to anything else.
+//! forward them to anything else. docs/OPERATIONS.md in the repository
+//! lists the metric names with their labels and meaning.
 
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
@@ -22,7 +23,7 @@ use crate::parse::Zone;
 use crate::traits::IpamBackend;
 
 /// One measurement. Each variant names the Prometheus metric that
-/// [`prometheus::PrometheusMetrics`] keeps it in.
+/// `prometheus::PrometheusMetrics` (feature `prometheus`) keeps it in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Measurement<'a> {

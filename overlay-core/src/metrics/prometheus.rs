@@ -33,8 +33,9 @@ fn gauge_value(n: usize) -> i64 {
 }
 
 /// Every metric of the controller and the agent, kept as Prometheus
-/// families. A process registers the ones it reports ([`Self::register_controller`]
-/// or [`Self::register_agent`]) and serves [`Self::encode`].
+/// families. A process registers the ones it reports ([`Self::controller`]
+/// or [`Self::agent`]) and serves [`Self::encode`]. docs/OPERATIONS.md in
+/// the repository lists every name, its labels and its meaning.
 pub struct PrometheusMetrics {
     registry: Registry,
     controller_reconciles: Family<Labels, Counter>,
