@@ -845,18 +845,19 @@ fn containerfiles_build_the_binaries_the_workloads_run() {
         .iter()
         .map(|i| i["name"].as_str().unwrap().to_owned())
         .collect();
-    for (kind, workload, bin, base) in [
+    use overlay_bins::lab::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings};
+    for (kind, workload, bin, manifest) in [
         (
             "Deployment",
             "overlay-controller",
             "overlay-controller",
-            "gcr.io/distroless/cc-debian12:nonroot",
+            CONTROLLER_MANIFEST,
         ),
         (
             "DaemonSet",
             "overlay-agent",
             "overlay-agent",
-            "gcr.io/distroless/cc-debian12\n",
+            AGENT_MANIFEST,
         ),
     ] {
         let file = format!(
@@ -864,20 +865,61 @@ fn containerfiles_build_the_binaries_the_workloads_run() {
             bin.trim_start_matches("overlay-")
         );
         let text = std::fs::read_to_string(deploy_dir().join(&file)).unwrap();
-        assert!(
-            text.contains(&format!(
-                "cargo build --release --locked -p overlay-bins --bin {bin}"
-            )),
-            "{file} does not build {bin}"
+        // The static binary build.sh compiles, FROM scratch: no toolchain,
+        // no base image to pull.
+        let from: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+        assert_eq!(from, ["FROM scratch"], "{file}");
+        assert!(!text.contains("RUN "), "{file}: FROM scratch has no shell");
+        // USER is the user and group the workload runs the container as.
+        let settings = RuntimeSettings::from_manifest(
+            &std::fs::read_to_string(deploy_dir().join(manifest)).unwrap(),
+            manifest,
+        )
+        .unwrap();
+        let user = text
+            .lines()
+            .find_map(|l| l.strip_prefix("USER "))
+            .unwrap_or_else(|| panic!("{file}: no USER"));
+        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+        assert_eq!(
+            Some(uid.parse().unwrap()),
+            settings.user,
+            "{file} USER vs {manifest}"
         );
-        assert!(text.contains("FROM docker.io/library/rust:1-bookworm AS build"));
+        if let Some(g) = settings.group {
+            assert_eq!(gid.parse::<u32>().unwrap(), g, "{file} USER vs {manifest}");
+        }
+        for copy in [
+            format!("COPY {bin} /usr/local/bin/{bin}"),
+            "COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt".to_owned(),
+            "COPY rootfs/ /".to_owned(),
+            format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]"),
+        ] {
+            assert!(text.contains(&copy), "{file}: lacks `{copy}`");
+        }
+        for (label, value) in [
+            ("title", format!("\"{bin}\"")),
+            ("source", format!("\"{}\"", env!("CARGO_PKG_REPOSITORY"))),
+            ("licenses", format!("\"{}\"", env!("CARGO_PKG_LICENSE"))),
+            ("version", "\"${VERSION}\"".to_owned()),
+        ] {
+            let line = format!("org.opencontainers.image.{label}={value}");
+            assert!(text.contains(&line), "{file}: lacks {line}");
+        }
+        // The image's user has a name (logs, `ps` on the node).
+        let passwd =
+            std::fs::read_to_string(deploy_dir().join("images/rootfs/etc/passwd")).unwrap();
         assert!(
-            text.contains(&format!("FROM {base}")),
-            "{file}: base {base}"
+            passwd
+                .lines()
+                .any(|l| l.split(':').nth(2) == Some(uid) && l.split(':').nth(3) == Some(gid)),
+            "rootfs/etc/passwd has no entry for {user}"
         );
+        let build = std::fs::read_to_string(deploy_dir().join("images/build.sh")).unwrap();
         assert!(
-            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
-            "{file}"
+            build.contains("--bin overlay-controller --bin overlay-agent")
+                && build.contains("target-feature=+crt-static"),
+            "build.sh builds both binaries static"
         );
         let image = only_container(find(&docs, kind, workload))["image"]
             .as_str()
