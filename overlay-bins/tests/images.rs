@@ -174,8 +174,7 @@ fn process_view(pid: u32) -> ProcessView {
     // Fields: id parent major:minor root mount-point options ...
     let root = mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some("/"))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))
         .unwrap();
     ProcessView {
         uids: field("Uid"),
@@ -415,9 +414,71 @@ async fn the_agent_image_programs_its_node_with_only_net_admin() {
     assert!(c.running(), "{}", c.logs());
 }
 
+/// What the controller container talks to, in `ns`: the phpIPAM emulator,
+/// the API server (holding node-1) and a DNS server naming the API server
+/// `api.lab.test`; and a directory holding the config (phpIPAM by the name
+/// `phpipam.lab.test`) and a kubeconfig, mounted where the Deployment
+/// mounts the ConfigMap.
+struct ControllerServers {
+    _emulator: overlay_ipam::emulator::Emulator,
+    api: api::Api,
+    dns: dns::Dns,
+    dir: tempfile::TempDir,
+}
+
+impl ControllerServers {
+    fn start(ns: &Netns, phpipam_ip: Ipv4Addr, api_ip: Ipv4Addr, dns_ip: Ipv4Addr) -> Self {
+        use overlay_ipam::emulator::{Emulator, EmulatorConfig};
+        for a in [phpipam_ip, api_ip, dns_ip] {
+            ns.add_addr("lo", &format!("{a}/32")).unwrap();
+        }
+        let rt = tokio::runtime::Handle::current();
+        let emulator = ns
+            .run(|| {
+                rt.block_on(Emulator::start_on(
+                    EmulatorConfig::default(),
+                    SocketAddr::from((phpipam_ip, 0)),
+                ))
+            })
+            .unwrap()
+            .unwrap();
+        let api = ns
+            .run(|| rt.block_on(api::Api::start(SocketAddr::from((api_ip, 0)))))
+            .unwrap()
+            .unwrap();
+        api.server
+            .put(api::NODES, api::node("node-1", "zone-1", "198.51.100.10"));
+        let names = BTreeMap::from([("api.lab.test".to_owned(), api_ip)]);
+        let dns = ns
+            .run(|| rt.block_on(dns::Dns::start(SocketAddr::from((dns_ip, 53)), names)))
+            .unwrap()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("overlay-ip-config.yaml"),
+            format!(
+                "phpIPAM:\n  url: http://phpipam.lab.test:{}\n  appID: overlay\n  subnetMap: {{zone-1: [1]}}\n",
+                emulator.addr().port()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            api::kubeconfig(&format!("http://api.lab.test:{}", api.addr.port())),
+        )
+        .unwrap();
+        Self {
+            _emulator: emulator,
+            api,
+            dns,
+            dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_image_resolves_its_servers_by_name_and_reserves() {
-    use overlay_ipam::emulator::{Emulator, EmulatorConfig};
+    use overlay_ipam::emulator::EmulatorConfig;
     if !ready(
         "the_controller_image_resolves_its_servers_by_name_and_reserves",
         true,
@@ -432,42 +493,9 @@ async fn the_controller_image_resolves_its_servers_by_name_and_reserves() {
         Ipv4Addr::new(198, 51, 100, 6),
         Ipv4Addr::new(198, 51, 100, 53),
     );
-    for a in [phpipam_ip, api_ip, dns_ip] {
-        ns.add_addr("lo", &format!("{a}/32")).unwrap();
-    }
-    let rt = tokio::runtime::Handle::current();
-    let cfg = EmulatorConfig::default();
-    let (user, password) = cfg.users[0].clone();
-    let emu = ns
-        .run(|| rt.block_on(Emulator::start_on(cfg, SocketAddr::from((phpipam_ip, 0)))))
-        .unwrap()
-        .unwrap();
-    let api = ns
-        .run(|| rt.block_on(api::Api::start(SocketAddr::from((api_ip, 0)))))
-        .unwrap()
-        .unwrap();
-    api.server
-        .put(api::NODES, api::node("node-1", "zone-1", "198.51.100.10"));
-    let names = BTreeMap::from([("api.lab.test".to_owned(), api_ip)]);
-    let dns = ns
-        .run(|| rt.block_on(dns::Dns::start(SocketAddr::from((dns_ip, 53)), names)))
-        .unwrap()
-        .unwrap();
-    // The config and kubeconfig where the Deployment mounts the ConfigMap.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("overlay-ip-config.yaml"),
-        format!(
-            "phpIPAM:\n  url: http://phpipam.lab.test:{}\n  appID: overlay\n  subnetMap: {{zone-1: [1]}}\n",
-            emu.addr().port()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        api::kubeconfig(&format!("http://api.lab.test:{}", api.addr.port())),
-    )
-    .unwrap();
+    let servers = ControllerServers::start(&ns, phpipam_ip, api_ip, dns_ip);
+    let (api, dns, dir) = (&servers.api, &servers.dns, &servers.dir);
+    let (user, password) = EmulatorConfig::default().users[0].clone();
     let mut args = vec![
         format!("--network=ns:{}", ns.path().display()),
         format!("--dns={dns_ip}"),
