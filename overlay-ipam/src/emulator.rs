@@ -328,6 +328,14 @@ impl Emulator {
     /// Starts an emulator on `127.0.0.1` (ephemeral port) in the current
     /// tokio runtime.
     pub async fn start(config: EmulatorConfig) -> std::io::Result<Self> {
+        Self::start_on(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts an emulator listening on `addr` (port 0: an ephemeral one) in
+    /// the current tokio runtime. The socket is opened by the calling
+    /// thread, so a thread inside a network namespace serves it there (a
+    /// container in that namespace reaches it by an address of its own).
+    pub async fn start_on(config: EmulatorConfig, addr: SocketAddr) -> std::io::Result<Self> {
         let mut db = Db {
             apps: config.apps,
             users: config
@@ -378,7 +386,7 @@ impl Emulator {
             total: AtomicU64::new(0),
             counts: Mutex::new(BTreeMap::new()),
         });
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -396,7 +404,8 @@ impl Emulator {
         })
     }
 
-    /// Base URL (`http://127.0.0.1:PORT`); the API is under `/api/{app}/`.
+    /// Base URL (`http://ADDRESS:PORT`, by default `http://127.0.0.1:PORT`);
+    /// the API is under `/api/{app}/`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
