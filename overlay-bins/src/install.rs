@@ -688,11 +688,10 @@ fn set_config(docs: &mut [Document], opts: &InstallOptions) -> Result<(), Instal
         })
         .ok_or_else(|| InstallError("deploy/: no ConfigMap overlay-ip-config".into()))?;
     cm.value["data"][CONFIG_KEY] = json!(text);
-    if opts.ipam == Ipam::Embedded {
-        if let Some(d) = docs.iter_mut().find(|d| d.value["kind"] == "Deployment") {
-            d.value["spec"]["replicas"] = json!(1);
-            d.value["spec"]["strategy"] = json!({"type": "Recreate"});
-        }
+    let deployment = docs.iter_mut().find(|d| d.value["kind"] == "Deployment");
+    if let (Ipam::Embedded, Some(d)) = (opts.ipam, deployment) {
+        d.value["spec"]["replicas"] = json!(1);
+        d.value["spec"]["strategy"] = json!({"type": "Recreate"});
     }
     Ok(())
 }
@@ -701,10 +700,8 @@ fn set_config(docs: &mut [Document], opts: &InstallOptions) -> Result<(), Instal
 /// admission policy's user name, the legacy ConfigMap) names `ns` instead.
 fn rename_namespace(v: &mut Value, ns: &str) {
     match v {
-        Value::String(s) => {
-            if s.contains(DEPLOY_NAMESPACE) {
-                *s = replace_word(s, DEPLOY_NAMESPACE, ns);
-            }
+        Value::String(s) if s.contains(DEPLOY_NAMESPACE) => {
+            *s = replace_word(s, DEPLOY_NAMESPACE, ns);
         }
         Value::Array(a) => a.iter_mut().for_each(|x| rename_namespace(x, ns)),
         Value::Object(m) => m.values_mut().for_each(|x| rename_namespace(x, ns)),
