@@ -127,6 +127,17 @@ fn query(uri: &http::Uri, key: &str) -> Option<String> {
     })
 }
 
+/// `GET /version`: Kubernetes 1.`minor` (default 1.33).
+fn version(minor: Option<&str>) -> Response<RespBody> {
+    let minor = minor.unwrap_or("33");
+    Response::builder()
+        .body(full(&json!({"major": "1", "minor": minor,
+            "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+            "platform": "linux/amd64"})))
+        .unwrap()
+}
+
 fn full(v: &Value) -> RespBody {
     Full::new(Bytes::from(serde_json::to_vec(v).unwrap())).boxed_unsync()
 }
@@ -512,16 +523,9 @@ impl FakeApiServer {
             return;
         }
         if path == "/version" {
-            let minor = st.minor_version.clone().unwrap_or_else(|| "33".into());
+            let response = version(st.minor_version.as_deref());
             drop(st);
-            send.send_response(
-                Response::builder()
-                    .body(full(&json!({"major": "1", "minor": minor,
-                        "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "clean",
-                        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
-                        "platform": "linux/amd64"})))
-                    .unwrap(),
-            );
+            send.send_response(response);
             return;
         }
         let (collection, name, sub) = split_path(&path);
