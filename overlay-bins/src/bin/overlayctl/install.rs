@@ -57,7 +57,7 @@ pub struct InstallArgs {
     check: bool,
     /// Kubeconfig file for --check (default: KUBECONFIG, ~/.kube/config,
     /// in-cluster).
-    #[arg(long, env = "KUBECONFIG", requires = "check")]
+    #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
 }
 
