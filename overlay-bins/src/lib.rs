@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod install;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod migrate;

@@ -455,3 +455,56 @@ fn every_metric_the_daemons_export_is_documented() {
         );
     }
 }
+
+#[test]
+fn overlayctl_install_prints_manifests_and_names_every_flag() {
+    let bin = env!("CARGO_BIN_EXE_overlayctl");
+    let out = Command::new(bin)
+        .args(["install", "--help"])
+        .output()
+        .unwrap();
+    let h = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--ipam",
+        "--phpipam-url",
+        "--app-id",
+        "--subnet-map",
+        "--pool",
+        "--cluster-id",
+        "--legacy-configmap",
+        "--image-repository",
+        "--tag",
+        "--namespace",
+        "--check",
+        "--kubeconfig",
+    ] {
+        assert!(h.contains(flag), "install --help lacks {flag}:\n{h}");
+    }
+    // KUBECONFIG in the environment (as on any operator's machine) does
+    // not get in the way of printing.
+    let out = Command::new(bin)
+        .args(["install", "--pool", "dal10=192.0.2.0/24"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("# Source: deploy/controller/deployment.yaml"));
+    assert!(text.contains("kind: OverlayIPPool"));
+    // A bad flag: what was wrong and what to write.
+    let out = Command::new(bin)
+        .args(["install", "--subnet-map", "dal10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ZONE=ID"), "{stderr}");
+    let out = Command::new(bin)
+        .args(["uninstall", "--namespace", "net-overlay"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("kubectl -n net-overlay delete daemonset overlay-agent"));
+}

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use overlay_bins::install::InstallOptions;
 use overlay_core::crd::{NodeOverlayIp, StaticRoute, static_route_model};
 use serde_json::{Value, json};
 
@@ -88,6 +89,70 @@ fn all_docs() -> Vec<Doc> {
         }
     }
     docs
+}
+
+/// `overlayctl install`'s output for `opts`, each document with the file
+/// its `# Source:` comment names.
+fn install_docs(opts: &InstallOptions) -> Vec<Doc> {
+    let text = overlay_bins::install::render(opts).unwrap();
+    let mut docs = Vec::new();
+    for part in text.split("\n---\n").skip(1) {
+        let file = part
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# Source: deploy/"))
+            .unwrap_or_else(|| panic!("install: document without `# Source:`:\n{part}"));
+        let v: serde_yaml::Value = serde_yaml::from_str(part).unwrap();
+        docs.push(Doc {
+            file: file.to_owned(),
+            value: serde_json::to_value(v).unwrap(),
+        });
+    }
+    docs
+}
+
+/// The install options the deploy tests run over, one per IPAM mode (the
+/// kubernetes one with sample pools and the legacy component).
+fn install_setups() -> Vec<(&'static str, InstallOptions)> {
+    use overlay_bins::install::{Ipam, parse_pool, parse_subnet_map};
+    vec![
+        (
+            "overlayctl install --ipam kubernetes --pool ... --legacy-configmap overlay-system/static-routes",
+            InstallOptions {
+                pools: vec![parse_pool("dal10=192.0.2.0/24,192.0.2.1").unwrap()],
+                legacy_configmap: Some(("overlay-system".into(), "static-routes".into())),
+                ..Default::default()
+            },
+        ),
+        (
+            "overlayctl install --ipam phpipam",
+            InstallOptions {
+                ipam: Ipam::Phpipam,
+                phpipam_url: Some("https://ipam.example.com".into()),
+                app_id: Some("iks".into()),
+                subnet_map: parse_subnet_map("dal10=7;dal12=8,9").unwrap(),
+                ..Default::default()
+            },
+        ),
+        (
+            "overlayctl install --ipam embedded",
+            InstallOptions {
+                ipam: Ipam::Embedded,
+                pools: vec![parse_pool("dal10=198.18.0.0/24").unwrap()],
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+/// What the checks that apply to both run over: every document under
+/// `deploy/`, and `overlayctl install`'s output for each IPAM mode.
+fn sources() -> Vec<(&'static str, Vec<Doc>)> {
+    let mut out = vec![("deploy/", all_docs())];
+    for (name, opts) in install_setups() {
+        out.push((name, install_docs(&opts)));
+    }
+    out
 }
 
 fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> &'a Doc {
@@ -232,7 +297,14 @@ fn kustomization_lists_existing_files_and_installs_the_components() {
 
 #[test]
 fn agent_daemonset_has_host_network_and_only_net_admin() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        agent_daemonset_has_host_network_and_only_net_admin_in(&docs);
+    }
+}
+
+fn agent_daemonset_has_host_network_and_only_net_admin_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     let ds = find(&docs, "DaemonSet", "overlay-agent");
     let pod = &ds.value["spec"]["template"]["spec"];
     assert_eq!(
@@ -284,9 +356,18 @@ fn agent_daemonset_has_host_network_and_only_net_admin() {
 
 #[test]
 fn controller_deployment_runs_locked_down_with_leader_election() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        controller_deployment_runs_locked_down_with_leader_election_in(&docs);
+    }
+}
+
+fn controller_deployment_runs_locked_down_with_leader_election_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     let d = find(&docs, "Deployment", "overlay-controller");
-    assert_eq!(d.value["spec"]["replicas"], 2);
+    // Two replicas, but one (recreated) for embedded pools, held in memory.
+    let one = d.value["spec"]["strategy"]["type"] == "Recreate";
+    assert_eq!(d.value["spec"]["replicas"], if one { 1 } else { 2 });
     let pod = &d.value["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "overlay-controller");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -421,7 +502,14 @@ fn pod_labels(workload: &Doc) -> BTreeMap<String, String> {
 
 #[test]
 fn manifests_set_only_variables_the_binaries_read() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        manifests_set_only_variables_the_binaries_read_in(&docs);
+    }
+}
+
+fn manifests_set_only_variables_the_binaries_read_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     let controller_vars = help_env_words(env!("CARGO_BIN_EXE_overlay-controller"));
     let agent_vars = help_env_words(env!("CARGO_BIN_EXE_overlay-agent"));
 
@@ -446,7 +534,11 @@ fn manifests_set_only_variables_the_binaries_read() {
             }
         }
     }
-    assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
+    // deploy/ carries the legacy component (and so does the kubernetes
+    // setup of install_setups).
+    if docs.iter().any(|d| d.file.starts_with("agent/legacy/")) {
+        assert!(agent_env.iter().any(|n| n == "STATIC_ROUTES_CONFIGMAP"));
+    }
     for name in agent_env {
         assert!(
             agent_vars.contains(&name),
@@ -491,7 +583,14 @@ fn expect(rules: &[(&str, &str, &[&str], &[&str])]) -> Grants {
 
 #[test]
 fn no_role_grants_wildcards_or_secrets() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        no_role_grants_wildcards_or_secrets_in(&docs);
+    }
+}
+
+fn no_role_grants_wildcards_or_secrets_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     let roles: Vec<&Doc> = docs
         .iter()
         .filter(|d| d.kind() == "ClusterRole" || d.kind() == "Role")
@@ -532,7 +631,14 @@ fn no_role_grants_wildcards_or_secrets() {
 
 #[test]
 fn controller_rbac_is_exactly_what_it_calls() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        controller_rbac_is_exactly_what_it_calls_in(&docs);
+    }
+}
+
+fn controller_rbac_is_exactly_what_it_calls_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     assert_eq!(
         grants(find(&docs, "ClusterRole", "overlay-controller")),
         expect(&[
@@ -672,7 +778,14 @@ fn agent_rbac_is_exactly_what_it_calls_and_legacy_is_one_configmap() {
 
 #[test]
 fn bindings_point_at_existing_roles_and_service_accounts() {
-    let docs = all_docs();
+    for (source, docs) in sources() {
+        eprintln!("checking {source}");
+        bindings_point_at_existing_roles_and_service_accounts_in(&docs);
+    }
+}
+
+fn bindings_point_at_existing_roles_and_service_accounts_in(docs: &[Doc]) {
+    let docs = docs.to_vec();
     let mut n = 0;
     for b in docs
         .iter()
@@ -992,51 +1105,101 @@ fn assert_agent_writes_only_its_own_status(calls: &BTreeSet<rbac::Call>) {
 async fn agent_rbac_is_exactly_what_the_agent_calls() {
     let run = calls::agent_run(false).await;
     let calls = calls_of(&run.requests);
-    let docs = installed_docs(false);
-    rbac::assert_exact(
-        "overlay-agent",
-        &calls,
-        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
-    );
-    assert_agent_writes_only_its_own_status(&calls);
-    // The status it wrote passes the admission policy.
     let request = admission::noip_request(
         &admission::agent_on(calls::ME),
         "UPDATE",
         calls::ME,
         "status",
     );
-    assert_eq!(
-        agent_policy().admit(&request, &run.after, &run.before),
-        admission::Decision::Allowed,
-        "the agent's own status write is refused by the admission policy:\nbefore {}\nafter {}",
-        run.before,
-        run.after
-    );
+    for (source, docs) in installs(false) {
+        rbac::assert_exact(
+            &format!("overlay-agent ({source})"),
+            &calls,
+            &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+        );
+        // The status it wrote passes the admission policy.
+        let policy = find(&docs, "ValidatingAdmissionPolicy", POLICY);
+        assert_eq!(
+            admission::Policy::new(&policy.value["spec"]).admit(&request, &run.after, &run.before),
+            admission::Decision::Allowed,
+            "{source}: the agent's own status write is refused by the admission policy:\nbefore {}\nafter {}",
+            run.before,
+            run.after
+        );
+    }
+    assert_agent_writes_only_its_own_status(&calls);
+}
+
+/// What `kubectl apply -k deploy/` installs (with the component
+/// agent/legacy when `legacy`), and each `overlayctl install` setup with
+/// (or without) the legacy ConfigMap.
+fn installs(legacy: bool) -> Vec<(&'static str, Vec<Doc>)> {
+    let mut out = vec![("kubectl apply -k deploy/", installed_docs(legacy))];
+    for (name, opts) in install_setups() {
+        if opts.legacy_configmap.is_some() == legacy {
+            out.push((name, install_docs(&opts)));
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_rbac_with_the_legacy_component_is_exactly_what_the_agent_calls() {
     let run = calls::agent_run(true).await;
     let calls = calls_of(&run.requests);
-    let docs = installed_docs(true);
-    rbac::assert_exact(
-        "overlay-agent with agent/legacy",
-        &calls,
-        &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
-    );
+    for (source, docs) in installs(true) {
+        rbac::assert_exact(
+            &format!("overlay-agent with agent/legacy ({source})"),
+            &calls,
+            &rbac::grants_of(&docs, "overlay-system", "overlay-agent"),
+        );
+    }
     assert_agent_writes_only_its_own_status(&calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_rbac_is_exactly_what_the_controller_calls() {
     let requests = calls::controller_run().await;
-    let docs = installed_docs(false);
-    rbac::assert_exact(
-        "overlay-controller",
-        &calls_of(&requests),
-        &rbac::grants_of(&docs, "overlay-system", "overlay-controller"),
-    );
+    for (source, docs) in installs(false).into_iter().chain(installs(true)) {
+        rbac::assert_exact(
+            &format!("overlay-controller ({source})"),
+            &calls_of(&requests),
+            &rbac::grants_of(&docs, "overlay-system", "overlay-controller"),
+        );
+    }
+}
+
+/// Each `overlayctl install` setup's ConfigMap holds a config the
+/// controller accepts, for the IPAM asked for.
+#[test]
+fn install_config_maps_hold_a_valid_config_per_ipam_mode() {
+    use overlay_bins::install::Ipam;
+    for (source, opts) in install_setups() {
+        let docs = install_docs(&opts);
+        let cm = find(&docs, "ConfigMap", "overlay-ip-config");
+        let text = cm.value["data"]["overlay-ip-config.yaml"].as_str().unwrap();
+        let cfg = overlay_ipam::config::IpamConfig::from_yaml("overlay-ip-config.yaml", text)
+            .unwrap_or_else(|e| panic!("{source}: {e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{source}: {e}"));
+        let modes = (
+            cfg.kubernetes.is_some(),
+            cfg.php_ipam.is_some(),
+            cfg.embedded.is_some(),
+        );
+        let want = match opts.ipam {
+            Ipam::Kubernetes => (true, false, false),
+            Ipam::Phpipam => (false, true, false),
+            Ipam::Embedded => (false, false, true),
+        };
+        assert_eq!(modes, want, "{source}");
+        // Pools of kubernetes IPAM are valid OverlayIPPools.
+        for d in kinds(&docs, "OverlayIPPool") {
+            let p: overlay_core::crd::OverlayIPPool =
+                serde_json::from_value(d.value.clone()).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(d.file, "samples/overlayippool.yaml");
+            assert_eq!(p.spec.zone, "dal10", "{source}");
+        }
+    }
 }
 
 #[test]

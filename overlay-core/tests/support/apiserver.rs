@@ -75,6 +75,8 @@ struct State {
     not_served: std::collections::BTreeSet<String>,
     hold_lists: bool,
     held: Vec<(String, tower_test::mock::SendResponse<Response<RespBody>>)>,
+    /// `GET /version`'s `minor` (default 33).
+    minor_version: Option<String>,
     /// Every watch connection ever opened: collection and bytes sent.
     watch_log: Vec<(String, Arc<AtomicU64>)>,
     /// The largest object stored, by collection (JSON bytes).
@@ -123,6 +125,17 @@ fn query(uri: &http::Uri, key: &str) -> Option<String> {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| v.replace("%3D", "=").replace("%2F", "/"))
     })
+}
+
+/// `GET /version`: Kubernetes 1.`minor` (default 1.33).
+fn version(minor: Option<&str>) -> Response<RespBody> {
+    let minor = minor.unwrap_or("33");
+    Response::builder()
+        .body(full(&json!({"major": "1", "minor": minor,
+            "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+            "platform": "linux/amd64"})))
+        .unwrap()
 }
 
 fn full(v: &Value) -> RespBody {
@@ -509,6 +522,12 @@ impl FakeApiServer {
             ));
             return;
         }
+        if path == "/version" {
+            let response = version(st.minor_version.as_deref());
+            drop(st);
+            send.send_response(response);
+            return;
+        }
         let (collection, name, sub) = split_path(&path);
         if st.not_served.contains(&collection) {
             drop(st);
@@ -781,6 +800,11 @@ impl FakeApiServer {
 
     /// Stores `obj` as it is, without validation (an object stored before
     /// the CRD validated it, or by another version), and tells watchers.
+    /// What `GET /version` answers as the minor version (e.g. "29").
+    pub fn set_minor_version(&self, minor: &str) {
+        self.lock().minor_version = Some(minor.to_owned());
+    }
+
     pub fn put(&self, collection: &str, obj: Value) {
         let mut st = self.lock();
         let name = obj["metadata"]["name"]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod config;
+mod install;
 mod ipam;
 #[cfg(feature = "lab")]
 mod lab;
@@ -73,6 +74,20 @@ enum Cmd {
     /// adopted and what conflicts, then apply the cluster-side steps.
     #[command(subcommand)]
     Migrate(MigrateCmd),
+    /// Print the manifests of a whole cluster install for one setup (CRDs,
+    /// RBAC, admission policies, config, workloads, sample pools), built
+    /// from the same files as deploy/:
+    /// `overlayctl install [FLAGS] | kubectl apply -f -`. With --check,
+    /// check a cluster's readiness instead.
+    Install(install::InstallArgs),
+    /// Print how to remove overlay from a cluster: kubectl commands in an
+    /// order that removes routes and records while the programs that clean
+    /// them up still run, and the CRDs last. Changes nothing itself.
+    Uninstall {
+        /// Namespace overlay was installed into.
+        #[arg(long, default_value = overlay_bins::install::DEPLOY_NAMESPACE)]
+        namespace: String,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -181,6 +196,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Migrate(MigrateCmd::Plan(args)) => migrate::plan(args)?,
         Cmd::Migrate(MigrateCmd::Apply(args)) => migrate::apply(args)?,
         Cmd::Crds { out } => crds(out)?,
+        Cmd::Install(args) => return install::install(args),
+        Cmd::Uninstall { namespace } => install::uninstall(&namespace)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
