@@ -254,6 +254,9 @@ pub trait PoolStore: Send + Sync {
     /// either differs. `Ok(false)` when it was already gone.
     async fn delete_allocation(&self, a: &IpAllocation) -> Result<bool, StoreError>;
 
+    /// Every claim, read now.
+    async fn list_claims(&self) -> Result<Vec<IpClaim>, StoreError>;
+
     /// The claim named `name`, read now.
     async fn get_claim(&self, name: &str) -> Result<Option<IpClaim>, StoreError>;
 

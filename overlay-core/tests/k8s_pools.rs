@@ -166,6 +166,8 @@ async fn a_second_allocation_of_one_address_is_refused_as_already_existing() {
         store.get_claim(&c.name).await.unwrap().unwrap().address,
         c.address
     );
+    // Listed once, as it was first created.
+    assert_eq!(store.list_claims().await.unwrap(), vec![made]);
 }
 
 #[tokio::test]

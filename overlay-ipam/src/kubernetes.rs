@@ -44,7 +44,7 @@ use overlay_core::{IpamBackend, IpamError, Owner, Reservation, StoreError, Zone}
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::cache::{Cache, Step, new_allocation};
+use self::cache::{Cache, Step};
 use crate::pools::hold_end;
 
 /// The backend's name in logs, metrics and errors.
@@ -605,10 +605,4 @@ impl IpamBackend for KubernetesBackend {
         }
         Ok(out)
     }
-}
-
-/// A new live allocation of `ip` from pool `p` for `owner` (for tools that
-/// import reservations, such as `overlayctl ipam migrate`).
-pub fn allocation_for(p: &pool::ValidPool, owner: &Owner, ip: std::net::IpAddr) -> IpAllocation {
-    new_allocation(p, owner, ip)
 }

@@ -310,13 +310,9 @@ async fn addresses_taken_between_plan_and_apply_are_re_read() {
         ..pool("a", "dal10", net)
     };
     let valid = overlay_ipam::kubernetes::pool::ValidPool::check(&other).unwrap();
-    let a10 = overlay_ipam::kubernetes::allocation_for(
-        &valid,
-        &Owner::new("c2", "node-x"),
-        ip("192.0.2.10"),
-    );
+    let a10 = valid.allocation(&Owner::new("c2", "node-x"), ip("192.0.2.10"));
     store.create_allocation(&a10).await.unwrap();
-    let a11 = overlay_ipam::kubernetes::allocation_for(&valid, &owner("node-b"), ip("192.0.2.11"));
+    let a11 = valid.allocation(&owner("node-b"), ip("192.0.2.11"));
     store.create_allocation(&a11).await.unwrap();
 
     let report = apply_import(&store, &plan).await;

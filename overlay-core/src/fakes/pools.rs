@@ -320,6 +320,11 @@ impl PoolStore for MemoryPoolStore {
         Ok(true)
     }
 
+    async fn list_claims(&self) -> Result<Vec<IpClaim>, StoreError> {
+        self.count();
+        Ok(self.claims())
+    }
+
     async fn get_claim(&self, name: &str) -> Result<Option<IpClaim>, StoreError> {
         self.count();
         Ok(lock(&self.state).claims.get(name).cloned())

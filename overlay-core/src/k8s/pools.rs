@@ -640,6 +640,19 @@ impl PoolStore for KubePoolStore {
             .collect())
     }
 
+    async fn list_claims(&self) -> Result<Vec<IpClaim>, StoreError> {
+        let list = self
+            .claims
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_err(CLAIM, "", e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| lenient(CLAIM, o, decode_claim))
+            .collect())
+    }
+
     async fn list_pools(&self) -> Result<Vec<IpPool>, StoreError> {
         let list = self
             .pools

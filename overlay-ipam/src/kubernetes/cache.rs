@@ -324,7 +324,7 @@ impl Cache {
                     .get(zone)
                     .and_then(|ps| ps.iter().find(|p| p.assignable(c.address)).cloned());
                 Ok(match pool {
-                    Some(p) => Step::Allocate(new_allocation(&p, owner, c.address)),
+                    Some(p) => Step::Allocate(p.allocation(owner, c.address)),
                     None => Step::Unclaim(c.clone()),
                 })
             }
@@ -396,7 +396,7 @@ impl Cache {
                 None => {
                     self.cursors.insert(p.name.clone(), v);
                     self.pending.insert(name);
-                    return Some(Step::Allocate(new_allocation(p, owner, ip)));
+                    return Some(Step::Allocate(p.allocation(owner, ip)));
                 }
                 Some(a) if a.held_until.is_some_and(|t| t <= now) => {
                     return Some(Step::Delete(a.clone()));
@@ -405,24 +405,6 @@ impl Cache {
             }
         }
         None
-    }
-}
-
-/// A new, live allocation of `ip` in `p` for `owner`.
-pub(crate) fn new_allocation(p: &ValidPool, owner: &Owner, ip: std::net::IpAddr) -> IpAllocation {
-    let prefix = p.network().prefix();
-    IpAllocation {
-        name: allocation_name(ip),
-        resource_version: None,
-        uid: String::new(),
-        pool: p.name.clone(),
-        pool_uid: p.uid.clone(),
-        zone: p.zone.to_string(),
-        owner: owner.clone(),
-        address: ipnetwork::IpNetwork::new(ip, prefix)
-            .unwrap_or_else(|_| ipnetwork::IpNetwork::from(ip)),
-        gateway: p.gateway(),
-        held_until: None,
     }
 }
 

@@ -23,16 +23,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use futures::StreamExt;
-use overlay_core::ippool::{
-    IpAllocation, IpClaim, IpPool, PoolEvent, PoolStore, allocation_name, claim_name,
-};
+use overlay_core::ippool::{IpAllocation, IpClaim, IpPool, PoolStore, allocation_name, claim_name};
 use overlay_core::{Owner, StoreError};
 use serde::{Serialize, Serializer};
 
-use super::cache::new_allocation;
 use super::pool::{Judged, NotReady, ValidPool, judge};
 use crate::pools::{Entry, format_time};
 
@@ -41,9 +37,6 @@ const CLAIM: &str = "OverlayIPClaim";
 
 /// Where a user finds how to write a pool.
 pub const POOL_SAMPLE: &str = "deploy/samples/overlayippool.yaml";
-
-/// How long [`read_cluster`] waits for the list of claims.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the cluster holds, as an import plans from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,41 +49,13 @@ pub struct ClusterObjects {
     pub claims: Vec<IpClaim>,
 }
 
-/// Reads every pool and allocation (two lists) and every claim (the
-/// claims' list from the start of a watch, since the store has no list
-/// call for them), waiting at most [`READ_TIMEOUT`] for the claims.
+/// Reads every pool, allocation and claim (three lists).
 pub async fn read_cluster(store: &dyn PoolStore) -> Result<ClusterObjects, StoreError> {
-    let pools = store.list_pools().await?;
-    let allocations = store.list_allocations().await?;
-    let mut events = store.watch();
-    let claims = async {
-        while let Some(event) = events.next().await {
-            if let PoolEvent::Claims(claims) = event? {
-                return Ok(claims);
-            }
-        }
-        Err(unavailable("the watch ended before it listed the claims"))
-    };
-    let claims = tokio::time::timeout(READ_TIMEOUT, claims)
-        .await
-        .unwrap_or_else(|_| {
-            Err(unavailable(&format!(
-                "no list of claims within {READ_TIMEOUT:?}"
-            )))
-        })?;
     Ok(ClusterObjects {
-        pools,
-        allocations,
-        claims,
+        pools: store.list_pools().await?,
+        allocations: store.list_allocations().await?,
+        claims: store.list_claims().await?,
     })
-}
-
-fn unavailable(message: &str) -> StoreError {
-    StoreError::Unavailable {
-        kind: CLAIM.into(),
-        name: String::new(),
-        message: message.into(),
-    }
 }
 
 /// `held_until` as RFC 3339 in JSON.
@@ -405,7 +370,7 @@ impl Planner<'_> {
             Action::Create { claim: false }
         };
         if let Action::Create { .. } = out.action {
-            let mut a = new_allocation(&valid, &e.owner, ip);
+            let mut a = valid.allocation(&e.owner, ip);
             a.held_until = e.held_until;
             out.allocation = Some(a);
         }

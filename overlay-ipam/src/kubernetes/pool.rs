@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use overlay_core::ippool::{IpAllocation, IpPool, IpPoolStatus};
+use overlay_core::ippool::{IpAllocation, IpPool, IpPoolStatus, allocation_name};
 use overlay_core::parse::{parse_ip, parse_ip_with_prefix};
-use overlay_core::{Cidr, Zone};
+use overlay_core::{Cidr, Owner, Zone};
 
 use crate::pools::{PoolConfig, host_range, to_u128};
 
@@ -93,6 +93,24 @@ impl ValidPool {
     /// Whether the pool hands out `ip`.
     pub fn assignable(&self, ip: IpAddr) -> bool {
         self.config.assignable(ip) && !self.reserved_nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// A new, live allocation of `ip` from this pool for `owner` (named
+    /// after the address, with the pool's prefix length and gateway).
+    pub fn allocation(&self, owner: &Owner, ip: IpAddr) -> IpAllocation {
+        IpAllocation {
+            name: allocation_name(ip),
+            resource_version: None,
+            uid: String::new(),
+            pool: self.name.clone(),
+            pool_uid: self.uid.clone(),
+            zone: self.zone.to_string(),
+            owner: owner.clone(),
+            address: IpNetwork::new(ip, self.network().prefix())
+                .unwrap_or_else(|_| IpNetwork::from(ip)),
+            gateway: self.gateway(),
+            held_until: None,
+        }
     }
 
     /// The first and last host address, as integers.
