@@ -41,6 +41,7 @@ use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub mod api;
 pub mod images;
 mod migrate;
 

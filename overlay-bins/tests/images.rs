@@ -14,16 +14,11 @@
 //!
 //! The binaries talk to the project's fake API server (lists, watches,
 //! server-side apply, CRD validation), served over HTTP inside the
-//! namespaces (tests/images/api.rs). The images are not built here: run
+//! namespaces (`overlay_bins::lab::api`). The images are not built here: run
 //! `deploy/images/build.sh` first (CI does). Without podman or the images
 //! these tests skip, and fail under CI=true.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../../overlay-core/tests/support/mod.rs"]
-mod support;
-
-#[path = "images/api.rs"]
-mod api;
 #[path = "images/dns.rs"]
 mod dns;
 
@@ -34,8 +29,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use overlay_bins::lab::api;
 use overlay_bins::lab::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings};
 use overlay_testbed::{Netns, NodeWithGateway, privileged};
+use overlay_core::fakes::apiserver::{NODES, NOIPS, ROUTES};
 use serde_json::{Value, json};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -304,9 +301,9 @@ fn each_image_runs_as_its_manifest_says_with_the_workspaces_labels() {
 
 /// The NodeOverlayIp as the controller leaves it, and one StaticRoute.
 fn seed_agent_objects(api: &api::Api, node: &str, ip: &str) {
-    api.server.put(api::NODES, api::node(node, "zone-1", ip));
+    api.server.put(NODES, api::node(node, "zone-1", ip));
     api.server.put(
-        api::NOIPS,
+        NOIPS,
         json!({
             "apiVersion": "iks.ibm.com/v1alpha1", "kind": "NodeOverlayIp",
             "metadata": {"name": node, "finalizers": ["finalizer.iks.ibm.com"],
@@ -317,7 +314,7 @@ fn seed_agent_objects(api: &api::Api, node: &str, ip: &str) {
         }),
     );
     api.server.put(
-        api::ROUTES,
+        ROUTES,
         json!({
             "apiVersion": "iks.ibm.com/v1alpha1", "kind": "StaticRoute",
             "metadata": {"name": "onprem"},
@@ -328,7 +325,7 @@ fn seed_agent_objects(api: &api::Api, node: &str, ip: &str) {
 
 /// `status.routes[route].state` of `node`'s NodeOverlayIp.
 fn route_state(api: &api::Api, node: &str, route: &str) -> Option<String> {
-    let o = api.server.object(api::NOIPS, node)?;
+    let o = api.server.object(NOIPS, node)?;
     o["status"]["routes"]
         .as_array()?
         .iter()
@@ -404,7 +401,7 @@ async fn the_agent_image_programs_its_node_with_only_net_admin() {
     assert!(
         reported,
         "{:#?}\nagent log:\n{}",
-        api.server.object(api::NOIPS, "node-1"),
+        api.server.object(NOIPS, "node-1"),
         c.logs()
     );
     let user = image_config(&image)["User"].as_str().unwrap().to_owned();
@@ -447,7 +444,7 @@ impl ControllerServers {
             .unwrap()
             .unwrap();
         api.server
-            .put(api::NODES, api::node("node-1", "zone-1", "198.51.100.10"));
+            .put(NODES, api::node("node-1", "zone-1", "198.51.100.10"));
         let names = BTreeMap::from([("api.lab.test".to_owned(), api_ip)]);
         let dns = ns
             .run(|| rt.block_on(dns::Dns::start(SocketAddr::from((dns_ip, 53)), names)))
@@ -513,7 +510,7 @@ async fn the_controller_image_resolves_its_servers_by_name_and_reserves() {
         "the controller to record node-1's address",
         Duration::from_secs(30),
         || {
-            api.server.object(api::NOIPS, "node-1").is_some_and(|o| {
+            api.server.object(NOIPS, "node-1").is_some_and(|o| {
                 o["status"]["ipAddr"]
                     .as_str()
                     .is_some_and(|a| a.starts_with("192.0.2."))
@@ -525,11 +522,11 @@ async fn the_controller_image_resolves_its_servers_by_name_and_reserves() {
         reserved,
         "controller log:\n{}\nNodeOverlayIp: {:#?}",
         c.logs(),
-        api.server.object(api::NOIPS, "node-1")
+        api.server.object(NOIPS, "node-1")
     );
     eprintln!(
         "NodeOverlayIp: {}; DNS asked for {:?}",
-        api.server.object(api::NOIPS, "node-1").unwrap()["status"],
+        api.server.object(NOIPS, "node-1").unwrap()["status"],
         dns.asked()
     );
     assert!(

@@ -1,5 +1,5 @@
 //! `cargo bench -p overlay-core --bench status_scale`: StaticRoute status
-//! at scale, against the scripted API server (`tests/support/apiserver.rs`,
+//! at scale, against the scripted API server (`overlay_core::fakes::apiserver`,
 //! which records each field manager in `managedFields` like a real one).
 //!
 //! 5,000 Nodes and NodeOverlayIps (with addresses) are in the server; the
@@ -312,7 +312,7 @@ async fn new_design(n: usize) -> Figures {
     );
     let agent_watch = agent_routes.watch();
     assert!(agent_routes.list().await.unwrap().is_empty());
-    api.wait_for_watchers(ROUTES, 1).await;
+    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
     let agents = Arc::new(KubeOverlayIps::with_changes(
         client.clone(),
         None,
@@ -376,7 +376,7 @@ async fn original_design(n: usize) -> (Figures, usize) {
     let agent_routes =
         KubeStaticRoutes::new(client.clone(), node_field_manager(&node_name(0)), invalid);
     assert!(agent_routes.list().await.unwrap().is_empty());
-    api.wait_for_watchers(ROUTES, 1).await;
+    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
     let routes = routes_api(&client);
     let started = Instant::now();
     routes

@@ -626,16 +626,21 @@ pub struct OverlayIPClaimSpec {
     pub address: String,
 }
 
-/// Every CRD, as YAML documents by CRD name, in a stable order.
-pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_json::Error> {
-    let mut out = Vec::new();
-    for crd in [
+/// Every CRD, in a stable order.
+pub fn crds() -> [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition; 5] {
+    [
         NodeOverlayIp::crd(),
         StaticRoute::crd(),
         OverlayIPPool::crd(),
         OverlayIPAllocation::crd(),
         OverlayIPClaim::crd(),
-    ] {
+    ]
+}
+
+/// Every CRD, as YAML documents by CRD name, in a stable order.
+pub fn crds_yaml() -> Result<Vec<(String, String)>, serde_json::Error> {
+    let mut out = Vec::new();
+    for crd in crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let value = serde_json::to_value(&crd)?;
         out.push((name, to_yaml(&value)));

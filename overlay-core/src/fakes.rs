@@ -23,6 +23,8 @@ use crate::traits::{
     StaticRouteRecord, StaticRouteStore, StoreEvent,
 };
 
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 mod pools;
 pub use pools::MemoryPoolStore;
 

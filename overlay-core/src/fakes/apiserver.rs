@@ -25,7 +25,12 @@
 //!   readiness;
 //! - accounting for scale tests: write requests, the largest object per
 //!   collection, and the bytes sent on each watch connection.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//!
+//! Feature `apiserver`. Tests, benchmarks and `overlayctl lab --images`
+//! (which serves it over HTTP to the images) use it.
+
+mod schema;
+pub use schema::validate_object;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -49,9 +54,13 @@ type Chunk = Result<Frame<Bytes>, Infallible>;
 /// One request the server saw (watches included).
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// `GET`, `POST`, ...
     pub method: String,
+    /// Path and query.
     pub uri: String,
+    /// The `content-type` header (`""` when none).
     pub content_type: String,
+    /// The body as JSON (`null` when empty or not JSON).
     pub body: Value,
 }
 
@@ -74,7 +83,7 @@ struct State {
     /// Collections not served (their CRD is not installed): 404.
     not_served: std::collections::BTreeSet<String>,
     hold_lists: bool,
-    held: Vec<(String, tower_test::mock::SendResponse<Response<RespBody>>)>,
+    held: Vec<(http::Uri, tower_test::mock::SendResponse<Response<RespBody>>)>,
     /// `GET /version`'s `minor` (default 33).
     minor_version: Option<String>,
     /// Every watch connection ever opened: collection and bytes sent.
@@ -89,13 +98,20 @@ pub struct FakeApiServer {
     state: Arc<Mutex<State>>,
 }
 
+/// The collection of Nodes.
 pub const NODES: &str = "/api/v1/nodes";
+/// The collection of NodeOverlayIps.
 pub const NOIPS: &str = "/apis/iks.ibm.com/v1alpha1/nodeoverlayips";
+/// The collection of StaticRoutes.
 pub const ROUTES: &str = "/apis/iks.ibm.com/v1alpha1/staticroutes";
+/// The collection of OverlayIPPools.
 pub const POOLS: &str = "/apis/iks.ibm.com/v1alpha1/overlayippools";
+/// The collection of OverlayIPAllocations.
 pub const ALLOCATIONS: &str = "/apis/iks.ibm.com/v1alpha1/overlayipallocations";
+/// The collection of OverlayIPClaims.
 pub const CLAIMS: &str = "/apis/iks.ibm.com/v1alpha1/overlayipclaims";
 
+/// The collection of ConfigMaps in namespace `ns`.
 pub fn configmaps(ns: &str) -> String {
     format!("/api/v1/namespaces/{ns}/configmaps")
 }
@@ -130,38 +146,48 @@ fn query(uri: &http::Uri, key: &str) -> Option<String> {
 /// `GET /version`: Kubernetes 1.`minor` (default 1.33).
 fn version(minor: Option<&str>) -> Response<RespBody> {
     let minor = minor.unwrap_or("33");
-    Response::builder()
-        .body(full(&json!({"major": "1", "minor": minor,
-            "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "clean",
-            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
-            "platform": "linux/amd64"})))
-        .unwrap()
+    Response::new(full(&json!({"major": "1", "minor": minor,
+        "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+        "platform": "linux/amd64"})))
+}
+
+/// A response with status `code` (500 if `code` is no HTTP status).
+fn with_status(code: u16, body: RespBody) -> Response<RespBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r
 }
 
 fn full(v: &Value) -> RespBody {
-    Full::new(Bytes::from(serde_json::to_vec(v).unwrap())).boxed_unsync()
+    Full::new(Bytes::from(v.to_string())).boxed_unsync()
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code});
-    Response::builder().status(code).body(full(&body)).unwrap()
+    with_status(code, full(&body))
 }
 
 /// What a real API server answers for a path of an API group no installed
 /// CRD serves: 404 with a plain-text body, not a `Status` (kube turns it
 /// into an API error with code 404 all the same).
 fn not_served() -> Response<RespBody> {
-    Response::builder()
-        .status(404)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(b"404 page not found\n")).boxed_unsync())
-        .unwrap()
+    let mut r = with_status(
+        404,
+        Full::new(Bytes::from_static(b"404 page not found\n")).boxed_unsync(),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 fn event_bytes(type_: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
-    line.push(b'\n');
+    let mut line = json!({"type": type_, "object": object}).to_string();
+    line.push('\n');
     Bytes::from(line)
 }
 
@@ -382,10 +408,13 @@ impl FakeApiServer {
     /// generated schemas, and a client talking to it.
     pub fn start() -> (Self, Client) {
         let server = Self::default();
-        for crd in overlay_core::crd::crds_yaml().unwrap() {
-            let v: Value = serde_yaml::from_str(&crd.1).unwrap();
-            let plural = v["spec"]["names"]["plural"].as_str().unwrap().to_owned();
-            let schema = v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        for crd in crate::crd::crds() {
+            let plural = crd.spec.names.plural;
+            let Some(schema) = crd.spec.versions.first().and_then(|v| {
+                serde_json::to_value(v.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()
+            }) else {
+                continue;
+            };
             server
                 .lock()
                 .schemas
@@ -420,9 +449,7 @@ impl FakeApiServer {
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-        Response::builder()
-            .body(StreamBody::new(stream).boxed_unsync())
-            .unwrap()
+        Response::new(StreamBody::new(stream).boxed_unsync())
     }
 
     /// A PUT: Conflict on a stale resourceVersion or another object's uid,
@@ -468,7 +495,7 @@ impl FakeApiServer {
                     }
                 }
             }
-            let errors = super::schema::validate_object(schema, &obj);
+            let errors = validate_object(schema, &obj);
             if !errors.is_empty() {
                 return status(
                     422,
@@ -479,7 +506,7 @@ impl FakeApiServer {
         }
         Self::store(st, collection, obj, false);
         let stored = st.objects[collection][n].clone();
-        Response::builder().body(full(&stored)).unwrap()
+        Response::new(full(&stored))
     }
 
     /// What the server sets on a new object: a uid and a creation time
@@ -541,13 +568,13 @@ impl FakeApiServer {
             ("GET", None) if watch => Self::watch(&mut st, collection, selected),
             ("GET", None) => {
                 if st.hold_lists {
-                    st.held.push((uri.to_string(), send));
+                    st.held.push((uri.clone(), send));
                     return;
                 }
                 Self::list(&st, &collection, selected.as_deref())
             }
             ("GET", Some(n)) => match st.objects.get(&collection).and_then(|m| m.get(&n)) {
-                Some(o) => Response::builder().body(full(o)).unwrap(),
+                Some(o) => Response::new(full(o)),
                 None => status(404, "NotFound", &format!("{n} not found")),
             },
             // Leases are created and replaced like a real server does:
@@ -556,7 +583,7 @@ impl FakeApiServer {
             ("POST", None) if !collection.ends_with("/events") => {
                 Self::create(&mut st, &collection, body)
             }
-            ("POST", _) => Response::builder().body(full(&body)).unwrap(),
+            ("POST", _) => Response::new(full(&body)),
             ("PUT", Some(n)) => Self::replace(&mut st, &collection, &n, body),
             ("PATCH", Some(n)) => {
                 let manager = query(&uri, "fieldManager").unwrap_or_default();
@@ -588,7 +615,7 @@ impl FakeApiServer {
             .unwrap_or_default();
         let list = json!({"apiVersion": "v1", "kind": "List",
             "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
-        Response::builder().body(full(&list)).unwrap()
+        Response::new(full(&list))
     }
 
     /// A create: 409 `AlreadyExists` when the name is taken, 422 when the
@@ -611,7 +638,7 @@ impl FakeApiServer {
             );
         }
         if let Some(schema) = st.schemas.get(collection) {
-            let errors = super::schema::validate_object(schema, &body);
+            let errors = validate_object(schema, &body);
             if !errors.is_empty() {
                 return status(
                     422,
@@ -624,7 +651,7 @@ impl FakeApiServer {
         Self::server_fields(st, &mut body);
         Self::store(st, collection, body, true);
         let stored = st.objects[collection][&n].clone();
-        Response::builder().status(201).body(full(&stored)).unwrap()
+        with_status(201, full(&stored))
     }
 
     fn patch(
@@ -690,9 +717,9 @@ impl FakeApiServer {
             // that field alone.
             let before = current
                 .as_ref()
-                .map(|c| super::schema::validate_object(schema, c))
+                .map(|c| validate_object(schema, c))
                 .unwrap_or_default();
-            let errors: Vec<String> = super::schema::validate_object(schema, &obj)
+            let errors: Vec<String> = validate_object(schema, &obj)
                 .into_iter()
                 .filter(|e| !before.contains(e))
                 .collect();
@@ -705,7 +732,7 @@ impl FakeApiServer {
             }
         }
         Self::store(st, collection, obj.clone(), current.is_none());
-        Response::builder().body(full(&obj)).unwrap()
+        Response::new(full(&obj))
     }
 
     /// A DELETE: 404 when gone, 409 `Conflict` when the `preconditions`
@@ -747,7 +774,7 @@ impl FakeApiServer {
         } else {
             Self::remove(st, collection, name);
         }
-        Response::builder().body(full(&obj)).unwrap()
+        Response::new(full(&obj))
     }
 
     fn notify(st: &mut State, collection: &str, name: &str, type_: &str, obj: &Value) {
@@ -798,13 +825,13 @@ impl FakeApiServer {
 
     // --- what a test does to the server ---
 
-    /// Stores `obj` as it is, without validation (an object stored before
-    /// the CRD validated it, or by another version), and tells watchers.
     /// What `GET /version` answers as the minor version (e.g. "29").
     pub fn set_minor_version(&self, minor: &str) {
         self.lock().minor_version = Some(minor.to_owned());
     }
 
+    /// Stores `obj` as it is, without validation (an object stored before
+    /// the CRD validated it, or by another version), and tells watchers.
     pub fn put(&self, collection: &str, obj: Value) {
         let mut st = self.lock();
         let name = obj["metadata"]["name"]
@@ -883,7 +910,6 @@ impl FakeApiServer {
             std::mem::take(&mut st.held)
         };
         for (uri, send) in held {
-            let uri: http::Uri = uri.parse().unwrap();
             let (collection, _, _) = split_path(uri.path());
             let selected = query(&uri, "fieldSelector")
                 .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
@@ -901,12 +927,18 @@ impl FakeApiServer {
             .count()
     }
 
-    /// Waits until `collection` has at least `n` open watches.
-    pub async fn wait_for_watchers(&self, collection: &str, n: usize) {
-        wait_until(&format!("{n} watch(es) on {collection}"), || {
-            self.watchers(collection) >= n
-        })
-        .await;
+    /// Waits up to 10 s until `collection` has at least `n` open
+    /// watches; false when it has not.
+    #[must_use = "false: the watches were not opened in time"]
+    pub async fn wait_for_watchers(&self, collection: &str, n: usize) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.watchers(collection) < n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Every request so far.
@@ -989,16 +1021,4 @@ struct Write<'a> {
     name: &'a str,
     sub: Option<&'a str>,
     manager: &'a str,
-}
-
-/// Polls `cond` every 10 ms for up to 10 s; panics naming `what` on timeout.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

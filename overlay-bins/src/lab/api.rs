@@ -1,9 +1,10 @@
-//! The project's fake API server (overlay-core/tests/support/apiserver.rs:
+//! overlay-core's scripted API server (`overlay_core::fakes::apiserver`:
 //! lists, watches, server-side apply, finalizers, CRD validation) served
 //! over plain HTTP, so that a binary in a container reaches it with a
 //! kubeconfig: each request is handed to the server through a
 //! `kube::Client` (`Client::send`, a raw request) and its response,
-//! watches included, streamed back.
+//! watches included, streamed back. `overlayctl lab --images` and the
+//! image tests use it.
 
 use std::net::SocketAddr;
 
@@ -14,13 +15,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::support::apiserver::FakeApiServer;
+pub use overlay_core::fakes::apiserver::FakeApiServer;
 
-pub use crate::support::apiserver::{NODES, NOIPS, ROUTES};
-
+/// The scripted API server on a TCP socket; stops serving when dropped.
 pub struct Api {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The server, to put objects in and read them.
     pub server: FakeApiServer,
+    /// A client talking to it in this process, without HTTP.
+    pub client: kube::Client,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,26 +35,32 @@ impl Drop for Api {
 }
 
 impl Api {
-    /// Serves a fresh fake API server on `addr`; the socket is opened by
-    /// the calling thread (inside a namespace: served there).
+    /// Serves a fresh scripted API server on `addr`. The socket is opened
+    /// by the calling thread: inside a network namespace, it is served
+    /// there.
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
         let (server, client) = FakeApiServer::start();
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = Router::new().fallback(forward).with_state(client);
+        let app = Router::new().fallback(forward).with_state(client.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, server, task })
+        Ok(Self {
+            addr,
+            server,
+            client,
+            task,
+        })
     }
 }
 
 async fn forward(State(client): State<kube::Client>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "unreadable body").into_response();
     };
-    let mut out = http::Request::builder()
+    let mut out = axum::http::Request::builder()
         .method(parts.method)
         .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     for (k, v) in &parts.headers {
@@ -68,14 +78,15 @@ async fn forward(State(client): State<kube::Client>, req: Request) -> Response {
     }
 }
 
-/// A kubeconfig for `server` (e.g. `http://127.0.0.1:PORT`).
+/// A kubeconfig for `server` (e.g. `http://198.51.100.1:PORT`), with a
+/// placeholder token.
 pub fn kubeconfig(server: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: lab\n  user: {{token: not-a-secret}}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: lab}}\ncurrent-context: lab\n"
     )
 }
 
-/// Node `name` in `zone` with InternalIP `ip`.
+/// Node `name` in `zone` with InternalIP `ip`, as the API server holds it.
 pub fn node(name: &str, zone: &str, ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",

@@ -4,7 +4,6 @@
 //! `minimum`/`maximum`, `minLength`/`maxLength`, `maxItems`,
 //! `maxProperties`, and list-map key uniqueness. CEL rules are not
 //! evaluated here (the two the CRDs keep are checked by the Rust parsers).
-#![allow(dead_code)]
 
 use serde_json::Value;
 
