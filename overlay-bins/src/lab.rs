@@ -33,8 +33,8 @@ use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
-    Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo, Owner,
-    RouteState, StaticRouteRule, StoreError,
+    Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo,
+    OverlayIpRecord, Owner, RouteState, StaticRouteRule, StoreError,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
@@ -42,6 +42,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub mod api;
+mod containers;
 pub mod images;
 mod migrate;
 
@@ -51,6 +52,8 @@ pub const ONPREM_HOST: &str = "203.0.113.10";
 pub const ONPREM_SUBNET: &str = "203.0.113.0/24";
 /// The private network's stand-in (10.0.0.0/8 in a real cluster).
 pub const PRIVATE_NETWORK: &str = "198.18.0.0/16";
+/// The gateway's address on the nodes' VLAN (the API server and the
+/// emulator listen there with `--images`).
 const VLAN_GW: &str = "198.51.100.1";
 
 /// Which IPAM the lab's controller uses.
@@ -112,6 +115,11 @@ pub struct LabOptions {
     pub ipam_config: Option<PathBuf>,
     /// How long to wait for convergence.
     pub timeout: Duration,
+    /// Run the controller and agents as the images `deploy/images/build.sh`
+    /// built (`overlay-controller:VERSION`, `overlay-agent:VERSION`), under
+    /// podman with the user, capabilities and read-only root `deploy/`
+    /// declares, talking to a scripted API server served in the lab.
+    pub images: bool,
 }
 
 impl LabOptions {
@@ -139,6 +147,7 @@ impl Default for LabOptions {
             ipam: IpamChoice::Embedded,
             ipam_config: None,
             timeout: Duration::from_secs(30),
+            images: false,
         }
     }
 }
@@ -287,6 +296,9 @@ impl LabReport {
 
 /// The zones and nodes the lab will build, for `--dry-run` and for the run.
 pub fn plan(opts: &LabOptions) -> Result<(Vec<ZonePlan>, Vec<NodePlan>), String> {
+    if let Some(why) = opts.images.then(|| containers::unsupported(opts)).flatten() {
+        return Err(why);
+    }
     if !(1..=50).contains(&opts.nodes) {
         return Err(format!(
             "--nodes {} is out of range: use 1 to 50",
@@ -414,8 +426,9 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
             }
         );
     }
-    if opts.scenario == Some(Scenario::Migrate) {
-        let _ = writeln!(s, "{}", migrate::describe());
+    let migrating = opts.scenario == Some(Scenario::Migrate);
+    for extra in [migrating.then(migrate::describe), opts.images.then(containers::describe)] {
+        let _ = extra.map(|e| writeln!(s, "{e}"));
     }
     let _ = writeln!(
         s,
@@ -945,6 +958,9 @@ async fn run_stoppable(
     let (mut zones, mut node_plan) = plan(opts)?;
     stop.check()?;
     preflight()?;
+    if opts.images {
+        containers::preflight()?;
+    }
     let stale = overlay_testbed::remove_stale_namespaces();
     if !stale.is_empty() {
         progress(&describe_stale(&stale));
@@ -1002,14 +1018,21 @@ async fn run_stoppable(
     Ok(report)
 }
 
+/// A running lab: in-process, the in-memory stores, the IPAM and the
+/// reconcilers' tasks; with `--images`, the served API server and the
+/// containers.
 struct Running {
     nodes: MemoryNodes,
     ips: MemoryOverlayIps,
     routes: MemoryStaticRoutes,
-    ipam: Arc<dyn IpamBackend>,
+    ipam: Option<Arc<dyn IpamBackend>>,
     agents: BTreeMap<String, JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     started: Instant,
+    /// With `--images`: what the containers talk to.
+    served: Option<containers::Served>,
+    /// With `--images`: the agent containers by node.
+    containers: BTreeMap<String, containers::Container>,
 }
 
 impl Running {
@@ -1019,10 +1042,109 @@ impl Running {
             nodes: MemoryNodes::new(),
             ips: MemoryOverlayIps::new(),
             routes: MemoryStaticRoutes::new(),
-            ipam,
+            ipam: Some(ipam),
             agents: BTreeMap::new(),
             tasks: Vec::new(),
             started: Instant::now(),
+            served: None,
+            containers: BTreeMap::new(),
+        }
+    }
+
+    /// Over the served API; no container started yet.
+    fn served(served: containers::Served) -> Self {
+        Self {
+            nodes: MemoryNodes::new(),
+            ips: MemoryOverlayIps::new(),
+            routes: MemoryStaticRoutes::new(),
+            ipam: None,
+            agents: BTreeMap::new(),
+            tasks: Vec::new(),
+            started: Instant::now(),
+            served: Some(served),
+            containers: BTreeMap::new(),
+        }
+    }
+
+    /// The NodeOverlayIps, from the stores or the served API.
+    fn overlay_ips(&self) -> Vec<OverlayIpRecord> {
+        match &self.served {
+            Some(s) => s.overlay_ips(),
+            None => self.ips.snapshot(),
+        }
+    }
+
+    /// The StaticRoutes' names.
+    fn route_names(&self) -> std::collections::BTreeSet<String> {
+        match &self.served {
+            Some(s) => s.route_names().into_iter().collect(),
+            None => self.routes.snapshot().into_iter().map(|r| r.name).collect(),
+        }
+    }
+
+    fn add_node(&self, name: &str, zone: &str, ip: &str) -> Result<(), String> {
+        match &self.served {
+            Some(s) => s.add_node(name, zone, ip),
+            None => self.nodes.upsert(node_info(name, zone, ip)?),
+        }
+        Ok(())
+    }
+
+    /// Deletes Node `name` and stops its agent.
+    fn remove_node(&mut self, name: &str) {
+        match &self.served {
+            Some(s) => s.remove_node(name),
+            None => {
+                self.nodes.remove(name);
+            }
+        }
+        if let Some(h) = self.agents.remove(name) {
+            h.abort();
+        }
+        self.containers.remove(name);
+    }
+
+    /// Creates the `i`th StaticRoute.
+    fn apply_route(&self, i: usize) -> Result<(), String> {
+        let (name, spec) = route_spec(i, GatewayChoice::Overlay)?;
+        match &self.served {
+            Some(s) => s.apply_route(&name, &spec.subnet.to_string()),
+            None => self.routes.apply(&name, Ok(spec)),
+        }
+        Ok(())
+    }
+
+    async fn delete_route(&self, name: &str) -> Result<(), String> {
+        match &self.served {
+            Some(s) => s.delete_route(name).await,
+            None => {
+                self.routes.delete(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts `name`'s agent (in-process, or its image) in `ns`.
+    async fn start_agent(&mut self, name: &str, ip: &str, ns: &Netns) -> Result<(), String> {
+        match &self.served {
+            Some(s) => {
+                let c = s.start_agent(name, ip, ns)?;
+                self.containers.insert(name.to_owned(), c);
+            }
+            None => {
+                let h = start_agent(name, ns, None, self).await?;
+                self.agents.insert(name.to_owned(), h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `owner` holds no live address any more.
+    async fn released(&self, owner: &Owner) -> bool {
+        match (&self.served, &self.ipam) {
+            (Some(s), _) => s.released(owner),
+            (None, Some(ipam)) => matches!(ipam.lookup(owner, None).await, Ok(None)),
+            (None, None) => false,
         }
     }
 }
@@ -1037,6 +1159,9 @@ impl Drop for Running {
 
 /// Starts the controller over `r`'s stores, releasing with `hold_down`.
 fn start_controller(r: &mut Running, hold_down: Duration) {
+    let Some(ipam) = r.ipam.clone() else {
+        return;
+    };
     let controller = Arc::new(
         Controller::new(
             ControllerConfig {
@@ -1046,7 +1171,7 @@ fn start_controller(r: &mut Running, hold_down: Duration) {
             },
             ControllerParts {
                 nodes: Arc::new(r.nodes.clone()),
-                ipam: r.ipam.clone(),
+                ipam,
                 overlay_ips: Arc::new(r.ips.clone()),
                 routes: Arc::new(r.routes.clone()),
             },
@@ -1109,7 +1234,35 @@ async fn run_in(
         let (report, _alive) = migrate::run(opts, zones, topo, stop).await?;
         return hold(opts, topo, report, on_ready).await;
     }
-    let (ipam, _keepalive) = if opts.legacy {
+    let (mut r, _keepalive) = if opts.images {
+        (start_images(opts, zones, topo).await?, None)
+    } else {
+        start_in_process(opts, zones, topo).await?
+    };
+    let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
+    let converged = wait_converged(opts, &r, &names, topo).await?;
+    if let Some(served) = r.served.as_ref().filter(|_| converged.len() < names.len()) {
+        progress(&containers::logs(served, &r.containers));
+    }
+    let mut report = LabReport {
+        rows: ping_all(opts, &r, topo, &converged, stop).await?,
+        namespaces: topo.names(),
+        ..Default::default()
+    };
+    if opts.scenario == Some(Scenario::Churn) {
+        churn(opts, &mut r, topo, &mut report, stop).await?;
+    }
+    hold(opts, topo, report, on_ready).await
+}
+
+/// Starts the in-process lab: the stores, the IPAM, the controller (not in
+/// the legacy mode) and an agent per node.
+async fn start_in_process(
+    opts: &LabOptions,
+    zones: &[ZonePlan],
+    topo: &Topology,
+) -> Result<(Running, KeepAlive), String> {
+    let (ipam, keepalive) = if opts.legacy {
         ipam_for(
             &LabOptions {
                 ipam: IpamChoice::Embedded,
@@ -1123,12 +1276,11 @@ async fn run_in(
     };
     let mut r = Running::new(ipam);
     for (name, zone, ip, _) in &topo.nodes {
-        r.nodes.upsert(node_info(name, zone, ip)?);
+        r.add_node(name, zone, ip)?;
     }
     if !opts.legacy {
         for i in 0..opts.routes {
-            let (name, spec) = route_spec(i, GatewayChoice::Overlay)?;
-            r.routes.apply(&name, Ok(spec));
+            r.apply_route(i)?;
         }
         start_controller(&mut r, ControllerConfig::new("lab").hold_down);
         progress("controller started (in-memory nodes, IPAM pools per zone)");
@@ -1143,18 +1295,28 @@ async fn run_in(
         "{} agents started, one per node namespace",
         topo.nodes.len()
     ));
+    Ok((r, keepalive))
+}
 
-    let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
-    let converged = wait_converged(opts, &r, &names, topo).await?;
-    let mut report = LabReport {
-        rows: ping_all(opts, &r, topo, &converged, stop).await?,
-        namespaces: topo.names(),
-        ..Default::default()
-    };
-    if opts.scenario == Some(Scenario::Churn) {
-        churn(opts, &mut r, topo, &mut report, stop).await?;
+/// Starts the lab of `--images`: the served API server (and IPAM), the
+/// controller image in the gateway namespace and an agent image per node.
+async fn start_images(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Result<Running, String> {
+    let mut served = containers::Served::start(opts, zones, &topo.gw, &topo.nodes).await?;
+    served.start_controller(&topo.gw)?;
+    let mut r = Running::served(served);
+    for i in 0..opts.routes {
+        r.apply_route(i)?;
     }
-    hold(opts, topo, report, on_ready).await
+    r.started = Instant::now();
+    for (name, _, ip, ns) in &topo.nodes {
+        r.start_agent(name, ip, ns).await?;
+    }
+    progress(&format!(
+        "{} agent images started in {} ms, one per node namespace",
+        topo.nodes.len(),
+        r.started.elapsed().as_millis()
+    ));
+    Ok(r)
 }
 
 /// With `--hold`: hands the report to `on_ready` and stays up until the
@@ -1204,8 +1366,7 @@ async fn wait_converged(
             )
         } else {
             let with_ip = r
-                .ips
-                .snapshot()
+                .overlay_ips()
                 .iter()
                 .filter(|x| x.ip_addr.is_some())
                 .count();
@@ -1248,19 +1409,17 @@ async fn node_converged(opts: &LabOptions, r: &Running, name: &str, topo: &Topol
             })
             .unwrap_or(false);
     }
-    let rec_ok = r.ips.snapshot().iter().any(|x| {
+    let rec_ok = r.overlay_ips().iter().any(|x| {
         x.name == name && x.ip_addr.is_some() && x.agent.as_ref().is_some_and(|a| a.configured)
     });
-    let routes = r.routes.snapshot().len();
+    let routes = r.route_names().len();
     rec_ok && routes >= opts.routes && applied_routes(r, name) == routes
 }
 
 /// How many StaticRoutes `node` reports Applied in its NodeOverlayIp.
 fn applied_routes(r: &Running, node: &str) -> usize {
-    let names: std::collections::BTreeSet<String> =
-        r.routes.snapshot().into_iter().map(|sr| sr.name).collect();
-    r.ips
-        .snapshot()
+    let names = r.route_names();
+    r.overlay_ips()
         .into_iter()
         .find(|x| x.name == node)
         .and_then(|x| x.agent)
@@ -1287,7 +1446,7 @@ async fn ping_all(
         let (address, gateway, src) = if opts.legacy {
             (format!("{ip}/24"), VLAN_GW.to_owned(), ip.clone())
         } else {
-            let rec = r.ips.snapshot().into_iter().find(|x| &x.name == name);
+            let rec = r.overlay_ips().into_iter().find(|x| &x.name == name);
             let addr = rec.as_ref().and_then(|x| x.ip_addr);
             let gw = rec
                 .as_ref()
@@ -1346,18 +1505,14 @@ async fn churn(
     let owner = Owner::new("lab", victim.clone());
     // 1. Delete a node: its NodeOverlayIp goes and the address is released.
     progress(&format!("churn: deleting node {victim}"));
-    r.nodes.remove(&victim);
-    if let Some(h) = r.agents.remove(&victim) {
-        h.abort();
-    }
-    let ipam = r.ipam.clone();
-    let ips = r.ips.clone();
+    r.remove_node(&victim);
+    let running: &Running = r;
     let released = wait_for(
         &format!("{victim}'s address to be released"),
         opts.timeout,
         async || {
-            !ips.snapshot().iter().any(|x| x.name == victim)
-                && matches!(ipam.lookup(&owner, None).await, Ok(None))
+            !running.overlay_ips().iter().any(|x| x.name == victim)
+                && running.released(&owner).await
         },
     )
     .await;
@@ -1368,8 +1523,7 @@ async fn churn(
 
     // 2. Delete the on-prem route: removed from every remaining node.
     progress("churn: deleting StaticRoute onprem");
-    r.routes.delete("onprem");
-    let routes = r.routes.clone();
+    r.delete_route("onprem").await?;
     let others: Vec<&Netns> = topo
         .nodes
         .iter()
@@ -1380,7 +1534,7 @@ async fn churn(
         "the onprem route to leave every node and the StaticRoute to be deleted",
         opts.timeout,
         async || {
-            routes.get("onprem").is_none()
+            !running.route_names().contains("onprem")
                 && others.iter().all(|ns| {
                     ns.routes(&[])
                         .map(|rs| !rs.iter().any(|l| l.starts_with(ONPREM_SUBNET)))
@@ -1398,12 +1552,10 @@ async fn churn(
     progress(&format!(
         "churn: adding node {victim} and StaticRoute onprem back"
     ));
-    r.nodes.upsert(node_info(&victim, &zone, &ip)?);
-    let (name, spec) = route_spec(0, GatewayChoice::Overlay)?;
-    r.routes.apply(&name, Ok(spec));
+    r.add_node(&victim, &zone, &ip)?;
+    r.apply_route(0)?;
     let ns = topo.node(&victim).ok_or("victim namespace")?;
-    let h = start_agent(&victim, ns, None, r).await?;
-    r.agents.insert(victim.clone(), h);
+    r.start_agent(&victim, &ip, ns).await?;
     r.started = Instant::now();
     let names: Vec<String> = topo.nodes.iter().map(|n| n.0.clone()).collect();
     let converged = wait_converged(opts, r, &names, topo).await?;

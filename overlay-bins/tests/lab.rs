@@ -91,6 +91,7 @@ async fn the_lab_passes_in_every_mode_and_leaves_nothing_behind() {
     lab_passes_with_the_ipam_emulator().await;
     lab_passes_with_kubernetes_pools().await;
     lab_passes_with_phpipam().await;
+    lab_passes_with_the_images().await;
 
     assert_eq!(before, host(), "the lab changed the host's links or routes");
 }
@@ -162,6 +163,85 @@ async fn lab_passes_with_kubernetes_pools() {
         r.table()
     );
     assert_nothing_left();
+}
+
+/// Whether podman and both images are here; otherwise skips, or fails
+/// under CI=true (CI builds them with deploy/images/build.sh first).
+fn images_ready(what: &str) -> bool {
+    let version = env!("CARGO_PKG_VERSION");
+    let missing: Vec<String> = ["overlay-controller", "overlay-agent"]
+        .iter()
+        .map(|b| format!("{b}:{version}"))
+        .filter(|i| {
+            !Command::new("podman")
+                .args(["image", "exists", i])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "needs podman and the images {}: build them with deploy/images/build.sh",
+        missing.join(" and ")
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what}: {why}; CI=true, so this fails instead of skipping"
+    );
+    eprintln!("SKIP {what}: {why} (set CI=true to make this a failure)");
+    false
+}
+
+/// This process's lab containers (`overlay-lab-<pid>-…`), running or not.
+fn lab_containers() -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let prefix = format!("overlay-lab-{}-", std::process::id());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--images`: the controller and agent images, with the settings of
+/// deploy/'s workloads, pass the churn scenario with every IPAM the images
+/// can reach, and no container is left.
+async fn lab_passes_with_the_images() {
+    if !images_ready("lab_passes_with_the_images") {
+        return;
+    }
+    for ipam in [
+        IpamChoice::Embedded,
+        IpamChoice::Emulator,
+        IpamChoice::Kubernetes,
+    ] {
+        let started = Instant::now();
+        let r = lab_passes(LabOptions {
+            images: true,
+            ipam,
+            scenario: Some(Scenario::Churn),
+            nodes: 4,
+            ..Default::default()
+        })
+        .await;
+        println!(
+            "--images --ipam {ipam:?} --scenario churn --nodes 4: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.checks.len(), 3, "{}", r.table());
+        assert!(
+            r.rows.iter().all(|x| x.address.starts_with("192.0.2.")),
+            "{}",
+            r.table()
+        );
+        assert_nothing_left();
+        assert_eq!(lab_containers(), Vec::<String>::new(), "containers left");
+    }
 }
 
 /// `--ipam phpipam` against a phpIPAM server (the emulator standing in):
@@ -273,6 +353,50 @@ fn dry_run_describes_the_plan_without_root() {
     ] {
         let e = overlay_bins::lab::describe(&opts).unwrap_err();
         assert!(e.contains(flag), "{e}");
+    }
+}
+
+/// `--images --dry-run` names the images and the settings they run with;
+/// what the images cannot run is refused up front, naming the flag.
+#[test]
+fn images_dry_run_names_the_settings_and_refuses_what_it_cannot_run() {
+    let images = overlay_bins::lab::describe(&LabOptions {
+        images: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        images.contains("overlay-agent:") && images.contains("--cap-add=NET_ADMIN"),
+        "{images}"
+    );
+    for (opts, flag) in [
+        (
+            LabOptions {
+                images: true,
+                legacy: true,
+                ..Default::default()
+            },
+            "--legacy",
+        ),
+        (
+            LabOptions {
+                images: true,
+                scenario: Some(Scenario::Migrate),
+                ..Default::default()
+            },
+            "--scenario migrate",
+        ),
+        (
+            LabOptions {
+                images: true,
+                ipam: IpamChoice::Phpipam,
+                ..Default::default()
+            },
+            "--ipam emulator",
+        ),
+    ] {
+        let e = overlay_bins::lab::describe(&opts).unwrap_err();
+        assert!(e.contains(flag) && e.contains("--images"), "{e}");
     }
 }
 

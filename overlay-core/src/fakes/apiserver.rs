@@ -855,6 +855,15 @@ impl FakeApiServer {
         self.lock().objects.get(collection)?.get(name).cloned()
     }
 
+    /// Every object of `collection`, as stored, by name.
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .get(collection)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Sends a BOOKMARK with the current resourceVersion to every watch.
     pub fn bookmark(&self) {
         let mut st = self.lock();

@@ -43,6 +43,15 @@ pub struct LabArgs {
     /// the run (exit status 1).
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Run the controller and agents as the images deploy/images/build.sh
+    /// built (overlay-controller:VERSION, overlay-agent:VERSION), under
+    /// podman with the user, capabilities and read-only root deploy/
+    /// declares: the controller in the gateway namespace, an agent in each
+    /// node namespace, talking to a scripted API server served in the lab.
+    /// With --ipam embedded (state file on a volume), emulator or
+    /// kubernetes; not with --legacy or --scenario migrate.
+    #[arg(long)]
+    images: bool,
     /// Print the plan and change nothing (no root needed).
     #[arg(long)]
     dry_run: bool,
@@ -62,6 +71,7 @@ pub fn lab(args: LabArgs) -> Result<ExitCode, String> {
         ipam: args.ipam,
         ipam_config: args.ipam_config,
         timeout: std::time::Duration::from_secs(args.timeout),
+        images: args.images,
     };
     if args.dry_run {
         print!("{}", overlay_bins::lab::describe(&opts)?);
