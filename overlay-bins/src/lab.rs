@@ -33,8 +33,8 @@ use overlay_core::agent::{Agent, AgentConfig, AgentParts};
 use overlay_core::controller::{Controller, ControllerConfig, ControllerParts};
 use overlay_core::fakes::{MemoryEvents, MemoryNodes, MemoryOverlayIps, MemoryStaticRoutes};
 use overlay_core::{
-    Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo,
-    OverlayIpRecord, Owner, RouteState, StaticRouteRule, StoreError,
+    Cidr, GatewayChoice, IpamBackend, LabelSelector, LegacyRouteSource, NodeInfo, OverlayIpRecord,
+    Owner, RouteState, StaticRouteRule, StoreError,
 };
 use overlay_netlink::{NetlinkProgrammer, ProgrammerConfig};
 use overlay_testbed::{AddressPolicy, Netns, StaleNamespace};
@@ -363,9 +363,8 @@ fn plan_nodes(n: usize, zones: &[ZonePlan]) -> Vec<NodePlan> {
         .collect()
 }
 
-/// The plan as text (for `--dry-run`).
-pub fn describe(opts: &LabOptions) -> Result<String, String> {
-    let (zones, nodes) = plan(opts)?;
+/// The namespaces the lab builds, as `--dry-run` lists them.
+fn describe_namespaces(zones: &[ZonePlan], nodes: &[NodePlan]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -392,13 +391,20 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
         name: n,
         zone: z,
         ip,
-    } in &nodes
+    } in nodes
     {
         let _ = writeln!(
             s,
             "  {n:<8} eth0 {ip}/24 on the VLAN, zone {z}, route {PRIVATE_NETWORK} via {VLAN_GW}"
         );
     }
+    s
+}
+
+/// The plan as text (for `--dry-run`).
+pub fn describe(opts: &LabOptions) -> Result<String, String> {
+    let (zones, nodes) = plan(opts)?;
+    let mut s = describe_namespaces(&zones, &nodes);
     if opts.legacy {
         let _ = writeln!(
             s,
@@ -427,7 +433,10 @@ pub fn describe(opts: &LabOptions) -> Result<String, String> {
         );
     }
     let migrating = opts.scenario == Some(Scenario::Migrate);
-    for extra in [migrating.then(migrate::describe), opts.images.then(containers::describe)] {
+    for extra in [
+        migrating.then(migrate::describe),
+        opts.images.then(containers::describe),
+    ] {
         let _ = extra.map(|e| writeln!(s, "{e}"));
     }
     let _ = writeln!(
@@ -1300,7 +1309,11 @@ async fn start_in_process(
 
 /// Starts the lab of `--images`: the served API server (and IPAM), the
 /// controller image in the gateway namespace and an agent image per node.
-async fn start_images(opts: &LabOptions, zones: &[ZonePlan], topo: &Topology) -> Result<Running, String> {
+async fn start_images(
+    opts: &LabOptions,
+    zones: &[ZonePlan],
+    topo: &Topology,
+) -> Result<Running, String> {
     let mut served = containers::Served::start(opts, zones, &topo.gw, &topo.nodes).await?;
     served.start_controller(&topo.gw)?;
     let mut r = Running::served(served);

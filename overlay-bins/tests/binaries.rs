@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::time::Duration;
 
 use overlay_core::metrics::prometheus::PrometheusMetrics;
 
@@ -225,6 +226,93 @@ async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
         !out.status.success(),
         "subnet 999 does not exist, so the check fails: {text}"
     );
+}
+
+/// `overlayctl ipam release` (the uninstall's step 3) frees this cluster's
+/// phpIPAM entries, live and held, and leaves every other cluster's; with
+/// `--dry-run` it only lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_release_frees_this_clusters_addresses_and_nothing_else() {
+    use overlay_core::{Owner, Zone};
+    use overlay_ipam::emulator::{Emulator, EmulatorConfig};
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let (user, pass) = EmulatorConfig::default().users[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("u"), user).unwrap();
+    std::fs::write(dir.path().join("p"), pass).unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, format!(
+        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {{dal10: [1]}}\n  usernameFile: {}\n  passwordFile: {}\n",
+        emu.url(), dir.path().join("u").display(), dir.path().join("p").display())).unwrap();
+    let backend = |cluster: &str| {
+        let mut c = overlay_ipam::config::IpamConfig::load(&cfg).unwrap();
+        c.cluster_id = Some(cluster.into());
+        c.build().unwrap()
+    };
+    let (c1, c2) = (backend("c1"), backend("c2"));
+    let zone = Zone::parse("zone", "dal10").unwrap();
+    c1.reserve(&Owner::new("c1", "node-a"), &zone)
+        .await
+        .unwrap();
+    let b = c1
+        .reserve(&Owner::new("c1", "node-b"), &zone)
+        .await
+        .unwrap();
+    c1.release(&b, Duration::from_secs(3600)).await.unwrap();
+    c2.reserve(&Owner::new("c2", "node-a"), &zone)
+        .await
+        .unwrap();
+    let release = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+            .args(["ipam", "release", "--config", cfg.to_str().unwrap()])
+            .args(extra)
+            .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = release(&["--cluster-id", "c1", "--dry-run"]);
+    assert!(
+        ok && text.contains("2 address(es) of cluster c1 would release"),
+        "{text}"
+    );
+    assert!(
+        text.contains("held, node node-b") && text.contains("live, node node-a"),
+        "{text}"
+    );
+    assert_eq!(
+        c1.list().await.unwrap().len(),
+        2,
+        "--dry-run changed nothing"
+    );
+    let (ok, text) = release(&["--cluster-id", "c1"]);
+    assert!(
+        ok && text.contains("2 address(es) of cluster c1 released"),
+        "{text}"
+    );
+    assert_eq!(c1.list().await.unwrap(), vec![], "{text}");
+    assert_eq!(
+        c2.list().await.unwrap().len(),
+        1,
+        "another cluster's entry stays"
+    );
+    let (ok, text) = release(&["--cluster-id", "c1"]);
+    assert!(
+        ok && text.contains("0 address(es)"),
+        "again: nothing left, {text}"
+    );
+    // No cluster id anywhere: the error says what to give.
+    let (ok, text) = release(&[]);
+    assert!(!ok && text.contains("--cluster-id"), "{text}");
+    // Kubernetes IPAM: nothing to do here, and it says where they go.
+    std::fs::write(&cfg, "kubernetes: {}\n").unwrap();
+    let (ok, text) = release(&[]);
+    assert!(ok && text.contains("OverlayIPAllocations"), "{text}");
 }
 
 #[test]

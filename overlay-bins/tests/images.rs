@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use overlay_bins::lab::api;
 use overlay_bins::lab::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings};
-use overlay_testbed::{Netns, NodeWithGateway, privileged};
 use overlay_core::fakes::apiserver::{NODES, NOIPS, ROUTES};
+use overlay_testbed::{Netns, NodeWithGateway, privileged};
 use serde_json::{Value, json};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -312,7 +312,10 @@ async fn new_design(n: usize) -> Figures {
     );
     let agent_watch = agent_routes.watch();
     assert!(agent_routes.list().await.unwrap().is_empty());
-    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
+    assert!(
+        api.wait_for_watchers(ROUTES, 1).await,
+        "no watch on {ROUTES}"
+    );
     let agents = Arc::new(KubeOverlayIps::with_changes(
         client.clone(),
         None,
@@ -376,7 +379,10 @@ async fn original_design(n: usize) -> (Figures, usize) {
     let agent_routes =
         KubeStaticRoutes::new(client.clone(), node_field_manager(&node_name(0)), invalid);
     assert!(agent_routes.list().await.unwrap().is_empty());
-    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
+    assert!(
+        api.wait_for_watchers(ROUTES, 1).await,
+        "no watch on {ROUTES}"
+    );
     let routes = routes_api(&client);
     let started = Instant::now();
     routes

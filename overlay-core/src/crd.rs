@@ -627,7 +627,9 @@ pub struct OverlayIPClaimSpec {
 }
 
 /// Every CRD, in a stable order.
-pub fn crds() -> [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition; 5] {
+pub fn crds()
+-> [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition; 5]
+{
     [
         NodeOverlayIp::crd(),
         StaticRoute::crd(),

@@ -681,7 +681,10 @@ async fn watches_deliver_added_modified_deleted_and_survive_bookmarks() {
     );
     let mut watch = store.watch();
     assert!(store.list().await.unwrap().is_empty());
-    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
+    assert!(
+        api.wait_for_watchers(ROUTES, 1).await,
+        "no watch on {ROUTES}"
+    );
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), watch.next())
             .await
@@ -725,7 +728,10 @@ async fn a_410_gone_forces_a_relist_that_sees_what_changed_meanwhile() {
         InvalidObjects::default(),
     );
     assert_eq!(store.list().await.unwrap().len(), 1);
-    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
+    assert!(
+        api.wait_for_watchers(ROUTES, 1).await,
+        "no watch on {ROUTES}"
+    );
     let lists = api
         .requests("GET", "/staticroutes?")
         .iter()
@@ -821,8 +827,11 @@ async fn a_malformed_object_in_a_watch_event_costs_only_itself() {
     let ips = KubeOverlayIps::new(client, None, invalid.clone());
     assert!(routes.list().await.unwrap().is_empty());
     assert!(ips.list().await.unwrap().is_empty());
-    assert!(api.wait_for_watchers(ROUTES, 1).await, "no watch on {}", ROUTES);
-    assert!(api.wait_for_watchers(NOIPS, 1).await, "no watch on {}", NOIPS);
+    assert!(
+        api.wait_for_watchers(ROUTES, 1).await,
+        "no watch on {ROUTES}"
+    );
+    assert!(api.wait_for_watchers(NOIPS, 1).await, "no watch on {NOIPS}");
 
     for r in malformed_routes() {
         api.put(ROUTES, r);
@@ -931,7 +940,10 @@ async fn a_static_route_watch_ignores_status_only_changes() {
     );
     let mut watch = agent_view.watch();
     assert_eq!(agent_view.list().await.unwrap().len(), 1);
-    assert!(api.wait_for_watchers(ROUTES, 2).await, "no watch on {}", ROUTES);
+    assert!(
+        api.wait_for_watchers(ROUTES, 2).await,
+        "no watch on {ROUTES}"
+    );
     assert!(matches!(
         next_event(&mut watch, Duration::from_secs(5)).await,
         Some(StoreEvent::Restarted(_))
@@ -984,7 +996,7 @@ async fn a_node_watch_ignores_kubelet_heartbeats() {
     let nodes = KubeNodes::new(client, Some("node-a"), InvalidObjects::default());
     let mut watch = nodes.watch();
     assert_eq!(nodes.list().await.unwrap().len(), 1);
-    assert!(api.wait_for_watchers(NODES, 1).await, "no watch on {}", NODES);
+    assert!(api.wait_for_watchers(NODES, 1).await, "no watch on {NODES}");
     assert!(matches!(
         next_event(&mut watch, Duration::from_secs(5)).await,
         Some(StoreEvent::Restarted(_))
@@ -1024,7 +1036,7 @@ async fn an_agents_overlay_ip_watch_ignores_its_own_status_writes_the_controller
     let (mut mine, mut all) = (agent.watch(), controller.watch());
     assert!(agent.get("n1").await.unwrap().is_some());
     assert!(controller.get("n1").await.unwrap().is_some());
-    assert!(api.wait_for_watchers(NOIPS, 2).await, "no watch on {}", NOIPS);
+    assert!(api.wait_for_watchers(NOIPS, 2).await, "no watch on {NOIPS}");
     for w in [&mut mine, &mut all] {
         assert!(matches!(
             next_event(w, Duration::from_secs(5)).await,

@@ -361,7 +361,7 @@ async fn the_watch_starts_with_the_three_lists_then_reports_changes() {
 
     // Changes, one by one.
     for c in [POOLS, ALLOCATIONS, CLAIMS] {
-        assert!(api.wait_for_watchers(c, 1).await, "no watch on {}", c);
+        assert!(api.wait_for_watchers(c, 1).await, "no watch on {c}");
     }
     let store2 = KubePoolStore::new(client);
     let b = store2
@@ -443,7 +443,10 @@ async fn objects_that_do_not_convert_are_skipped_and_never_stop_the_watch() {
     assert!(err.contains("198-51-100-10"), "{err}");
 
     // In a watch event too; the next good one still arrives.
-    assert!(api.wait_for_watchers(ALLOCATIONS, 1).await, "no watch on {}", ALLOCATIONS);
+    assert!(
+        api.wait_for_watchers(ALLOCATIONS, 1).await,
+        "no watch on {ALLOCATIONS}"
+    );
     let mut bad = allocation_json("node-x", "198.51.100.12/24");
     bad["spec"]["gateway"] = json!(12);
     api.put(ALLOCATIONS, bad);

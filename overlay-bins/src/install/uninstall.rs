@@ -50,11 +50,13 @@ pub fn uninstall_steps(namespace: &str) -> Vec<UninstallStep> {
             ],
         ),
         step(
-            "3. The controller, then the NodeOverlayIps",
-            "The controller recreates a deleted NodeOverlayIp while its node exists, so it\ngoes first; then the records' finalizers are taken off by hand.\nAddresses: with kubernetes IPAM they are OverlayIPAllocations, deleted with\ntheir CRD in step 6; embedded pools lived in the controller's memory; with\nphpIPAM the entries stay, marked with this cluster's id: list them with\n`overlayctl ipam check --config FILE` and delete them in phpIPAM.",
+            "3. The controller, then the addresses, then the NodeOverlayIps",
+            "The controller recreates a deleted NodeOverlayIp (and reserves again) while\nits node exists, so it goes first. Then this cluster's addresses are\nreleased, with the controller's config: phpIPAM entries carrying its marker\nare deleted (set PHPIPAM_USERNAME and PHPIPAM_PASSWORD as in the Secret\nphpipam-credentials); kubernetes IPAM has nothing to do here (its\nOverlayIPAllocations go with their CRD in step 6), nor embedded pools (their\nstate file goes with the controller's volume). Then the records' finalizers\nare taken off by hand.",
             &[
                 format!("kubectl -n {ns} delete deployment overlay-controller --wait=true"),
                 format!("kubectl -n {ns} wait --for=delete pod -l app.kubernetes.io/name=overlay-controller --timeout=5m"),
+                format!("kubectl -n {ns} get configmap overlay-ip-config -o jsonpath='{{.data.overlay-ip-config\\.yaml}}' > overlay-ip-config.yaml"),
+                "overlayctl ipam release --config overlay-ip-config.yaml".into(),
                 "kubectl get nodeoverlayips.iks.ibm.com -o name | xargs -r -n1 kubectl patch --type merge -p '{\"metadata\":{\"finalizers\":null}}'".into(),
                 "kubectl delete nodeoverlayips.iks.ibm.com --all --wait=true".into(),
             ],

@@ -72,7 +72,9 @@ pub fn preflight() -> Result<(), String> {
     let out = Command::new("podman")
         .arg("--version")
         .output()
-        .map_err(|e| format!("--images needs podman ({e}); install it: apt-get install podman buildah runc"))?;
+        .map_err(|e| {
+            format!("--images needs podman ({e}); install it: apt-get install podman buildah runc")
+        })?;
     if !out.status.success() {
         return Err(format!(
             "podman --version failed: {}",
@@ -359,7 +361,8 @@ impl Served {
     pub fn released(&self, owner: &Owner) -> bool {
         match &self.pools {
             Pools::Kubernetes => !self.api.server.objects(CLAIMS).iter().any(|c| {
-                c["spec"]["cluster"] == owner.cluster.as_str() && c["spec"]["node"] == owner.node.as_str()
+                c["spec"]["cluster"] == owner.cluster.as_str()
+                    && c["spec"]["node"] == owner.node.as_str()
             }),
             Pools::Emulator(emu, subnets) => {
                 let marker = owner.marker();
@@ -369,12 +372,13 @@ impl Served {
                         .any(|a| a.description.as_deref() == Some(marker.as_str()))
                 })
             }
-            Pools::Embedded { state } => overlay_ipam::file::read_state(state)
-                .is_ok_and(|entries| {
+            Pools::Embedded { state } => {
+                overlay_ipam::file::read_state(state).is_ok_and(|entries| {
                     !entries
                         .iter()
                         .any(|e| &e.owner == owner && e.held_until.is_none())
-                }),
+                })
+            }
         }
     }
 }

@@ -169,7 +169,7 @@ pub async fn agent_run(legacy: bool) -> AgentRun {
     // it. The agent sends Events in the background, so a repeat may race
     // the first one's create (and be sent as another create): change the
     // garbage until a repeat goes out as the PATCH of the series.
-    assert!(api.wait_for_watchers(NOIPS, 1).await, "no watch on {}", NOIPS);
+    assert!(api.wait_for_watchers(NOIPS, 1).await, "no watch on {NOIPS}");
     repeat_until_patched(&api, "/namespaces/default/events", |i| {
         let mut o = api.object(NOIPS, ME).unwrap();
         o["status"]["ipAddr"] = json!(format!("not-an-address-{i}"));
@@ -266,7 +266,10 @@ async fn kubernetes_ipam_calls(api: &FakeApiServer, client: &kube::Client, clust
     let watching = tokio::spawn(async move { while watch.next().await.is_some() {} });
     for kind in ["overlayippools", "overlayipallocations", "overlayipclaims"] {
         let collection = format!("/apis/iks.ibm.com/v1alpha1/{kind}");
-        assert!(api.wait_for_watchers(&collection, 1).await, "no watch on {collection}");
+        assert!(
+            api.wait_for_watchers(&collection, 1).await,
+            "no watch on {collection}"
+        );
     }
     let owner = Owner::new(cluster, "node-a");
     let address: ipnetwork::IpNetwork = "198.51.100.7/24".parse().unwrap();

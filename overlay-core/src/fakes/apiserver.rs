@@ -83,7 +83,10 @@ struct State {
     /// Collections not served (their CRD is not installed): 404.
     not_served: std::collections::BTreeSet<String>,
     hold_lists: bool,
-    held: Vec<(http::Uri, tower_test::mock::SendResponse<Response<RespBody>>)>,
+    held: Vec<(
+        http::Uri,
+        tower_test::mock::SendResponse<Response<RespBody>>,
+    )>,
     /// `GET /version`'s `minor` (default 33).
     minor_version: Option<String>,
     /// Every watch connection ever opened: collection and bytes sent.

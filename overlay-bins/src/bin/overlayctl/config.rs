@@ -1,7 +1,7 @@
 //! `overlayctl check-config` and `overlayctl ipam`: the controller config
 //! and the IPAM it points at.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use overlay_ipam::config::IpamConfig;
 
@@ -31,6 +31,107 @@ pub fn ipam_check(file: &Path, cluster_id: Option<&str>) -> Result<(), String> {
         Ok(())
     } else {
         Err("the IPAM check failed (see above)".into())
+    }
+}
+
+/// Why `ipam release` has nothing to do with `cfg`, if so: kubernetes
+/// IPAM's addresses are API objects; embedded pools' state file is not on
+/// this machine.
+fn nothing_to_release(cfg: &IpamConfig, file: &Path) -> Option<String> {
+    if cfg.kubernetes.is_some() {
+        return Some(format!(
+            "{}: kubernetes IPAM: nothing to release here; its addresses are OverlayIPAllocations, which go with their CRD (`overlayctl uninstall`, last step) or `kubectl delete overlayipallocations.iks.ibm.com --all`",
+            file.display()
+        ));
+    }
+    let state = cfg.embedded.as_ref()?.state_file.clone();
+    if state.as_ref().is_some_and(|f| f.exists()) {
+        return None;
+    }
+    let at = state.map_or("memory".to_owned(), |f| {
+        format!("{} in the controller's volume", f.display())
+    });
+    Some(format!(
+        "{}: embedded pools keep their addresses in {at}, not on this machine: nothing to release once the controller is gone (to release from a copy, point embedded.stateFile at it)",
+        file.display()
+    ))
+}
+
+/// `ipam release`: frees every address the IPAM holds for cluster
+/// `cluster_id` (live and held), as an uninstall needs once the controller
+/// is gone. With `dry_run`, only lists them.
+pub fn ipam_release(
+    file: &Path,
+    cluster_id: Option<&str>,
+    kubeconfig: Option<PathBuf>,
+    dry_run: bool,
+) -> Result<(), String> {
+    let mut cfg = load(file)?;
+    if let Some(why) = nothing_to_release(&cfg, file) {
+        println!("{why}");
+        return Ok(());
+    }
+    let rt = super::runtime()?;
+    let cluster = match cluster_id.map(str::to_owned).or(cfg.cluster_id.clone()) {
+        Some(id) => id,
+        None => rt.block_on(async {
+            let client = overlay_bins::kube_client(kubeconfig).await.map_err(|e| {
+                format!(
+                    "{}: no clusterId, and the cluster cannot tell it ({e}); give --cluster-id",
+                    file.display()
+                )
+            })?;
+            overlay_bins::status::cluster_id(&client)
+                .await
+                .map(|c| c.id)
+                .ok_or_else(|| format!(
+                    "{}: no clusterId, and none found in the cluster (no controller Lease, kube-system unreadable); give --cluster-id: the id in this cluster's owner markers (`overlayctl ipam check --config FILE` lists every id seen)",
+                    file.display()
+                ))
+        })?,
+    };
+    cfg.cluster_id = Some(cluster.clone());
+    let backend = cfg.build().map_err(|e| e.to_string())?;
+    let all = rt.block_on(backend.list()).map_err(|e| e.to_string())?;
+    let verb = if dry_run { "would release" } else { "released" };
+    let mut failed = 0;
+    for r in &all {
+        let state = if r.held_until.is_some() {
+            "held"
+        } else {
+            "live"
+        };
+        let outcome = if dry_run {
+            Ok(())
+        } else {
+            rt.block_on(backend.release(r, std::time::Duration::ZERO))
+        };
+        match outcome {
+            Ok(()) => println!(
+                "{verb} {} ({state}, node {}, zone {}, subnet {})",
+                r.address, r.owner.node, r.zone, r.subnet_id
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {} (node {}): {e}", r.address, r.owner.node);
+            }
+        }
+    }
+    println!(
+        "{} address(es) of cluster {cluster} {verb}{}",
+        all.len() - failed,
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        Err(format!(
+            "{failed} release(s) failed (see above); run it again"
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -126,6 +126,32 @@ enum IpamCmd {
         #[arg(long, env = "CLUSTER_ID")]
         cluster_id: Option<String>,
     },
+    /// Free every address the IPAM holds for this cluster (live and held:
+    /// the entries carrying its owner marker), for an uninstall once the
+    /// controller is gone: phpIPAM entries are deleted, embedded pools'
+    /// entries removed from the state file. Entries of other clusters and
+    /// unmarked ones are never touched. Not for kubernetes IPAM (its
+    /// OverlayIPAllocations are deleted with kubectl). Credentials:
+    /// PHPIPAM_USERNAME/PHPIPAM_PASSWORD (or the files). Exit status 1
+    /// when a release failed; running it again is safe.
+    Release {
+        /// The controller config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The cluster whose addresses go. Default: `clusterId` in the
+        /// config, else the id the cluster announces (the controller's
+        /// Lease, else the kube-system Namespace UID), as `overlayctl
+        /// status` shows it.
+        #[arg(long, env = "CLUSTER_ID")]
+        cluster_id: Option<String>,
+        /// Kubeconfig for finding the cluster id (default: KUBECONFIG,
+        /// ~/.kube/config, in-cluster).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// List what would be released and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the IPAM conformance suite against the real server, in one zone
     /// whose subnets are scratch space: it reserves and releases addresses
     /// there (and fills them to test exhaustion), then removes everything it
@@ -188,6 +214,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Ipam(IpamCmd::Check { config, cluster_id }) => {
             config::ipam_check(&config, cluster_id.as_deref())?;
         }
+        Cmd::Ipam(IpamCmd::Release {
+            config,
+            cluster_id,
+            kubeconfig,
+            dry_run,
+        }) => config::ipam_release(&config, cluster_id.as_deref(), kubeconfig, dry_run)?,
         Cmd::Ipam(IpamCmd::Conformance { config, zone }) => {
             config::ipam_conformance(&config, &zone)?;
         }
