@@ -30,6 +30,9 @@
 //! - `prometheus`: `metrics::prometheus::PrometheusMetrics`.
 //! - `testing`: in-memory implementations of every trait (`fakes`), for
 //!   tests, examples and labs.
+//! - `apiserver`: `fakes::apiserver::FakeApiServer`, a scripted Kubernetes
+//!   API server behind a `kube::Client`, for testing against the adapters
+//!   (implies `kube` and `testing`).
 //!
 //! Without features the crate is the model, the traits and the
 //! reconcilers: no Kubernetes client, no metrics library, no web server.
