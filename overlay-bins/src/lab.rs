@@ -807,27 +807,11 @@ pub async fn ipam_for(
             Ok((Arc::new(b), None))
         }
         IpamChoice::Emulator => {
-            use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
-            let mut ecfg = EmulatorConfig {
-                subnets: Vec::new(),
-                ..Default::default()
-            };
+            use overlay_ipam::emulator::Emulator;
+            let (ecfg, ids) = emulator_subnets(zones)?;
             let mut pcfg = PhpIpamConfig::new(String::new(), "overlay");
-            for (i, z) in zones.iter().enumerate() {
-                let (IpAddr::V4(network), IpAddr::V4(gateway)) =
-                    (z.subnet.network().network(), z.gateway)
-                else {
-                    return Err("the emulator serves IPv4 subnets only".into());
-                };
-                let id = i as u64 + 1;
-                ecfg.subnets.push(SubnetSpec {
-                    id,
-                    network,
-                    mask: z.subnet.prefix(),
-                    description: format!("lab {}", z.zone),
-                    gateway: Some(gateway),
-                });
-                pcfg = pcfg.with_zone(z.zone.clone(), [id]);
+            for (zone, id) in ids {
+                pcfg = pcfg.with_zone(zone, [id]);
             }
             let (user, password) = ecfg.users.first().cloned().ok_or("emulator has no user")?;
             let emu = Emulator::start(ecfg)
@@ -850,6 +834,34 @@ pub async fn ipam_for(
             cfg.build().map(|b| (b, None)).map_err(|e| e.to_string())
         }
     }
+}
+
+/// The phpIPAM emulator's config with one subnet per zone (ids from 1),
+/// and each zone's subnet id.
+fn emulator_subnets(
+    zones: &[ZonePlan],
+) -> Result<(overlay_ipam::emulator::EmulatorConfig, Vec<(String, u64)>), String> {
+    use overlay_ipam::emulator::{EmulatorConfig, SubnetSpec};
+    let mut ecfg = EmulatorConfig {
+        subnets: Vec::new(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (id, z) in (1..).zip(zones) {
+        let (IpAddr::V4(network), IpAddr::V4(gateway)) = (z.subnet.network().network(), z.gateway)
+        else {
+            return Err("the emulator serves IPv4 subnets only".into());
+        };
+        ecfg.subnets.push(SubnetSpec {
+            id,
+            network,
+            mask: z.subnet.prefix(),
+            description: format!("lab {}", z.zone),
+            gateway: Some(gateway),
+        });
+        ids.push((z.zone.clone(), id));
+    }
+    Ok((ecfg, ids))
 }
 
 /// One `OverlayIPPool` per zone in an in-memory API, and the backend over

@@ -11,7 +11,7 @@
 //! server) or embedded pools (a state file on a volume).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -437,28 +437,9 @@ fn ipam_config(
 
 /// The phpIPAM emulator with a subnet per zone, served in `gw`.
 fn emulator(zones: &[ZonePlan], gw: &Netns, mut config: String) -> Result<(String, Pools), String> {
-    use overlay_ipam::emulator::{Emulator, EmulatorConfig, SubnetSpec};
-    let mut ecfg = EmulatorConfig {
-        subnets: Vec::new(),
-        ..Default::default()
-    };
-    let mut map = BTreeMap::new();
-    for (i, z) in zones.iter().enumerate() {
-        let (IpAddr::V4(network), IpAddr::V4(gateway)) = (z.subnet.network().network(), z.gateway)
-        else {
-            return Err("the emulator serves IPv4 subnets only".into());
-        };
-        let id = i as u64 + 1;
-        ecfg.subnets.push(SubnetSpec {
-            id,
-            network,
-            mask: z.subnet.prefix(),
-            description: format!("lab {}", z.zone),
-            gateway: Some(gateway),
-        });
-        map.insert(z.zone.clone(), id);
-    }
-    let ids = map.values().copied().collect();
+    use overlay_ipam::emulator::Emulator;
+    let (ecfg, map) = super::emulator_subnets(zones)?;
+    let ids = map.iter().map(|(_, id)| *id).collect();
     let rt = tokio::runtime::Handle::current();
     let vlan_gw: Ipv4Addr = VLAN_GW.parse().map_err(|e| format!("{VLAN_GW}: {e}"))?;
     let emu = gw
