@@ -1057,34 +1057,25 @@ struct Running {
 }
 
 impl Running {
-    /// Empty stores over `ipam`; nothing started yet.
-    fn new(ipam: Arc<dyn IpamBackend>) -> Self {
+    /// Empty stores over `ipam` (in-process) or over the served API
+    /// (`--images`); nothing started yet.
+    fn with(ipam: Option<Arc<dyn IpamBackend>>, served: Option<containers::Served>) -> Self {
         Self {
             nodes: MemoryNodes::new(),
             ips: MemoryOverlayIps::new(),
             routes: MemoryStaticRoutes::new(),
-            ipam: Some(ipam),
+            ipam,
             agents: BTreeMap::new(),
             tasks: Vec::new(),
             started: Instant::now(),
-            served: None,
+            served,
             containers: BTreeMap::new(),
         }
     }
 
-    /// Over the served API; no container started yet.
-    fn served(served: containers::Served) -> Self {
-        Self {
-            nodes: MemoryNodes::new(),
-            ips: MemoryOverlayIps::new(),
-            routes: MemoryStaticRoutes::new(),
-            ipam: None,
-            agents: BTreeMap::new(),
-            tasks: Vec::new(),
-            started: Instant::now(),
-            served: Some(served),
-            containers: BTreeMap::new(),
-        }
+    /// Empty stores over `ipam`; nothing started yet.
+    fn new(ipam: Arc<dyn IpamBackend>) -> Self {
+        Self::with(Some(ipam), None)
     }
 
     /// The NodeOverlayIps, from the stores or the served API.
@@ -1328,7 +1319,7 @@ async fn start_images(
 ) -> Result<Running, String> {
     let mut served = containers::Served::start(opts, zones, &topo.gw, &topo.nodes).await?;
     served.start_controller(&topo.gw)?;
-    let mut r = Running::served(served);
+    let mut r = Running::with(None, Some(served));
     for i in 0..opts.routes {
         r.apply_route(i)?;
     }

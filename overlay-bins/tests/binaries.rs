@@ -199,18 +199,32 @@ fn check_config_prints_the_parsed_original_config_or_the_problem() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
+/// The phpIPAM emulator, and a controller config for it with `subnet_map`
+/// (YAML) and the credentials in files, in a temporary directory.
+async fn emulator_config(
+    subnet_map: &str,
+) -> (
+    overlay_ipam::emulator::Emulator,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     use overlay_ipam::emulator::{Emulator, EmulatorConfig};
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let (user, pass) = EmulatorConfig::default().users[0].clone();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("u"), user).unwrap();
-    std::fs::write(dir.path().join("p"), pass).unwrap();
+    let (u, p) = (dir.path().join("u"), dir.path().join("p"));
+    std::fs::write(&u, user).unwrap();
+    std::fs::write(&p, pass).unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, format!(
-        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {{dal10: [1], dal12: [999]}}\n  usernameFile: {}\n  passwordFile: {}\n",
-        emu.url(), dir.path().join("u").display(), dir.path().join("p").display())).unwrap();
+        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {subnet_map}\n  usernameFile: {}\n  passwordFile: {}\n",
+        emu.url(), u.display(), p.display())).unwrap();
+    (emu, dir, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
+    let (_emu, _dir, cfg) = emulator_config("{dal10: [1], dal12: [999]}").await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_overlayctl"))
         .args(["ipam", "check", "--config", cfg.to_str().unwrap()])
         .output()
@@ -234,16 +248,7 @@ async fn ipam_check_reports_each_zone_against_a_phpipam_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipam_release_frees_this_clusters_addresses_and_nothing_else() {
     use overlay_core::{Owner, Zone};
-    use overlay_ipam::emulator::{Emulator, EmulatorConfig};
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let (user, pass) = EmulatorConfig::default().users[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("u"), user).unwrap();
-    std::fs::write(dir.path().join("p"), pass).unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(&cfg, format!(
-        "phpIPAM:\n  url: {}\n  appID: overlay\n  subnetMap: {{dal10: [1]}}\n  usernameFile: {}\n  passwordFile: {}\n",
-        emu.url(), dir.path().join("u").display(), dir.path().join("p").display())).unwrap();
+    let (_emu, dir, cfg) = emulator_config("{dal10: [1]}").await;
     let backend = |cluster: &str| {
         let mut c = overlay_ipam::config::IpamConfig::load(&cfg).unwrap();
         c.cluster_id = Some(cluster.into());

@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay_bins::lab::api;
-use overlay_bins::lab::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings};
+use overlay_bins::lab::images::{
+    AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings, images_present,
+};
 use overlay_core::fakes::apiserver::{NODES, NOIPS, ROUTES};
 use overlay_testbed::{Netns, NodeWithGateway, privileged};
 use serde_json::{Value, json};
@@ -60,21 +62,8 @@ fn ready(test: &str, root: bool) -> bool {
     if root && !privileged(test) {
         return false;
     }
-    let why = if Command::new("podman").arg("--version").output().is_err() {
-        "needs podman (apt-get install podman buildah runc)".to_owned()
-    } else {
-        let missing: Vec<String> = ["overlay-controller", "overlay-agent"]
-            .iter()
-            .map(|b| format!("{b}:{VERSION}"))
-            .filter(|i| !podman(&["image", "exists", i]).status.success())
-            .collect();
-        if missing.is_empty() {
-            return true;
-        }
-        format!(
-            "needs the images {}: build them with deploy/images/build.sh",
-            missing.join(" and ")
-        )
+    let Err(why) = images_present() else {
+        return true;
     };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {why}; CI=true, so this fails instead of skipping");

@@ -168,24 +168,9 @@ async fn lab_passes_with_kubernetes_pools() {
 /// Whether podman and both images are here; otherwise skips, or fails
 /// under CI=true (CI builds them with deploy/images/build.sh first).
 fn images_ready(what: &str) -> bool {
-    let version = env!("CARGO_PKG_VERSION");
-    let missing: Vec<String> = ["overlay-controller", "overlay-agent"]
-        .iter()
-        .map(|b| format!("{b}:{version}"))
-        .filter(|i| {
-            !Command::new("podman")
-                .args(["image", "exists", i])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
+    let Err(why) = overlay_bins::lab::images::images_present() else {
         return true;
-    }
-    let why = format!(
-        "needs podman and the images {}: build them with deploy/images/build.sh",
-        missing.join(" and ")
-    );
+    };
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
         "{what}: {why}; CI=true, so this fails instead of skipping"

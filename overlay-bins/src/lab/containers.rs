@@ -23,11 +23,8 @@ use overlay_testbed::Netns;
 use serde_json::json;
 
 use super::api::{self, Api};
-use super::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings};
+use super::images::{AGENT_MANIFEST, CONTROLLER_MANIFEST, RuntimeSettings, TAG};
 use super::{IpamChoice, LabOptions, PRIVATE_NETWORK, VLAN_GW, ZonePlan, progress};
-
-/// The image tag `deploy/images/build.sh` gives: this overlayctl's version.
-pub const TAG: &str = env!("CARGO_PKG_VERSION");
 
 /// Where the config and kubeconfig are mounted (the Deployment mounts its
 /// ConfigMap there).
@@ -69,36 +66,7 @@ talking to a scripted API server on {VLAN_GW} (in gw)"
 
 /// Checks that podman runs and both images are present.
 pub fn preflight() -> Result<(), String> {
-    let out = Command::new("podman")
-        .arg("--version")
-        .output()
-        .map_err(|e| {
-            format!("--images needs podman ({e}); install it: apt-get install podman buildah runc")
-        })?;
-    if !out.status.success() {
-        return Err(format!(
-            "podman --version failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let missing: Vec<String> = ["overlay-controller", "overlay-agent"]
-        .iter()
-        .map(|b| format!("{b}:{TAG}"))
-        .filter(|image| {
-            !Command::new("podman")
-                .args(["image", "exists", image])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "--images needs the images {}: build them with deploy/images/build.sh",
-            missing.join(" and ")
-        ))
-    }
+    super::images::images_present().map_err(|e| format!("--images {e}"))
 }
 
 /// The settings of the workload in `manifest`, as `overlayctl install`

@@ -32,6 +32,46 @@ pub struct RuntimeSettings {
     pub no_new_privileges: bool,
 }
 
+/// The tag `deploy/images/build.sh` gives both images: this version.
+pub const TAG: &str = env!("CARGO_PKG_VERSION");
+
+/// Checks that podman runs and that both images, `overlay-controller:TAG`
+/// and `overlay-agent:TAG`, are present; the error names what is missing
+/// and how to get it.
+pub fn images_present() -> Result<(), String> {
+    use std::process::Command;
+    let out = Command::new("podman")
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            format!("needs podman ({e}); install it: apt-get install podman buildah runc")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "needs podman, whose --version failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let missing: Vec<String> = ["overlay-controller", "overlay-agent"]
+        .iter()
+        .map(|b| format!("{b}:{TAG}"))
+        .filter(|image| {
+            !Command::new("podman")
+                .args(["image", "exists", image])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "needs the images {}: build them with deploy/images/build.sh",
+            missing.join(" and ")
+        ))
+    }
+}
+
 /// Linux capability numbers of the names a workload may add.
 const CAPABILITIES: [(&str, u32); 5] = [
     ("NET_BIND_SERVICE", 10),
